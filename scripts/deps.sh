@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# Bring up the local dependencies of duijie (PostgreSQL + RabbitMQ) without
+# systemd or Docker, idempotently.
+#
+# Usage: scripts/deps.sh [--fault]
+#
+#   (no flag)  main PostgreSQL cluster <ver>/main (5432) and RabbitMQ node
+#              rabbit@<hostname -s> (AMQP 5672), role/user duijie/duijie.
+#   --fault    additionally a second RabbitMQ node duijie-fault@localhost
+#              (AMQP 5673, dist 25673) and a second PostgreSQL cluster
+#              <ver>/fault (5433) that fault-injection tests may restart;
+#              proves that restarting both works and reports the timings.
+#
+# Progress goes to stderr (one line per step). Stdout carries only VAR=value
+# lines, so callers can do:  eval "$(scripts/deps.sh)"
+# The same lines (with `export `) are written to target/duijie-env.sh.
+#
+# Environment knobs:
+#   DUIJIE_DEPS_SKIP_RESTART_PROOF=1  with --fault, skip the restart proof.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+LOG_TAG=deps
+# shellcheck source=scripts/lib.sh
+. "$SCRIPT_DIR/lib.sh"
+
+usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+FAULT=0
+for arg in "$@"; do
+	case $arg in
+	--fault) FAULT=1 ;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*) die "unknown argument: $arg (usage: scripts/deps.sh [--fault])" ;;
+	esac
+done
+
+# ---------------------------------------------------------------- settings --
+APP_USER=duijie
+APP_PASS=duijie
+APP_DB=duijie
+
+PG_MAIN_CLUSTER=main
+PG_MAIN_MIN_CONN=300
+PG_FAULT_CLUSTER=fault
+PG_FAULT_PORT=5433
+PG_FAULT_MIN_CONN=100
+PG_WAIT=60
+
+RABBIT_MAIN_PORT=5672
+RABBIT_FAULT_NODE=duijie-fault@localhost
+RABBIT_FAULT_PORT=5673
+RABBIT_FAULT_DIST_PORT=25673
+RABBIT_FAULT_CONF_DIR=/etc/rabbitmq/duijie-fault
+RABBIT_FAULT_ENV_FILE=$RABBIT_FAULT_CONF_DIR/rabbitmq-env.conf
+RABBIT_FAULT_DATA_DIR=/var/lib/rabbitmq/duijie-fault
+RABBIT_FAULT_LOG_DIR=/var/log/rabbitmq/duijie-fault
+RABBIT_FAULT_PID_FILE=$RABBIT_FAULT_DATA_DIR/$RABBIT_FAULT_NODE.pid
+RABBIT_WAIT=90
+
+START_TS=$SECONDS
+
+# Serialise concurrent invocations (several engineers / CI jobs on one box).
+if have flock; then
+	exec 9>"${TMPDIR:-/tmp}/duijie-deps.lock"
+	flock -w 600 9 || die "another scripts/deps.sh is still running (lock ${TMPDIR:-/tmp}/duijie-deps.lock)"
+fi
+
+# ---------------------------------------------------------------- packages --
+pg_server_versions() {
+	local d
+	for d in /usr/lib/postgresql/*/bin/postgres; do
+		[ -x "$d" ] || continue
+		d=${d#/usr/lib/postgresql/}
+		echo "${d%%/*}"
+	done | sort -V
+}
+
+ensure_packages() {
+	local missing=()
+	if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! have rabbitmqctl; then
+		missing+=(rabbitmq-server)
+	fi
+	if [ -z "$(pg_server_versions)" ] || ! have pg_ctlcluster || ! have pg_createcluster || ! have psql; then
+		missing+=(postgresql)
+	fi
+	if [ ${#missing[@]} -eq 0 ]; then
+		log "packages: rabbitmq-server and postgresql already installed"
+		return
+	fi
+	have apt-get || die "missing ${missing[*]} and apt-get is not available"
+	log "packages: installing ${missing[*]} (apt-get update + install)"
+	quiet as_root apt-get update -q || die "apt-get update failed"
+	quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
+		die "apt-get install ${missing[*]} failed"
+	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && have rabbitmqctl || die "rabbitmq-server still missing after install"
+	[ -n "$(pg_server_versions)" ] || die "PostgreSQL server still missing after install"
+}
+
+# -------------------------------------------------------------- PostgreSQL --
+# pg_field VER NAME COLUMN -> column of `pg_lsclusters -h` (3 port, 4 status, 7 log)
+pg_field() {
+	pg_lsclusters -h 2>/dev/null | awk -v v="$1" -v c="$2" -v f="$3" '$1 == v && $2 == c { print $f; exit }'
+}
+
+pg_pick_version() {
+	local v best=""
+	# Prefer the newest version that already has a 'main' cluster with a server binary.
+	for v in $(pg_lsclusters -h 2>/dev/null | awk -v c="$PG_MAIN_CLUSTER" '$2 == c { print $1 }' | sort -V); do
+		[ -x "/usr/lib/postgresql/$v/bin/postgres" ] && best=$v
+	done
+	[ -n "$best" ] || best=$(pg_server_versions | tail -n1)
+	[ -n "$best" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
+	echo "$best"
+}
+
+# psql as the postgres superuser over the local socket
+pg_super() {
+	local port=$1
+	shift
+	as_user postgres psql -X -A -t -q -v ON_ERROR_STOP=1 -p "$port" -d postgres "$@"
+}
+
+pg_wait_ready() {
+	local ver=$1 name=$2 port=$3
+	wait_for "$PG_WAIT" "PostgreSQL $ver/$name on 127.0.0.1:$port" pg_isready -q -h 127.0.0.1 -p "$port" ||
+		die "PostgreSQL $ver/$name is not accepting connections on 127.0.0.1:$port after ${PG_WAIT}s; see $(pg_field "$ver" "$name" 7)"
+}
+
+# pg_ensure_cluster VER NAME WANT_PORT(or "") MIN_CONN  -> prints "<port>" on stdout
+pg_ensure_cluster() {
+	local ver=$1 name=$2 want_port=$3 min_conn=$4 status port cur what=""
+	if [ -z "$(pg_field "$ver" "$name" 1)" ]; then
+		local args=("$ver" "$name")
+		[ -z "$want_port" ] || args+=(--port "$want_port")
+		quiet as_root pg_createcluster "${args[@]}" -- ||
+			die "pg_createcluster ${args[*]} failed"
+		what="created, "
+	fi
+	port=$(pg_field "$ver" "$name" 3)
+	status=$(pg_field "$ver" "$name" 4)
+	if [ -n "$want_port" ] && [ "$port" != "$want_port" ]; then
+		warn "PostgreSQL $ver/$name is configured for port $port, not $want_port; using $port"
+	fi
+	case $status in
+	online*) ;;
+	*)
+		quiet as_root pg_ctlcluster "$ver" "$name" start ||
+			die "pg_ctlcluster $ver $name start failed; see $(pg_field "$ver" "$name" 7)"
+		what="${what}started, "
+		;;
+	esac
+	pg_wait_ready "$ver" "$name" "$port"
+
+	cur=$(pg_super "$port" -c 'SHOW max_connections') || die "cannot query PostgreSQL $ver/$name as postgres"
+	if [ "$cur" -lt "$min_conn" ]; then
+		quiet pg_super "$port" -c "ALTER SYSTEM SET max_connections = $min_conn" || die "ALTER SYSTEM failed on $ver/$name"
+		quiet as_root pg_ctlcluster "$ver" "$name" restart -m fast ||
+			die "pg_ctlcluster $ver $name restart failed; see $(pg_field "$ver" "$name" 7)"
+		pg_wait_ready "$ver" "$name" "$port"
+		cur=$(pg_super "$port" -c 'SHOW max_connections')
+		[ "$cur" -ge "$min_conn" ] || die "max_connections on $ver/$name is $cur after restart (wanted >= $min_conn)"
+		what="${what}max_connections raised, "
+	fi
+	log "postgres $ver/$name: ${what}online on 127.0.0.1:$port (max_connections=$cur)"
+	echo "$port"
+}
+
+pg_login_ok() {
+	local port=$1
+	[ "$(PGPASSWORD=$APP_PASS PGCONNECT_TIMEOUT=5 psql -X -A -t -q -h 127.0.0.1 -p "$port" -U "$APP_USER" -d "$APP_DB" \
+		-c 'select 1' 2>/dev/null </dev/null)" = 1 ]
+}
+
+# pg_ensure_app VER NAME PORT: role + database + verified TCP password login
+pg_ensure_app() {
+	local ver=$1 name=$2 port=$3 state what="" hba
+	# one round trip: "<role ok>|<db owner or empty>"
+	state=$(pg_super "$port" -c "SELECT
+		coalesce((SELECT rolcanlogin AND rolcreatedb FROM pg_roles WHERE rolname = '$APP_USER'), false)::text
+		|| '|' || coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$APP_DB'), '')") ||
+		die "cannot query roles on PostgreSQL $ver/$name"
+	if [ "${state%%|*}" != true ]; then
+		quiet pg_super "$port" -c "DO \$\$ BEGIN
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$APP_USER') THEN
+				CREATE ROLE $APP_USER LOGIN CREATEDB PASSWORD '$APP_PASS';
+			ELSE
+				ALTER ROLE $APP_USER LOGIN CREATEDB PASSWORD '$APP_PASS';
+			END IF; END \$\$" || die "creating role $APP_USER on $ver/$name failed"
+		what="role created, "
+	fi
+	case ${state#*|} in
+	"$APP_USER") ;;
+	"")
+		quiet pg_super "$port" -c "CREATE DATABASE $APP_DB OWNER $APP_USER" || die "CREATE DATABASE $APP_DB on $ver/$name failed"
+		what="${what}database created, "
+		;;
+	*)
+		quiet pg_super "$port" -c "ALTER DATABASE $APP_DB OWNER TO $APP_USER" || die "ALTER DATABASE $APP_DB on $ver/$name failed"
+		what="${what}database owner fixed, "
+		;;
+	esac
+	if ! pg_login_ok "$port"; then
+		# Maybe the password differs (role pre-existed) or pg_hba has no
+		# password rule for 127.0.0.1: fix both, then re-check.
+		quiet pg_super "$port" -c "ALTER ROLE $APP_USER LOGIN CREATEDB PASSWORD '$APP_PASS'" || true
+		if ! pg_login_ok "$port"; then
+			hba=$(pg_super "$port" -c 'SHOW hba_file')
+			warn "adding 'host all $APP_USER 127.0.0.1/32 scram-sha-256' to the top of $hba"
+			quiet as_root sed -i "1i host all $APP_USER 127.0.0.1/32 scram-sha-256  # added by duijie scripts/deps.sh" "$hba"
+			quiet as_root pg_ctlcluster "$ver" "$name" reload || true
+			sleep 1
+		fi
+		pg_login_ok "$port" || die "password login 'PGPASSWORD=$APP_PASS psql -h 127.0.0.1 -p $port -U $APP_USER -d $APP_DB' fails on $ver/$name; see $(pg_field "$ver" "$name" 7)"
+		what="${what}login fixed, "
+	fi
+	log "postgres $ver/$name: ${what}role/database $APP_USER ok, password login over 127.0.0.1:$port ok"
+}
+
+# ---------------------------------------------------------------- RabbitMQ --
+# Always go through the Debian wrapper /usr/sbin/rabbitmqctl (via as_root): as
+# root it switches to the rabbitmq user, whose HOME=/var/lib/rabbitmq holds the
+# Erlang cookie that the servers (also started as rabbitmq) use.
+rmqctl() { as_root rabbitmqctl "$@"; }
+rmqdiag() { as_root rabbitmq-diagnostics "$@"; }
+
+rabbit_log_hint() {
+	local node=$1 logdir=$2
+	echo "see $logdir/$node.log (and $logdir/startup_err, $logdir/log/crash.log)"
+}
+
+# rabbit_start NODE: start the node detached (as rabbitmq via the wrapper)
+rabbit_start() {
+	local node=$1
+	if [ "$node" = "$RABBIT_FAULT_NODE" ]; then
+		quiet as_root env RABBITMQ_CONF_ENV_FILE="$RABBIT_FAULT_ENV_FILE" rabbitmq-server -detached
+	else
+		quiet as_root rabbitmq-server -detached
+	fi
+}
+
+# rabbit_ensure_running NODE AMQP_PORT LOGDIR
+rabbit_ensure_running() {
+	local node=$1 port=$2 logdir=$3 what="running"
+	if ! rmqdiag -q -n "$node" check_running >/dev/null 2>&1 </dev/null; then
+		if rmqdiag -q -n "$node" ping >/dev/null 2>&1 </dev/null; then
+			# Erlang VM up but the rabbit app stopped (e.g. after stop_app)
+			quiet rmqctl -q -n "$node" start_app || die "rabbitmqctl -n $node start_app failed; $(rabbit_log_hint "$node" "$logdir")"
+			what="app started"
+		else
+			if port_listening "$port"; then
+				die "port $port is in use but RabbitMQ node $node does not answer (wrong Erlang cookie or foreign process?); check 'ss -ltnp' and /var/lib/rabbitmq/.erlang.cookie"
+			fi
+			rabbit_start "$node" || die "rabbitmq-server -detached for $node failed; $(rabbit_log_hint "$node" "$logdir")"
+			what="started"
+		fi
+		wait_for "$RABBIT_WAIT" "RabbitMQ $node startup" rmqctl -q -n "$node" await_startup --timeout 10 || {
+			tail -n 20 "$logdir/$node.log" 2>/dev/null | sed 's/^/    /' >&2 || true
+			die "RabbitMQ $node did not start within ${RABBIT_WAIT}s; $(rabbit_log_hint "$node" "$logdir")"
+		}
+		quiet rmqdiag -q -n "$node" check_port_connectivity ||
+			die "RabbitMQ $node: check_port_connectivity failed; $(rabbit_log_hint "$node" "$logdir")"
+	fi
+	wait_for 10 "AMQP port 127.0.0.1:$port" port_open 127.0.0.1 "$port" ||
+		die "RabbitMQ $node runs but 127.0.0.1:$port does not accept connections; $(rabbit_log_hint "$node" "$logdir")"
+	log "rabbitmq $node: $what, AMQP 127.0.0.1:$port accepts connections"
+}
+
+# Declares and deletes a durable quorum queue through the broker's own API.
+RABBIT_QQ_PROBE='QN = rabbit_misc:r(<<"/">>, queue, <<"duijie.deps.quorum-probe">>),
+{_, Q} = rabbit_amqqueue:declare(QN, true, false, [{<<"x-queue-type">>, longstr, <<"quorum">>}], none, <<"duijie-deps">>),
+T = amqqueue:get_type(Q),
+{ok, _} = rabbit_amqqueue:delete(Q, false, false, <<"duijie-deps">>),
+T.'
+
+# rabbit_ensure_app NODE: user duijie (administrator, full perms on /), feature flags, quorum queues
+rabbit_ensure_app() {
+	local node=$1 what="" users perms flags out
+	users=$(rmqctl -q -n "$node" list_users --no-table-headers </dev/null) || die "rabbitmqctl -n $node list_users failed"
+	if ! grep -qE "^$APP_USER[[:space:]]" <<<"$users"; then
+		quiet rmqctl -q -n "$node" add_user "$APP_USER" "$APP_PASS" || die "add_user $APP_USER on $node failed"
+		what="user created, "
+	elif ! quiet rmqctl -q -n "$node" authenticate_user "$APP_USER" "$APP_PASS" 2>/dev/null; then
+		quiet rmqctl -q -n "$node" change_password "$APP_USER" "$APP_PASS" || die "change_password $APP_USER on $node failed"
+		what="password reset, "
+	fi
+	if ! grep -qE "^$APP_USER[[:space:]]+\[administrator\]" <<<"$users"; then
+		quiet rmqctl -q -n "$node" set_user_tags "$APP_USER" administrator || die "set_user_tags on $node failed"
+		what="${what}tags set, "
+	fi
+	perms=$(rmqctl -q -n "$node" list_permissions -p / --no-table-headers </dev/null) || die "list_permissions on $node failed"
+	if ! grep -qxF "$APP_USER"$'\t.*\t.*\t.*' <<<"$perms"; then
+		quiet rmqctl -q -n "$node" set_permissions -p / "$APP_USER" '.*' '.*' '.*' || die "set_permissions on $node failed"
+		what="${what}permissions set, "
+	fi
+	flags=$(rmqctl -q -n "$node" list_feature_flags name state --no-table-headers </dev/null) || die "list_feature_flags on $node failed"
+	if grep -qvE '[[:space:]]enabled$' <<<"$flags"; then
+		quiet rmqctl -q -n "$node" enable_feature_flag all || die "enable_feature_flag all on $node failed"
+		what="${what}feature flags enabled, "
+	fi
+	out=$(rmqctl -q -n "$node" eval "$RABBIT_QQ_PROBE" 2>&1 </dev/null) || true
+	[ "$out" = rabbit_quorum_queue ] || die "RabbitMQ $node: declaring a quorum queue failed: $out"
+	log "rabbitmq $node: ${what}user $APP_USER (administrator, / .* .* .*) ok, quorum queues ok"
+}
+
+# Config for the fault node: everything (ports, data, logs, plugins) separate
+# from the main node. RABBITMQ_CONF_ENV_FILE points rabbitmq-server at it.
+rabbit_fault_write_config() {
+	local tmp changed=0
+	tmp=$(mktemp -d)
+	cat >"$tmp/rabbitmq-env.conf" <<EOF
+# Generated by duijie scripts/deps.sh -- second RabbitMQ node for fault-injection tests.
+# Start:  RABBITMQ_CONF_ENV_FILE=$RABBIT_FAULT_ENV_FILE rabbitmq-server -detached
+NODENAME=$RABBIT_FAULT_NODE
+NODE_PORT=$RABBIT_FAULT_PORT
+DIST_PORT=$RABBIT_FAULT_DIST_PORT
+MNESIA_BASE=$RABBIT_FAULT_DATA_DIR/mnesia
+PID_FILE=$RABBIT_FAULT_PID_FILE
+LOG_BASE=$RABBIT_FAULT_LOG_DIR
+CONFIG_FILE=$RABBIT_FAULT_CONF_DIR/rabbitmq.conf
+ADVANCED_CONFIG_FILE=$RABBIT_FAULT_CONF_DIR/advanced.config
+ENABLED_PLUGINS_FILE=$RABBIT_FAULT_CONF_DIR/enabled_plugins
+EOF
+	cat >"$tmp/rabbitmq.conf" <<EOF
+# Generated by duijie scripts/deps.sh
+listeners.tcp.default = $RABBIT_FAULT_PORT
+EOF
+	# No plugins: management (15672), prometheus (15692), stream (5552) ...
+	# would otherwise collide with the main node's listeners.
+	echo '[].' >"$tmp/enabled_plugins"
+	echo '[].' >"$tmp/advanced.config"
+	as_root install -d -o rabbitmq -g rabbitmq -m 0755 "$RABBIT_FAULT_CONF_DIR"
+	as_root install -d -o rabbitmq -g rabbitmq -m 0750 "$RABBIT_FAULT_DATA_DIR" "$RABBIT_FAULT_LOG_DIR"
+	local f
+	for f in rabbitmq-env.conf rabbitmq.conf enabled_plugins advanced.config; do
+		if ! as_root cmp -s "$tmp/$f" "$RABBIT_FAULT_CONF_DIR/$f"; then
+			as_root install -o rabbitmq -g rabbitmq -m 0644 "$tmp/$f" "$RABBIT_FAULT_CONF_DIR/$f"
+			changed=1
+		fi
+	done
+	rm -rf "$tmp"
+	if [ "$changed" = 1 ] && rmqdiag -q -n "$RABBIT_FAULT_NODE" ping >/dev/null 2>&1 </dev/null; then
+		log "rabbitmq $RABBIT_FAULT_NODE: config changed, stopping it to apply"
+		quiet rmqctl -q -n "$RABBIT_FAULT_NODE" shutdown || die "could not stop $RABBIT_FAULT_NODE"
+	fi
+}
+
+# ------------------------------------------------------------ restart proof --
+prove_fault_restarts() {
+	local t0 t1 t2 t3 pg_ver=$1 pg_port=$2
+	# 1) RabbitMQ soft restart: stop/start the rabbit app, the Erlang VM stays up.
+	t0=$(now_ms)
+	quiet rmqctl -q -n "$RABBIT_FAULT_NODE" stop_app || die "stop_app on $RABBIT_FAULT_NODE failed"
+	! port_open 127.0.0.1 "$RABBIT_FAULT_PORT" || die "port $RABBIT_FAULT_PORT still open after stop_app"
+	quiet rmqctl -q -n "$RABBIT_FAULT_NODE" start_app || die "start_app on $RABBIT_FAULT_NODE failed"
+	port_open 127.0.0.1 "$RABBIT_FAULT_PORT" || die "port $RABBIT_FAULT_PORT closed after start_app"
+	t1=$(now_ms)
+	# 2) RabbitMQ hard restart: stop the whole VM, start it again, wait for the app.
+	quiet rmqctl -q -n "$RABBIT_FAULT_NODE" shutdown || die "shutdown of $RABBIT_FAULT_NODE failed"
+	! port_open 127.0.0.1 "$RABBIT_FAULT_PORT" || die "port $RABBIT_FAULT_PORT still open after shutdown"
+	rabbit_start "$RABBIT_FAULT_NODE" || die "restarting $RABBIT_FAULT_NODE failed"
+	quiet rmqctl -q -n "$RABBIT_FAULT_NODE" wait "$RABBIT_FAULT_PID_FILE" --timeout "$RABBIT_WAIT" ||
+		die "$RABBIT_FAULT_NODE did not come back; $(rabbit_log_hint "$RABBIT_FAULT_NODE" "$RABBIT_FAULT_LOG_DIR")"
+	port_open 127.0.0.1 "$RABBIT_FAULT_PORT" || die "port $RABBIT_FAULT_PORT closed after restart"
+	t2=$(now_ms)
+	# 3) PostgreSQL fast restart.
+	quiet as_root pg_ctlcluster "$pg_ver" "$PG_FAULT_CLUSTER" restart -m fast || die "pg_ctlcluster $pg_ver $PG_FAULT_CLUSTER restart failed"
+	pg_wait_ready "$pg_ver" "$PG_FAULT_CLUSTER" "$pg_port"
+	pg_login_ok "$pg_port" || die "login to $pg_ver/$PG_FAULT_CLUSTER failed after restart"
+	t3=$(now_ms)
+	log "restart proof: rabbit stop_app+start_app $(fmt_ms $((t1 - t0))), rabbit shutdown+start+wait $(fmt_ms $((t2 - t1))), pg restart -m fast $(fmt_ms $((t3 - t2)))"
+}
+
+# -------------------------------------------------------------------- main --
+ensure_packages
+
+PG_VER=$(pg_pick_version)
+PG_MAIN_PORT=$(pg_ensure_cluster "$PG_VER" "$PG_MAIN_CLUSTER" "" "$PG_MAIN_MIN_CONN")
+pg_ensure_app "$PG_VER" "$PG_MAIN_CLUSTER" "$PG_MAIN_PORT"
+
+HOST_SHORT=$(hostname -s)
+getent hosts "$HOST_SHORT" >/dev/null ||
+	die "hostname '$HOST_SHORT' does not resolve; RabbitMQ node rabbit@$HOST_SHORT cannot start. Add '127.0.1.1 $HOST_SHORT' to /etc/hosts"
+RABBIT_MAIN_NODE=rabbit@$HOST_SHORT
+rabbit_ensure_running "$RABBIT_MAIN_NODE" "$RABBIT_MAIN_PORT" /var/log/rabbitmq
+rabbit_ensure_app "$RABBIT_MAIN_NODE"
+
+lines=(
+	"DUIJIE_AMQP_URL=amqp://$APP_USER:$APP_PASS@127.0.0.1:$RABBIT_MAIN_PORT/%2f"
+	"DUIJIE_DATABASE_URL=postgres://$APP_USER:$APP_PASS@127.0.0.1:$PG_MAIN_PORT/$APP_DB"
+)
+
+if [ "$FAULT" = 1 ]; then
+	PG_FAULT_ACTUAL_PORT=$(pg_ensure_cluster "$PG_VER" "$PG_FAULT_CLUSTER" "$PG_FAULT_PORT" "$PG_FAULT_MIN_CONN")
+	pg_ensure_app "$PG_VER" "$PG_FAULT_CLUSTER" "$PG_FAULT_ACTUAL_PORT"
+
+	rabbit_fault_write_config
+	rabbit_ensure_running "$RABBIT_FAULT_NODE" "$RABBIT_FAULT_PORT" "$RABBIT_FAULT_LOG_DIR"
+	rabbit_ensure_app "$RABBIT_FAULT_NODE"
+
+	if [ "${DUIJIE_DEPS_SKIP_RESTART_PROOF:-0}" != 1 ]; then
+		prove_fault_restarts "$PG_VER" "$PG_FAULT_ACTUAL_PORT"
+	fi
+	lines+=(
+		"DUIJIE_FAULT_AMQP_URL=amqp://$APP_USER:$APP_PASS@127.0.0.1:$RABBIT_FAULT_PORT/%2f"
+		"DUIJIE_FAULT_DATABASE_URL=postgres://$APP_USER:$APP_PASS@127.0.0.1:$PG_FAULT_ACTUAL_PORT/$APP_DB"
+		"DUIJIE_FAULT_RABBIT_NODE=$RABBIT_FAULT_NODE"
+		"DUIJIE_FAULT_RABBIT_CONF_ENV_FILE=$RABBIT_FAULT_ENV_FILE"
+		"DUIJIE_FAULT_RABBIT_PID_FILE=$RABBIT_FAULT_PID_FILE"
+		"DUIJIE_FAULT_PG_CLUSTER=$PG_VER/$PG_FAULT_CLUSTER"
+	)
+fi
+
+mkdir -p "$ROOT_DIR/target"
+env_file=$ROOT_DIR/target/duijie-env.sh
+{
+	echo "# Generated by scripts/deps.sh$([ "$FAULT" = 1 ] && echo ' --fault') -- source this file."
+	printf 'export %s\n' "${lines[@]}"
+} >"$env_file.tmp.$$"
+mv -f "$env_file.tmp.$$" "$env_file"
+printf '%s\n' "${lines[@]}"
+log "done in $((SECONDS - START_TS))s; env written to ${env_file#"$ROOT_DIR"/}"

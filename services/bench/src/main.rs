@@ -1,0 +1,360 @@
+//! `duijie-bench`: in one run on the same broker, measures
+//! (a) the raw ceiling: plain lapin publish with confirms + consume with acks on a durable quorum
+//!     queue, persistent messages of `--size` bytes;
+//! (b) the bus: envelopes of the same size committed to the outbox, relayed, consumed and
+//!     committed in an inbox, end to end;
+//! and the bus's end-to-end latency (staging commit requested → consumer commit) at a fixed
+//! offered rate. Prints both rates, their ratio, and latency p50/p99.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use duijie_common::CancellationToken;
+use duijie_common::amqp::{AgencyNode, Connector, Topology};
+use duijie_common::config::{AmqpConfig, ConsumerConfig, DatabaseConfig, RelayConfig, TopologyConfig};
+use duijie_common::envelope::{self, Header};
+use duijie_common::inbox::{Consumer, HandleError, Handler, Inbound};
+use duijie_common::outbox::{self, Relay};
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::{AgencyKind, Channel, Referral};
+use futures::StreamExt as _;
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+use prost::Message as _;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(about = "Raw RabbitMQ ceiling vs the duijie bus (outbox -> relay -> inbox), and bus latency at a fixed rate")]
+struct Args {
+    /// Messages per throughput run.
+    #[arg(long, default_value_t = 50_000)]
+    messages: usize,
+    /// Message size in bytes (the envelope is padded to about this size).
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
+    /// Outstanding publisher confirms in the raw publisher.
+    #[arg(long, default_value_t = 1000)]
+    confirm_window: usize,
+    /// Concurrent producers staging envelopes in the bus run.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Envelopes per staging transaction in the bus throughput run.
+    #[arg(long, default_value_t = 50)]
+    stage_batch: usize,
+    /// Offered rate of the latency run, messages per second (one envelope per transaction).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Duration of the latency run in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// RabbitMQ URL.
+    #[arg(long, env = "DUIJIE_AMQP_URL", default_value = "amqp://duijie:duijie@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// PostgreSQL URL of a database the bench may create its own database from.
+    #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie")]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = duijie_common::telemetry::init("duijie-bench", "warn", std::io::stderr)?;
+    let amqp = AmqpConfig { url: args.amqp_url.clone().into(), connection_name: "duijie-bench".into() };
+    let connector = Connector::new(amqp);
+
+    println!("duijie-bench: {} messages of {} bytes, latency run {} msg/s for {} s", args.messages, args.size, args.rate, args.seconds);
+    let raw = raw_ceiling(&connector, &args).await.context("raw ceiling run")?;
+    println!("raw ceiling  (lapin confirms + acks, quorum queue): {:>8.0} msg/s", raw);
+
+    let bus = BusUnderTest::new(&connector, &args).await?;
+    let bus_rate = bus.throughput(&args).await.context("bus throughput run")?;
+    println!(
+        "bus          (outbox -> relay -> inbox, {} producers x {}/tx): {:>8.0} msg/s",
+        args.producers, args.stage_batch, bus_rate
+    );
+    println!("ratio bus/raw: {:.2}   (target >= 0.5)", bus_rate / raw);
+    let lat = bus.latency(&args).await.context("bus latency run")?;
+    println!(
+        "latency at {} msg/s offered, {} msgs (commit requested -> consumer commit): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms   (target p99 <= 50 ms)",
+        args.rate,
+        lat.len(),
+        lat.value_at_quantile(0.5) as f64 / 1000.0,
+        lat.value_at_quantile(0.99) as f64 / 1000.0,
+        lat.max() as f64 / 1000.0
+    );
+    bus.cleanup().await
+}
+
+/// Plain lapin: one publisher with a window of outstanding confirms, one consumer acking each
+/// message, on a durable quorum queue with persistent messages.
+async fn raw_ceiling(connector: &Connector, args: &Args) -> anyhow::Result<f64> {
+    let queue = format!("bench.raw.{}", Uuid::new_v4().simple());
+    let conn = connector.connect("bench raw").await?;
+    let pub_ch = conn.create_channel().await?;
+    let mut qargs = FieldTable::default();
+    qargs.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    pub_ch
+        .queue_declare(queue.clone().into(), QueueDeclareOptions { durable: true, ..Default::default() }, qargs)
+        .await?;
+    pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+
+    let cons_conn = connector.connect("bench raw consumer").await?;
+    let cons_ch = cons_conn.create_channel().await?;
+    cons_ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = cons_ch
+        .basic_consume(queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let n = args.messages;
+    let start = Instant::now();
+    let consuming = tokio::spawn(async move {
+        let mut got = 0usize;
+        while got < n {
+            let Some(d) = consumer.next().await else { anyhow::bail!("consumer ended") };
+            d?.ack(BasicAckOptions::default()).await?;
+            got += 1;
+        }
+        anyhow::Ok(())
+    });
+    let body = vec![b'x'; args.size];
+    let mut window = VecDeque::with_capacity(args.confirm_window);
+    for i in 0..n {
+        let props = BasicProperties::default().with_delivery_mode(2).with_message_id(i.to_string().into());
+        let c = pub_ch
+            .basic_publish("".into(), queue.clone().into(), BasicPublishOptions::default(), &body, props)
+            .await?;
+        window.push_back(c);
+        if window.len() >= args.confirm_window
+            && let Some(c) = window.pop_front()
+        {
+            anyhow::ensure!(matches!(c.await?, Confirmation::Ack(None)), "raw publish not acked");
+        }
+    }
+    for c in window {
+        anyhow::ensure!(matches!(c.await?, Confirmation::Ack(None)), "raw publish not acked");
+    }
+    consuming.await??;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    pub_ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+    let _ = conn.close(200, "done".into()).await;
+    let _ = cons_conn.close(200, "done".into()).await;
+    Ok(rate)
+}
+
+/// Consumer handler: applies nothing beyond the inbox record; after commit, records latency.
+struct BenchHandler {
+    applied: Arc<AtomicU64>,
+    latency: Arc<Mutex<Option<Histogram<u64>>>>,
+}
+
+impl Handler for BenchHandler {
+    async fn handle(&self, _conn: &mut PgConnection, _msg: &Inbound) -> Result<(), HandleError> {
+        Ok(())
+    }
+
+    fn committed(&self, msg: &Inbound) {
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        let Some(ts) = &msg.envelope.occurred_at else { return };
+        let sent = chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0));
+        let Some(sent) = sent else { return };
+        let micros = (chrono::Utc::now() - sent).num_microseconds().unwrap_or(0).max(0);
+        if let Ok(mut h) = self.latency.lock()
+            && let Some(h) = h.as_mut()
+        {
+            let _ = h.record(u64::try_from(micros).unwrap_or(0));
+        }
+    }
+}
+
+struct BusUnderTest {
+    pool: PgPool,
+    admin_url: String,
+    db_name: String,
+    topology: Topology,
+    connector: Connector,
+    from: AgencyNode,
+    to: AgencyNode,
+    applied: Arc<AtomicU64>,
+    latency: Arc<Mutex<Option<Histogram<u64>>>>,
+    shutdown: CancellationToken,
+}
+
+impl BusUnderTest {
+    async fn new(connector: &Connector, args: &Args) -> anyhow::Result<Self> {
+        let admin = DatabaseConfig::from_url(&args.database_url)?;
+        let db_name = format!("duijie_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{db_name}""#))).execute(&mut conn).await?;
+        let _ = conn.close().await;
+        let cfg = DatabaseConfig { database: db_name.clone(), max_connections: 24, ..admin };
+        let pool = duijie_common::db::pool(&cfg);
+        duijie_common::db::migrate(&pool).await?;
+        let prefix = format!("bench{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let topology = Topology::new(TopologyConfig { prefix, ..Default::default() });
+        let from = AgencyNode::new(AgencyKind::Court, "431003")?;
+        let to = AgencyNode::new(AgencyKind::Mediation, "431003-102")?;
+        let ch_conn = connector.connect("bench declare").await?;
+        topology.declare(&ch_conn.create_channel().await?, std::slice::from_ref(&to)).await?;
+        let _ = ch_conn.close(200, "done".into()).await;
+
+        let shutdown = CancellationToken::new();
+        let applied = Arc::new(AtomicU64::new(0));
+        let latency = Arc::new(Mutex::new(None));
+        let relay = Relay::new(pool.clone(), connector.clone(), RelayConfig::default(), "bench");
+        tokio::spawn(relay.run(shutdown.clone()));
+        let consumer = Consumer::new(
+            "bench",
+            topology.inbox_queue(&to),
+            vec![to.clone()],
+            pool.clone(),
+            connector.clone(),
+            topology.clone(),
+            ConsumerConfig::default(),
+            BenchHandler { applied: applied.clone(), latency: latency.clone() },
+        );
+        tokio::spawn(consumer.run(shutdown.clone()));
+        Ok(Self {
+            pool,
+            admin_url: args.database_url.clone(),
+            db_name,
+            topology,
+            connector: connector.clone(),
+            from,
+            to,
+            applied,
+            latency,
+            shutdown,
+        })
+    }
+
+    fn envelope(&self, size: usize) -> duijie_proto::v1::Envelope {
+        let header = Header {
+            case_id: Uuid::now_v7(),
+            case_code: "JF-431003-2026-000001".into(),
+            channel: Channel::Court,
+            sender: self.from.clone(),
+            recipient: self.to.clone(),
+            causation_id: None,
+        };
+        let mut env = envelope::build(&header, Payload::Referral(Referral::default()));
+        let pad = size.saturating_sub(env.encoded_len() + 4);
+        if let Some(Payload::Referral(r)) = env.payload.as_mut() {
+            r.facts = "事".repeat(pad / 3);
+        }
+        env
+    }
+
+    async fn wait_applied(&self, target: u64, deadline: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while self.applied.load(Ordering::Relaxed) < target {
+            anyhow::ensure!(
+                start.elapsed() < deadline,
+                "only {} of {target} applied after {deadline:?}",
+                self.applied.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    async fn throughput(&self, args: &Args) -> anyhow::Result<f64> {
+        let base = self.applied.load(Ordering::Relaxed);
+        let n = args.messages;
+        let per_producer = n / args.producers;
+        let total = (per_producer * args.producers) as u64;
+        // Build the envelopes first so encoding is not what we measure.
+        let batches: Vec<Vec<Vec<_>>> = (0..args.producers)
+            .map(|_| {
+                (0..per_producer)
+                    .map(|_| self.envelope(args.size))
+                    .collect::<Vec<_>>()
+                    .chunks(args.stage_batch)
+                    .map(<[_]>::to_vec)
+                    .collect()
+            })
+            .collect();
+        let start = Instant::now();
+        let mut producers = tokio::task::JoinSet::new();
+        for producer in batches {
+            let pool = self.pool.clone();
+            let topology = self.topology.clone();
+            producers.spawn(async move {
+                for mut batch in producer {
+                    let mut tx = pool.begin().await?;
+                    for env in &mut batch {
+                        outbox::stage(&mut tx, &topology, env).await?;
+                    }
+                    tx.commit().await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = producers.join_next().await {
+            r??;
+        }
+        self.wait_applied(base + total, Duration::from_secs(600)).await?;
+        Ok(total as f64 / start.elapsed().as_secs_f64())
+    }
+
+    async fn latency(&self, args: &Args) -> anyhow::Result<Histogram<u64>> {
+        if let Ok(mut h) = self.latency.lock() {
+            *h = Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
+        }
+        let base = self.applied.load(Ordering::Relaxed);
+        let total = args.rate * args.seconds;
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+        let errors = Arc::new(AtomicU64::new(0));
+        for _ in 0..total {
+            tick.tick().await;
+            let permit = in_flight.clone().acquire_owned().await?;
+            let pool = self.pool.clone();
+            let topology = self.topology.clone();
+            let errors = errors.clone();
+            // occurred_at is set here, before the transaction: latency includes the staging commit.
+            let mut env = self.envelope(args.size);
+            tokio::spawn(async move {
+                let staged = async {
+                    let mut tx = pool.begin().await?;
+                    outbox::stage(&mut tx, &topology, &mut env).await?;
+                    tx.commit().await?;
+                    anyhow::Ok(())
+                };
+                if staged.await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(permit);
+            });
+        }
+        self.wait_applied(base + total - errors.load(Ordering::Relaxed), Duration::from_secs(120)).await?;
+        anyhow::ensure!(errors.load(Ordering::Relaxed) == 0, "{} stagings failed", errors.load(Ordering::Relaxed));
+        let h = self.latency.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.take();
+        h.ok_or_else(|| anyhow::anyhow!("no latency recorded"))
+    }
+
+    async fn cleanup(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let conn = self.connector.connect("bench cleanup").await?;
+        let ch = conn.create_channel().await?;
+        for q in [self.topology.inbox_queue(&self.to), self.topology.tap_queue(), self.topology.dead_queue()] {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        self.pool.close().await;
+        let admin = DatabaseConfig::from_url(&self.admin_url)?;
+        let mut conn = PgConnection::connect_with(&admin.connect_options()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name))).execute(&mut conn).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! Typed, layered configuration: an optional base file, an optional environment file, then
+//! `DUIJIE_`-prefixed environment variables (`__` separates levels, e.g.
+//! `DUIJIE_DATABASE__PASSWORD`). Secrets are `SecretString` so they never reach a log line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+/// Everything the shared library needs to run a service on the bus.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BusConfig {
+    /// PostgreSQL database of this service (cases as it sees them, outbox, inbox).
+    pub database: DatabaseConfig,
+    /// RabbitMQ broker.
+    pub amqp: AmqpConfig,
+    /// Exchange/queue naming and the reliability knobs of relay and consumers.
+    #[serde(default)]
+    pub topology: TopologyConfig,
+    /// Outbox relay tuning.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Inbox consumer tuning.
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+}
+
+/// PostgreSQL connection settings; kept as parts, not a URL, so the password stays secret.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: SecretString,
+    pub database: String,
+    #[serde(default)]
+    pub require_ssl: bool,
+    /// Upper bound on pooled connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+impl DatabaseConfig {
+    /// Connection options for this database.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.options_for(&self.database)
+    }
+
+    /// Connection options for another database on the same server (used to create test databases).
+    pub fn options_for(&self, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(&self.username)
+            .password(self.password.expose_secret())
+            .database(database)
+            .ssl_mode(if self.require_ssl { PgSslMode::Require } else { PgSslMode::Prefer })
+    }
+
+    /// Parses `postgres://user:password@host:port/database`, the form the stack script prints.
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        let opts: PgConnectOptions = url.parse().context("parsing a PostgreSQL URL")?;
+        let password = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, p)| p.to_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            host: opts.get_host().to_owned(),
+            port: opts.get_port(),
+            username: opts.get_username().to_owned(),
+            password: SecretString::from(password),
+            database: opts.get_database().unwrap_or("postgres").to_owned(),
+            require_ssl: false,
+            max_connections: default_max_connections(),
+        })
+    }
+}
+
+/// RabbitMQ connection settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost`; secret because it carries the password.
+    pub url: SecretString,
+    /// Connection name shown in the broker's management tools.
+    #[serde(default = "default_connection_name")]
+    pub connection_name: String,
+}
+
+fn default_connection_name() -> String {
+    "duijie".into()
+}
+
+/// Names and queue arguments of the bus topology.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopologyConfig {
+    /// Prefix of every exchange and queue name; tests use a unique one each.
+    pub prefix: String,
+    /// Quorum queue `x-delivery-limit`: after this many redeliveries the broker dead-letters
+    /// a message (a consumer that crashes on it every time).
+    pub delivery_limit: i64,
+    /// Use `x-dead-letter-strategy=at-least-once` (RabbitMQ ≥ 3.10).
+    pub at_least_once_dead_lettering: bool,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self { prefix: "duijie".into(), delivery_limit: 10, at_least_once_dead_lettering: true }
+    }
+}
+
+/// Outbox relay tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RelayConfig {
+    /// Rows claimed and published per transaction.
+    pub batch_size: i64,
+    /// How often the relay looks for rows when no notification arrived (a notification can be
+    /// lost while PostgreSQL restarts, so polling is the safety net, not the main path).
+    #[serde(with = "duration_ms")]
+    pub poll_interval: Duration,
+    /// First delay before republishing a row the broker returned or refused; doubles per attempt.
+    #[serde(with = "duration_ms")]
+    pub retry_base: Duration,
+    /// Upper bound of that delay.
+    #[serde(with = "duration_ms")]
+    pub retry_max: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Inbox consumer tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ConsumerConfig {
+    /// `basic.qos` prefetch: messages in flight per consumer.
+    pub prefetch: u16,
+    /// Most deliveries applied in one database transaction.
+    pub batch_max: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self { prefetch: 256, batch_max: 128 }
+    }
+}
+
+/// Durations written as milliseconds in files and environment variables.
+pub mod duration_ms {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// Reads a whole number of milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Loads `T` from `<dir>/base.yaml`, `<dir>/<DUIJIE_ENV>.yaml` (both optional) and `DUIJIE_*`
+/// environment variables, later layers winning.
+pub fn load<T: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<T> {
+    let env = std::env::var("DUIJIE_ENV").unwrap_or_else(|_| "local".into());
+    config::Config::builder()
+        .add_source(config::File::from(dir.join("base.yaml")).required(false))
+        .add_source(config::File::from(dir.join(format!("{env}.yaml"))).required(false))
+        .add_source(
+            config::Environment::with_prefix("DUIJIE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .context("reading configuration")?
+        .try_deserialize()
+        .context("configuration does not match the expected shape")
+}

@@ -1,0 +1,328 @@
+//! The inbox consumer: applies each delivered envelope and records `(consumer, message_id)` in
+//! the same transaction, then acks. A duplicate is acked and skipped; a message that cannot be
+//! decoded or applied is published to the dead-letter exchange with the reason and acked, and the
+//! consumer keeps going. Database outages are waited out with the deliveries held (not requeued,
+//! so they do not burn the queue's delivery limit); broker outages end the session and the loop
+//! reconnects.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use duijie_proto::v1::Envelope;
+use futures::{FutureExt as _, StreamExt as _};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation};
+use prost::Message as _;
+use sqlx::{Acquire as _, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::amqp::{AgencyNode, Connector, DEAD_CONSUMER, DEAD_REASON, ORIGINAL_ROUTING_KEY, Topology};
+use crate::backoff::Backoff;
+use crate::config::ConsumerConfig;
+use crate::db::is_transient;
+use crate::trace::W3cContext;
+
+/// A decoded message as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The envelope, already checked against the contract.
+    pub envelope: Envelope,
+    /// The routing key it arrived with.
+    pub routing_key: String,
+    /// Whether the broker flagged it as a redelivery.
+    pub redelivered: bool,
+    /// The sender's trace context (also the parent of the span the handler runs in).
+    pub trace: W3cContext,
+}
+
+/// Why a handler did not apply a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be applied (refused by the rules, inconsistent data): it goes to
+    /// the dead-letter queue with this reason.
+    #[error("{0}")]
+    Rejected(String),
+    /// Applying failed for a reason unrelated to the message (database down): retried.
+    #[error(transparent)]
+    Transient(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_transient(&e) { Self::Transient(e.into()) } else { Self::Rejected(format!("database refused: {e}")) }
+    }
+}
+
+/// What a service does with a message, inside the inbox transaction. Its effects commit
+/// together with the inbox record, or not at all.
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `msg` using `conn` (an open transaction).
+    fn handle<'a>(&'a self, conn: &'a mut PgConnection, msg: &'a Inbound) -> impl Future<Output = Result<(), HandleError>> + Send + 'a;
+
+    /// Called for each applied message once its transaction has committed (e.g. to wake
+    /// watchers or take measurements). Must not fail; the message is already applied.
+    fn committed(&self, _msg: &Inbound) {}
+}
+
+/// Counters a consumer keeps; read them to see what it did.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Messages applied and committed.
+    pub applied: AtomicU64,
+    /// Redeliveries recognised by the inbox and skipped.
+    pub duplicates: AtomicU64,
+    /// Messages sent to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Sessions restarted after losing the broker.
+    pub restarts: AtomicU64,
+}
+
+/// Result of applying one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied and recorded.
+    Applied,
+    /// Already in the inbox: skipped.
+    Duplicate,
+    /// Refused by the handler: to be dead-lettered with this reason.
+    Rejected(String),
+}
+
+/// Applies one message in its own savepoint of `conn`: records it in the inbox and runs the
+/// handler; a duplicate or a rejection leaves no trace. Transient errors abort the whole batch.
+pub async fn apply_one<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, msg: &Inbound) -> Result<Applied, HandleError> {
+    let message_id = Uuid::parse_str(&msg.envelope.message_id)
+        .map_err(|_| HandleError::Rejected("message_id is not a UUID".into()))?;
+    let mut sp = conn.begin().await?;
+    let new = sqlx::query("INSERT INTO inbox (consumer, message_id, routing_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(consumer)
+        .bind(message_id)
+        .bind(&msg.routing_key)
+        .execute(&mut *sp)
+        .await?
+        .rows_affected()
+        == 1;
+    if !new {
+        sp.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    let span = tracing::info_span!("inbox.apply", consumer, message_id = %message_id, kind = msg.envelope.kind().routing_segment(), case_id = %msg.envelope.case_id);
+    msg.trace.set_as_parent_of(&span);
+    match handler.handle(&mut sp, msg).instrument(span).await {
+        Ok(()) => {
+            sp.commit().await?;
+            Ok(Applied::Applied)
+        }
+        Err(HandleError::Rejected(reason)) => {
+            sp.rollback().await?;
+            Ok(Applied::Rejected(reason))
+        }
+        Err(e @ HandleError::Transient(_)) => Err(e),
+    }
+}
+
+/// Decodes a delivery into an [`Inbound`], or says why it is poison.
+pub fn decode(delivery: &Delivery) -> Result<Inbound, String> {
+    let envelope = Envelope::decode(delivery.data.as_slice()).map_err(|e| format!("undecodable envelope: {e}"))?;
+    envelope.check().map_err(|e| format!("envelope breaks the contract: {e}"))?;
+    Ok(Inbound {
+        envelope,
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        redelivered: delivery.redelivered,
+        trace: W3cContext::from_headers(delivery.properties.headers().as_ref()),
+    })
+}
+
+/// Consumes one agency node's inbox queue (or the audit tap) into a handler.
+pub struct Consumer<H> {
+    name: String,
+    queue: String,
+    nodes: Vec<AgencyNode>,
+    pool: PgPool,
+    connector: Connector,
+    topology: Topology,
+    cfg: ConsumerConfig,
+    handler: Arc<H>,
+    stats: Arc<ConsumerStats>,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// A consumer named `name` (the inbox key: keep it stable across restarts and replicas)
+    /// reading `queue`. `nodes` are the agency nodes whose topology it (re)declares on connect.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: impl Into<String>,
+        queue: impl Into<String>,
+        nodes: Vec<AgencyNode>,
+        pool: PgPool,
+        connector: Connector,
+        topology: Topology,
+        cfg: ConsumerConfig,
+        handler: H,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            queue: queue.into(),
+            nodes,
+            pool,
+            connector,
+            topology,
+            cfg,
+            handler: Arc::new(handler),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown`, reconnecting after broker restarts.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Backoff::reconnect();
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(consumer = %self.name, error = format!("{e:#}"), "consumer lost the broker; reconnecting");
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+        let conn = self.connector.connect(&format!("consumer {}", self.name)).await?;
+        let ch = conn.create_channel().await.context("opening the consumer channel")?;
+        self.topology.declare(&ch, &self.nodes).await?;
+        ch.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await.context("setting prefetch")?;
+        // Dead-lettering publishes with confirms on a channel of its own, so that confirm mode
+        // does not interfere with the consuming channel.
+        let dead_ch = conn.create_channel().await.context("opening the dead-letter channel")?;
+        dead_ch.confirm_select(ConfirmSelectOptions::default()).await.context("enabling confirms")?;
+        let mut deliveries = ch
+            .basic_consume(self.queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .with_context(|| format!("consuming {}", self.queue))?;
+        tracing::info!(consumer = %self.name, queue = %self.queue, "consumer connected");
+        backoff.reset();
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                d = deliveries.next() => d,
+            };
+            let Some(first) = first else { anyhow::bail!("the broker ended the consumer") };
+            let mut batch = vec![first.context("receiving a delivery")?];
+            // Take whatever else is already here, without waiting: batching amortises the commit.
+            while batch.len() < self.cfg.batch_max {
+                match deliveries.next().now_or_never() {
+                    Some(Some(d)) => batch.push(d.context("receiving a delivery")?),
+                    Some(None) => anyhow::bail!("the broker ended the consumer"),
+                    None => break,
+                }
+            }
+            if !self.process(&ch, &dead_ch, batch, shutdown).await? {
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies a batch in one transaction, dead-letters the poison in it, then acks it all.
+    /// Returns `false` if shutdown came while waiting for the database (the batch is then left
+    /// unacked and the broker redelivers it to the next consumer).
+    async fn process(&self, ch: &Channel, dead_ch: &Channel, batch: Vec<Delivery>, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let decoded: Vec<Result<Inbound, String>> = batch.iter().map(decode).collect();
+        let mut db_backoff = Backoff::reconnect();
+        let outcomes = loop {
+            match self.apply_batch(&decoded).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = format!("{e:#}"), "cannot apply a batch (database unavailable?); holding it and retrying");
+                    if !db_backoff.wait(shutdown).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        for ((delivery, outcome), decoded) in batch.iter().zip(&outcomes).zip(&decoded) {
+            match outcome {
+                Applied::Applied => {
+                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(msg) = decoded {
+                        self.handler.committed(msg);
+                    }
+                }
+                Applied::Duplicate => {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(consumer = %self.name, message_id = ?delivery.properties.message_id(), "duplicate delivery skipped");
+                }
+                Applied::Rejected(reason) => {
+                    tracing::error!(consumer = %self.name, routing_key = %delivery.routing_key, reason = %reason, "poison message sent to the dead-letter queue");
+                    self.dead_letter(dead_ch, delivery, reason).await?;
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            ch.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await.context("acking a batch")?;
+        }
+        Ok(true)
+    }
+
+    async fn apply_batch(&self, decoded: &[Result<Inbound, String>]) -> Result<Vec<Applied>, anyhow::Error> {
+        let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
+        let mut outcomes = Vec::with_capacity(decoded.len());
+        for d in decoded {
+            let outcome = match d {
+                Err(reason) => Applied::Rejected(reason.clone()),
+                Ok(msg) => match apply_one(&mut tx, &self.name, self.handler.as_ref(), msg).await {
+                    Ok(o) => o,
+                    Err(HandleError::Rejected(r)) => Applied::Rejected(r),
+                    Err(HandleError::Transient(e)) => return Err(e.context("applying a message")),
+                },
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await.context("committing the inbox transaction")?;
+        Ok(outcomes)
+    }
+
+    async fn dead_letter(&self, dead_ch: &Channel, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(DEAD_REASON.into(), AMQPValue::LongString(reason.to_owned().into()));
+        headers.insert(DEAD_CONSUMER.into(), AMQPValue::LongString(self.name.clone().into()));
+        headers.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(delivery.routing_key.as_str().to_owned().into()));
+        let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+        let confirm = dead_ch
+            .basic_publish(
+                self.topology.dead_exchange().into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &delivery.data,
+                props,
+            )
+            .await
+            .context("publishing to the dead-letter exchange")?
+            .await
+            .context("waiting for the dead-letter confirm")?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            other => anyhow::bail!("dead-letter exchange did not take the message: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! What every duijie service needs: configuration, telemetry, shutdown, the database pool and
+//! bus migrations, the AMQP topology, and reliable handoff (transactional outbox + relay,
+//! idempotent inbox consumer with dead-lettering). See ARCHITECTURE.md for the flow.
+
+pub mod amqp;
+pub mod backoff;
+pub mod config;
+pub mod db;
+pub mod envelope;
+pub mod inbox;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace;
+
+pub use tokio_util::sync::CancellationToken;

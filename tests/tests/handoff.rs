@@ -1,0 +1,220 @@
+//! Reliable handoff over real RabbitMQ and PostgreSQL: what is staged, published, applied,
+//! skipped and dead-lettered, each asserted on what arrived.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use duijie_common::inbox::{self, Applied};
+use duijie_common::outbox;
+use duijie_proto::ENVELOPE_CONTENT_TYPE;
+use duijie_proto::v1::AgencyKind;
+use duijie_tests::{RecordingHandler, TestBus, no_headers, node, referral, tracing_trace_id, wait_until};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn nodes() -> (duijie_common::amqp::AgencyNode, duijie_common::amqp::AgencyNode) {
+    (node(AgencyKind::Court, "431003"), node(AgencyKind::Mediation, "431003-102"))
+}
+
+async fn applied_ids(bus: &TestBus) -> anyhow::Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar("SELECT message_id FROM test_applied ORDER BY applied_at").fetch_all(&bus.pool).await?)
+}
+
+#[tokio::test]
+async fn rolled_back_stage_is_never_published() -> anyhow::Result<()> {
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    bus.spawn_relay();
+
+    let mut rolled_back = referral(&court, &centre, "JF-431003-2026-000001", "rolled back".into());
+    let mut tx = bus.pool.begin().await?;
+    outbox::stage(&mut tx, &bus.topology, &mut rolled_back).await?;
+    tx.rollback().await?;
+
+    // A later, committed message is the marker: once it arrived, the relay has passed the
+    // point where the rolled-back one would have been.
+    let mut committed = [referral(&court, &centre, "JF-431003-2026-000002", "committed".into())];
+    bus.stage(&mut committed).await?;
+    wait_until("the committed referral to be applied", WAIT, || async {
+        Ok(consumer.applied.load(Ordering::Relaxed) >= 1)
+    })
+    .await?;
+
+    let committed_id = Uuid::parse_str(&committed[0].message_id)?;
+    assert_eq!(applied_ids(&bus).await?, vec![committed_id], "only the committed referral arrives");
+    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&bus.pool).await?;
+    assert_eq!(outbox_rows, 1, "the rolled-back row does not exist");
+    assert!(bus.drain_dead().await?.is_empty());
+    bus.cleanup(&[centre]).await
+}
+
+#[tokio::test]
+async fn relay_crash_between_publish_and_mark_republishes_and_consumer_applies_once() -> anyhow::Result<()> {
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let mut env = [referral(&court, &centre, "JF-431003-2026-000010", "crash me".into())];
+    bus.stage(&mut env).await?;
+
+    // The broker acked the publish, but the relay "crashed" before committing sent_at.
+    let acked = outbox::publish_then_crash(&bus.pool, &bus.connector, 100).await?;
+    assert_eq!(acked, 1, "the first publish reached the broker");
+    assert_eq!(bus.unsent().await?, 1, "a crashed relay leaves the row unsent");
+
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    let relay = bus.spawn_relay();
+    wait_until("the republished copy to be recognised as a duplicate", WAIT, || async {
+        Ok(consumer.duplicates.load(Ordering::Relaxed) == 1 && bus.unsent().await? == 0)
+    })
+    .await?;
+
+    assert_eq!(relay.published.load(Ordering::Relaxed), 1, "the restarted relay published it again");
+    assert_eq!(applied_ids(&bus).await?, vec![Uuid::parse_str(&env[0].message_id)?], "applied exactly once");
+    assert_eq!(consumer.applied.load(Ordering::Relaxed), 1);
+    bus.cleanup(&[centre]).await
+}
+
+#[tokio::test]
+async fn consumer_dying_after_commit_before_ack_skips_the_redelivery() -> anyhow::Result<()> {
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let mut env = [referral(&court, &centre, "JF-431003-2026-000020", "commit then die".into())];
+    bus.stage(&mut env).await?;
+    bus.spawn_relay();
+    wait_until("the referral to be published", WAIT, || async { Ok(bus.unsent().await? == 0) }).await?;
+
+    // A consumer takes the message, applies and commits, then dies without acking.
+    {
+        let conn = bus.connector.connect("dying consumer").await?;
+        let ch = conn.create_channel().await?;
+        let got = ch
+            .basic_get(bus.topology.inbox_queue(&centre).into(), BasicGetOptions { no_ack: false })
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the referral is not in the inbox queue"))?;
+        let msg = inbox::decode(&got.delivery).map_err(anyhow::Error::msg)?;
+        let mut tx = bus.pool.begin().await?;
+        let outcome = inbox::apply_one(&mut tx, "mediation-test", &RecordingHandler, &msg).await?;
+        assert_eq!(outcome, Applied::Applied);
+        tx.commit().await?;
+        conn.close(320, "consumer died".into()).await?; // no ack: the broker requeues it
+    }
+
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    wait_until("the redelivery to be skipped", WAIT, || async { Ok(consumer.duplicates.load(Ordering::Relaxed) == 1) })
+        .await?;
+    assert_eq!(consumer.applied.load(Ordering::Relaxed), 0, "the redelivery was not applied again");
+    assert_eq!(applied_ids(&bus).await?, vec![Uuid::parse_str(&env[0].message_id)?]);
+    bus.cleanup(&[centre]).await
+}
+
+#[tokio::test]
+async fn poison_messages_go_to_the_dead_letter_queue_with_a_reason_and_the_stream_continues() -> anyhow::Result<()> {
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    bus.spawn_relay();
+
+    // 1. bytes that are not an envelope, published straight to the exchange
+    let garbage_id = Uuid::now_v7().to_string();
+    {
+        let conn = bus.connector.connect("garbage publisher").await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let confirm = ch
+            .basic_publish(
+                bus.topology.handoff_exchange().into(),
+                format!("mediation.{}.referral", centre.code).into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                b"\xff\xff\xff not protobuf",
+                BasicProperties::default()
+                    .with_message_id(garbage_id.clone().into())
+                    .with_content_type(ENVELOPE_CONTENT_TYPE.into())
+                    .with_headers(no_headers()),
+            )
+            .await?
+            .await?;
+        assert!(confirm.is_ack() && confirm.take_message().is_none());
+        conn.close(200, "done".into()).await?;
+    }
+    // 2. a valid envelope the handler refuses, 3. and a good one after both
+    let mut refused = [referral(&court, &centre, "REJECT-431003-2026-000030", "refused".into())];
+    bus.stage(&mut refused).await?;
+    let mut good = [referral(&court, &centre, "JF-431003-2026-000031", "fine".into())];
+    bus.stage(&mut good).await?;
+
+    wait_until("the good message and both dead letters", WAIT, || async {
+        Ok(consumer.applied.load(Ordering::Relaxed) == 1 && consumer.dead_lettered.load(Ordering::Relaxed) == 2)
+    })
+    .await?;
+    assert_eq!(applied_ids(&bus).await?, vec![Uuid::parse_str(&good[0].message_id)?]);
+
+    let mut dead = bus.drain_dead().await?;
+    dead.sort_by_key(|d| d.message_id.clone() != Some(garbage_id.clone()));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].message_id.as_deref(), Some(garbage_id.as_str()));
+    assert!(dead[0].reason.as_deref().is_some_and(|r| r.contains("undecodable")), "{:?}", dead[0].reason);
+    assert_eq!(dead[1].message_id.as_deref(), Some(refused[0].message_id.as_str()));
+    assert!(dead[1].reason.as_deref().is_some_and(|r| r.contains("refused by the test handler")), "{:?}", dead[1].reason);
+    assert_eq!(dead[1].original_routing_key.as_deref(), Some(format!("mediation.{}.referral", centre.code).as_str()));
+    bus.cleanup(&[centre]).await
+}
+
+#[tokio::test]
+async fn unroutable_message_is_not_marked_sent_and_goes_out_once_the_recipient_exists() -> anyhow::Result<()> {
+    let bus = TestBus::new().await?;
+    let court = node(AgencyKind::Court, "431003");
+    let nowhere = node(AgencyKind::Mediation, "999999-404");
+    bus.declare(&[]).await?; // exchanges exist, but no queue for the recipient
+    let relay = bus.spawn_relay();
+    let mut env = [referral(&court, &nowhere, "JF-431003-2026-000040", "to nowhere".into())];
+    bus.stage(&mut env).await?;
+
+    wait_until("the broker to return the message", WAIT, || async { Ok(relay.returned.load(Ordering::Relaxed) >= 1) })
+        .await?;
+    let (sent_at, last_error): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("SELECT sent_at, last_error FROM outbox").fetch_one(&bus.pool).await?;
+    assert!(sent_at.is_none(), "a returned message is not marked sent");
+    assert!(last_error.as_deref().is_some_and(|e| e.contains("NO_ROUTE")), "{last_error:?}");
+
+    // The recipient's queue appears: the retry delivers it, nothing was lost.
+    let consumer = bus.spawn_consumer("mediation-nowhere", &nowhere);
+    wait_until("the held message to arrive", WAIT, || async { Ok(consumer.applied.load(Ordering::Relaxed) == 1) }).await?;
+    assert_eq!(bus.unsent().await?, 0);
+    bus.cleanup(&[nowhere]).await
+}
+
+#[tokio::test]
+async fn consumer_continues_the_senders_trace() -> anyhow::Result<()> {
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    bus.spawn_relay();
+
+    let span = tracing::info_span!("court.submit_referral");
+    let sender_trace = async {
+        let mut env = [referral(&court, &centre, "JF-431003-2026-000050", "traced".into())];
+        bus.stage(&mut env).await?;
+        anyhow::Ok((tracing_trace_id(), env[0].trace.clone()))
+    }
+    .instrument(span)
+    .await?;
+    let (Some(sender_trace_id), Some(env_trace)) = sender_trace else {
+        anyhow::bail!("the sender had no trace id: is the OpenTelemetry layer installed?")
+    };
+    assert!(env_trace.traceparent.contains(&sender_trace_id), "the envelope carries the trace context");
+
+    wait_until("the traced referral to be applied", WAIT, || async { Ok(consumer.applied.load(Ordering::Relaxed) == 1) })
+        .await?;
+    let consumer_trace: Option<String> = sqlx::query_scalar("SELECT trace_id FROM test_applied").fetch_one(&bus.pool).await?;
+    assert_eq!(consumer_trace.as_deref(), Some(sender_trace_id.as_str()), "the consumer's span is in the sender's trace");
+    bus.cleanup(&[centre]).await
+}
