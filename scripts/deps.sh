@@ -16,7 +16,10 @@
 # The same lines (with `export `) are written to target/duijie-env.sh.
 #
 # Environment knobs:
-#   DUIJIE_DEPS_SKIP_RESTART_PROOF=1  with --fault, skip the restart proof.
+#   DUIJIE_DEPS_RESTART_PROOF=auto|always|never   (default auto)
+#       with --fault, restart the fault servers once to prove it works and
+#       print the timings; "auto" does it only when this run created or
+#       (re)started a fault server (first bring-up, CI), so re-runs stay fast.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +28,7 @@ LOG_TAG=deps
 # shellcheck source=scripts/lib.sh
 . "$SCRIPT_DIR/lib.sh"
 
-usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; }
 
 FAULT=0
 for arg in "$@"; do
@@ -65,9 +68,14 @@ RABBIT_WAIT=90
 START_TS=$SECONDS
 
 # Serialise concurrent invocations (several engineers / CI jobs on one box).
-if have flock; then
-	exec 9>"${TMPDIR:-/tmp}/duijie-deps.lock"
-	flock -w 600 9 || die "another scripts/deps.sh is still running (lock ${TMPDIR:-/tmp}/duijie-deps.lock)"
+# Re-run ourselves under `flock -o` so that the lock fd is NOT inherited by the
+# daemons we start (they would otherwise hold the lock forever).
+LOCK_FILE=${TMPDIR:-/tmp}/duijie-deps.$(id -u).lock  # per user: /tmp is sticky (protected_regular)
+if [ -z "${DUIJIE_DEPS_LOCKED:-}" ] && have flock; then
+	rc=0
+	DUIJIE_DEPS_LOCKED=1 flock -o -E 75 -w 600 "$LOCK_FILE" bash "${BASH_SOURCE[0]}" "$@" || rc=$?
+	[ "$rc" -ne 75 ] || die "another scripts/deps.sh still holds $LOCK_FILE after 600s"
+	exit "$rc"
 fi
 
 # ---------------------------------------------------------------- packages --
@@ -97,7 +105,9 @@ ensure_packages() {
 	quiet as_root apt-get update -q || die "apt-get update failed"
 	quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" ||
 		die "apt-get install ${missing[*]} failed"
-	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && have rabbitmqctl || die "rabbitmq-server still missing after install"
+	if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || ! have rabbitmqctl; then
+		die "rabbitmq-server still missing after install"
+	fi
 	[ -n "$(pg_server_versions)" ] || die "PostgreSQL server still missing after install"
 }
 
@@ -131,15 +141,18 @@ pg_wait_ready() {
 		die "PostgreSQL $ver/$name is not accepting connections on 127.0.0.1:$port after ${PG_WAIT}s; see $(pg_field "$ver" "$name" 7)"
 }
 
-# pg_ensure_cluster VER NAME WANT_PORT(or "") MIN_CONN  -> prints "<port>" on stdout
+# pg_ensure_cluster VER NAME WANT_PORT(or "") MIN_CONN
+# Sets PG_PORT (the cluster's port) and PG_CHANGED=1 if it had to create/start it.
 pg_ensure_cluster() {
 	local ver=$1 name=$2 want_port=$3 min_conn=$4 status port cur what=""
+	PG_CHANGED=0
 	if [ -z "$(pg_field "$ver" "$name" 1)" ]; then
 		local args=("$ver" "$name")
 		[ -z "$want_port" ] || args+=(--port "$want_port")
 		quiet as_root pg_createcluster "${args[@]}" -- ||
 			die "pg_createcluster ${args[*]} failed"
 		what="created, "
+		PG_CHANGED=1
 	fi
 	port=$(pg_field "$ver" "$name" 3)
 	status=$(pg_field "$ver" "$name" 4)
@@ -152,6 +165,7 @@ pg_ensure_cluster() {
 		quiet as_root pg_ctlcluster "$ver" "$name" start ||
 			die "pg_ctlcluster $ver $name start failed; see $(pg_field "$ver" "$name" 7)"
 		what="${what}started, "
+		PG_CHANGED=1
 		;;
 	esac
 	pg_wait_ready "$ver" "$name" "$port"
@@ -165,9 +179,10 @@ pg_ensure_cluster() {
 		cur=$(pg_super "$port" -c 'SHOW max_connections')
 		[ "$cur" -ge "$min_conn" ] || die "max_connections on $ver/$name is $cur after restart (wanted >= $min_conn)"
 		what="${what}max_connections raised, "
+		PG_CHANGED=1
 	fi
 	log "postgres $ver/$name: ${what}online on 127.0.0.1:$port (max_connections=$cur)"
-	echo "$port"
+	PG_PORT=$port
 }
 
 pg_login_ok() {
@@ -191,7 +206,7 @@ pg_ensure_app() {
 			ELSE
 				ALTER ROLE $APP_USER LOGIN CREATEDB PASSWORD '$APP_PASS';
 			END IF; END \$\$" || die "creating role $APP_USER on $ver/$name failed"
-		what="role created, "
+		what="role created/updated, "
 	fi
 	case ${state#*|} in
 	"$APP_USER") ;;
@@ -230,31 +245,36 @@ rmqdiag() { as_root rabbitmq-diagnostics "$@"; }
 
 rabbit_log_hint() {
 	local node=$1 logdir=$2
-	echo "see $logdir/$node.log (and $logdir/startup_err, $logdir/log/crash.log)"
+	echo "see $logdir/$node.log"
 }
 
 # rabbit_start NODE: start the node detached (as rabbitmq via the wrapper)
 rabbit_start() {
 	local node=$1
 	if [ "$node" = "$RABBIT_FAULT_NODE" ]; then
+		# a pid file left by a killed node would confuse `rabbitmqctl wait`
+		as_root rm -f "$RABBIT_FAULT_PID_FILE"
 		quiet as_root env RABBITMQ_CONF_ENV_FILE="$RABBIT_FAULT_ENV_FILE" rabbitmq-server -detached
 	else
 		quiet as_root rabbitmq-server -detached
 	fi
 }
 
-# rabbit_ensure_running NODE AMQP_PORT LOGDIR
+# rabbit_ensure_running NODE AMQP_PORT LOGDIR  (sets RABBIT_CHANGED=1 if it started something)
 rabbit_ensure_running() {
 	local node=$1 port=$2 logdir=$3 what="running"
+	RABBIT_CHANGED=0
 	if ! rmqdiag -q -n "$node" check_running >/dev/null 2>&1 </dev/null; then
+		RABBIT_CHANGED=1
 		if rmqdiag -q -n "$node" ping >/dev/null 2>&1 </dev/null; then
 			# Erlang VM up but the rabbit app stopped (e.g. after stop_app)
 			quiet rmqctl -q -n "$node" start_app || die "rabbitmqctl -n $node start_app failed; $(rabbit_log_hint "$node" "$logdir")"
 			what="app started"
 		else
-			if port_listening "$port"; then
+			# A node that was just told to stop may still hold its port for a
+			# few seconds (`rabbitmqctl stop` returns before the VM exits).
+			wait_for 30 "port $port to be released" port_free "$port" ||
 				die "port $port is in use but RabbitMQ node $node does not answer (wrong Erlang cookie or foreign process?); check 'ss -ltnp' and /var/lib/rabbitmq/.erlang.cookie"
-			fi
 			rabbit_start "$node" || die "rabbitmq-server -detached for $node failed; $(rabbit_log_hint "$node" "$logdir")"
 			what="started"
 		fi
@@ -270,25 +290,47 @@ rabbit_ensure_running() {
 	log "rabbitmq $node: $what, AMQP 127.0.0.1:$port accepts connections"
 }
 
-# Declares and deletes a durable quorum queue through the broker's own API.
+# Erlang for `rabbitmqctl eval`: declare and delete a durable quorum queue
+# through the broker's own API; evaluates to rabbit_quorum_queue.
 RABBIT_QQ_PROBE='QN = rabbit_misc:r(<<"/">>, queue, <<"duijie.deps.quorum-probe">>),
 {_, Q} = rabbit_amqqueue:declare(QN, true, false, [{<<"x-queue-type">>, longstr, <<"quorum">>}], none, <<"duijie-deps">>),
 T = amqqueue:get_type(Q),
 {ok, _} = rabbit_amqqueue:delete(Q, false, false, <<"duijie-deps">>),
-T.'
+T'
+
+# Everything rabbit_ensure_running + rabbit_ensure_app would check, in ONE
+# `rabbitmqctl eval` (each CLI call costs ~0.5-1 s of Erlang boot). Uses broker
+# internals of 3.10; if it fails for any reason we just take the slow path.
+RABBIT_QUICK_CHECK="U = <<\"$APP_USER\">>,
+true = rabbit:is_running(),
+{ok, IU} = rabbit_auth_backend_internal:lookup_user(U),
+true = lists:member(administrator, internal_user:get_tags(IU)),
+{ok, _} = rabbit_access_control:check_user_pass_login(U, <<\"$APP_PASS\">>),
+true = lists:member([{vhost, <<\"/\">>}, {configure, <<\".*\">>}, {write, <<\".*\">>}, {read, <<\".*\">>}],
+                    rabbit_auth_backend_internal:list_user_permissions(U)),
+[] = maps:keys(rabbit_feature_flags:list(disabled, stable)),
+rabbit_quorum_queue = begin $RABBIT_QQ_PROBE end,
+ok."
+
+# rabbit_quick_check NODE AMQP_PORT: true if the node is fully set up already
+rabbit_quick_check() {
+	local out
+	out=$(rmqctl -q -n "$1" eval "$RABBIT_QUICK_CHECK" 2>/dev/null </dev/null) || return 1
+	[ "$out" = ok ] && port_open 127.0.0.1 "$2"
+}
 
 # rabbit_ensure_app NODE: user duijie (administrator, full perms on /), feature flags, quorum queues
 rabbit_ensure_app() {
 	local node=$1 what="" users perms flags out
 	users=$(rmqctl -q -n "$node" list_users --no-table-headers </dev/null) || die "rabbitmqctl -n $node list_users failed"
-	if ! grep -qE "^$APP_USER[[:space:]]" <<<"$users"; then
+	if ! grep -qE "^${APP_USER}[[:space:]]" <<<"$users"; then
 		quiet rmqctl -q -n "$node" add_user "$APP_USER" "$APP_PASS" || die "add_user $APP_USER on $node failed"
 		what="user created, "
 	elif ! quiet rmqctl -q -n "$node" authenticate_user "$APP_USER" "$APP_PASS" 2>/dev/null; then
 		quiet rmqctl -q -n "$node" change_password "$APP_USER" "$APP_PASS" || die "change_password $APP_USER on $node failed"
 		what="password reset, "
 	fi
-	if ! grep -qE "^$APP_USER[[:space:]]+\[administrator\]" <<<"$users"; then
+	if ! grep -qE "^${APP_USER}[[:space:]]+\[(.*[[:space:]])?administrator[],]" <<<"$users"; then
 		quiet rmqctl -q -n "$node" set_user_tags "$APP_USER" administrator || die "set_user_tags on $node failed"
 		what="${what}tags set, "
 	fi
@@ -302,9 +344,20 @@ rabbit_ensure_app() {
 		quiet rmqctl -q -n "$node" enable_feature_flag all || die "enable_feature_flag all on $node failed"
 		what="${what}feature flags enabled, "
 	fi
-	out=$(rmqctl -q -n "$node" eval "$RABBIT_QQ_PROBE" 2>&1 </dev/null) || true
-	[ "$out" = rabbit_quorum_queue ] || die "RabbitMQ $node: declaring a quorum queue failed: $out"
+	out=$(rmqctl -q -n "$node" eval "$RABBIT_QQ_PROBE." 2>&1 </dev/null) || true
+	[ "$(tail -n1 <<<"$out")" = rabbit_quorum_queue ] || die "RabbitMQ $node: declaring a quorum queue failed: $out"
 	log "rabbitmq $node: ${what}user $APP_USER (administrator, / .* .* .*) ok, quorum queues ok"
+}
+
+# rabbit_ensure NODE AMQP_PORT LOGDIR: quick check, else start + set up
+rabbit_ensure() {
+	RABBIT_CHANGED=0
+	if rabbit_quick_check "$1" "$2"; then
+		log "rabbitmq $1: running, AMQP 127.0.0.1:$2 open, user $APP_USER ok, quorum queues ok"
+		return
+	fi
+	rabbit_ensure_running "$1" "$2" "$3"
+	rabbit_ensure_app "$1"
 }
 
 # Config for the fault node: everything (ports, data, logs, plugins) separate
@@ -379,15 +432,15 @@ prove_fault_restarts() {
 ensure_packages
 
 PG_VER=$(pg_pick_version)
-PG_MAIN_PORT=$(pg_ensure_cluster "$PG_VER" "$PG_MAIN_CLUSTER" "" "$PG_MAIN_MIN_CONN")
+pg_ensure_cluster "$PG_VER" "$PG_MAIN_CLUSTER" "" "$PG_MAIN_MIN_CONN"
+PG_MAIN_PORT=$PG_PORT
 pg_ensure_app "$PG_VER" "$PG_MAIN_CLUSTER" "$PG_MAIN_PORT"
 
 HOST_SHORT=$(hostname -s)
 getent hosts "$HOST_SHORT" >/dev/null ||
 	die "hostname '$HOST_SHORT' does not resolve; RabbitMQ node rabbit@$HOST_SHORT cannot start. Add '127.0.1.1 $HOST_SHORT' to /etc/hosts"
 RABBIT_MAIN_NODE=rabbit@$HOST_SHORT
-rabbit_ensure_running "$RABBIT_MAIN_NODE" "$RABBIT_MAIN_PORT" /var/log/rabbitmq
-rabbit_ensure_app "$RABBIT_MAIN_NODE"
+rabbit_ensure "$RABBIT_MAIN_NODE" "$RABBIT_MAIN_PORT" /var/log/rabbitmq
 
 lines=(
 	"DUIJIE_AMQP_URL=amqp://$APP_USER:$APP_PASS@127.0.0.1:$RABBIT_MAIN_PORT/%2f"
@@ -395,16 +448,27 @@ lines=(
 )
 
 if [ "$FAULT" = 1 ]; then
-	PG_FAULT_ACTUAL_PORT=$(pg_ensure_cluster "$PG_VER" "$PG_FAULT_CLUSTER" "$PG_FAULT_PORT" "$PG_FAULT_MIN_CONN")
+	pg_ensure_cluster "$PG_VER" "$PG_FAULT_CLUSTER" "$PG_FAULT_PORT" "$PG_FAULT_MIN_CONN"
+	PG_FAULT_ACTUAL_PORT=$PG_PORT
+	fault_changed=$PG_CHANGED
 	pg_ensure_app "$PG_VER" "$PG_FAULT_CLUSTER" "$PG_FAULT_ACTUAL_PORT"
 
 	rabbit_fault_write_config
-	rabbit_ensure_running "$RABBIT_FAULT_NODE" "$RABBIT_FAULT_PORT" "$RABBIT_FAULT_LOG_DIR"
-	rabbit_ensure_app "$RABBIT_FAULT_NODE"
+	rabbit_ensure "$RABBIT_FAULT_NODE" "$RABBIT_FAULT_PORT" "$RABBIT_FAULT_LOG_DIR"
+	[ "$RABBIT_CHANGED" = 0 ] || fault_changed=1
 
-	if [ "${DUIJIE_DEPS_SKIP_RESTART_PROOF:-0}" != 1 ]; then
-		prove_fault_restarts "$PG_VER" "$PG_FAULT_ACTUAL_PORT"
-	fi
+	case ${DUIJIE_DEPS_RESTART_PROOF:-auto} in
+	always) prove_fault_restarts "$PG_VER" "$PG_FAULT_ACTUAL_PORT" ;;
+	never) ;;
+	auto)
+		if [ "$fault_changed" = 1 ]; then
+			prove_fault_restarts "$PG_VER" "$PG_FAULT_ACTUAL_PORT"
+		else
+			log "restart proof: skipped (fault servers were already up; DUIJIE_DEPS_RESTART_PROOF=always forces it)"
+		fi
+		;;
+	*) die "DUIJIE_DEPS_RESTART_PROOF must be auto, always or never" ;;
+	esac
 	lines+=(
 		"DUIJIE_FAULT_AMQP_URL=amqp://$APP_USER:$APP_PASS@127.0.0.1:$RABBIT_FAULT_PORT/%2f"
 		"DUIJIE_FAULT_DATABASE_URL=postgres://$APP_USER:$APP_PASS@127.0.0.1:$PG_FAULT_ACTUAL_PORT/$APP_DB"

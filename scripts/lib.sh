@@ -33,7 +33,7 @@ as_root() {
 	if [ "$(id -u)" -eq 0 ]; then
 		"$@"
 	elif have sudo; then
-		sudo -n "$@" || sudo "$@"
+		sudo "$@"
 	else
 		die "need root for: $* (not root and sudo is not installed)"
 	fi
@@ -48,7 +48,7 @@ as_user() {
 	elif [ "$(id -u)" -eq 0 ]; then
 		runuser -u "$user" -- "$@"
 	elif have sudo; then
-		sudo -n -u "$user" -- "$@"
+		sudo -u "$user" -- "$@"
 	else
 		die "need to run as $user: $* (not root and sudo is not installed)"
 	fi
@@ -85,6 +85,7 @@ wait_for() {
 
 # port_open HOST PORT: true if a TCP connection to HOST:PORT succeeds.
 port_open() {
+	# shellcheck disable=SC2016 # $1/$2 expand in the inner bash
 	timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" >/dev/null 2>&1
 }
 
@@ -96,3 +97,6 @@ port_listening() {
 		port_open 127.0.0.1 "$1"
 	fi
 }
+
+# port_free PORT: true if nothing listens on TCP PORT.
+port_free() { ! port_listening "$1"; }

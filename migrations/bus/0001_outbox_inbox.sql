@@ -35,3 +35,4 @@ CREATE TABLE inbox (
     received_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, message_id)
 );
+

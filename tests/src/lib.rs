@@ -167,9 +167,7 @@ impl TestBus {
     /// Stages envelopes in one committed transaction.
     pub async fn stage(&self, envs: &mut [Envelope]) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        for env in envs.iter_mut() {
-            outbox::stage(&mut tx, &self.topology, env).await?;
-        }
+        outbox::stage_all(&mut tx, &self.topology, envs).await?;
         tx.commit().await?;
         Ok(())
     }

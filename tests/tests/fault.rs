@@ -20,8 +20,8 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
-/// Stages TOTAL referrals, PER_TX per transaction, a little apart so the restart lands in the
-/// middle of the stream. A transaction that fails (database restarting) is retried with the same
+/// Stages TOTAL referrals, PER_TX per transaction, 40 ms apart (about 5 s in all) so the
+/// restart lands in the middle of the stream. A transaction that fails (database restarting) is retried with the same
 /// envelopes: staging is idempotent on message id, so a commit whose reply was lost is not doubled.
 async fn produce(bus: &TestBus) -> anyhow::Result<()> {
     let court = node(AgencyKind::Court, "431003");
@@ -36,7 +36,7 @@ async fn produce(bus: &TestBus) -> anyhow::Result<()> {
             anyhow::ensure!(attempts < 200, "staging kept failing: {e:#}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
     }
     Ok(())
 }
@@ -77,14 +77,16 @@ async fn thousand_messages_survive_a_rabbitmq_restart() -> anyhow::Result<()> {
     let restart = async {
         wait_until("a third of the stream to arrive", Duration::from_secs(60), || async { Ok(applied(&bus).await? >= 300) })
             .await?;
+        let at_restart = applied(&bus).await?;
         run_cmd("rabbitmqctl", &["-n", &rabbit_node, "stop_app"]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         run_cmd("rabbitmqctl", &["-n", &rabbit_node, "start_app"]).await?;
-        anyhow::Ok(())
+        anyhow::Ok(at_restart)
     };
     let (produced, restarted) = tokio::join!(produce(&bus), restart);
     produced?;
-    restarted?;
+    let at_restart = restarted?;
+    assert!(at_restart < TOTAL as i64 / 2, "the broker went down in the middle of the stream ({at_restart} applied)");
 
     assert_all_arrived_once(&bus, &consumer, &relay).await?;
     assert!(consumer.restarts.load(Ordering::Relaxed) >= 1, "the consumer saw the broker go away");
@@ -105,12 +107,19 @@ async fn thousand_messages_survive_a_postgresql_restart() -> anyhow::Result<()> 
     let restart = async {
         wait_until("a third of the stream to arrive", Duration::from_secs(60), || async { Ok(applied(&bus).await? >= 300) })
             .await?;
+        let started_before: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT pg_postmaster_start_time()").fetch_one(&bus.pool).await?;
+        let at_restart = applied(&bus).await?;
         run_cmd("pg_ctlcluster", &[version, name, "restart", "-m", "fast"]).await?;
-        anyhow::Ok(())
+        anyhow::Ok((started_before, at_restart))
     };
     let (produced, restarted) = tokio::join!(produce(&bus), restart);
     produced?;
-    restarted?;
+    let (started_before, at_restart) = restarted?;
+    assert!(at_restart < TOTAL as i64 / 2, "PostgreSQL went down in the middle of the stream ({at_restart} applied)");
+    let started_after: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT pg_postmaster_start_time()").fetch_one(&bus.pool).await?;
+    assert!(started_after > started_before, "PostgreSQL really restarted");
 
     assert_all_arrived_once(&bus, &consumer, &relay).await?;
     bus.cleanup(&[centre]).await

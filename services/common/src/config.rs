@@ -123,8 +123,10 @@ impl Default for TopologyConfig {
 pub struct RelayConfig {
     /// Rows claimed and published per transaction.
     pub batch_size: i64,
-    /// How often the relay looks for rows when no notification arrived (a notification can be
-    /// lost while PostgreSQL restarts, so polling is the safety net, not the main path).
+    /// Batches published and awaiting confirms at once (each holds a database connection).
+    pub pipeline_depth: usize,
+    /// How often an idle relay looks for new rows (a [`crate::outbox::RelayWaker`] wakes it
+    /// sooner). A full batch is followed by the next one at once.
     #[serde(with = "duration_ms")]
     pub poll_interval: Duration,
     /// First delay before republishing a row the broker returned or refused; doubles per attempt.
@@ -138,8 +140,9 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch_size: 500,
-            poll_interval: Duration::from_millis(500),
+            batch_size: 250,
+            pipeline_depth: 3,
+            poll_interval: Duration::from_millis(20),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
         }

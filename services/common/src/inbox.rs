@@ -5,6 +5,7 @@
 //! so they do not burn the queue's delivery limit); broker outages end the session and the loop
 //! reconnects.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,8 +98,7 @@ pub enum Applied {
 /// Applies one message in its own savepoint of `conn`: records it in the inbox and runs the
 /// handler; a duplicate or a rejection leaves no trace. Transient errors abort the whole batch.
 pub async fn apply_one<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, msg: &Inbound) -> Result<Applied, HandleError> {
-    let message_id = Uuid::parse_str(&msg.envelope.message_id)
-        .map_err(|_| HandleError::Rejected("message_id is not a UUID".into()))?;
+    let message_id = message_uuid(msg)?;
     let mut sp = conn.begin().await?;
     let new = sqlx::query("INSERT INTO inbox (consumer, message_id, routing_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(consumer)
@@ -112,9 +112,7 @@ pub async fn apply_one<H: Handler>(conn: &mut PgConnection, consumer: &str, hand
         sp.rollback().await?;
         return Ok(Applied::Duplicate);
     }
-    let span = tracing::info_span!("inbox.apply", consumer, message_id = %message_id, kind = msg.envelope.kind().routing_segment(), case_id = %msg.envelope.case_id);
-    msg.trace.set_as_parent_of(&span);
-    match handler.handle(&mut sp, msg).instrument(span).await {
+    match run_handler(&mut sp, consumer, handler, msg, message_id).await {
         Ok(()) => {
             sp.commit().await?;
             Ok(Applied::Applied)
@@ -125,6 +123,65 @@ pub async fn apply_one<H: Handler>(conn: &mut PgConnection, consumer: &str, hand
         }
         Err(e @ HandleError::Transient(_)) => Err(e),
     }
+}
+
+fn message_uuid(msg: &Inbound) -> Result<Uuid, HandleError> {
+    Uuid::parse_str(&msg.envelope.message_id).map_err(|_| HandleError::Rejected("message_id is not a UUID".into()))
+}
+
+/// Runs the handler in a span that continues the sender's trace.
+async fn run_handler<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, msg: &Inbound, message_id: Uuid) -> Result<(), HandleError> {
+    let span = tracing::info_span!("inbox.apply", consumer, message_id = %message_id, kind = msg.envelope.kind().routing_segment(), case_id = %msg.envelope.case_id);
+    msg.trace.set_as_parent_of(&span);
+    handler.handle(conn, msg).instrument(span).await
+}
+
+/// Applies a batch in `conn` without savepoints: one statement records every message in the
+/// inbox, then the handler runs for each new one. Returns `None` as soon as the handler refuses
+/// a message: the caller rolls back and redoes the batch message by message.
+async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, decoded: &[Result<Inbound, String>]) -> Result<Option<Vec<Applied>>, HandleError> {
+    let mut ids = Vec::with_capacity(decoded.len());
+    let mut keys = Vec::with_capacity(decoded.len());
+    for msg in decoded.iter().flatten() {
+        let Ok(id) = message_uuid(msg) else { return Ok(None) };
+        ids.push(id);
+        keys.push(msg.routing_key.clone());
+    }
+    let new_ids: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, message_id, routing_key)
+         SELECT $1, m.id, m.key FROM unnest($2::uuid[], $3::text[]) AS m(id, key)
+         ON CONFLICT DO NOTHING
+         RETURNING message_id",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let mut first_seen = HashSet::with_capacity(new_ids.len());
+    let mut outcomes = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        let outcome = match d {
+            Err(reason) => Applied::Rejected(reason.clone()),
+            Ok(msg) => {
+                let Ok(id) = message_uuid(msg) else { return Ok(None) };
+                // The same id twice in one batch: only its first occurrence is new.
+                if new_ids.contains(&id) && first_seen.insert(id) {
+                    match run_handler(conn, consumer, handler, msg, id).await {
+                        Ok(()) => Applied::Applied,
+                        Err(HandleError::Rejected(_)) => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    Applied::Duplicate
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(Some(outcomes))
 }
 
 /// Decodes a delivery into an [`Inbound`], or says why it is poison.
@@ -246,6 +303,7 @@ impl<H: Handler> Consumer<H> {
     /// Returns `false` if shutdown came while waiting for the database (the batch is then left
     /// unacked and the broker redelivers it to the next consumer).
     async fn process(&self, ch: &Channel, dead_ch: &Channel, batch: Vec<Delivery>, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let started = std::time::Instant::now();
         let decoded: Vec<Result<Inbound, String>> = batch.iter().map(decode).collect();
         let mut db_backoff = Backoff::reconnect();
         let outcomes = loop {
@@ -281,10 +339,24 @@ impl<H: Handler> Consumer<H> {
         if let Some(last) = batch.last() {
             ch.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await.context("acking a batch")?;
         }
+        tracing::debug!(consumer = %self.name, batch = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "applied a batch");
         Ok(true)
     }
 
+    /// Applies a batch in one transaction. The fast path records the whole batch at once; if the
+    /// handler refuses a message, the batch is redone with a savepoint per message so only the
+    /// refused one is left out.
     async fn apply_batch(&self, decoded: &[Result<Inbound, String>]) -> Result<Vec<Applied>, anyhow::Error> {
+        let transient = |e: HandleError| match e {
+            HandleError::Transient(e) => e.context("applying a batch"),
+            HandleError::Rejected(r) => anyhow::anyhow!("unexpected refusal outside a savepoint: {r}"),
+        };
+        let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
+        if let Some(outcomes) = apply_batch_fast(&mut tx, &self.name, self.handler.as_ref(), decoded).await.map_err(transient)? {
+            tx.commit().await.context("committing the inbox transaction")?;
+            return Ok(outcomes);
+        }
+        tx.rollback().await.context("rolling back the fast path")?;
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
         let mut outcomes = Vec::with_capacity(decoded.len());
         for d in decoded {
@@ -293,7 +365,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(msg) => match apply_one(&mut tx, &self.name, self.handler.as_ref(), msg).await {
                     Ok(o) => o,
                     Err(HandleError::Rejected(r)) => Applied::Rejected(r),
-                    Err(HandleError::Transient(e)) => return Err(e.context("applying a message")),
+                    Err(e @ HandleError::Transient(_)) => return Err(transient(e)),
                 },
             };
             outcomes.push(outcome);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of duijie against real servers, on a fresh Debian machine or this one:
+#   1. scripts/deps.sh --fault: installs/starts RabbitMQ and PostgreSQL, plus the fault servers
+#      (second RabbitMQ node on 5673, second PostgreSQL cluster on 5433) that fault tests restart;
+#   2. clippy with warnings as errors;
+#   3. every test of the workspace with cargo-nextest (one build, tests in parallel; fault tests
+#      serialised in their own group, see .config/nextest.toml).
+# Extra arguments go to nextest (e.g. scripts/test.sh -E 'binary(handoff)').
+set -euo pipefail
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+LOG_TAG=test
+# shellcheck source=scripts/lib.sh
+. "$SCRIPT_DIR/lib.sh"
+cd "$ROOT_DIR"
+
+"$SCRIPT_DIR/deps.sh" --fault >/dev/null
+# shellcheck source=/dev/null
+. "$ROOT_DIR/target/duijie-env.sh"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+	log "cargo-nextest missing; installing it"
+	cargo install cargo-nextest --locked
+fi
+
+log "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "tests"
+cargo nextest run --workspace --profile ci "$@"

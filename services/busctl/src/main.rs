@@ -1,0 +1,127 @@
+//! `duijie-bus`: operator commands for the bus itself.
+//!
+//! * `migrate`  — apply the bus migrations (outbox, inbox) to a service database;
+//! * `declare`  — declare the topology (exchanges, dead-letter queue, audit tap, inbox queues)
+//!   for the given agency nodes; idempotent;
+//! * `status`   — queue depths and consumers of the tap, the dead-letter queue and each node's
+//!   inbox, and unsent outbox rows of a database.
+//!
+//! Exit codes: 0 success, 1 failure (message on stderr), 2 bad arguments.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use duijie_common::amqp::{AgencyNode, Connector, Topology};
+use duijie_common::config::{AmqpConfig, DatabaseConfig, TopologyConfig};
+use duijie_proto::v1::AgencyKind;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+
+#[derive(Parser, Debug)]
+#[command(name = "duijie-bus", about = "Operate the duijie referral bus: migrations, topology, queue status")]
+struct Cli {
+    /// RabbitMQ URL.
+    #[arg(long, global = true, env = "DUIJIE_AMQP_URL", default_value = "amqp://duijie:duijie@127.0.0.1:5672/%2f", hide_env_values = true)]
+    amqp_url: String,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, global = true, env = "DUIJIE_TOPOLOGY__PREFIX", default_value = "duijie")]
+    prefix: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply the bus migrations (outbox, inbox) to a service database, creating it if missing.
+    Migrate {
+        /// postgres://user:password@host:port/database
+        #[arg(long, env = "DUIJIE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Declare the topology for agency nodes given as kind:code (e.g. court:431003).
+    Declare {
+        #[arg(required = true, value_parser = parse_node)]
+        nodes: Vec<AgencyNode>,
+    },
+    /// Show queue depths (tap, dead letters, and the inboxes of the given nodes).
+    Status {
+        #[arg(value_parser = parse_node)]
+        nodes: Vec<AgencyNode>,
+    },
+}
+
+fn parse_node(s: &str) -> Result<AgencyNode, String> {
+    let (kind, code) = s.split_once(':').ok_or("expected kind:code, e.g. court:431003")?;
+    let kind = AgencyKind::parse(kind).ok_or_else(|| format!("unknown agency kind {kind:?}"))?;
+    AgencyNode::new(kind, code).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("duijie-bus: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let topology = Topology::new(TopologyConfig { prefix: cli.prefix.clone(), ..Default::default() });
+    let connector = Connector::new(AmqpConfig { url: cli.amqp_url.clone().into(), connection_name: "duijie-bus".into() });
+    match cli.command {
+        Command::Migrate { database_url } => {
+            let cfg = DatabaseConfig::from_url(&database_url)?;
+            create_database_if_missing(&cfg).await?;
+            let pool = duijie_common::db::pool(&cfg);
+            duijie_common::db::migrate(&pool).await?;
+            println!("migrated database {} on {}:{}", cfg.database, cfg.host, cfg.port);
+        }
+        Command::Declare { nodes } => {
+            let conn = connector.connect("declare").await?;
+            topology.declare(&conn.create_channel().await?, &nodes).await?;
+            println!("declared exchange {} (topic), {} (fanout)", topology.handoff_exchange(), topology.dead_exchange());
+            for n in &nodes {
+                println!("  {n:<28} inbox {}", topology.inbox_queue(n));
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+        Command::Status { nodes } => {
+            let conn = connector.connect("status").await?;
+            let ch = conn.create_channel().await?;
+            let mut queues = vec![topology.tap_queue(), topology.dead_queue()];
+            queues.extend(nodes.iter().map(|n| topology.inbox_queue(n)));
+            println!("{:<48} {:>10} {:>10}", "queue", "messages", "consumers");
+            for q in queues {
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                match ch.queue_declare(q.clone().into(), passive, FieldTable::default()).await {
+                    Ok(info) => println!("{:<48} {:>10} {:>10}", q, info.message_count(), info.consumer_count()),
+                    Err(e) => anyhow::bail!("queue {q} is not declared ({e}); run `duijie-bus declare` first"),
+                }
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+    }
+    Ok(())
+}
+
+async fn create_database_if_missing(cfg: &DatabaseConfig) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect_with(&cfg.options_for("postgres"))
+        .await
+        .context("connecting to PostgreSQL (database postgres)")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&cfg.database)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        anyhow::ensure!(
+            cfg.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "database name {:?} must be letters, digits and '_'",
+            cfg.database
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{}""#, cfg.database))).execute(&mut admin).await?;
+    }
+    Ok(())
+}
