@@ -452,7 +452,7 @@ async fn drain_tap(connector: Connector, queue: String, shutdown: CancellationTo
                 // Acks in groups of 100, as a batching consumer such as the audit service would.
                 Some(Ok(d)) => {
                     drained += 1;
-                    if drained % 100 == 0 {
+                    if drained.is_multiple_of(100) {
                         d.ack(BasicAckOptions { multiple: true }).await?;
                     }
                 }
