@@ -218,3 +218,38 @@ async fn consumer_continues_the_senders_trace() -> anyhow::Result<()> {
     assert_eq!(consumer_trace.as_deref(), Some(sender_trace_id.as_str()), "the consumer's span is in the sender's trace");
     bus.cleanup(&[centre]).await
 }
+
+#[tokio::test]
+async fn housekeeping_prunes_only_sent_rows_and_old_inbox_records() -> anyhow::Result<()> {
+    use duijie_common::db::{Prune, prune_once};
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let mut envs = [
+        referral(&court, &centre, "JF-431003-2026-000060", "sent long ago".into()),
+        referral(&court, &centre, "JF-431003-2026-000061", "unsent for long".into()),
+        referral(&court, &centre, "JF-431003-2026-000062", "sent just now".into()),
+    ];
+    bus.stage(&mut envs).await?;
+    let ids: Vec<Uuid> = envs.iter().map(|e| Uuid::parse_str(&e.message_id)).collect::<Result<_, _>>()?;
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '30 days', sent_at = now() - interval '20 days' WHERE message_id = $1")
+        .bind(ids[0])
+        .execute(&bus.pool)
+        .await?;
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '30 days' WHERE message_id = $1").bind(ids[1]).execute(&bus.pool).await?;
+    sqlx::query("UPDATE outbox SET sent_at = now() WHERE message_id = $1").bind(ids[2]).execute(&bus.pool).await?;
+    sqlx::query("INSERT INTO inbox (consumer, message_id, routing_key, received_at) VALUES ('c', $1, 'k', now() - interval '40 days'), ('c', $2, 'k', now())")
+        .bind(ids[0])
+        .bind(ids[2])
+        .execute(&bus.pool)
+        .await?;
+
+    let week = Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(prune_once(&bus.pool, Prune::SentOutbox, week).await?, 1);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM outbox ORDER BY id").fetch_all(&bus.pool).await?;
+    assert_eq!(left, vec![ids[1], ids[2]], "the old unsent row is kept: nothing unsent is ever pruned");
+    assert_eq!(prune_once(&bus.pool, Prune::Inbox, Duration::from_secs(30 * 24 * 3600)).await?, 1);
+    let inbox: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM inbox").fetch_all(&bus.pool).await?;
+    assert_eq!(inbox, vec![ids[2]]);
+    bus.cleanup(&[centre]).await
+}

@@ -277,7 +277,7 @@ impl BusUnderTest {
             pool.clone(),
             connector.clone(),
             topology.clone(),
-            ConsumerConfig { prefetch: args.prefetch, batch_max: args.consumer_batch },
+            ConsumerConfig { prefetch: args.prefetch, batch_max: args.consumer_batch, ..Default::default() },
             BenchHandler { applied: applied.clone(), latency: latency.clone() },
         );
         tokio::spawn(consumer.run(shutdown.clone()));

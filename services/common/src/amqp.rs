@@ -70,7 +70,8 @@ impl AgencyNode {
 
 impl std::fmt::Display for AgencyNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind.as_str(), self.code)
+        // pad, not write!, so that width flags in callers' format strings apply
+        f.pad(&format!("{}:{}", self.kind.as_str(), self.code))
     }
 }
 

@@ -135,6 +135,9 @@ pub struct RelayConfig {
     /// Upper bound of that delay.
     #[serde(with = "duration_ms")]
     pub retry_max: Duration,
+    /// Sent rows are kept this long (for operators), then deleted.
+    #[serde(with = "duration_ms")]
+    pub sent_retention: Duration,
 }
 
 impl Default for RelayConfig {
@@ -145,6 +148,7 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_millis(20),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
+            sent_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -157,11 +161,14 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// Most deliveries applied in one database transaction.
     pub batch_max: usize,
+    /// Inbox records (the deduplication memory) are kept this long, then deleted.
+    #[serde(with = "duration_ms")]
+    pub inbox_retention: Duration,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { prefetch: 256, batch_max: 128 }
+        Self { prefetch: 256, batch_max: 128, inbox_retention: Duration::from_secs(30 * 24 * 3600) }
     }
 }
 

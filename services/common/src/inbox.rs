@@ -243,6 +243,13 @@ impl<H: Handler> Consumer<H> {
 
     /// Runs until `shutdown`, reconnecting after broker restarts.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let pruner = tokio::spawn(crate::db::prune_periodically(
+            self.pool.clone(),
+            crate::db::Prune::Inbox,
+            self.cfg.inbox_retention,
+            std::time::Duration::from_secs(600),
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_cancelled() {
             match self.session(&shutdown, &mut backoff).await {
@@ -256,6 +263,7 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         }
+        pruner.abort();
         Ok(())
     }
 

@@ -102,6 +102,9 @@ fn parse_uuid(field: &'static str, value: &str) -> Result<Uuid, StageError> {
         .map_err(|_| StageError::Invalid(duijie_proto::ContractError::InvalidUuid { field, value: value.to_owned() }))
 }
 
+/// How often sent rows past their retention are deleted.
+const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Counters a relay keeps; read them to see what it did.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -191,6 +194,13 @@ impl Relay {
 
     /// Runs until `shutdown`: reconnects to the broker and waits out database outages itself.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let pruner = tokio::spawn(crate::db::prune_periodically(
+            self.pool.clone(),
+            crate::db::Prune::SentOutbox,
+            self.cfg.sent_retention,
+            HOUSEKEEPING_EVERY,
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_cancelled() {
             match self.session(&shutdown, &mut backoff).await {
@@ -204,6 +214,7 @@ impl Relay {
                 }
             }
         }
+        pruner.abort();
         Ok(())
     }
 
