@@ -187,9 +187,9 @@ impl TestBus {
             .await?)
     }
 
-    /// Unsent outbox rows.
+    /// Unsent outbox rows (the relay deletes a row once the broker confirmed it).
     pub async fn unsent(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?)
     }
 
     /// Drains the dead-letter queue: (reason header, routing key header, body) per message.

@@ -135,9 +135,6 @@ pub struct RelayConfig {
     /// Upper bound of that delay.
     #[serde(with = "duration_ms")]
     pub retry_max: Duration,
-    /// Sent rows are kept this long (for operators), then deleted.
-    #[serde(with = "duration_ms")]
-    pub sent_retention: Duration,
 }
 
 impl Default for RelayConfig {
@@ -148,7 +145,6 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_millis(20),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
-            sent_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

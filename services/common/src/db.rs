@@ -47,55 +47,38 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Which table a housekeeping task prunes.
-#[derive(Debug, Clone, Copy)]
-pub enum Prune {
-    /// Outbox rows sent longer ago than the retention.
-    SentOutbox,
-    /// Inbox records older than the retention (redeliveries come within minutes; the records
-    /// only have to outlive them).
-    Inbox,
-}
-
-impl Prune {
-    fn sql(self) -> &'static str {
-        // In slices, so a large backlog does not hold one long transaction.
-        match self {
-            Prune::SentOutbox => {
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                  WHERE sent_at < now() - make_interval(secs => $1) LIMIT 5000)"
-            }
-            Prune::Inbox => {
-                "DELETE FROM inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM inbox
-                  WHERE received_at < now() - make_interval(secs => $1) LIMIT 5000)"
-            }
-        }
-    }
-}
-
-/// Deletes what `what` names every `every`, until `shutdown`. Failures (database down) are
-/// logged and retried at the next turn.
-pub async fn prune_periodically(pool: PgPool, what: Prune, retention: Duration, every: Duration, shutdown: CancellationToken) {
+/// Deletes inbox records older than `retention` every `every`, until `shutdown`. The records
+/// only have to outlive redeliveries (minutes), so a retention of days is generous. Failures
+/// (database down) are logged and retried at the next turn.
+pub async fn prune_inbox_periodically(pool: PgPool, retention: Duration, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match prune_once(&pool, what, retention).await {
-            Ok(n) => tracing::debug!(?what, deleted = n, "pruned"),
-            Err(e) => tracing::warn!(?what, error = %e, "pruning failed; will retry"),
+        match prune_inbox(&pool, retention).await {
+            Ok(n) => tracing::debug!(deleted = n, "pruned the inbox"),
+            Err(e) => tracing::warn!(error = %e, "pruning the inbox failed; will retry"),
         }
     }
 }
 
-/// Deletes everything `what` names that is older than `retention`; returns how many rows.
-/// Unsent outbox rows are never deleted, whatever their age.
-pub async fn prune_once(pool: &PgPool, what: Prune, retention: Duration) -> Result<u64, sqlx::Error> {
+/// Deletes inbox records older than `retention`, in slices of 5,000 so a large backlog does not
+/// hold one long transaction; returns how many.
+pub async fn prune_inbox(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    const SLICE: u64 = 5000;
     let mut total = 0;
     loop {
-        let n = sqlx::query(what.sql()).bind(retention.as_secs_f64()).execute(pool).await?.rows_affected();
+        let n = sqlx::query(
+            "DELETE FROM inbox WHERE (consumer, message_id) IN (SELECT consumer, message_id FROM inbox
+              WHERE received_at < now() - make_interval(secs => $1) LIMIT 5000)",
+        )
+        .bind(retention.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
         total += n;
-        if n < 5000 {
+        if n < SLICE {
             return Ok(total);
         }
     }

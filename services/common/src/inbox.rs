@@ -243,9 +243,8 @@ impl<H: Handler> Consumer<H> {
 
     /// Runs until `shutdown`, reconnecting after broker restarts.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let pruner = tokio::spawn(crate::db::prune_periodically(
+        let pruner = tokio::spawn(crate::db::prune_inbox_periodically(
             self.pool.clone(),
-            crate::db::Prune::Inbox,
             self.cfg.inbox_retention,
             std::time::Duration::from_secs(600),
             shutdown.clone(),

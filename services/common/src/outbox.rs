@@ -102,13 +102,10 @@ fn parse_uuid(field: &'static str, value: &str) -> Result<Uuid, StageError> {
         .map_err(|_| StageError::Invalid(duijie_proto::ContractError::InvalidUuid { field, value: value.to_owned() }))
 }
 
-/// How often sent rows past their retention are deleted.
-const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// Counters a relay keeps; read them to see what it did.
 #[derive(Debug, Default)]
 pub struct RelayStats {
-    /// Rows published and acked by the broker, marked sent.
+    /// Rows published and acked by the broker, deleted from the outbox.
     pub published: AtomicU64,
     /// Publishes the broker returned as unroutable (no queue for the recipient).
     pub returned: AtomicU64,
@@ -136,7 +133,7 @@ struct OutboxRow {
 pub struct BatchOutcome {
     /// Rows claimed.
     pub claimed: usize,
-    /// Rows marked sent.
+    /// Rows confirmed and deleted.
     pub sent: usize,
     /// Rows returned or nacked, left unsent with a retry time.
     pub failed: usize,
@@ -194,13 +191,6 @@ impl Relay {
 
     /// Runs until `shutdown`: reconnects to the broker and waits out database outages itself.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let pruner = tokio::spawn(crate::db::prune_periodically(
-            self.pool.clone(),
-            crate::db::Prune::SentOutbox,
-            self.cfg.sent_retention,
-            HOUSEKEEPING_EVERY,
-            shutdown.clone(),
-        ));
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_cancelled() {
             match self.session(&shutdown, &mut backoff).await {
@@ -214,7 +204,6 @@ impl Relay {
                 }
             }
         }
-        pruner.abort();
         Ok(())
     }
 
@@ -331,7 +320,7 @@ impl Relay {
             }
         }
         if !sent.is_empty() {
-            sqlx::query("UPDATE outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)")
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(&sent)
                 .execute(&mut *tx)
                 .await?;
@@ -366,7 +355,7 @@ async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, sqlx
     sqlx::query_as::<_, OutboxRow>(
         "SELECT id, message_id, kind, exchange, routing_key, payload, traceparent, tracestate, attempts
          FROM outbox
-         WHERE sent_at IS NULL AND next_attempt_at <= clock_timestamp()
+         WHERE next_attempt_at <= clock_timestamp()
          ORDER BY id
          LIMIT $1
          FOR UPDATE SKIP LOCKED",
