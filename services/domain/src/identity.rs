@@ -1,0 +1,138 @@
+//! Identity numbers of parties: validation (with the field at fault named for the caller) and
+//! masking for agencies that do not need the full number.
+
+use duijie_proto::v1::IdDocumentType;
+
+/// Why an identity number was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// Wrong length or characters for the document type.
+    #[error("{0} has the wrong format")]
+    Format(&'static str),
+    /// The birth date inside a resident identity number is not a real date.
+    #[error("resident identity number has an impossible birth date")]
+    BirthDate,
+    /// The check character does not match (a typing error).
+    #[error("{0} check digit does not match")]
+    Checksum(&'static str),
+    /// No document type given.
+    #[error("identity document type is not set")]
+    MissingType,
+    /// No number given.
+    #[error("identity number is empty")]
+    Empty,
+}
+
+/// Validates `number` for its document type. Resident identity numbers (GB 11643-1999) and
+/// unified social credit codes (GB 32100-2015) are checked down to their check character;
+/// other documents only for plausible length and characters.
+pub fn validate(doc_type: IdDocumentType, number: &str) -> Result<(), IdentityError> {
+    if number.is_empty() {
+        return Err(IdentityError::Empty);
+    }
+    match doc_type {
+        IdDocumentType::Unspecified => Err(IdentityError::MissingType),
+        IdDocumentType::ResidentIdCard => validate_resident_id(number),
+        IdDocumentType::SocialCreditCode => validate_social_credit_code(number),
+        IdDocumentType::Passport
+        | IdDocumentType::HkMacaoPermit
+        | IdDocumentType::TaiwanPermit
+        | IdDocumentType::ForeignPermanentResident
+        | IdDocumentType::Other => {
+            if (5..=20).contains(&number.len()) && number.chars().all(|c| c.is_ascii_alphanumeric()) {
+                Ok(())
+            } else {
+                Err(IdentityError::Format("document number"))
+            }
+        }
+    }
+}
+
+/// GB 11643-1999: 17 digits (6 area, 8 birth date, 3 sequence) and a check character computed
+/// with weights 2^(17-i) mod 11, mapped through `10X98765432`.
+pub fn validate_resident_id(number: &str) -> Result<(), IdentityError> {
+    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    const CHECK: [u8; 11] = *b"10X98765432";
+    let bytes = number.as_bytes();
+    if bytes.len() != 18 || !bytes[..17].iter().all(u8::is_ascii_digit) {
+        return Err(IdentityError::Format("resident identity number"));
+    }
+    let birth = &number[6..14];
+    if chrono::NaiveDate::parse_from_str(birth, "%Y%m%d").is_err() {
+        return Err(IdentityError::BirthDate);
+    }
+    let sum: u32 = bytes[..17].iter().zip(WEIGHTS).map(|(d, w)| u32::from(d - b'0') * w).sum();
+    let expected = CHECK[(sum % 11) as usize];
+    if bytes[17].to_ascii_uppercase() == expected {
+        Ok(())
+    } else {
+        Err(IdentityError::Checksum("resident identity number"))
+    }
+}
+
+/// GB 32100-2015: 18 characters from `0-9A-Z` without I, O, Z, S, V; the last is a check
+/// character with weights 3^i mod 31.
+pub fn validate_social_credit_code(code: &str) -> Result<(), IdentityError> {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+    const WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+    let bytes = code.as_bytes();
+    if bytes.len() != 18 {
+        return Err(IdentityError::Format("unified social credit code"));
+    }
+    let value = |c: u8| ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase()).map(|p| p as u32);
+    let mut sum = 0;
+    for (c, w) in bytes[..17].iter().zip(WEIGHTS) {
+        sum += value(*c).ok_or(IdentityError::Format("unified social credit code"))? * w;
+    }
+    let check = (31 - sum % 31) % 31;
+    match value(bytes[17]) {
+        Some(v) if v == check => Ok(()),
+        Some(_) => Err(IdentityError::Checksum("unified social credit code")),
+        None => Err(IdentityError::Format("unified social credit code")),
+    }
+}
+
+/// The number as shown to an agency that does not need it: the first 4 and last 4 characters
+/// (the first 2 and last 2 for short numbers), the rest as `*`.
+pub fn mask(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    let keep = if chars.len() >= 12 { 4 } else if chars.len() >= 6 { 2 } else { 0 };
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < keep || i + keep >= chars.len() { *c } else { '*' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_ids() {
+        // The GB 11643-1999 standard's own example, and one ending in X.
+        assert_eq!(validate_resident_id("11010519491231002X"), Ok(()));
+        assert_eq!(validate_resident_id("11010519491231002x"), Ok(()));
+        assert_eq!(validate_resident_id("440524188001010014"), Ok(()));
+        assert_eq!(validate_resident_id("110105194912310021"), Err(IdentityError::Checksum("resident identity number")));
+        assert_eq!(validate_resident_id("110105194902300026"), Err(IdentityError::BirthDate));
+        assert_eq!(validate_resident_id("1101051949123100"), Err(IdentityError::Format("resident identity number")));
+        assert_eq!(validate_resident_id("11010519491231002Y"), Err(IdentityError::Checksum("resident identity number")));
+        assert_eq!(validate(IdDocumentType::Unspecified, "x"), Err(IdentityError::MissingType));
+        assert_eq!(validate(IdDocumentType::ResidentIdCard, ""), Err(IdentityError::Empty));
+    }
+
+    #[test]
+    fn social_credit_codes() {
+        assert_eq!(validate_social_credit_code("91350100M000100Y43"), Ok(()));
+        assert_eq!(validate_social_credit_code("91350100M000100Y44"), Err(IdentityError::Checksum("unified social credit code")));
+        assert_eq!(validate_social_credit_code("91350100M000100YI3"), Err(IdentityError::Format("unified social credit code")));
+    }
+
+    #[test]
+    fn masking() {
+        assert_eq!(mask("11010519491231002X"), "1101**********002X");
+        assert_eq!(mask("E1234567"), "E1****67");
+        assert_eq!(mask("1234"), "****");
+    }
+}
