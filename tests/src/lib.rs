@@ -192,6 +192,31 @@ impl TestBus {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?)
     }
 
+    /// Publishes raw bytes to the handoff exchange (bypassing the outbox), waiting for the
+    /// broker's confirm; for tests that need exact control of what is on the queue.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: &str) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let conn = self.connector.connect("test raw publisher").await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let confirm = ch
+            .basic_publish(
+                self.topology.handoff_exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                lapin::BasicProperties::default()
+                    .with_message_id(message_id.into())
+                    .with_content_type(duijie_proto::ENVELOPE_CONTENT_TYPE.into())
+                    .with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(matches!(confirm, lapin::Confirmation::Ack(None)), "raw publish not routed: {confirm:?}");
+        conn.close(200, "done".into()).await?;
+        Ok(())
+    }
+
     /// Drains the dead-letter queue: (reason header, routing key header, body) per message.
     pub async fn drain_dead(&self) -> anyhow::Result<Vec<DeadMessage>> {
         let conn = self.connector.connect("test dead drain").await?;

@@ -179,8 +179,12 @@ async fn unroutable_message_is_not_marked_sent_and_goes_out_once_the_recipient_e
     let mut env = [referral(&court, &nowhere, "JF-431003-2026-000040", "to nowhere".into())];
     bus.stage(&mut env).await?;
 
-    wait_until("the broker to return the message", WAIT, || async { Ok(relay.returned.load(Ordering::Relaxed) >= 1) })
-        .await?;
+    wait_until("the broker to return the message", WAIT, || async {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM outbox").fetch_one(&bus.pool).await?;
+        Ok(attempts >= 1)
+    })
+    .await?;
+    assert!(relay.returned.load(Ordering::Relaxed) >= 1);
     let (attempts, last_error): (i32, Option<String>) =
         sqlx::query_as("SELECT attempts, last_error FROM outbox").fetch_one(&bus.pool).await?;
     assert!(attempts >= 1, "a returned message stays in the outbox, not marked sent");
@@ -238,4 +242,84 @@ async fn housekeeping_prunes_only_old_inbox_records() -> anyhow::Result<()> {
     let left: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM inbox").fetch_all(&bus.pool).await?;
     assert_eq!(left, vec![recent], "a record younger than the retention still guards against redelivery");
     bus.cleanup(&[]).await
+}
+
+#[tokio::test]
+async fn returns_are_matched_by_message_id_in_a_mixed_batch() -> anyhow::Result<()> {
+    // lapin attaches a basic.return to whichever confirm completes next, so a batch mixing
+    // routable and unroutable messages must still keep exactly the unroutable ones.
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    let nowhere = node(AgencyKind::Mediation, "999999-404");
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    let mut envs: Vec<_> = (0..600)
+        .map(|i| {
+            let to = if i % 2 == 0 { &centre } else { &nowhere };
+            referral(&court, to, &format!("JF-431003-2026-{i:06}"), "mixed".into())
+        })
+        .collect();
+    bus.stage(&mut envs).await?;
+    let relay = bus.spawn_relay();
+    wait_until("every routable message applied and every unroutable one returned", Duration::from_secs(60), || async {
+        let kept_tried: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE attempts >= 1").fetch_one(&bus.pool).await?;
+        Ok(consumer.applied.load(Ordering::Relaxed) == 300 && kept_tried == 300)
+    })
+    .await?;
+    let kept: Vec<String> = sqlx::query_scalar("SELECT routing_key FROM outbox").fetch_all(&bus.pool).await?;
+    assert_eq!(kept.len(), 300, "exactly the unroutable rows stay");
+    assert!(kept.iter().all(|k| k.starts_with("mediation.999999-404.")), "only unroutable rows stay");
+    assert_eq!(bus.applied_counts().await?, (300, 300));
+    assert!(relay.returned.load(Ordering::Relaxed) >= 300);
+    bus.cleanup(&[centre]).await
+}
+
+#[tokio::test]
+async fn duplicates_inside_one_batch_and_a_refusal_beside_them_are_handled() -> anyhow::Result<()> {
+    use prost::Message as _;
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    let key = format!("mediation.{}.referral", centre.code);
+    let twice = referral(&court, &centre, "JF-431003-2026-000070", "twice".into());
+    let refused = referral(&court, &centre, "REJECT-431003-2026-000071", "refused".into());
+    let after = referral(&court, &centre, "JF-431003-2026-000072", "after".into());
+    // All on the queue before the consumer starts, so they arrive as one batch.
+    for env in [&twice, &twice, &refused, &after] {
+        bus.publish_raw(&key, &env.encode_to_vec(), &env.message_id).await?;
+    }
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    wait_until("the batch to be processed", WAIT, || async {
+        Ok(consumer.applied.load(Ordering::Relaxed) == 2 && consumer.dead_lettered.load(Ordering::Relaxed) == 1)
+    })
+    .await?;
+    assert_eq!(consumer.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(bus.applied_counts().await?, (2, 2), "the doubled message applied once, the one after the refusal applied");
+    let dead = bus.drain_dead().await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id.as_deref(), Some(refused.message_id.as_str()));
+    bus.cleanup(&[centre]).await
+}
+
+#[tokio::test]
+async fn a_message_the_database_cannot_store_is_dead_lettered_and_does_not_block_the_queue() -> anyhow::Result<()> {
+    use prost::Message as _;
+    let bus = TestBus::new().await?;
+    let (court, centre) = nodes();
+    bus.declare(std::slice::from_ref(&centre)).await?;
+    // A routing key with a NUL byte matches the node's binding but PostgreSQL refuses to store it.
+    let bad = referral(&court, &centre, "JF-431003-2026-000080", "nul".into());
+    bus.publish_raw(&format!("mediation.{}.ref\0x", centre.code), &bad.encode_to_vec(), &bad.message_id).await?;
+    let good = referral(&court, &centre, "JF-431003-2026-000081", "good".into());
+    bus.publish_raw(&format!("mediation.{}.referral", centre.code), &good.encode_to_vec(), &good.message_id).await?;
+    let consumer = bus.spawn_consumer("mediation-test", &centre);
+    wait_until("the good message to arrive past the bad one", WAIT, || async {
+        Ok(consumer.applied.load(Ordering::Relaxed) == 1 && consumer.dead_lettered.load(Ordering::Relaxed) == 1)
+    })
+    .await?;
+    assert_eq!(applied_ids(&bus).await?, vec![Uuid::parse_str(&good.message_id)?]);
+    let dead = bus.drain_dead().await?;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.as_deref().is_some_and(|r| r.contains("database refused")), "{:?}", dead[0].reason);
+    bus.cleanup(&[centre]).await
 }

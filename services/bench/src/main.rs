@@ -63,9 +63,6 @@ struct Args {
     /// Relay batch size.
     #[arg(long, default_value_t = RelayConfig::default().batch_size)]
     relay_batch: i64,
-    /// Relay batches in flight.
-    #[arg(long, default_value_t = RelayConfig::default().pipeline_depth)]
-    relay_depth: usize,
     /// Consumer prefetch.
     #[arg(long, default_value_t = ConsumerConfig::default().prefetch)]
     prefetch: u16,
@@ -266,7 +263,7 @@ impl BusUnderTest {
         let shutdown = CancellationToken::new();
         let applied = Arc::new(AtomicU64::new(0));
         let latency = Arc::new(Mutex::new(None));
-        let relay_cfg = RelayConfig { batch_size: args.relay_batch, pipeline_depth: args.relay_depth, ..Default::default() };
+        let relay_cfg = RelayConfig { batch_size: args.relay_batch, ..Default::default() };
         let relay = Relay::new(pool.clone(), connector.clone(), relay_cfg, "bench");
         let waker = relay.waker();
         tokio::spawn(relay.run(shutdown.clone()));

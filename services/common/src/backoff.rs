@@ -49,6 +49,10 @@ impl Backoff {
     }
 }
 
+/// A connection that stayed up this long counts as recovered: the next failure starts the
+/// backoff from its first delay again.
+pub const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// Delay before the `attempts`-th republish of an outbox row.
 pub fn retry_delay(base: Duration, max: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1u32 << attempts.min(16)).min(max)

@@ -123,8 +123,11 @@ impl Default for TopologyConfig {
 pub struct RelayConfig {
     /// Rows claimed and published per transaction.
     pub batch_size: i64,
-    /// Batches published and awaiting confirms at once (each holds a database connection).
-    pub pipeline_depth: usize,
+    /// How long the relay waits for a batch's publisher confirms before it gives up on the
+    /// connection (a broker in a memory or disk alarm, or a queue without quorum, stops
+    /// confirming); the batch is then published again after reconnecting.
+    #[serde(with = "duration_ms")]
+    pub confirm_timeout: Duration,
     /// How often an idle relay looks for new rows (a [`crate::outbox::RelayWaker`] wakes it
     /// sooner). A full batch is followed by the next one at once.
     #[serde(with = "duration_ms")]
@@ -141,7 +144,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 250,
-            pipeline_depth: 3,
+            confirm_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(20),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),

@@ -28,22 +28,22 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     BUS_MIGRATOR.run(pool).await.context("running the bus migrations")
 }
 
-/// True for errors that say nothing about the data: the connection or the server went away,
-/// the pool timed out. Such work is retried; anything else is a verdict on the data.
+/// False only for errors that are a verdict on the data (the statement will fail the same way
+/// however often it is retried): SQLSTATE classes 22 (data exception) and 23 (integrity
+/// constraint), and values that cannot be encoded or decoded. Everything else — connections,
+/// pool timeouts, lock timeouts, disk or system errors, crash recovery — is retried, because
+/// dead-lettering a valid referral is worse than waiting.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => {
-            // Class 08 connection exception, 40 transaction rollback (serialization, deadlock),
-            // 53 insufficient resources, 57 operator intervention (admin shutdown, crash recovery).
-            db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|p| c.starts_with(p)))
-        }
-        _ => false,
+        sqlx::Error::Database(db) => !db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        sqlx::Error::RowNotFound
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => false,
+        _ => true,
     }
 }
 

@@ -29,6 +29,9 @@ use crate::config::ConsumerConfig;
 use crate::db::is_transient;
 use crate::trace::W3cContext;
 
+/// How long dead-lettering waits for the broker's confirm before giving up on the connection.
+const DEAD_LETTER_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A decoded message as the handler sees it.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -138,7 +141,8 @@ async fn run_handler<H: Handler>(conn: &mut PgConnection, consumer: &str, handle
 
 /// Applies a batch in `conn` without savepoints: one statement records every message in the
 /// inbox, then the handler runs for each new one. Returns `None` as soon as the handler refuses
-/// a message: the caller rolls back and redoes the batch message by message.
+/// a message or the database refuses the batch's data: the caller rolls back and redoes the
+/// batch message by message, so only the culprit is left out.
 async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, decoded: &[Result<Inbound, String>]) -> Result<Option<Vec<Applied>>, HandleError> {
     let mut ids = Vec::with_capacity(decoded.len());
     let mut keys = Vec::with_capacity(decoded.len());
@@ -147,7 +151,7 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
         ids.push(id);
         keys.push(msg.routing_key.clone());
     }
-    let new_ids: HashSet<Uuid> = sqlx::query_scalar(
+    let new_ids: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
         "INSERT INTO inbox (consumer, message_id, routing_key)
          SELECT $1, m.id, m.key FROM unnest($2::uuid[], $3::text[]) AS m(id, key)
          ON CONFLICT DO NOTHING
@@ -157,9 +161,12 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
     .bind(&ids)
     .bind(&keys)
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    .await;
+    let new_ids: HashSet<Uuid> = match new_ids {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) if is_transient(&e) => return Err(HandleError::Transient(e.into())),
+        Err(_) => return Ok(None), // e.g. a routing key PostgreSQL cannot store: find the culprit
+    };
     let mut first_seen = HashSet::with_capacity(new_ids.len());
     let mut outcomes = Vec::with_capacity(decoded.len());
     for d in decoded {
@@ -182,6 +189,15 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
         outcomes.push(outcome);
     }
     Ok(Some(outcomes))
+}
+
+/// A refusal is an outcome (dead-letter it); a transient error is an error (hold the batch).
+fn refusal_as_outcome(r: Result<Applied, HandleError>) -> anyhow::Result<Applied> {
+    match r {
+        Ok(o) => Ok(o),
+        Err(HandleError::Rejected(reason)) => Ok(Applied::Rejected(reason)),
+        Err(HandleError::Transient(e)) => Err(e.context("applying a message")),
+    }
 }
 
 /// Decodes a delivery into an [`Inbound`], or says why it is poison.
@@ -251,9 +267,13 @@ impl<H: Handler> Consumer<H> {
         ));
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut backoff).await {
+            let started = std::time::Instant::now();
+            match self.session(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
+                    if started.elapsed() > crate::backoff::HEALTHY_SESSION {
+                        backoff.reset();
+                    }
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(consumer = %self.name, error = format!("{e:#}"), "consumer lost the broker; reconnecting");
                     if !backoff.wait(&shutdown).await {
@@ -266,7 +286,7 @@ impl<H: Handler> Consumer<H> {
         Ok(())
     }
 
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = self.connector.connect(&format!("consumer {}", self.name)).await?;
         let ch = conn.create_channel().await.context("opening the consumer channel")?;
         self.topology.declare(&ch, &self.nodes).await?;
@@ -280,7 +300,6 @@ impl<H: Handler> Consumer<H> {
             .await
             .with_context(|| format!("consuming {}", self.queue))?;
         tracing::info!(consumer = %self.name, queue = %self.queue, "consumer connected");
-        backoff.reset();
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => {
@@ -350,34 +369,55 @@ impl<H: Handler> Consumer<H> {
         Ok(true)
     }
 
-    /// Applies a batch in one transaction. The fast path records the whole batch at once; if the
-    /// handler refuses a message, the batch is redone with a savepoint per message so only the
-    /// refused one is left out.
-    async fn apply_batch(&self, decoded: &[Result<Inbound, String>]) -> Result<Vec<Applied>, anyhow::Error> {
-        let transient = |e: HandleError| match e {
-            HandleError::Transient(e) => e.context("applying a batch"),
-            HandleError::Rejected(r) => anyhow::anyhow!("unexpected refusal outside a savepoint: {r}"),
-        };
+    /// Applies a batch; an `Err` is transient (the batch is held and retried). The fast path
+    /// records the whole batch in one statement and one transaction; if the handler or the
+    /// database refuses something, the batch is redone with a savepoint per message; if even the
+    /// commit is refused (a deferred constraint), each message gets a transaction of its own. A
+    /// message refused on its own is dead-lettered; the others are applied.
+    async fn apply_batch(&self, decoded: &[Result<Inbound, String>]) -> anyhow::Result<Vec<Applied>> {
+        let handler = self.handler.as_ref();
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
-        if let Some(outcomes) = apply_batch_fast(&mut tx, &self.name, self.handler.as_ref(), decoded).await.map_err(transient)? {
-            tx.commit().await.context("committing the inbox transaction")?;
-            return Ok(outcomes);
+        match apply_batch_fast(&mut tx, &self.name, handler, decoded).await {
+            Ok(Some(outcomes)) => match tx.commit().await {
+                Ok(()) => return Ok(outcomes),
+                Err(e) if is_transient(&e) => return Err(anyhow::Error::new(e).context("committing a batch")),
+                Err(_) => {}
+            },
+            Ok(None) | Err(HandleError::Rejected(_)) => tx.rollback().await.context("rolling back the fast path")?,
+            Err(HandleError::Transient(e)) => return Err(e.context("applying a batch")),
         }
-        tx.rollback().await.context("rolling back the fast path")?;
+
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
         let mut outcomes = Vec::with_capacity(decoded.len());
         for d in decoded {
-            let outcome = match d {
+            outcomes.push(match d {
                 Err(reason) => Applied::Rejected(reason.clone()),
-                Ok(msg) => match apply_one(&mut tx, &self.name, self.handler.as_ref(), msg).await {
-                    Ok(o) => o,
-                    Err(HandleError::Rejected(r)) => Applied::Rejected(r),
-                    Err(e @ HandleError::Transient(_)) => return Err(transient(e)),
-                },
-            };
-            outcomes.push(outcome);
+                Ok(msg) => refusal_as_outcome(apply_one(&mut tx, &self.name, handler, msg).await)?,
+            });
         }
-        tx.commit().await.context("committing the inbox transaction")?;
+        match tx.commit().await {
+            Ok(()) => return Ok(outcomes),
+            Err(e) if is_transient(&e) => return Err(anyhow::Error::new(e).context("committing a batch")),
+            Err(e) => tracing::warn!(consumer = %self.name, error = %e, "the database refused a batch at commit; applying its messages one by one"),
+        }
+
+        let mut outcomes = Vec::with_capacity(decoded.len());
+        for d in decoded {
+            outcomes.push(match d {
+                Err(reason) => Applied::Rejected(reason.clone()),
+                Ok(msg) => {
+                    let mut tx = self.pool.begin().await.context("beginning a message transaction")?;
+                    match refusal_as_outcome(apply_one(&mut tx, &self.name, handler, msg).await)? {
+                        Applied::Applied => match tx.commit().await {
+                            Ok(()) => Applied::Applied,
+                            Err(e) if is_transient(&e) => return Err(anyhow::Error::new(e).context("committing a message")),
+                            Err(e) => Applied::Rejected(format!("database refused at commit: {e}")),
+                        },
+                        other => other,
+                    }
+                }
+            });
+        }
         Ok(outcomes)
     }
 
@@ -396,8 +436,10 @@ impl<H: Handler> Consumer<H> {
                 props,
             )
             .await
-            .context("publishing to the dead-letter exchange")?
+            .context("publishing to the dead-letter exchange")?;
+        let confirm = tokio::time::timeout(DEAD_LETTER_CONFIRM_TIMEOUT, confirm)
             .await
+            .context("no confirm for a dead-lettered message")?
             .context("waiting for the dead-letter confirm")?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),

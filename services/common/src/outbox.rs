@@ -2,7 +2,6 @@
 //! [`Relay`] publishes staged rows with publisher confirms and `mandatory`, and marks a row sent
 //! only after the broker acked it without returning it.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -193,9 +192,15 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = Backoff::reconnect();
         while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut backoff).await {
+            let started = std::time::Instant::now();
+            match self.session(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
+                    // Only a session that lasted counts as recovery; a broker that accepts the
+                    // connection and then fails every publish must not be retried in a tight loop.
+                    if started.elapsed() > crate::backoff::HEALTHY_SESSION {
+                        backoff.reset();
+                    }
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay lost the broker; reconnecting");
                     if !backoff.wait(&shutdown).await {
@@ -209,82 +214,64 @@ impl Relay {
 
     /// One broker connection's lifetime. Database errors are waited out on the same channel.
     ///
-    /// Up to `pipeline_depth` batches are in flight: while the broker confirms one batch, the
-    /// next is already claimed (its own transaction; `SKIP LOCKED` keeps them disjoint) and
-    /// published on the same channel, so publish order still follows claim order and the broker
-    /// is never idle waiting for the database.
-    async fn session(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> anyhow::Result<()> {
+    /// One batch at a time: lapin hands a `basic.return` to whichever confirm completes next,
+    /// not to the publish it belongs to, so returns are matched to rows by message id — which
+    /// is only unambiguous while no other batch is in flight on the channel. (A pipelined
+    /// version lost unroutable messages this way; see ARCHITECTURE.md.)
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = self.connector.connect(&format!("relay {}", self.name)).await?;
         let ch = conn.create_channel().await.context("opening the relay channel")?;
         ch.confirm_select(ConfirmSelectOptions::default()).await.context("enabling publisher confirms")?;
         tracing::info!(relay = %self.name, "outbox relay connected");
-        backoff.reset();
         let mut db_backoff = Backoff::reconnect();
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut drained = false;
         loop {
-            if shutdown.is_cancelled() {
-                // Unconfirmed batches roll back and are published again by the next relay.
-                drop(in_flight);
-                let _ = conn.close(200, "shutdown".into()).await;
-                return Ok(());
-            }
-            let step = async {
-                while !drained && in_flight.len() < self.cfg.pipeline_depth.max(1) {
-                    match self.claim_and_publish(&ch).await? {
-                        Some(batch) => {
-                            drained = (batch.rows.len() as i64) < self.cfg.batch_size;
-                            in_flight.push_back(batch);
-                        }
-                        None => drained = true,
+            // On shutdown the batch in flight is dropped: its transaction rolls back and the
+            // rows are published again by the next relay (the inbox drops the copies).
+            let step = tokio::select! {
+                () = shutdown.cancelled() => None,
+                r = self.relay_batch(&ch) => Some(r),
+            };
+            match step {
+                None => {
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                Some(Ok(outcome)) => {
+                    db_backoff.reset();
+                    if outcome.claimed as i64 >= self.cfg.batch_size {
+                        continue; // probably more waiting
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.cfg.poll_interval) => {}
                     }
                 }
-                if let Some(oldest) = in_flight.pop_front() {
-                    self.finish(oldest).await?;
-                }
-                Ok::<(), RelayError>(())
-            };
-            match step.await {
-                Ok(()) => db_backoff.reset(),
-                Err(RelayError::Amqp(e)) => return Err(e),
-                Err(RelayError::Db(e)) => {
-                    // Whatever was in flight rolls back and is published again (the inbox
-                    // drops the copies).
-                    in_flight.clear();
-                    drained = false;
-                    tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay cannot reach its database; retrying");
+                Some(Err(RelayError::Amqp(e))) => return Err(e),
+                Some(Err(RelayError::Db(e))) => {
+                    tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay cannot use its database; retrying");
                     if !db_backoff.wait(shutdown).await {
+                        let _ = conn.close(200, "shutdown".into()).await;
                         return Ok(());
                     }
-                    continue;
                 }
-            }
-            if drained && in_flight.is_empty() {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.cfg.poll_interval) => {}
-                }
-                drained = false;
             }
         }
     }
 
-    /// Claims a batch in a new transaction and publishes it without waiting for the confirms.
-    async fn claim_and_publish(&self, ch: &Channel) -> Result<Option<InFlight>, RelayError> {
+    /// Claims a batch, publishes it, waits for every confirm (at most `confirm_timeout`),
+    /// records the outcome and commits.
+    async fn relay_batch(&self, ch: &Channel) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "beginning the relay transaction"))?;
         let rows = claim(&mut tx, self.cfg.batch_size).await.map_err(|e| db_error(e, "claiming outbox rows"))?;
         if rows.is_empty() {
-            return Ok(None);
+            return Ok(BatchOutcome::default());
         }
         let confirms = start_publish(ch, &rows).await.map_err(RelayError::Amqp)?;
-        Ok(Some(InFlight { tx, rows, confirms }))
-    }
-
-    /// Waits for a batch's confirms, records the outcome and commits.
-    async fn finish(&self, batch: InFlight) -> Result<BatchOutcome, RelayError> {
-        let InFlight { mut tx, rows, confirms } = batch;
-        let results = await_confirms(confirms).await.map_err(RelayError::Amqp)?;
+        let results = tokio::time::timeout(self.cfg.confirm_timeout, await_confirms(&rows, confirms))
+            .await
+            .map_err(|_| RelayError::Amqp(anyhow::anyhow!("no publisher confirms within {:?}", self.cfg.confirm_timeout)))?
+            .map_err(RelayError::Amqp)?;
         let outcome = self.record(&mut tx, &rows, &results).await.map_err(|e| db_error(e, "recording the publish outcome"))?;
         tx.commit().await.map_err(|e| db_error(e, "committing the relay transaction"))?;
         tracing::debug!(relay = %self.name, claimed = outcome.claimed, sent = outcome.sent, failed = outcome.failed, "relayed a batch");
@@ -400,20 +387,43 @@ async fn start_publish(ch: &Channel, rows: &[OutboxRow]) -> anyhow::Result<Vec<P
     Ok(confirms)
 }
 
-/// Waits for every confirm, in order.
-async fn await_confirms(confirms: Vec<PublisherConfirm>) -> anyhow::Result<Vec<Published>> {
-    let mut results = Vec::with_capacity(confirms.len());
-    for confirm in confirms {
-        let res = match confirm.await.context("waiting for a publisher confirm")? {
-            Confirmation::Ack(None) => Published::Acked,
-            Confirmation::Ack(Some(ret)) => {
-                Published::Returned { code: ret.reply_code, text: ret.reply_text.as_str().to_owned() }
-            }
-            Confirmation::Nack(_) => Published::Nacked,
+/// Waits for every confirm of a batch and says, per row, what became of it. A returned message
+/// is recognised by its message id, whichever confirm lapin attached the return to.
+async fn await_confirms(rows: &[OutboxRow], confirms: Vec<PublisherConfirm>) -> anyhow::Result<Vec<Published>> {
+    let mut nacked = vec![false; rows.len()];
+    let mut returned: std::collections::HashMap<String, (u16, String)> = std::collections::HashMap::new();
+    for (i, confirm) in confirms.into_iter().enumerate() {
+        let (is_nack, ret) = match confirm.await.context("waiting for a publisher confirm")? {
+            Confirmation::Ack(ret) => (false, ret),
+            Confirmation::Nack(ret) => (true, ret),
             Confirmation::NotRequested => anyhow::bail!("channel is not in confirm mode"),
         };
-        results.push(res);
+        if let Some(nack) = nacked.get_mut(i) {
+            *nack = is_nack;
+        }
+        if let Some(ret) = ret {
+            let id = ret
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+                .ok_or_else(|| anyhow::anyhow!("the broker returned a message without a message id"))?;
+            returned.insert(id, (ret.reply_code, ret.reply_text.as_str().to_owned()));
+        }
     }
+    let results = rows
+        .iter()
+        .zip(nacked)
+        .map(|(row, nack)| match returned.remove(&row.message_id.to_string()) {
+            Some((code, text)) => Published::Returned { code, text },
+            None if nack => Published::Nacked,
+            None => Published::Acked,
+        })
+        .collect();
+    // Every return must belong to this batch; anything else means the channel is not what we
+    // think it is, and deleting rows would be a guess.
+    anyhow::ensure!(returned.is_empty(), "returns for messages outside the batch: {:?}", returned.keys().collect::<Vec<_>>());
     Ok(results)
 }
 
@@ -421,12 +431,6 @@ fn db_error(e: sqlx::Error, what: &'static str) -> RelayError {
     RelayError::Db(anyhow::Error::new(e).context(what))
 }
 
-/// A claimed batch whose publishes await their confirms; its transaction holds the row locks.
-struct InFlight {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    rows: Vec<OutboxRow>,
-    confirms: Vec<PublisherConfirm>,
-}
 
 /// Fault-injection and benchmark support: claims and publishes one batch but never marks it
 /// sent, rolling back as a relay that crashed between publish and commit would.
@@ -437,7 +441,8 @@ pub async fn publish_then_crash(pool: &PgPool, connector: &Connector, limit: i64
     let conn = connector.connect("crashing relay").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let results = await_confirms(start_publish(&ch, &rows).await?).await?;
+    let confirms = start_publish(&ch, &rows).await?;
+    let results = await_confirms(&rows, confirms).await?;
     let acked = results.iter().filter(|r| matches!(r, Published::Acked)).count();
     drop(tx); // rolled back: the rows stay unsent
     let _ = conn.close(200, "crash".into()).await;
