@@ -29,6 +29,8 @@ BUS="$ROOT_DIR/target/debug/duijie-bus"
 
 "$BUS" migrate --database-url "$DUIJIE_DATABASE_URL" >&2
 "$BUS" declare "${DEMO_NODES[@]}" >&2
+# Development CA and one mTLS certificate per demo agency (subject CN <kind>:<code>).
+"$BUS" certs --dir "$ROOT_DIR/target/pki" "${DEMO_NODES[@]}" >&2
 
 cat <<INFO
 
@@ -37,6 +39,7 @@ duijie bus is up.
   PostgreSQL  $(redact_url "$DUIJIE_DATABASE_URL")   (psql -h 127.0.0.1 -U duijie duijie)
   exchanges   duijie.handoff (topic, routing key <kind>.<code>.<message>), duijie.dead (fanout)
   queues      duijie.audit.tap, duijie.dead, duijie.inbox.<kind>.<code> per demo agency
+  mTLS        development CA and agency certificates in target/pki (CN <kind>:<code>)
 
 Queue depths now:
 INFO

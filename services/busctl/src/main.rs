@@ -42,6 +42,14 @@ enum Command {
         #[arg(required = true, value_parser = parse_node)]
         nodes: Vec<AgencyNode>,
     },
+    /// Create a development CA and one certificate per agency node in DIR (kept if present):
+    /// ca.pem, ca-key.pem, <kind>-<code>.pem, <kind>-<code>-key.pem. For the local stack only.
+    Certs {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(required = true, value_parser = parse_node)]
+        nodes: Vec<AgencyNode>,
+    },
     /// Show queue depths (tap, dead letters, and the inboxes of the given nodes).
     Status {
         #[arg(value_parser = parse_node)]
@@ -87,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let _ = conn.close(200, "done".into()).await;
         }
+        Command::Certs { dir, nodes } => write_dev_certs(&dir, &nodes)?,
         Command::Status { nodes } => {
             let conn = connector.connect("status").await?;
             let ch = conn.create_channel().await?;
@@ -123,5 +132,41 @@ async fn create_database_if_missing(cfg: &DatabaseConfig) -> anyhow::Result<()> 
         );
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{}""#, cfg.database))).execute(&mut admin).await?;
     }
+    Ok(())
+}
+
+fn write_dev_certs(dir: &std::path::Path, nodes: &[AgencyNode]) -> anyhow::Result<()> {
+    use duijie_common::certs::DevCa;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_path = dir.join("ca.pem");
+    if ca_path.exists() {
+        // Re-issuing would invalidate certificates already handed out; keep what is there.
+        println!("development CA already in {} (delete the directory to start over)", dir.display());
+        return Ok(());
+    }
+    let ca = DevCa::generate("duijie development CA")?;
+    for node in nodes {
+        let tls = ca.agency(node)?;
+        let stem = format!("{}-{}", node.kind.as_str(), node.code);
+        std::fs::write(dir.join(format!("{stem}.pem")), &tls.cert)?;
+        write_private(&dir.join(format!("{stem}-key.pem")), &tls.key)?;
+        println!("  {node:<28} {}", dir.join(format!("{stem}.pem")).display());
+    }
+    std::fs::write(&ca_path, ca.cert_pem())?;
+    println!("development CA {}", ca_path.display());
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
     Ok(())
 }

@@ -4,11 +4,13 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod certs;
 pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

@@ -1,0 +1,210 @@
+//! The gRPC side every agency service shares: mutual TLS (the client certificate names the
+//! calling agency), health and reflection, the `Session` service, one mapping from errors to
+//! `tonic::Status`, and graceful shutdown (health goes NOT_SERVING first).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use duijie_proto::v1::session_server::{Session, SessionServer};
+use duijie_proto::v1::{AgencyKind, AgencyRef, WhoAmIRequest, WhoAmIResponse};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::amqp::AgencyNode;
+
+/// Where a service finds its TLS material (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsFiles {
+    /// The CA that signs agency certificates; clients must present one it signed.
+    pub ca: PathBuf,
+    /// This server's certificate.
+    pub cert: PathBuf,
+    /// This server's private key.
+    pub key: PathBuf,
+}
+
+/// TLS material in memory.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem { .. }") // never print key material
+    }
+}
+
+impl TlsFiles {
+    /// Reads the three files.
+    pub fn read(&self) -> anyhow::Result<TlsPem> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(TlsPem { ca: read(&self.ca)?, cert: read(&self.cert)?, key: read(&self.key)? })
+    }
+}
+
+/// An error at the gRPC boundary. Handlers return this; [`From<ApiError> for Status`] is the
+/// one place that decides codes and details.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input: names the field at fault.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The case's state does not allow this; says the state and what is allowed.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The caller's agency may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// No such case (or none this caller may see).
+    #[error("{0}")]
+    NotFound(String),
+    /// A dependency is down or the bus is not accepting new work; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else: logged with its cause, reported without internals.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// Shorthand for an invalid field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), message: message.into() }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::InvalidArgument { field, message } => Status::with_error_details(
+                Code::InvalidArgument,
+                format!("{field}: {message}"),
+                ErrorDetails::with_bad_request_violation(field, message),
+            ),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::Unexpected(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed");
+                Status::internal("internal error; the request was not completed")
+            }
+        }
+    }
+}
+
+/// The agency named by the caller's client certificate: subject common name `<kind>:<code>`.
+/// Deny by default: no certificate, an unreadable one, or an unknown name is `UNAUTHENTICATED`.
+pub fn caller<T>(req: &Request<T>) -> Result<AgencyNode, Status> {
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let der = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    agency_of_certificate(der.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+/// Reads `<kind>:<code>` from a DER certificate's subject common name.
+pub fn agency_of_certificate(der: &[u8]) -> anyhow::Result<AgencyNode> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("unreadable: {e}"))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| anyhow::anyhow!("no subject common name"))?;
+    let (kind, code) = cn.split_once(':').ok_or_else(|| anyhow::anyhow!("common name {cn:?} is not <kind>:<code>"))?;
+    let kind = AgencyKind::parse(kind)
+        .filter(|k| *k != AgencyKind::Unspecified && *k != AgencyKind::Bus)
+        .ok_or_else(|| anyhow::anyhow!("unknown agency kind {kind:?}"))?;
+    AgencyNode::new(kind, code)
+}
+
+struct SessionService {
+    service: String,
+}
+
+#[tonic::async_trait]
+impl Session for SessionService {
+    async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        let me = caller(&req)?;
+        Ok(Response::new(WhoAmIResponse { agency: Some(AgencyRef::from(&me)), service: self.service.clone() }))
+    }
+}
+
+/// Serves `routes` plus health, reflection and `Session` on `listener` with mutual TLS until
+/// `shutdown`, then reports NOT_SERVING and drains in-flight calls for at most `grace`.
+pub async fn serve(
+    service: &str,
+    listener: TcpListener,
+    routes: Routes,
+    tls: &TlsPem,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(duijie_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(SessionServer::new(SessionService { service: service.to_owned() }));
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert, &tls.key))
+        .client_ca_root(Certificate::from_pem(&tls.ca));
+    let stopping = CancellationToken::new();
+    let stop = stopping.clone();
+    let signal = async move {
+        shutdown.cancelled().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        stop.cancel();
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = Server::builder()
+        .tls_config(tls)
+        .context("configuring TLS")?
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.context("gRPC server failed"),
+        () = stopping.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(r) => r.context("gRPC server failed while draining"),
+        Err(_) => {
+            tracing::warn!(service, "grace period over with calls still running");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_status_codes_with_the_field_named() {
+        let status = Status::from(ApiError::invalid("parties[0].identity.number", "check digit does not match"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let violations = details.bad_request().map(|b| b.field_violations.clone()).unwrap_or_default();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "parties[0].identity.number");
+        assert_eq!(Status::from(ApiError::FailedPrecondition("state SETTLED".into())).code(), Code::FailedPrecondition);
+        assert_eq!(Status::from(ApiError::PermissionDenied("no".into())).code(), Code::PermissionDenied);
+        let internal = Status::from(ApiError::Unexpected(anyhow::anyhow!("password=secret in a DSN")));
+        assert_eq!(internal.code(), Code::Internal);
+        assert!(!internal.message().contains("secret"), "internals never reach the caller");
+    }
+}
