@@ -3,5 +3,6 @@
 //! working days).
 
 pub mod calendar;
+pub mod deadlines;
 pub mod identity;
 pub mod lifecycle;
