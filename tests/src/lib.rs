@@ -65,6 +65,7 @@ pub struct TestBus {
     pub connector: Connector,
     pub topology: Topology,
     pub shutdown: CancellationToken,
+    extra_dbs: Vec<String>,
 }
 
 impl Drop for TestBus {
@@ -111,7 +112,20 @@ impl TestBus {
             amqp_cfg,
             topology,
             shutdown: CancellationToken::new(),
+            extra_dbs: Vec::new(),
         })
+    }
+
+    /// Another fresh database on the same server (dropped by `cleanup`), migrated with `migrator`.
+    pub async fn extra_database(&mut self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
+        let name = format!("{}_{}", self.db_name, self.extra_dbs.len() + 1);
+        let admin_cfg = DatabaseConfig::from_url(&self.pg_servers.database_url())?;
+        let mut admin = PgConnection::connect_with(&admin_cfg.connect_options()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut admin).await?;
+        let pool = db::pool(&DatabaseConfig { database: name.clone(), max_connections: 8, ..admin_cfg });
+        migrator.run(&pool).await?;
+        self.extra_dbs.push(name);
+        Ok(pool)
     }
 
     /// Declares the topology for `nodes`.
@@ -257,7 +271,9 @@ impl TestBus {
         self.pool.close().await;
         let admin_cfg = DatabaseConfig::from_url(&self.pg_servers.database_url())?;
         let mut admin = PgConnection::connect_with(&admin_cfg.connect_options()).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name))).execute(&mut admin).await?;
+        for db in std::iter::once(&self.db_name).chain(&self.extra_dbs) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{db}" WITH (FORCE)"#))).execute(&mut admin).await?;
+        }
         Ok(())
     }
 }

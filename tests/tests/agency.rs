@@ -1,0 +1,159 @@
+//! Two agency cores (a court and a mediation centre), each with its own database, relay and
+//! inbox consumer, exchanging a 诉调 referral over RabbitMQ to closure: what each side sees at
+//! each step, and the refusals.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use duijie_agency::{Agency, CaseView, migrator};
+use duijie_common::amqp::AgencyNode;
+use duijie_common::config::ConsumerConfig;
+use duijie_common::inbox::{Consumer, ConsumerStats};
+use duijie_common::outbox::Relay;
+use duijie_common::server::ApiError;
+use duijie_domain::lifecycle::CaseState;
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::*;
+use duijie_tests::{TestBus, node, wait_until};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Side {
+    agency: Agency,
+    consumer: std::sync::Arc<ConsumerStats>,
+}
+
+fn start(bus: &TestBus, pool: sqlx::PgPool, me: &AgencyNode) -> Side {
+    let relay = Relay::new(pool.clone(), bus.connector.clone(), TestBus::relay_config(), format!("relay-{me}"));
+    let agency = Agency::new(pool.clone(), bus.topology.clone(), std::slice::from_ref(me), Some(relay.waker()));
+    tokio::spawn(relay.run(bus.shutdown.child_token()));
+    let consumer = Consumer::new(
+        format!("agency-{me}"),
+        bus.topology.inbox_queue(me),
+        vec![me.clone()],
+        pool,
+        bus.connector.clone(),
+        bus.topology.clone(),
+        ConsumerConfig::default(),
+        agency.clone(),
+    );
+    let stats = consumer.stats();
+    tokio::spawn(consumer.run(bus.shutdown.child_token()));
+    Side { agency, consumer: stats }
+}
+
+fn referral(request_id: &str, id_number: &str) -> Referral {
+    Referral {
+        legal_basis: "《民事诉讼法》第一百二十五条".into(),
+        facts: "借款合同纠纷，原告主张被告欠款未还。".into(),
+        parties: vec![
+            Party {
+                party_id: "p1".into(),
+                role: PartyRole::Plaintiff as i32,
+                name: "张三".into(),
+                identity: Some(IdentityDocument { document_type: IdDocumentType::ResidentIdCard as i32, number: id_number.into() }),
+                ..Default::default()
+            },
+            Party { party_id: "p2".into(), role: PartyRole::Defendant as i32, name: "李四".into(), ..Default::default() },
+        ],
+        amount: Some(Money { currency: "CNY".into(), minor_units: 5_000_000 }),
+        clock_policy: Some(ClockPolicy { kind: ClockPolicyKind::CourtOrdinary as i32, ..Default::default() }),
+        client_request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+async fn state_of(side: &Side, who: &AgencyNode, case: Uuid) -> anyhow::Result<Option<CaseState>> {
+    match side.agency.view(who, case).await {
+        Ok(v) => Ok(Some(v.state)),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+async fn both_at(court: &Side, court_node: &AgencyNode, centre: &Side, centre_node: &AgencyNode, case: Uuid, want: CaseState) -> anyhow::Result<()> {
+    wait_until(&format!("both sides at {want}"), WAIT, || async {
+        Ok(state_of(court, court_node, case).await? == Some(want) && state_of(centre, centre_node, case).await? == Some(want))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let court_node = node(AgencyKind::Court, "431003");
+    let centre_node = node(AgencyKind::Mediation, "431003-102");
+    bus.declare(&[court_node.clone(), centre_node.clone()]).await?;
+    let court_db = bus.extra_database(&migrator()).await?;
+    let centre_db = bus.extra_database(&migrator()).await?;
+    let court = start(&bus, court_db, &court_node);
+    let centre = start(&bus, centre_db, &centre_node);
+
+    // Bad input is refused naming the field.
+    let bad = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000100", referral("req-bad", "110105194912310021")).await;
+    assert!(matches!(&bad, Err(ApiError::InvalidArgument { field, .. }) if field == "parties[0].identity.number"), "{bad:?}");
+
+    let sent = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000100", referral("req-1", "11010519491231002X")).await?;
+    assert_eq!(sent.state, CaseState::Submitted);
+    // A retried submit returns the same case.
+    let again = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000100", referral("req-1", "11010519491231002X")).await?;
+    assert_eq!(again.case_id, sent.case_id);
+    let case = sent.case_id;
+
+    // The centre takes it durably; the court gets delivery evidence.
+    both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Delivered).await?;
+
+    // Out of order and out of rights.
+    let early = centre.agency.send(&centre_node, case, Payload::Closure(Closure::default())).await;
+    assert!(matches!(&early, Err(ApiError::FailedPrecondition(m)) if m.contains("DELIVERED")), "{early:?}");
+    let not_mine = court.agency.send(&court_node, case, Payload::Receipt(Receipt::default())).await;
+    assert!(matches!(not_mine, Err(ApiError::PermissionDenied(_))), "{not_mine:?}");
+    let stranger = node(AgencyKind::Court, "431099");
+    assert!(matches!(court.agency.view(&stranger, case).await, Err(ApiError::NotFound(_))));
+
+    let steps: Vec<(bool, Payload, CaseState)> = vec![
+        (false, Payload::Receipt(Receipt { signed_by: "王调解员".into(), ..Default::default() }), CaseState::Received),
+        (false, Payload::Accept(Accept::default()), CaseState::Accepted),
+        (false, Payload::Assignment(Assignment::default()), CaseState::InMediation),
+        (
+            false,
+            Payload::Outcome(Outcome {
+                kind: Some(outcome::Kind::Settled(outcome::Settled { confirmation_intended: true, ..Default::default() })),
+            }),
+            CaseState::Settled,
+        ),
+        (false, Payload::ConfirmationRequest(ConfirmationRequest::default()), CaseState::ConfirmationRequested),
+        (
+            true,
+            Payload::ConfirmationDecision(ConfirmationDecision { decision: ConfirmationDecisionKind::Accepted as i32, ..Default::default() }),
+            CaseState::ConfirmationAccepted,
+        ),
+        (
+            true,
+            Payload::ConfirmationDecision(ConfirmationDecision { decision: ConfirmationDecisionKind::Granted as i32, ..Default::default() }),
+            CaseState::Confirmed,
+        ),
+        (false, Payload::Performance(Performance { status: PerformanceStatus::Performed as i32, ..Default::default() }), CaseState::Performed),
+        (false, Payload::FollowUp(FollowUp::default()), CaseState::FollowedUp),
+        (false, Payload::Closure(Closure::default()), CaseState::Closed),
+    ];
+    for (by_court, payload, want) in steps {
+        let kind = payload.kind();
+        let view: CaseView = if by_court {
+            court.agency.send(&court_node, case, payload).await?
+        } else {
+            centre.agency.send(&centre_node, case, payload).await?
+        };
+        assert_eq!(view.state, want, "after {kind}");
+        both_at(&court, &court_node, &centre, &centre_node, case, want).await?;
+    }
+
+    let court_view = court.agency.view(&court_node, case).await?;
+    let kinds: Vec<MessageKind> = court_view.timeline.iter().map(|(_, k, _)| *k).collect();
+    assert!(kinds.contains(&MessageKind::DeliveryEvidence) && kinds.contains(&MessageKind::Closure), "{kinds:?}");
+    let limit = court_view.deadlines.iter().find(|d| d.limit == TimeLimit::CourtMediationOrdinary);
+    assert!(limit.is_some_and(|d| d.met_at.is_some()), "the 15-day limit started at receipt and was met by the outcome: {limit:?}");
+    assert_eq!(court.consumer.dead_lettered.load(Ordering::Relaxed) + centre.consumer.dead_lettered.load(Ordering::Relaxed), 0);
+    bus.cleanup(&[court_node, centre_node]).await
+}
