@@ -59,6 +59,16 @@ pub struct Agency {
     calendar: WorkCalendar,
 }
 
+/// One case of one owner, as [`CaseRow`].
+const CASE_BY_OWNER: &str = "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
+        state, before_cancel, clock_policy
+ FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3";
+
+/// [`CASE_BY_OWNER`], locking the row for a state change.
+const CASE_BY_OWNER_FOR_UPDATE: &str = "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
+        state, before_cancel, clock_policy
+ FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 FOR UPDATE";
+
 #[derive(sqlx::FromRow)]
 struct CaseRow {
     case_id: Uuid,
@@ -212,20 +222,7 @@ impl Agency {
             causation_id: self.last_inbound(&mut tx, caller, case_id).await?,
         };
         let mut env = envelope::build(&header, payload);
-        sqlx::query(
-            "UPDATE cases SET state = $4, before_cancel = $5, holder_kind = $6, holder_code = $7, updated_at = now()
-             WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
-        )
-        .bind(caller.kind.as_str())
-        .bind(&caller.code)
-        .bind(case_id)
-        .bind(lc.state.as_str())
-        .bind(lc.before_cancel.map(CaseState::as_str))
-        .bind(new_holder.as_ref().unwrap_or(&holder).kind.as_str())
-        .bind(&new_holder.as_ref().unwrap_or(&holder).code)
-        .execute(&mut *tx)
-        .await
-        .context("updating the case")?;
+        update_case(&mut tx, caller, case_id, &lc, new_holder.as_ref()).await.context("updating the case")?;
         self.record_out(&mut tx, caller, &mut env, lc.state).await?;
         // A redirect or an escalation hands the case on: the new holder gets the referral.
         if let Some(to) = new_holder.filter(|h| *h != holder) {
@@ -243,9 +240,7 @@ impl Agency {
     /// The case as `caller` sees it; `NOT_FOUND` if it has none (whoever else has it).
     pub async fn view(&self, caller: &AgencyNode, case_id: Uuid) -> Result<CaseView, ApiError> {
         let row: Option<CaseRow> = sqlx::query_as(
-            "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state,
-                    before_cancel, clock_policy
-             FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
+            CASE_BY_OWNER,
         )
         .bind(caller.kind.as_str())
         .bind(&caller.code)
@@ -290,9 +285,7 @@ impl Agency {
 
     async fn lock_case(&self, tx: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> Result<CaseRow, ApiError> {
         let row: Option<CaseRow> = sqlx::query_as(
-            "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state,
-                    before_cancel, clock_policy
-             FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 FOR UPDATE",
+            CASE_BY_OWNER_FOR_UPDATE,
         )
         .bind(owner.kind.as_str())
         .bind(&owner.code)
@@ -320,6 +313,25 @@ impl Agency {
         outbox::stage(tx, &self.topology, env).await.context("staging the envelope")?;
         insert_event(tx, owner, env, "out", state_after).await
     }
+}
+
+/// Stores a case's new state (and its new holder, when the step moved it).
+async fn update_case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lc: &Lifecycle, new_holder: Option<&AgencyNode>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE cases SET state = $4, before_cancel = $5,
+                holder_kind = COALESCE($6, holder_kind), holder_code = COALESCE($7, holder_code), updated_at = now()
+         WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
+    )
+    .bind(owner.kind.as_str())
+    .bind(&owner.code)
+    .bind(case_id)
+    .bind(lc.state.as_str())
+    .bind(lc.before_cancel.map(CaseState::as_str))
+    .bind(new_holder.map(|h| h.kind.as_str()))
+    .bind(new_holder.map(|h| h.code.clone()))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn row_referral(tx: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Vec<u8>> {
@@ -467,25 +479,16 @@ impl Handler for Agency {
                 let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
                 let mut lc = Lifecycle::at(parse(&state)?, before.as_deref().map(parse).transpose()?);
                 let step = lc.apply(payload).map_err(|r| HandleError::Rejected(format!("refused: {r}")))?;
-                let (hk, hc) = match &step.new_holder {
-                    Some(h) => (AgencyKind::try_from(h.kind).map(|k| k.as_str()).unwrap_or("mediation").to_owned(), h.code.clone()),
-                    None => (String::new(), String::new()),
+                let new_holder = match &step.new_holder {
+                    Some(h) => Some(
+                        AgencyKind::try_from(h.kind)
+                            .ok()
+                            .and_then(|k| AgencyNode::new(k, &h.code).ok())
+                            .ok_or_else(|| HandleError::Rejected("the new holder is not a valid agency".into()))?,
+                    ),
+                    None => None,
                 };
-                sqlx::query(
-                    "UPDATE cases SET state = $4, before_cancel = $5,
-                            holder_kind = COALESCE(NULLIF($6, ''), holder_kind), holder_code = COALESCE(NULLIF($7, ''), holder_code),
-                            updated_at = now()
-                     WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
-                )
-                .bind(owner.kind.as_str())
-                .bind(&owner.code)
-                .bind(case_id)
-                .bind(lc.state.as_str())
-                .bind(lc.before_cancel.map(CaseState::as_str))
-                .bind(hk)
-                .bind(hc)
-                .execute(&mut *conn)
-                .await?;
+                update_case(conn, &owner, case_id, &lc, new_holder.as_ref()).await?;
                 lc.state
             }
             None => return Err(HandleError::Rejected("no payload".into())),
