@@ -224,31 +224,57 @@ impl Relay {
         ch.confirm_select(ConfirmSelectOptions::default()).await.context("enabling publisher confirms")?;
         tracing::info!(relay = %self.name, "outbox relay connected");
         let mut db_backoff = Backoff::reconnect();
+        // The commit of the previous batch, running while the next one is claimed and published.
+        // Its confirms were all resolved before, so returns are still attributed unambiguously.
+        let mut committing: Option<tokio::task::JoinHandle<Result<BatchOutcome, RelayError>>> = None;
         loop {
             // On shutdown the batch in flight is dropped: its transaction rolls back and the
             // rows are published again by the next relay (the inbox drops the copies).
             let step = tokio::select! {
                 () = shutdown.cancelled() => None,
-                r = self.relay_batch(&ch) => Some(r),
+                r = self.publish_batch(&ch) => Some(r),
             };
-            match step {
-                None => {
+            let previous = match committing.take() {
+                Some(h) => h.await.unwrap_or_else(|e| Err(RelayError::Db(anyhow::anyhow!("relay commit task failed: {e}")))),
+                None => Ok(BatchOutcome::default()),
+            };
+            let step = match (step, previous) {
+                (None, _) => {
                     let _ = conn.close(200, "shutdown".into()).await;
                     return Ok(());
                 }
-                Some(Ok(outcome)) => {
+                (Some(Err(e)), _) | (Some(Ok(_)), Err(e)) => Err(e),
+                (Some(Ok(published)), Ok(_)) => Ok(published),
+            };
+            match step {
+                Ok(None) => {
                     db_backoff.reset();
-                    if outcome.claimed as i64 >= self.cfg.batch_size {
-                        continue; // probably more waiting
-                    }
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(self.cfg.poll_interval) => {}
                     }
                 }
-                Some(Err(RelayError::Amqp(e))) => return Err(e),
-                Some(Err(RelayError::Db(e))) => {
+                Ok(Some(batch)) if batch.rows.len() as i64 >= self.cfg.batch_size => {
+                    // More is probably waiting: commit this batch while claiming the next.
+                    db_backoff.reset();
+                    let relay = self.clone();
+                    committing = Some(tokio::spawn(async move { relay.finish(batch).await }));
+                }
+                Ok(Some(batch)) => {
+                    // Nothing more was waiting a moment ago: commit, then look again at once.
+                    if let Err(RelayError::Db(e) | RelayError::Amqp(e)) = self.finish(batch).await {
+                        tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay cannot use its database; retrying");
+                        if !db_backoff.wait(shutdown).await {
+                            let _ = conn.close(200, "shutdown".into()).await;
+                            return Ok(());
+                        }
+                    } else {
+                        db_backoff.reset();
+                    }
+                }
+                Err(RelayError::Amqp(e)) => return Err(e),
+                Err(RelayError::Db(e)) => {
                     tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay cannot use its database; retrying");
                     if !db_backoff.wait(shutdown).await {
                         let _ = conn.close(200, "shutdown".into()).await;
@@ -259,19 +285,25 @@ impl Relay {
         }
     }
 
-    /// Claims a batch, publishes it, waits for every confirm (at most `confirm_timeout`),
-    /// records the outcome and commits.
-    async fn relay_batch(&self, ch: &Channel) -> Result<BatchOutcome, RelayError> {
+    /// Claims a batch, publishes it and waits for every confirm (at most `confirm_timeout`).
+    /// `None` when there was nothing to publish.
+    async fn publish_batch(&self, ch: &Channel) -> Result<Option<ConfirmedBatch>, RelayError> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "beginning the relay transaction"))?;
         let rows = claim(&mut tx, self.cfg.batch_size).await.map_err(|e| db_error(e, "claiming outbox rows"))?;
         if rows.is_empty() {
-            return Ok(BatchOutcome::default());
+            return Ok(None);
         }
         let confirms = start_publish(ch, &rows).await.map_err(RelayError::Amqp)?;
         let results = tokio::time::timeout(self.cfg.confirm_timeout, await_confirms(&rows, confirms))
             .await
             .map_err(|_| RelayError::Amqp(anyhow::anyhow!("no publisher confirms within {:?}", self.cfg.confirm_timeout)))?
             .map_err(RelayError::Amqp)?;
+        Ok(Some(ConfirmedBatch { tx, rows, results }))
+    }
+
+    /// Records a confirmed batch's outcome and commits.
+    async fn finish(&self, batch: ConfirmedBatch) -> Result<BatchOutcome, RelayError> {
+        let ConfirmedBatch { mut tx, rows, results } = batch;
         let outcome = self.record(&mut tx, &rows, &results).await.map_err(|e| db_error(e, "recording the publish outcome"))?;
         tx.commit().await.map_err(|e| db_error(e, "committing the relay transaction"))?;
         tracing::debug!(relay = %self.name, claimed = outcome.claimed, sent = outcome.sent, failed = outcome.failed, "relayed a batch");
@@ -425,6 +457,13 @@ async fn await_confirms(rows: &[OutboxRow], confirms: Vec<PublisherConfirm>) -> 
     // think it is, and deleting rows would be a guess.
     anyhow::ensure!(returned.is_empty(), "returns for messages outside the batch: {:?}", returned.keys().collect::<Vec<_>>());
     Ok(results)
+}
+
+/// A published batch whose confirms are all in; its transaction still holds the row locks.
+struct ConfirmedBatch {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: Vec<OutboxRow>,
+    results: Vec<Published>,
 }
 
 fn db_error(e: sqlx::Error, what: &'static str) -> RelayError {
