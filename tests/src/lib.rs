@@ -16,7 +16,7 @@ use duijie_common::{CancellationToken, db};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, Channel, Envelope, Referral};
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use secrecy::SecretString;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use uuid::Uuid;
@@ -374,9 +374,4 @@ pub async fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// An empty header table (for raw publishes in tests).
-pub fn no_headers() -> FieldTable {
-    FieldTable::default()
 }

@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use duijie_common::inbox::{self, Applied};
 use duijie_common::outbox;
-use duijie_proto::ENVELOPE_CONTENT_TYPE;
 use duijie_proto::v1::AgencyKind;
-use duijie_tests::{RecordingHandler, TestBus, no_headers, node, referral, tracing_trace_id, wait_until};
-use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use duijie_tests::{RecordingHandler, TestBus, node, referral, tracing_trace_id, wait_until};
+use lapin::options::BasicGetOptions;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -126,26 +124,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_a_reason_and_the_strea
 
     // 1. bytes that are not an envelope, published straight to the exchange
     let garbage_id = Uuid::now_v7().to_string();
-    {
-        let conn = bus.connector.connect("garbage publisher").await?;
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        let confirm = ch
-            .basic_publish(
-                bus.topology.handoff_exchange().into(),
-                format!("mediation.{}.referral", centre.code).into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
-                b"\xff\xff\xff not protobuf",
-                BasicProperties::default()
-                    .with_message_id(garbage_id.clone().into())
-                    .with_content_type(ENVELOPE_CONTENT_TYPE.into())
-                    .with_headers(no_headers()),
-            )
-            .await?
-            .await?;
-        assert!(confirm.is_ack() && confirm.take_message().is_none());
-        conn.close(200, "done".into()).await?;
-    }
+    bus.publish_raw(&format!("mediation.{}.referral", centre.code), b"\xff\xff\xff not protobuf", &garbage_id).await?;
     // 2. a valid envelope the handler refuses, 3. and a good one after both
     let mut refused = [referral(&court, &centre, "REJECT-431003-2026-000030", "refused".into())];
     bus.stage(&mut refused).await?;
