@@ -95,7 +95,8 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
     assert!(matches!(&bad, Err(ApiError::InvalidArgument { field, .. }) if field == "parties[0].identity.number"), "{bad:?}");
 
     let sent = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000100", referral("req-1", "11010519491231002X")).await?;
-    assert_eq!(sent.state, CaseState::Submitted);
+    // The reply shows the case as it is by then: the centre may already have taken it.
+    assert!(matches!(sent.state, CaseState::Submitted | CaseState::Delivered), "{:?}", sent.state);
     // A retried submit returns the same case.
     let again = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000100", referral("req-1", "11010519491231002X")).await?;
     assert_eq!(again.case_id, sent.case_id);
@@ -155,5 +156,40 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
     let limit = court_view.deadlines.iter().find(|d| d.limit == TimeLimit::CourtMediationOrdinary);
     assert!(limit.is_some_and(|d| d.met_at.is_some()), "the 15-day limit started at receipt and was met by the outcome: {limit:?}");
     assert_eq!(court.consumer.dead_lettered.load(Ordering::Relaxed) + centre.consumer.dead_lettered.load(Ordering::Relaxed), 0);
+    bus.cleanup(&[court_node, centre_node]).await
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_a_submit_make_one_case_and_handing_on_is_refused_for_now() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let court_node = node(AgencyKind::Court, "431003");
+    let centre_node = node(AgencyKind::Mediation, "431003-102");
+    bus.declare(&[court_node.clone(), centre_node.clone()]).await?;
+    let court_db = bus.extra_database(&migrator()).await?;
+    let centre_db = bus.extra_database(&migrator()).await?;
+    let court = start(&bus, court_db, &court_node);
+    let centre = start(&bus, centre_db, &centre_node);
+
+    let submits = (0..4).map(|_| {
+        court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000200", referral("req-same", "11010519491231002X"))
+    });
+    let results = futures::future::join_all(submits).await;
+    let ids: std::collections::BTreeSet<Uuid> = results.into_iter().map(|r| r.map(|v| v.case_id)).collect::<Result<_, _>>()?;
+    assert_eq!(ids.len(), 1, "four concurrent retries, one case");
+    let case = ids.into_iter().next().ok_or_else(|| anyhow::anyhow!("no case"))?;
+
+    both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Delivered).await?;
+    centre.agency.send(&centre_node, case, Payload::Receipt(Receipt::default())).await?;
+    let elsewhere = AgencyRef { kind: AgencyKind::Mediation as i32, code: "431003-103".into() };
+    let redirect = centre.agency.send(&centre_node, case, Payload::Redirect(Redirect { to: Some(elsewhere), reason: "劳动争议".into() })).await;
+    assert!(matches!(&redirect, Err(ApiError::FailedPrecondition(m)) if m.contains("not supported yet")), "{redirect:?}");
+    assert_eq!(centre.agency.view(&centre_node, case).await?.state, CaseState::Received, "a refused step changes nothing");
+    let extension = centre.agency.send(&centre_node, case, Payload::Accept(Accept::default())).await;
+    assert!(extension.is_ok(), "{extension:?}");
+    let too_long = centre
+        .agency
+        .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest { days: 4_000_000_000, ..Default::default() }))
+        .await;
+    assert!(matches!(&too_long, Err(ApiError::InvalidArgument { field, .. }) if field == "extension_request.days"), "{too_long:?}");
     bus.cleanup(&[court_node, centre_node]).await
 }

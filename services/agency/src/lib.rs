@@ -34,6 +34,10 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     )
 }
 
+/// The longest extension one request may ask for (the legal caps are 10 to 30 days; a year is
+/// a sanity bound, not a legal rule).
+pub const MAX_EXTENSION_DAYS: u32 = 365;
+
 /// A case as the calling agency sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseView {
@@ -139,21 +143,6 @@ impl Agency {
         validate_referral(&referral)?;
         let channel = channel_of(caller.kind).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
         let mut tx = self.pool.begin().await.context("beginning")?;
-        if !referral.client_request_id.is_empty() {
-            let existing: Option<Uuid> = sqlx::query_scalar(
-                "SELECT case_id FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND client_request_id = $3",
-            )
-            .bind(caller.kind.as_str())
-            .bind(&caller.code)
-            .bind(&referral.client_request_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("looking up the request id")?;
-            if let Some(case_id) = existing {
-                drop(tx);
-                return self.view(caller, case_id).await;
-            }
-        }
         let case_id = Uuid::now_v7();
         let header = Header {
             case_id,
@@ -165,10 +154,11 @@ impl Agency {
         };
         let clock = referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
         let mut env = envelope::build(&header, Payload::Referral(referral.clone()));
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO cases (owner_kind, owner_code, case_id, case_code, channel, referrer_kind, referrer_code,
                                 holder_kind, holder_code, state, clock_policy, client_request_id, referral)
-             VALUES ($1, $2, $3, $4, $5, $1, $2, $6, $7, $8, $9, NULLIF($10, ''), $11)",
+             VALUES ($1, $2, $3, $4, $5, $1, $2, $6, $7, $8, $9, NULLIF($10, ''), $11)
+             ON CONFLICT (owner_kind, owner_code, client_request_id) WHERE client_request_id IS NOT NULL DO NOTHING",
         )
         .bind(caller.kind.as_str())
         .bind(&caller.code)
@@ -183,7 +173,22 @@ impl Agency {
         .bind(referral.encode_to_vec())
         .execute(&mut *tx)
         .await
-        .context("creating the case")?;
+        .context("creating the case")?
+        .rows_affected();
+        if inserted == 0 {
+            // A retry (or a concurrent duplicate) of a submit that already created the case.
+            drop(tx);
+            let existing: Uuid = sqlx::query_scalar(
+                "SELECT case_id FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND client_request_id = $3",
+            )
+            .bind(caller.kind.as_str())
+            .bind(&caller.code)
+            .bind(&referral.client_request_id)
+            .fetch_one(&self.pool)
+            .await
+            .context("looking up the earlier submit")?;
+            return self.view(caller, existing).await;
+        }
         self.record_out(&mut tx, caller, &mut env, CaseState::Submitted).await?;
         tx.commit().await.context("committing the referral")?;
         self.wake();
@@ -204,6 +209,15 @@ impl Agency {
         let row = self.lock_case(&mut tx, caller, case_id).await?;
         let referrer = node_from(&row.referrer_kind, &row.referrer_code)?;
         let holder = node_from(&row.holder_kind, &row.holder_code)?;
+        // Only the two ends of the handoff act on a case; a committee that handed it on is out.
+        if *caller != referrer && *caller != holder {
+            return Err(ApiError::PermissionDenied(format!("{caller} no longer holds case {case_id}")));
+        }
+        if let Payload::ExtensionRequest(x) = &payload
+            && !(1..=MAX_EXTENSION_DAYS).contains(&x.days)
+        {
+            return Err(ApiError::invalid("extension_request.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
+        }
         let mut lc = Lifecycle::at(state_from(&row.state)?, row.before_cancel.as_deref().map(state_from).transpose()?);
         let step = lc.apply(&payload).map_err(refusal)?;
         // Referrers talk to the holder; everybody else answers the referrer.
@@ -213,6 +227,14 @@ impl Agency {
                 .map_err(|e| ApiError::invalid("to", e.to_string()))?),
             None => None,
         };
+        if new_holder.as_ref().is_some_and(|h| *h != holder) {
+            // Handing the case to another committee needs the forwarded referral to carry the
+            // original referrer and the state it is handed on in (review of 2026-11-25); until
+            // then it is refused rather than sent to a committee that would drop it.
+            return Err(ApiError::FailedPrecondition(
+                "handing a case to another committee or agency is not supported yet; escalate within the same committee".into(),
+            ));
+        }
         let header = Header {
             case_id,
             case_code: row.case_code.clone(),
@@ -224,14 +246,6 @@ impl Agency {
         let mut env = envelope::build(&header, payload);
         update_case(&mut tx, caller, case_id, &lc, new_holder.as_ref()).await.context("updating the case")?;
         self.record_out(&mut tx, caller, &mut env, lc.state).await?;
-        // A redirect or an escalation hands the case on: the new holder gets the referral.
-        if let Some(to) = new_holder.filter(|h| *h != holder) {
-            let referral = Referral::decode(row_referral(&mut tx, caller, case_id).await?.as_slice())
-                .context("decoding the stored referral")?;
-            let fwd_header = Header { recipient: to, causation_id: Uuid::parse_str(&env.message_id).ok(), ..header };
-            let mut fwd = envelope::build(&fwd_header, Payload::Referral(referral));
-            self.record_out(&mut tx, caller, &mut fwd, lc.state).await?;
-        }
         tx.commit().await.context("committing")?;
         self.wake();
         self.view(caller, case_id).await
@@ -334,15 +348,6 @@ async fn update_case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid,
     Ok(())
 }
 
-async fn row_referral(tx: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Vec<u8>> {
-    Ok(sqlx::query_scalar("SELECT referral FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3")
-        .bind(owner.kind.as_str())
-        .bind(&owner.code)
-        .bind(case_id)
-        .fetch_one(&mut *tx)
-        .await?)
-}
-
 fn agency_str(a: Option<&AgencyRef>) -> String {
     a.map(|a| format!("{}:{}", AgencyKind::try_from(a.kind).map(|k| k.as_str()).unwrap_or("?"), a.code)).unwrap_or_default()
 }
@@ -435,13 +440,7 @@ impl Handler for Agency {
                 let sender = env.sender.as_ref().ok_or_else(|| HandleError::Rejected("no sender".into()))?;
                 let sender_node = AgencyNode::new(sender_kind, &sender.code).map_err(|e| HandleError::Rejected(e.to_string()))?;
                 let clock = referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
-                // The referrer of record stays the agency that first referred the case, also
-                // when a centre forwards it to another committee.
-                let (ref_kind, ref_code) = if sender_kind == AgencyKind::Mediation {
-                    referrer_of_forward(conn, case_id).await?.unwrap_or((sender_kind.as_str().to_owned(), sender_node.code.clone()))
-                } else {
-                    (sender_kind.as_str().to_owned(), sender_node.code.clone())
-                };
+                let (ref_kind, ref_code) = (sender_kind.as_str().to_owned(), sender_node.code.clone());
                 let inserted = sqlx::query(
                     "INSERT INTO cases (owner_kind, owner_code, case_id, case_code, channel, referrer_kind, referrer_code,
                                         holder_kind, holder_code, state, clock_policy, referral)
@@ -467,18 +466,45 @@ impl Handler for Agency {
                 CaseState::Delivered
             }
             Some(payload) => {
-                let row: Option<(String, Option<String>)> = sqlx::query_as(
-                    "SELECT state, before_cancel FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 FOR UPDATE",
-                )
-                .bind(owner.kind.as_str())
-                .bind(&owner.code)
-                .bind(case_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-                let (state, before) = row.ok_or_else(|| HandleError::Rejected(format!("unknown case {case_id}")))?;
+                let row: Option<CaseRow> = sqlx::query_as(CASE_BY_OWNER_FOR_UPDATE)
+                    .bind(owner.kind.as_str())
+                    .bind(&owner.code)
+                    .bind(case_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let row = row.ok_or_else(|| HandleError::Rejected(format!("unknown case {case_id}")))?;
+                // Only the other end of the handoff speaks for the case: the referrer, or the
+                // current holder (whose service also signs its delivery evidence).
+                // Delivery evidence is signed by the bus; it speaks for the agency it names as
+                // `delivered_to` (agency codes are unique per kind only).
+                let speaker = match payload {
+                    Payload::DeliveryEvidence(ev) => ev.delivered_to.as_ref(),
+                    _ => env.sender.as_ref(),
+                };
+                let speaker_kind = speaker.and_then(|s| AgencyKind::try_from(s.kind).ok()).unwrap_or_default();
+                let speaker_code = speaker.map(|s| s.code.as_str()).unwrap_or("");
+                let from_referrer = speaker_kind.as_str() == row.referrer_kind && speaker_code == row.referrer_code;
+                let from_holder = speaker_kind.as_str() == row.holder_kind && speaker_code == row.holder_code;
+                if !from_referrer && !from_holder {
+                    return Err(HandleError::Rejected(format!(
+                        "{} is neither the referrer nor the holder of case {case_id}",
+                        agency_str(env.sender.as_ref())
+                    )));
+                }
                 let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
-                let mut lc = Lifecycle::at(parse(&state)?, before.as_deref().map(parse).transpose()?);
-                let step = lc.apply(payload).map_err(|r| HandleError::Rejected(format!("refused: {r}")))?;
+                let mut lc = Lifecycle::at(parse(&row.state)?, row.before_cancel.as_deref().map(parse).transpose()?);
+                // Evidence moves a case to DELIVERED only when it says the referral was delivered.
+                let counts = match payload {
+                    Payload::DeliveryEvidence(ev) => {
+                        ev.evidence_type() == EvidenceType::Delivered && ev.message_kind() == MessageKind::Referral
+                    }
+                    _ => true,
+                };
+                let step = if counts {
+                    lc.apply(payload).map_err(|r| HandleError::Rejected(format!("refused: {r}")))?
+                } else {
+                    duijie_domain::lifecycle::Step { from: lc.state, to: lc.state, new_holder: None }
+                };
                 let new_holder = match &step.new_holder {
                     Some(h) => Some(
                         AgencyKind::try_from(h.kind)
@@ -528,12 +554,4 @@ impl Handler for Agency {
     fn committed(&self, _msg: &Inbound) {
         self.wake(); // the delivery evidence staged with it can go out at once
     }
-}
-
-async fn referrer_of_forward(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<(String, String)>, HandleError> {
-    // A committee forwarding within the same service database: the original referrer is known here.
-    Ok(sqlx::query_as("SELECT referrer_kind, referrer_code FROM cases WHERE case_id = $1 LIMIT 1")
-        .bind(case_id)
-        .fetch_optional(&mut *conn)
-        .await?)
 }

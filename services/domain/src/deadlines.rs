@@ -128,7 +128,7 @@ impl Facts {
     }
 
     fn extension(&self, limit: TimeLimit, cap: Option<u32>) -> u32 {
-        let total: u32 = self.extensions.iter().filter(|(l, _)| *l == limit).map(|(_, d)| *d).sum();
+        let total = self.extensions.iter().filter(|(l, _)| *l == limit).fold(0u32, |acc, (_, d)| acc.saturating_add(*d));
         cap.map_or(total, |c| total.min(c))
     }
 }
