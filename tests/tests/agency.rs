@@ -186,6 +186,27 @@ async fn concurrent_retries_of_a_submit_make_one_case_and_handing_on_is_refused_
     assert_eq!(centre.agency.view(&centre_node, case).await?.state, CaseState::Received, "a refused step changes nothing");
     let extension = centre.agency.send(&centre_node, case, Payload::Accept(Accept::default())).await;
     assert!(extension.is_ok(), "{extension:?}");
+    let consent = |id: &str| PartyConsent { party_id: id.into(), consented: true, ..Default::default() };
+    let one_side = centre
+        .agency
+        .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest {
+            limit: TimeLimit::CourtMediationOrdinary as i32,
+            days: 30,
+            consents: vec![consent("p1")],
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(&one_side, Err(ApiError::InvalidArgument { field, message }) if field == "extension_request.consents" && message.contains("p2")), "{one_side:?}");
+    let both = centre
+        .agency
+        .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest {
+            limit: TimeLimit::CourtMediationOrdinary as i32,
+            days: 30,
+            consents: vec![consent("p1"), consent("p2")],
+            ..Default::default()
+        }))
+        .await?;
+    assert_eq!(both.state, CaseState::InMediation);
     let too_long = centre
         .agency
         .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest { days: 4_000_000_000, ..Default::default() }))

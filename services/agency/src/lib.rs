@@ -213,10 +213,35 @@ impl Agency {
         if *caller != referrer && *caller != holder {
             return Err(ApiError::PermissionDenied(format!("{caller} no longer holds case {case_id}")));
         }
-        if let Payload::ExtensionRequest(x) = &payload
-            && !(1..=MAX_EXTENSION_DAYS).contains(&x.days)
-        {
-            return Err(ApiError::invalid("extension_request.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
+        match &payload {
+            Payload::ExtensionRequest(x) => {
+                if !(1..=MAX_EXTENSION_DAYS).contains(&x.days) {
+                    return Err(ApiError::invalid("extension_request.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
+                }
+                // An extension needs the consent of every party of the referral.
+                let stored: Vec<u8> = sqlx::query_scalar(
+                    "SELECT referral FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
+                )
+                .bind(caller.kind.as_str())
+                .bind(&caller.code)
+                .bind(case_id)
+                .fetch_one(&mut *tx)
+                .await
+                .context("reading the referral")?;
+                let parties = Referral::decode(stored.as_slice()).context("decoding the stored referral")?.parties;
+                if let Some(p) = parties
+                    .iter()
+                    .find(|p| !x.consents.iter().any(|c| c.party_id == p.party_id && c.consented))
+                {
+                    return Err(ApiError::invalid("extension_request.consents", format!("party {} has not consented", p.party_id)));
+                }
+            }
+            Payload::ConfirmationRequest(_) if referrer.kind != AgencyKind::Court => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "a judicial confirmation request goes to a court, and this case's referrer is {referrer}; not supported on this channel yet"
+                )));
+            }
+            _ => {}
         }
         let mut lc = Lifecycle::at(state_from(&row.state)?, row.before_cancel.as_deref().map(state_from).transpose()?);
         let step = lc.apply(&payload).map_err(refusal)?;
