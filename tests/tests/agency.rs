@@ -79,8 +79,8 @@ async fn both_at(court: &Side, court_node: &AgencyNode, centre: &Side, centre_no
     .await
 }
 
-#[tokio::test]
-async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyhow::Result<()> {
+/// A court (431003) and a town mediation committee (431003-102), each with its own database.
+async fn court_and_centre() -> anyhow::Result<(TestBus, AgencyNode, Side, AgencyNode, Side)> {
     let mut bus = TestBus::new().await?;
     let court_node = node(AgencyKind::Court, "431003");
     let centre_node = node(AgencyKind::Mediation, "431003-102");
@@ -89,6 +89,12 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
     let centre_db = bus.extra_database(&migrator()).await?;
     let court = start(&bus, court_db, &court_node);
     let centre = start(&bus, centre_db, &centre_node);
+    Ok((bus, court_node, court, centre_node, centre))
+}
+
+#[tokio::test]
+async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyhow::Result<()> {
+    let (bus, court_node, court, centre_node, centre) = court_and_centre().await?;
 
     // Bad input is refused naming the field.
     let bad = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000100", referral("req-bad", "110105194912310021")).await;
@@ -161,14 +167,7 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
 
 #[tokio::test]
 async fn concurrent_retries_of_a_submit_make_one_case_and_handing_on_is_refused_for_now() -> anyhow::Result<()> {
-    let mut bus = TestBus::new().await?;
-    let court_node = node(AgencyKind::Court, "431003");
-    let centre_node = node(AgencyKind::Mediation, "431003-102");
-    bus.declare(&[court_node.clone(), centre_node.clone()]).await?;
-    let court_db = bus.extra_database(&migrator()).await?;
-    let centre_db = bus.extra_database(&migrator()).await?;
-    let court = start(&bus, court_db, &court_node);
-    let centre = start(&bus, centre_db, &centre_node);
+    let (bus, court_node, court, centre_node, centre) = court_and_centre().await?;
 
     let submits = (0..4).map(|_| {
         court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000200", referral("req-same", "11010519491231002X"))

@@ -65,12 +65,12 @@ pub struct Agency {
 
 /// One case of one owner, as [`CaseRow`].
 const CASE_BY_OWNER: &str = "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
-        state, before_cancel, clock_policy
+        state, before_cancel, clock_policy, referral
  FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3";
 
 /// [`CASE_BY_OWNER`], locking the row for a state change.
 const CASE_BY_OWNER_FOR_UPDATE: &str = "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
-        state, before_cancel, clock_policy
+        state, before_cancel, clock_policy, referral
  FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 FOR UPDATE";
 
 #[derive(sqlx::FromRow)]
@@ -85,6 +85,8 @@ struct CaseRow {
     state: String,
     before_cancel: Option<String>,
     clock_policy: i32,
+    /// protobuf-encoded `Referral`
+    referral: Vec<u8>,
 }
 
 fn node_from(kind: &str, code: &str) -> anyhow::Result<AgencyNode> {
@@ -219,16 +221,7 @@ impl Agency {
                     return Err(ApiError::invalid("extension_request.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
                 }
                 // An extension needs the consent of every party of the referral.
-                let stored: Vec<u8> = sqlx::query_scalar(
-                    "SELECT referral FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
-                )
-                .bind(caller.kind.as_str())
-                .bind(&caller.code)
-                .bind(case_id)
-                .fetch_one(&mut *tx)
-                .await
-                .context("reading the referral")?;
-                let parties = Referral::decode(stored.as_slice()).context("decoding the stored referral")?.parties;
+                let parties = Referral::decode(row.referral.as_slice()).context("decoding the stored referral")?.parties;
                 if let Some(p) = parties
                     .iter()
                     .find(|p| !x.consents.iter().any(|c| c.party_id == p.party_id && c.consented))
