@@ -21,6 +21,8 @@ use secrecy::SecretString;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use uuid::Uuid;
 
+pub mod stack;
+
 pub use duijie_common;
 pub use duijie_proto;
 
@@ -118,14 +120,21 @@ impl TestBus {
 
     /// Another fresh database on the same server (dropped by `cleanup`), migrated with `migrator`.
     pub async fn extra_database(&mut self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
+        let cfg = self.extra_database_config().await?;
+        let pool = db::pool(&cfg);
+        migrator.run(&pool).await?;
+        Ok(pool)
+    }
+
+    /// Another fresh, empty database on the same server (dropped by `cleanup`): its settings.
+    pub async fn extra_database_config(&mut self) -> anyhow::Result<DatabaseConfig> {
         let name = format!("{}_{}", self.db_name, self.extra_dbs.len() + 1);
         let admin_cfg = DatabaseConfig::from_url(&self.pg_servers.database_url())?;
         let mut admin = PgConnection::connect_with(&admin_cfg.connect_options()).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut admin).await?;
-        let pool = db::pool(&DatabaseConfig { database: name.clone(), max_connections: 8, ..admin_cfg });
-        migrator.run(&pool).await?;
-        self.extra_dbs.push(name);
-        Ok(pool)
+        let _ = admin.close().await;
+        self.extra_dbs.push(name.clone());
+        Ok(DatabaseConfig { database: name, max_connections: 6, ..admin_cfg })
     }
 
     /// Declares the topology for `nodes`.

@@ -117,7 +117,7 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
     let not_mine = court.agency.send(&court_node, case, Payload::Receipt(Receipt::default())).await;
     assert!(matches!(not_mine, Err(ApiError::PermissionDenied(_))), "{not_mine:?}");
     let stranger = node(AgencyKind::Court, "431099");
-    assert!(matches!(court.agency.view(&stranger, case).await, Err(ApiError::NotFound(_))));
+    assert!(matches!(court.agency.view(&stranger, case).await, Err(ApiError::PermissionDenied(_))));
 
     let steps: Vec<(bool, Payload, CaseState)> = vec![
         (false, Payload::Receipt(Receipt { signed_by: "王调解员".into(), ..Default::default() }), CaseState::Received),
@@ -157,7 +157,7 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
     }
 
     let court_view = court.agency.view(&court_node, case).await?;
-    let kinds: Vec<MessageKind> = court_view.timeline.iter().map(|(_, k, _)| *k).collect();
+    let kinds: Vec<MessageKind> = court_view.timeline.iter().map(|t| t.kind).collect();
     assert!(kinds.contains(&MessageKind::DeliveryEvidence) && kinds.contains(&MessageKind::Closure), "{kinds:?}");
     let limit = court_view.deadlines.iter().find(|d| d.limit == TimeLimit::CourtMediationOrdinary);
     assert!(limit.is_some_and(|d| d.met_at.is_some()), "the 15-day limit started at receipt and was met by the outcome: {limit:?}");
@@ -166,7 +166,7 @@ async fn court_referral_settled_confirmed_performed_followed_up_closed() -> anyh
 }
 
 #[tokio::test]
-async fn concurrent_retries_of_a_submit_make_one_case_and_handing_on_is_refused_for_now() -> anyhow::Result<()> {
+async fn concurrent_retries_of_a_submit_make_one_case_and_bad_steps_are_refused() -> anyhow::Result<()> {
     let (bus, court_node, court, centre_node, centre) = court_and_centre().await?;
 
     let submits = (0..4).map(|_| {
@@ -179,9 +179,9 @@ async fn concurrent_retries_of_a_submit_make_one_case_and_handing_on_is_refused_
 
     both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Delivered).await?;
     centre.agency.send(&centre_node, case, Payload::Receipt(Receipt::default())).await?;
-    let elsewhere = AgencyRef { kind: AgencyKind::Mediation as i32, code: "431003-103".into() };
-    let redirect = centre.agency.send(&centre_node, case, Payload::Redirect(Redirect { to: Some(elsewhere), reason: "劳动争议".into() })).await;
-    assert!(matches!(&redirect, Err(ApiError::FailedPrecondition(m)) if m.contains("not supported yet")), "{redirect:?}");
+    let court_ref = AgencyRef { kind: AgencyKind::Court as i32, code: "431003".into() };
+    let redirect = centre.agency.send(&centre_node, case, Payload::Redirect(Redirect { to: Some(court_ref), reason: "劳动争议".into() })).await;
+    assert!(matches!(&redirect, Err(ApiError::InvalidArgument { field, .. }) if field == "redirect.to"), "{redirect:?}");
     assert_eq!(centre.agency.view(&centre_node, case).await?.state, CaseState::Received, "a refused step changes nothing");
     let extension = centre.agency.send(&centre_node, case, Payload::Accept(Accept::default())).await;
     assert!(extension.is_ok(), "{extension:?}");

@@ -6,6 +6,9 @@
 //! case's state, update the case and stage the envelope in one transaction.
 //! Incoming: [`Agency`] is the inbox [`Handler`] of the nodes it serves.
 
+pub mod api;
+pub mod service;
+
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
@@ -20,7 +23,8 @@ use duijie_domain::deadlines::{self, DeadlineStatus};
 use duijie_domain::lifecycle::{CaseState, Lifecycle, Refusal};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
-    AgencyKind, AgencyRef, Channel, ClockPolicyKind, DeliveryEvidence, Envelope, EvidenceType, MessageKind, Referral,
+    AgencyKind, AgencyRef, Channel, ClockPolicyKind, DeliveryEvidence, Envelope, EvidenceType, ForwardedCase, MessageKind,
+    Referral, TimeLimit,
 };
 use prost::Message as _;
 use sqlx::{PgConnection, PgPool};
@@ -39,7 +43,7 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 pub const MAX_EXTENSION_DAYS: u32 = 365;
 
 /// A case as the calling agency sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CaseView {
     pub case_id: Uuid,
     pub case_code: String,
@@ -48,9 +52,53 @@ pub struct CaseView {
     pub holder: AgencyNode,
     pub state: CaseState,
     pub clock_policy: ClockPolicyKind,
+    /// The referral, identity numbers masked unless the caller holds the case (see
+    /// [`Agency::view`]).
+    pub referral: Referral,
     pub deadlines: Vec<DeadlineStatus>,
-    /// Kinds of the case's messages in order, as this agency sent or received them.
-    pub timeline: Vec<(String, MessageKind, CaseState)>,
+    /// The case's messages in order, as this agency sent, received or inherited them.
+    pub timeline: Vec<TimelineItem>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One message of a case's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineItem {
+    pub message_id: String,
+    pub kind: MessageKind,
+    /// `out`, `in`, or `prior` (before this agency held the case).
+    pub direction: String,
+    pub sender: Option<AgencyRef>,
+    pub recipient: Option<AgencyRef>,
+    pub occurred_at: DateTime<Utc>,
+    pub state_after: CaseState,
+    pub summary: String,
+}
+
+/// A case in a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseSummary {
+    pub case_id: Uuid,
+    pub case_code: String,
+    pub channel: Channel,
+    pub referrer: AgencyNode,
+    pub holder: AgencyNode,
+    pub state: CaseState,
+    /// The earliest due time among the limits still running.
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub overdue: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which of an agency's cases to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<CaseState>,
+    pub channel: Option<Channel>,
+    /// 1..=500.
+    pub page_size: u32,
+    /// Continue after this case (its `updated_at` and id), newest first.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 
 /// One agency service's core, serving `nodes` (all of one kind).
@@ -60,18 +108,37 @@ pub struct Agency {
     topology: Topology,
     waker: Option<RelayWaker>,
     nodes: BTreeSet<(i32, String)>,
+    /// Agencies a case may be sent or handed to; `None` accepts any well-formed agency.
+    directory: Option<std::sync::Arc<BTreeSet<(i32, String)>>>,
     calendar: WorkCalendar,
 }
 
 /// One case of one owner, as [`CaseRow`].
 const CASE_BY_OWNER: &str = "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
-        state, before_cancel, clock_policy, referral
+        state, before_cancel, clock_policy, referral, updated_at
  FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3";
 
 /// [`CASE_BY_OWNER`], locking the row for a state change.
 const CASE_BY_OWNER_FOR_UPDATE: &str = "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
         state, before_cancel, clock_policy, referral
  FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 FOR UPDATE";
+
+#[derive(sqlx::FromRow)]
+struct CaseRowWithTime {
+    #[sqlx(flatten)]
+    row: CaseRow,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    case_id: Uuid,
+    envelope: Vec<u8>,
+    kind: String,
+    direction: String,
+    state_after: String,
+    occurred_at: DateTime<Utc>,
+}
 
 #[derive(sqlx::FromRow)]
 struct CaseRow {
@@ -99,7 +166,10 @@ fn state_from(s: &str) -> anyhow::Result<CaseState> {
 }
 
 fn refusal(r: Refusal) -> ApiError {
-    ApiError::FailedPrecondition(r.to_string())
+    match r {
+        Refusal::Incomplete { kind, field } => ApiError::invalid(format!("{}.{field}", kind.routing_segment()), "is required"),
+        other => ApiError::FailedPrecondition(other.to_string()),
+    }
 }
 
 impl Agency {
@@ -110,7 +180,33 @@ impl Agency {
             topology,
             waker,
             nodes: nodes.iter().map(|n| (n.kind as i32, n.code.clone())).collect(),
+            directory: None,
             calendar: WorkCalendar::bundled(),
+        }
+    }
+
+    /// Only agencies in `known` may receive a case from this service (the agency directory of
+    /// the deployment); any other recipient is refused as an unknown agency.
+    #[must_use]
+    pub fn with_directory(mut self, known: &[AgencyNode]) -> Self {
+        self.directory = Some(std::sync::Arc::new(known.iter().map(|n| (n.kind as i32, n.code.clone())).collect()));
+        self
+    }
+
+    /// The agency nodes this service acts for.
+    pub fn nodes(&self) -> Vec<AgencyNode> {
+        self.nodes
+            .iter()
+            .filter_map(|(k, c)| AgencyKind::try_from(*k).ok().and_then(|k| AgencyNode::new(k, c).ok()))
+            .collect()
+    }
+
+    fn check_known(&self, node: &AgencyNode, field: &str) -> Result<(), ApiError> {
+        match &self.directory {
+            Some(d) if !d.contains(&(node.kind as i32, node.code.clone())) => {
+                Err(ApiError::invalid(field, format!("unknown agency {node}")))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -140,7 +236,14 @@ impl Agency {
             return Err(ApiError::PermissionDenied(format!("a {} may not send referrals", caller.kind.as_str())));
         }
         if to.kind != AgencyKind::Mediation {
-            return Err(ApiError::invalid("recipient", "referrals go to a mediation body"));
+            return Err(ApiError::invalid("to", "referrals go to a mediation body"));
+        }
+        self.check_known(to, "to")?;
+        if case_code.trim().is_empty() {
+            return Err(ApiError::invalid("case_code", "is required"));
+        }
+        if referral.forwarded.is_some() {
+            return Err(ApiError::invalid("referral.forwarded", "is set only by a mediation body handing a case on"));
         }
         validate_referral(&referral)?;
         let channel = channel_of(caller.kind).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
@@ -215,10 +318,14 @@ impl Agency {
         if *caller != referrer && *caller != holder {
             return Err(ApiError::PermissionDenied(format!("{caller} no longer holds case {case_id}")));
         }
+        let mut revised_referral = None;
         match &payload {
             Payload::ExtensionRequest(x) => {
                 if !(1..=MAX_EXTENSION_DAYS).contains(&x.days) {
                     return Err(ApiError::invalid("extension_request.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
+                }
+                if x.limit() == TimeLimit::Unspecified {
+                    return Err(ApiError::invalid("extension_request.limit", "name the time limit to extend"));
                 }
                 // An extension needs the consent of every party of the referral.
                 let parties = Referral::decode(row.referral.as_slice()).context("decoding the stored referral")?.parties;
@@ -229,9 +336,15 @@ impl Agency {
                     return Err(ApiError::invalid("extension_request.consents", format!("party {} has not consented", p.party_id)));
                 }
             }
+            Payload::Amendment(a) => {
+                if let Some(revised) = &a.revised {
+                    validate_referral(revised).map_err(|e| e.within("amendment.revised"))?;
+                    revised_referral = Some(amended(&row.referral, revised)?);
+                }
+            }
             Payload::ConfirmationRequest(_) if referrer.kind != AgencyKind::Court => {
                 return Err(ApiError::FailedPrecondition(format!(
-                    "a judicial confirmation request goes to a court, and this case's referrer is {referrer}; not supported on this channel yet"
+                    "a judicial confirmation request goes to the referring court, and this case's referrer is {referrer}"
                 )));
             }
             _ => {}
@@ -240,18 +353,27 @@ impl Agency {
         let step = lc.apply(&payload).map_err(refusal)?;
         // Referrers talk to the holder; everybody else answers the referrer.
         let recipient = if *caller == referrer { holder.clone() } else { referrer.clone() };
-        let new_holder = match &step.new_holder {
-            Some(h) => Some(node_from(AgencyKind::try_from(h.kind).map(|k| k.as_str()).unwrap_or(""), &h.code)
-                .map_err(|e| ApiError::invalid("to", e.to_string()))?),
+        let (to_field, new_holder) = match (&payload, &step.new_holder) {
+            (Payload::Redirect(_), Some(h)) => ("redirect.to", Some(h)),
+            (_, Some(h)) => ("escalation.to_agency", Some(h)),
+            (_, None) => ("", None),
+        };
+        let new_holder = match new_holder {
+            Some(h) => Some(
+                AgencyKind::try_from(h.kind)
+                    .ok()
+                    .and_then(|k| AgencyNode::new(k, &h.code).ok())
+                    .ok_or_else(|| ApiError::invalid(to_field, "not a valid agency"))?,
+            ),
             None => None,
         };
-        if new_holder.as_ref().is_some_and(|h| *h != holder) {
-            // Handing the case to another committee needs the forwarded referral to carry the
-            // original referrer and the state it is handed on in (review of 2026-11-25); until
-            // then it is refused rather than sent to a committee that would drop it.
-            return Err(ApiError::FailedPrecondition(
-                "handing a case to another committee or agency is not supported yet; escalate within the same committee".into(),
-            ));
+        // Handing the case to another body: it must be a known mediation body other than this one.
+        let forward_to = new_holder.clone().filter(|h| *h != holder);
+        if let Some(to) = &forward_to {
+            if to.kind != AgencyKind::Mediation {
+                return Err(ApiError::invalid(to_field, "a case is handed on only to a mediation body"));
+            }
+            self.check_known(to, to_field)?;
         }
         let header = Header {
             case_id,
@@ -262,57 +384,215 @@ impl Agency {
             causation_id: self.last_inbound(&mut tx, caller, case_id).await?,
         };
         let mut env = envelope::build(&header, payload);
-        update_case(&mut tx, caller, case_id, &lc, new_holder.as_ref()).await.context("updating the case")?;
+        update_case(&mut tx, caller, case_id, &lc, new_holder.as_ref(), revised_referral.as_deref())
+            .await
+            .context("updating the case")?;
         self.record_out(&mut tx, caller, &mut env, lc.state).await?;
+        if let Some(to) = &forward_to {
+            self.forward(&mut tx, caller, &row, &referrer, to, &env, lc.state).await?;
+        }
         tx.commit().await.context("committing")?;
         self.wake();
         self.view(caller, case_id).await
     }
 
-    /// The case as `caller` sees it; `NOT_FOUND` if it has none (whoever else has it).
+    /// The case as `caller` sees it. An agency reads only the cases it sent or received:
+    /// `PERMISSION_DENIED` if another agency of this service has the case, `NOT_FOUND` if none
+    /// has. Party identity numbers are unmasked only for the mediation body holding the case,
+    /// which must reach the parties; everybody else sees them masked.
     pub async fn view(&self, caller: &AgencyNode, case_id: Uuid) -> Result<CaseView, ApiError> {
-        let row: Option<CaseRow> = sqlx::query_as(
-            CASE_BY_OWNER,
-        )
-        .bind(caller.kind.as_str())
-        .bind(&caller.code)
-        .bind(case_id)
-        .fetch_optional(&self.pool)
-        .await
-        .context("reading the case")?;
-        let row = row.ok_or_else(|| ApiError::NotFound(format!("no case {case_id} for {caller}")))?;
-        let events: Vec<(Vec<u8>, String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT envelope, kind, state_after, occurred_at FROM case_events
-             WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 ORDER BY seq",
-        )
-        .bind(caller.kind.as_str())
-        .bind(&caller.code)
-        .bind(case_id)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading the timeline")?;
-        let mut payloads = Vec::with_capacity(events.len());
+        if !self.serves(caller) {
+            return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
+        }
+        let row: Option<CaseRowWithTime> = sqlx::query_as(CASE_BY_OWNER)
+            .bind(caller.kind.as_str())
+            .bind(&caller.code)
+            .bind(case_id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the case")?;
+        let Some(CaseRowWithTime { row, updated_at }) = row else {
+            let elsewhere: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1)")
+                .bind(case_id)
+                .fetch_one(&self.pool)
+                .await
+                .context("looking for the case")?;
+            return Err(if elsewhere {
+                ApiError::PermissionDenied(format!("case {case_id} is not one of {caller}'s cases"))
+            } else {
+                ApiError::NotFound(format!("no case {case_id} for {caller}"))
+            });
+        };
+        let events = self.events(caller, &[case_id]).await?;
         let mut timeline = Vec::with_capacity(events.len());
-        for (bytes, kind, state, at) in &events {
-            let env = Envelope::decode(bytes.as_slice()).context("decoding a stored envelope")?;
-            timeline.push((env.message_id.clone(), MessageKind::from_routing_segment(kind).unwrap_or_default(), state_from(state)?));
+        let mut payloads = Vec::with_capacity(events.len());
+        for ev in events {
+            let env = Envelope::decode(ev.envelope.as_slice()).context("decoding a stored envelope")?;
+            timeline.push(TimelineItem {
+                message_id: env.message_id.clone(),
+                kind: MessageKind::from_routing_segment(&ev.kind).unwrap_or_default(),
+                direction: ev.direction,
+                sender: env.sender.clone(),
+                recipient: env.recipient.clone(),
+                occurred_at: ev.occurred_at,
+                state_after: state_from(&ev.state_after)?,
+                summary: env.payload.as_ref().map(summary).unwrap_or_default(),
+            });
             if let Some(p) = env.payload {
-                payloads.push((*at, p));
+                payloads.push((ev.occurred_at, p));
             }
         }
         let clock = ClockPolicyKind::try_from(row.clock_policy).unwrap_or(ClockPolicyKind::Unspecified);
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
+        let holder = node_from(&row.holder_kind, &row.holder_code)?;
+        let mut referral = Referral::decode(row.referral.as_slice()).context("decoding the stored referral")?;
+        if let Some(f) = &mut referral.forwarded {
+            f.history.clear(); // shown as the timeline's `prior` entries
+        }
+        if !(holder == *caller && caller.kind == AgencyKind::Mediation) {
+            referral = masked(referral);
+        }
         Ok(CaseView {
             case_id: row.case_id,
             case_code: row.case_code,
             channel: Channel::try_from(row.channel).unwrap_or(Channel::Unspecified),
             referrer: node_from(&row.referrer_kind, &row.referrer_code)?,
-            holder: node_from(&row.holder_kind, &row.holder_code)?,
+            holder,
             state: state_from(&row.state)?,
             clock_policy: clock,
+            referral,
             deadlines: deadlines::deadlines(clock, &refs, &self.calendar, Utc::now()),
             timeline,
+            updated_at,
         })
+    }
+
+    /// `caller`'s cases, most recently changed first, with their deadline status.
+    pub async fn list(&self, caller: &AgencyNode, filter: &ListFilter) -> Result<Vec<CaseSummary>, ApiError> {
+        if !self.serves(caller) {
+            return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
+        }
+        let limit = i64::from(filter.page_size.clamp(1, 500));
+        let rows: Vec<CaseRowWithTime> = sqlx::query_as(
+            "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
+                    state, before_cancel, clock_policy, referral, updated_at
+             FROM cases
+             WHERE owner_kind = $1 AND owner_code = $2
+               AND ($3::text IS NULL OR state = $3)
+               AND ($4::int IS NULL OR channel = $4)
+               AND ($5::timestamptz IS NULL OR (updated_at, case_id) < ($5, $6))
+             ORDER BY updated_at DESC, case_id DESC
+             LIMIT $7",
+        )
+        .bind(caller.kind.as_str())
+        .bind(&caller.code)
+        .bind(filter.state.map(CaseState::as_str))
+        .bind(filter.channel.map(|c| c as i32))
+        .bind(filter.after.map(|(t, _)| t))
+        .bind(filter.after.map(|(_, id)| id))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("listing cases")?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.row.case_id).collect();
+        let mut by_case: std::collections::HashMap<Uuid, Vec<(DateTime<Utc>, Payload)>> = std::collections::HashMap::new();
+        for ev in self.events(caller, &ids).await? {
+            let env = Envelope::decode(ev.envelope.as_slice()).context("decoding a stored envelope")?;
+            if let Some(p) = env.payload {
+                by_case.entry(ev.case_id).or_default().push((ev.occurred_at, p));
+            }
+        }
+        let now = Utc::now();
+        rows.into_iter()
+            .map(|r| {
+                let clock = ClockPolicyKind::try_from(r.row.clock_policy).unwrap_or(ClockPolicyKind::Unspecified);
+                let evs = by_case.get(&r.row.case_id).map(Vec::as_slice).unwrap_or(&[]);
+                let refs: Vec<(DateTime<Utc>, &Payload)> = evs.iter().map(|(t, p)| (*t, p)).collect();
+                let state = state_from(&r.row.state)?;
+                let limits = if state.is_final() { Vec::new() } else { deadlines::deadlines(clock, &refs, &self.calendar, now) };
+                Ok(CaseSummary {
+                    case_id: r.row.case_id,
+                    case_code: r.row.case_code,
+                    channel: Channel::try_from(r.row.channel).unwrap_or(Channel::Unspecified),
+                    referrer: node_from(&r.row.referrer_kind, &r.row.referrer_code)?,
+                    holder: node_from(&r.row.holder_kind, &r.row.holder_code)?,
+                    state,
+                    next_due_at: limits.iter().filter(|d| d.met_at.is_none()).map(|d| d.due_at).min(),
+                    overdue: limits.iter().any(|d| d.is_overdue(now)),
+                    updated_at: r.updated_at,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(ApiError::from)
+    }
+
+    async fn events(&self, owner: &AgencyNode, cases: &[Uuid]) -> anyhow::Result<Vec<EventRow>> {
+        sqlx::query_as(
+            "SELECT case_id, envelope, kind, direction, state_after, occurred_at FROM case_events
+             WHERE owner_kind = $1 AND owner_code = $2 AND case_id = ANY($3) ORDER BY seq",
+        )
+        .bind(owner.kind.as_str())
+        .bind(&owner.code)
+        .bind(cases)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the timeline")
+    }
+
+    /// Hands the case to `to`: a referral carrying the original referrer, why it moves, and the
+    /// case's history, so `to` answers the referrer directly and its clocks keep running.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        tx: &mut PgConnection,
+        caller: &AgencyNode,
+        row: &CaseRow,
+        referrer: &AgencyNode,
+        to: &AgencyNode,
+        handoff: &Envelope,
+        state_after: CaseState,
+    ) -> Result<(), ApiError> {
+        let history: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT envelope FROM case_events WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 ORDER BY seq",
+        )
+        .bind(caller.kind.as_str())
+        .bind(&caller.code)
+        .bind(row.case_id)
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading the case's history")?;
+        // A referral forwarded before carries its own history: keep each message once.
+        let history = history
+            .into_iter()
+            .map(|bytes| {
+                let mut env = Envelope::decode(bytes.as_slice()).context("decoding a stored envelope")?;
+                if let Some(Payload::Referral(r)) = &mut env.payload
+                    && let Some(f) = &mut r.forwarded
+                {
+                    f.history.clear();
+                    return Ok(env.encode_to_vec());
+                }
+                Ok(bytes)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut referral = Referral::decode(row.referral.as_slice()).context("decoding the stored referral")?;
+        referral.forwarded = Some(ForwardedCase {
+            original_referrer: Some(AgencyRef::from(referrer)),
+            forwarded_by: Some(AgencyRef::from(caller)),
+            reason: handoff.kind,
+            history,
+        });
+        let header = Header {
+            case_id: row.case_id,
+            case_code: row.case_code.clone(),
+            channel: Channel::try_from(row.channel).unwrap_or(Channel::Unspecified),
+            sender: caller.clone(),
+            recipient: to.clone(),
+            causation_id: Uuid::parse_str(&handoff.message_id).ok(),
+        };
+        let mut env = envelope::build(&header, Payload::Referral(referral));
+        self.record_out(tx, caller, &mut env, state_after).await?;
+        Ok(())
     }
 
     async fn lock_case(&self, tx: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> Result<CaseRow, ApiError> {
@@ -348,10 +628,18 @@ impl Agency {
 }
 
 /// Stores a case's new state (and its new holder, when the step moved it).
-async fn update_case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lc: &Lifecycle, new_holder: Option<&AgencyNode>) -> Result<(), sqlx::Error> {
+async fn update_case(
+    conn: &mut PgConnection,
+    owner: &AgencyNode,
+    case_id: Uuid,
+    lc: &Lifecycle,
+    new_holder: Option<&AgencyNode>,
+    referral: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE cases SET state = $4, before_cancel = $5,
-                holder_kind = COALESCE($6, holder_kind), holder_code = COALESCE($7, holder_code), updated_at = now()
+                holder_kind = COALESCE($6, holder_kind), holder_code = COALESCE($7, holder_code),
+                referral = COALESCE($8, referral), updated_at = now()
          WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
     )
     .bind(owner.kind.as_str())
@@ -361,6 +649,7 @@ async fn update_case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid,
     .bind(lc.before_cancel.map(CaseState::as_str))
     .bind(new_holder.map(|h| h.kind.as_str()))
     .bind(new_holder.map(|h| h.code.clone()))
+    .bind(referral)
     .execute(conn)
     .await?;
     Ok(())
@@ -397,6 +686,68 @@ async fn insert_event(tx: &mut PgConnection, owner: &AgencyNode, env: &Envelope,
     .await
     .context("recording the event")?;
     Ok(())
+}
+
+/// The stored referral after an amendment: the revised content, keeping what the referrer
+/// cannot change by amending (its request id, and the forwarding of a handed-on case).
+fn amended(stored: &[u8], revised: &Referral) -> Result<Vec<u8>, ApiError> {
+    let old = Referral::decode(stored).context("decoding the stored referral")?;
+    let mut new = revised.clone();
+    new.client_request_id = old.client_request_id;
+    new.forwarded = old.forwarded;
+    Ok(new.encode_to_vec())
+}
+
+/// `referral` as shown to an agency that does not need the parties' identity numbers.
+pub fn masked(mut referral: Referral) -> Referral {
+    for p in &mut referral.parties {
+        if let Some(id) = &mut p.identity {
+            id.number = duijie_domain::identity::mask(&id.number);
+        }
+    }
+    referral
+}
+
+/// A one-line summary of a message for timelines.
+pub fn summary(payload: &Payload) -> String {
+    use duijie_proto::v1::outcome::Kind;
+    let agency = |a: Option<&AgencyRef>| agency_str(a);
+    match payload {
+        Payload::Referral(r) => match &r.forwarded {
+            Some(f) => format!("handed on by {} ({})", agency(f.forwarded_by.as_ref()), f.reason().routing_segment()),
+            None => format!("{} parties; {}", r.parties.len(), r.cause_of_action),
+        },
+        Payload::Amendment(a) => a.reason.clone(),
+        Payload::Cancellation(c) => format!("{}: {}", c.reason().as_str_name(), c.explanation),
+        Payload::SupervisionNotice(n) => format!("{}: {}", n.level().as_str_name(), n.instructions),
+        Payload::Receipt(r) => format!("signed for by {}", r.signed_by),
+        Payload::Accept(a) => format!("accepted by {}", a.accepted_by),
+        Payload::Reject(r) => format!("{}: {}", r.reason().as_str_name(), r.explanation),
+        Payload::Redirect(r) => format!("to {}: {}", agency(r.to.as_ref()), r.reason),
+        Payload::Assignment(a) => a.mediator.as_ref().map(|m| format!("mediator {}", m.name)).unwrap_or_default(),
+        Payload::Escalation(e) => format!("{} → {} {}", e.from_tier().as_str_name(), e.to_tier().as_str_name(), agency(e.to_agency.as_ref())),
+        Payload::Progress(p) => p.summary.clone(),
+        Payload::InfoRequest(q) => q.questions.join("; "),
+        Payload::ExtensionRequest(x) => format!("{} +{} days", x.limit().as_str_name(), x.days),
+        Payload::Outcome(o) => match &o.kind {
+            Some(Kind::Settled(s)) => format!("settled: {}", s.terms.join("; ")),
+            Some(Kind::Failed(f)) => format!("failed: {}", f.reason().as_str_name()),
+            Some(Kind::Withdrawn(_)) => "withdrawn".into(),
+            None => String::new(),
+        },
+        Payload::ConfirmationRequest(_) => "judicial confirmation requested".into(),
+        Payload::ConfirmationDecision(d) => format!("{} {}", d.decision().as_str_name(), d.document_number),
+        Payload::AgreementRecognition(a) => format!("recognised {}", a.document_number),
+        Payload::ReconciliationReview(r) => r.conclusion().as_str_name().to_owned(),
+        Payload::Performance(p) => p.status().as_str_name().to_owned(),
+        Payload::FollowUp(f) => format!("{}: {}", f.satisfaction().as_str_name(), f.summary),
+        Payload::Closure(c) => format!("{}: {}", c.basis().as_str_name(), c.summary),
+        Payload::CancellationConfirmation(c) => if c.confirmed { "cancel confirmed".into() } else { format!("cancel refused: {}", c.reason) },
+        Payload::DispositionNotice(d) => format!("{} {}", d.disposition().as_str_name(), d.document_number),
+        Payload::DeliveryEvidence(e) => format!("{} {} to {}", e.evidence_type().as_str_name(), e.message_kind().routing_segment(), agency(e.delivered_to.as_ref())),
+        Payload::DeadlineWarning(_) => "deadline near".into(),
+        Payload::DeadlineBreached(_) => "deadline passed".into(),
+    }
 }
 
 /// The channel a referring agency's referrals travel on.
@@ -449,39 +800,71 @@ impl Handler for Agency {
             .ok_or_else(|| HandleError::Rejected(format!("this service does not serve {}", agency_str(Some(recipient)))))?;
         let sender_kind = env.sender.as_ref().and_then(|s| AgencyKind::try_from(s.kind).ok()).unwrap_or_default();
         let kind = env.kind();
-        if !kind.allowed_senders().contains(&sender_kind) {
-            return Err(HandleError::Rejected(format!("a {} may not send {kind}", sender_kind.as_str())));
-        }
+        env.check_sender_kind().map_err(|e| HandleError::Rejected(e.to_string()))?;
         let case_id = Uuid::parse_str(&env.case_id).map_err(|e| HandleError::Rejected(e.to_string()))?;
         let state_after = match env.payload.as_ref() {
             Some(Payload::Referral(referral)) => {
                 let sender = env.sender.as_ref().ok_or_else(|| HandleError::Rejected("no sender".into()))?;
                 let sender_node = AgencyNode::new(sender_kind, &sender.code).map_err(|e| HandleError::Rejected(e.to_string()))?;
                 let clock = referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
-                let (ref_kind, ref_code) = (sender_kind.as_str().to_owned(), sender_node.code.clone());
+                // A referral handed on by another mediation body names the original referrer
+                // (who the new holder answers) and how far the case had come.
+                let (referrer, state) = match &referral.forwarded {
+                    None => (sender_node, CaseState::Delivered),
+                    Some(f) => {
+                        let original = f
+                            .original_referrer
+                            .as_ref()
+                            .and_then(|r| AgencyKind::try_from(r.kind).ok().and_then(|k| AgencyNode::new(k, &r.code).ok()))
+                            .ok_or_else(|| HandleError::Rejected("a forwarded referral without its original referrer".into()))?;
+                        let state = match f.reason() {
+                            MessageKind::Redirect => CaseState::Delivered,
+                            MessageKind::Escalation => CaseState::InMediation,
+                            other => return Err(HandleError::Rejected(format!("a case is not handed on by {other}"))),
+                        };
+                        (original, state)
+                    }
+                };
+                // A case may come back to a body that handed it on before: it holds it again.
                 let inserted = sqlx::query(
                     "INSERT INTO cases (owner_kind, owner_code, case_id, case_code, channel, referrer_kind, referrer_code,
                                         holder_kind, holder_code, state, clock_policy, referral)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $2, $8, $9, $10)
-                     ON CONFLICT DO NOTHING",
+                     ON CONFLICT (owner_kind, owner_code, case_id) DO UPDATE
+                        SET holder_kind = EXCLUDED.holder_kind, holder_code = EXCLUDED.holder_code, state = EXCLUDED.state,
+                            before_cancel = NULL, referral = EXCLUDED.referral, updated_at = now()
+                        WHERE $11 AND (cases.holder_kind <> EXCLUDED.holder_kind OR cases.holder_code <> EXCLUDED.holder_code)",
                 )
                 .bind(owner.kind.as_str())
                 .bind(&owner.code)
                 .bind(case_id)
                 .bind(&env.case_code)
                 .bind(env.channel)
-                .bind(ref_kind)
-                .bind(ref_code)
-                .bind(CaseState::Delivered.as_str())
+                .bind(referrer.kind.as_str())
+                .bind(&referrer.code)
+                .bind(state.as_str())
                 .bind(clock as i32)
                 .bind(referral.encode_to_vec())
+                .bind(referral.forwarded.is_some())
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
                 if inserted == 0 {
                     return Err(HandleError::Rejected(format!("case {case_id} already exists here")));
                 }
-                CaseState::Delivered
+                if let Some(f) = &referral.forwarded {
+                    let mut lc = Lifecycle::referred();
+                    for bytes in &f.history {
+                        let prior = Envelope::decode(bytes.as_slice()).map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
+                        if let Some(p) = &prior.payload
+                            && !matches!(p, Payload::Referral(_))
+                        {
+                            let _ = lc.apply(p); // the sender's machine already accepted it
+                        }
+                        insert_event(conn, &owner, &prior, "prior", lc.state).await.map_err(HandleError::Transient)?;
+                    }
+                }
+                state
             }
             Some(payload) => {
                 let row: Option<CaseRow> = sqlx::query_as(CASE_BY_OWNER_FOR_UPDATE)
@@ -532,7 +915,14 @@ impl Handler for Agency {
                     ),
                     None => None,
                 };
-                update_case(conn, &owner, case_id, &lc, new_holder.as_ref()).await?;
+                let revised = match payload {
+                    Payload::Amendment(a) => match &a.revised {
+                        Some(r) => Some(amended(&row.referral, r).map_err(|e| HandleError::Rejected(e.to_string()))?),
+                        None => None,
+                    },
+                    _ => None,
+                };
+                update_case(conn, &owner, case_id, &lc, new_holder.as_ref(), revised.as_deref()).await?;
                 lc.state
             }
             None => return Err(HandleError::Rejected("no payload".into())),

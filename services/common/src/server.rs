@@ -80,6 +80,15 @@ impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), message: message.into() }
     }
+
+    /// The same error with its field named inside `parent` (e.g. `amendment.revised.facts`).
+    #[must_use]
+    pub fn within(self, parent: &str) -> Self {
+        match self {
+            Self::InvalidArgument { field, message } => Self::InvalidArgument { field: format!("{parent}.{field}"), message },
+            other => other,
+        }
+    }
 }
 
 impl From<ApiError> for Status {

@@ -118,6 +118,14 @@ fn referral() -> v1::Referral {
         clock_policy: Some(clock_policy()),
         client_request_id: "court-431003-req-000001".to_owned(),
         note: "当事人均同意诉前调解".to_owned(),
+        // Only a mediation body's hand-over sets this; populated here so the round trip
+        // covers every field.
+        forwarded: Some(v1::ForwardedCase {
+            original_referrer: Some(v1::AgencyRef { kind: v1::AgencyKind::Court as i32, code: "431003".to_owned() }),
+            forwarded_by: Some(v1::AgencyRef { kind: v1::AgencyKind::Mediation as i32, code: "431003".to_owned() }),
+            reason: v1::MessageKind::Redirect as i32,
+            history: vec![vec![0x0a, 0x01, 0x41]],
+        }),
     }
 }
 

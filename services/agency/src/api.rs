@@ -1,0 +1,281 @@
+//! The gRPC side of the agency core: the `Cases` service every agency serves, the `Referrals`
+//! service of the four referring agencies (with each agency's own rules), and the helpers the
+//! five service crates use for their own methods.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use duijie_common::amqp::AgencyNode;
+use duijie_common::server::{ApiError, caller};
+use duijie_domain::deadlines::DeadlineStatus;
+use duijie_domain::lifecycle::CaseState;
+use duijie_proto::v1 as pb;
+use duijie_proto::v1::cases_server::{Cases, CasesServer};
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::referrals_server::{Referrals, ReferralsServer};
+use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, DispositionKind, Referral};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{Agency, CaseSummary, CaseView, ListFilter, TimelineItem};
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+/// The proto form of a case view.
+pub fn case_view(v: &CaseView) -> pb::CaseView {
+    let now = Utc::now();
+    pb::CaseView {
+        case_id: v.case_id.to_string(),
+        case_code: v.case_code.clone(),
+        channel: v.channel as i32,
+        referrer: Some(AgencyRef::from(&v.referrer)),
+        holder: Some(AgencyRef::from(&v.holder)),
+        state: v.state.as_str().to_owned(),
+        clock_policy: v.clock_policy as i32,
+        referral: Some(v.referral.clone()),
+        deadlines: v.deadlines.iter().map(|d| deadline(d, now)).collect(),
+        timeline: v.timeline.iter().map(timeline_entry).collect(),
+        allowed_next: if v.state.is_final() { Vec::new() } else { v.state.allowed().into_iter().map(|k| k as i32).collect() },
+    }
+}
+
+fn deadline(d: &DeadlineStatus, now: DateTime<Utc>) -> pb::DeadlineView {
+    pb::DeadlineView {
+        limit: d.limit as i32,
+        legal_basis: d.legal_basis.to_owned(),
+        started_at: Some(ts(d.started_at)),
+        due_at: Some(ts(d.due_at)),
+        met_at: d.met_at.map(ts),
+        extended_days: d.extended_days,
+        working_days: d.working_days,
+        overdue: d.is_overdue(now),
+    }
+}
+
+fn timeline_entry(t: &TimelineItem) -> pb::TimelineEntry {
+    pb::TimelineEntry {
+        message_id: t.message_id.clone(),
+        kind: t.kind as i32,
+        direction: t.direction.clone(),
+        sender: t.sender.clone(),
+        recipient: t.recipient.clone(),
+        occurred_at: Some(ts(t.occurred_at)),
+        state_after: t.state_after.as_str().to_owned(),
+        summary: t.summary.clone(),
+    }
+}
+
+fn case_summary(s: &CaseSummary) -> pb::CaseSummary {
+    pb::CaseSummary {
+        case_id: s.case_id.to_string(),
+        case_code: s.case_code.clone(),
+        channel: s.channel as i32,
+        referrer: Some(AgencyRef::from(&s.referrer)),
+        holder: Some(AgencyRef::from(&s.holder)),
+        state: s.state.as_str().to_owned(),
+        next_due_at: s.next_due_at.map(ts),
+        overdue: s.overdue,
+        updated_at: Some(ts(s.updated_at)),
+    }
+}
+
+/// A case id from a request.
+pub fn case_id(s: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(s.trim()).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))
+}
+
+/// A required message field of a request.
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::invalid(field, "is required"))
+}
+
+/// An agency reference from a request (`field` names it in the error).
+pub fn agency(r: Option<&AgencyRef>, field: &str) -> Result<AgencyNode, ApiError> {
+    let r = r.ok_or_else(|| ApiError::invalid(field, "is required"))?;
+    let kind = AgencyKind::try_from(r.kind)
+        .ok()
+        .filter(|k| !matches!(k, AgencyKind::Unspecified | AgencyKind::Bus))
+        .ok_or_else(|| ApiError::invalid(format!("{field}.kind"), "must be an agency kind"))?;
+    AgencyNode::new(kind, &r.code).map_err(|e| ApiError::invalid(format!("{field}.code"), e.to_string()))
+}
+
+/// Runs one case action for the calling agency: `build` turns the request into the case and
+/// the message to send; the answer is the case as the caller sees it afterwards.
+pub async fn act<T>(
+    agency: &Agency,
+    req: Request<T>,
+    build: impl FnOnce(&AgencyNode, T) -> Result<(Uuid, Payload), ApiError>,
+) -> Result<Response<pb::CaseView>, Status> {
+    let me = caller(&req)?;
+    let (case, payload) = build(&me, req.into_inner())?;
+    let view = agency.send(&me, case, payload).await?;
+    Ok(Response::new(case_view(&view)))
+}
+
+/// `Cases`: reading the calling agency's cases.
+pub struct CasesApi {
+    agency: Agency,
+}
+
+impl CasesApi {
+    pub fn server(agency: Agency) -> CasesServer<Self> {
+        CasesServer::new(Self { agency })
+    }
+}
+
+/// Page tokens are `<updated_at in µs>.<case id>` of the last case of the previous page.
+fn page_token(s: &CaseSummary) -> String {
+    format!("{}.{}", s.updated_at.timestamp_micros(), s.case_id)
+}
+
+fn parse_page_token(t: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ApiError::invalid("page_token", "is not a token from a previous page");
+    let (micros, id) = t.split_once('.').ok_or_else(bad)?;
+    let at = micros.parse::<i64>().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?;
+    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
+}
+
+#[tonic::async_trait]
+impl Cases for CasesApi {
+    async fn get_case(&self, req: Request<pb::GetCaseRequest>) -> Result<Response<pb::CaseView>, Status> {
+        let me = caller(&req)?;
+        let id = case_id(&req.get_ref().case_id)?;
+        Ok(Response::new(case_view(&self.agency.view(&me, id).await?)))
+    }
+
+    async fn list_cases(&self, req: Request<pb::ListCasesRequest>) -> Result<Response<pb::ListCasesResponse>, Status> {
+        let me = caller(&req)?;
+        let r = req.into_inner();
+        let state = match r.state.trim() {
+            "" => None,
+            s => Some(CaseState::parse(s).ok_or_else(|| ApiError::invalid("state", format!("unknown state {s:?}")))?),
+        };
+        let channel = match Channel::try_from(r.channel) {
+            Ok(Channel::Unspecified) => None,
+            Ok(c) => Some(c),
+            Err(_) => return Err(ApiError::invalid("channel", "unknown channel").into()),
+        };
+        if r.page_size > 500 {
+            return Err(ApiError::invalid("page_size", "at most 500").into());
+        }
+        let page_size = if r.page_size == 0 { 100 } else { r.page_size };
+        let filter = ListFilter { state, channel, page_size, after: parse_page_token(&r.page_token)? };
+        let cases = self.agency.list(&me, &filter).await?;
+        let next_page_token = match cases.last() {
+            Some(last) if cases.len() == page_size as usize => page_token(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListCasesResponse { cases: cases.iter().map(case_summary).collect(), next_page_token }))
+    }
+}
+
+/// What differs between the four referring agencies.
+pub trait ReferrerRules: Send + Sync + 'static {
+    /// The clock policies its referrals may carry.
+    fn clock_policies(&self) -> &'static [ClockPolicyKind];
+    /// The dispositions it may announce.
+    fn dispositions(&self) -> &'static [DispositionKind];
+    /// Further checks of a referral (e.g. a court's registration).
+    fn check_referral(&self, _referral: &Referral) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// The routes every referring agency serves: `Cases` and `Referrals` with its `rules`.
+pub fn referrer_routes(agency: &Agency, rules: impl ReferrerRules) -> tonic::service::Routes {
+    tonic::service::Routes::new(CasesApi::server(agency.clone())).add_service(ReferralsApi::server(agency.clone(), rules))
+}
+
+/// `Referrals`: a referring agency sends a referral and acts on it.
+pub struct ReferralsApi {
+    agency: Agency,
+    rules: Arc<dyn ReferrerRules>,
+}
+
+impl ReferralsApi {
+    pub fn server(agency: Agency, rules: impl ReferrerRules) -> ReferralsServer<Self> {
+        ReferralsServer::new(Self { agency, rules: Arc::new(rules) })
+    }
+
+    fn check_referral(&self, r: &Referral, prefix: &str) -> Result<(), ApiError> {
+        let clock = r.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
+        if clock != ClockPolicyKind::Unspecified && !self.rules.clock_policies().contains(&clock) {
+            let allowed: Vec<&str> = self.rules.clock_policies().iter().map(|c| c.as_str_name()).collect();
+            return Err(ApiError::invalid(
+                format!("{prefix}.clock_policy.kind"),
+                format!("{} does not apply to this agency's referrals (allowed: {})", clock.as_str_name(), allowed.join(", ")),
+            ));
+        }
+        self.rules.check_referral(r).map_err(|e| e.within(prefix))
+    }
+}
+
+#[tonic::async_trait]
+impl Referrals for ReferralsApi {
+    async fn submit_referral(&self, req: Request<pb::SubmitReferralRequest>) -> Result<Response<pb::CaseView>, Status> {
+        let me = caller(&req)?;
+        let r = req.into_inner();
+        let to = agency(r.to.as_ref(), "to")?;
+        let referral = required(r.referral, "referral")?;
+        if referral.client_request_id.trim().is_empty() {
+            return Err(ApiError::invalid("referral.client_request_id", "is required so that a retried submit is not sent twice").into());
+        }
+        crate::validate_referral(&referral).map_err(|e| e.within("referral"))?;
+        self.check_referral(&referral, "referral")?;
+        let view = self.agency.submit_referral(&me, &to, &r.case_code, referral).await?;
+        Ok(Response::new(case_view(&view)))
+    }
+
+    async fn amend(&self, req: Request<pb::AmendRequest>) -> Result<Response<pb::CaseView>, Status> {
+        act(&self.agency, req, |_, r| {
+            let amendment = required(r.amendment, "amendment")?;
+            if let Some(revised) = &amendment.revised {
+                self.check_referral(revised, "amendment.revised")?;
+            }
+            Ok((case_id(&r.case_id)?, Payload::Amendment(amendment)))
+        })
+        .await
+    }
+
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CaseView>, Status> {
+        act(&self.agency, req, |_, r| {
+            let c = required(r.cancellation, "cancellation")?;
+            if c.reason() == pb::CancellationReason::Unspecified {
+                return Err(ApiError::invalid("cancellation.reason", "is required"));
+            }
+            Ok((case_id(&r.case_id)?, Payload::Cancellation(c)))
+        })
+        .await
+    }
+
+    async fn supervise(&self, req: Request<pb::SuperviseRequest>) -> Result<Response<pb::CaseView>, Status> {
+        act(&self.agency, req, |_, r| {
+            let n = required(r.notice, "notice")?;
+            if n.instructions.trim().is_empty() {
+                return Err(ApiError::invalid("notice.instructions", "are required"));
+            }
+            Ok((case_id(&r.case_id)?, Payload::SupervisionNotice(n)))
+        })
+        .await
+    }
+
+    async fn dispose(&self, req: Request<pb::DisposeRequest>) -> Result<Response<pb::CaseView>, Status> {
+        act(&self.agency, req, |_, r| {
+            let d = required(r.disposition, "disposition")?;
+            if !self.rules.dispositions().contains(&d.disposition()) {
+                let allowed: Vec<&str> = self.rules.dispositions().iter().map(|k| k.as_str_name()).collect();
+                return Err(ApiError::invalid(
+                    "disposition.disposition",
+                    format!("must be one of {}", allowed.join(", ")),
+                ));
+            }
+            Ok((case_id(&r.case_id)?, Payload::DispositionNotice(d)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,166 @@
+//! Running one agency service: configuration, database migrations, the outbox relay, one inbox
+//! consumer per agency node it serves, inbox pruning, and the gRPC server (mTLS, health,
+//! reflection), all under one supervisor with graceful shutdown. The five service binaries
+//! differ only in their kind and their gRPC routes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use duijie_common::amqp::{AgencyNode, Connector, Topology};
+use duijie_common::config::{self, BusConfig};
+use duijie_common::inbox::{Consumer, ConsumerStats};
+use duijie_common::outbox::{Relay, RelayStats};
+use duijie_common::server::{self, TlsFiles};
+use duijie_common::{CancellationToken, db, shutdown};
+use duijie_proto::v1::AgencyKind;
+use serde::Deserialize;
+use tokio::task::JoinSet;
+use tonic::service::Routes;
+
+use crate::Agency;
+
+/// An agency service's configuration (`config/<service>/base.yaml`, then `DUIJIE_*`
+/// environment variables, e.g. `DUIJIE_DATABASE__PASSWORD`, `DUIJIE_GRPC__LISTEN`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceConfig {
+    #[serde(flatten)]
+    pub bus: BusConfig,
+    pub grpc: GrpcConfig,
+    /// The agency nodes this process acts for, as `kind:code` (all of the service's kind),
+    /// e.g. a district centre and its town and village committees.
+    pub nodes: Vec<String>,
+    /// Every agency a case may be sent or handed to (the deployment's agency directory), as
+    /// `kind:code`; a referral or redirect to anyone else is refused as an unknown agency.
+    pub directory: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcConfig {
+    /// Address to listen on, e.g. `127.0.0.1:50051` (port 0: any free port).
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    /// How long in-flight calls and tasks get to finish on shutdown.
+    #[serde(default = "default_grace", with = "config::duration_ms")]
+    pub grace_ms: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Parses `kind:code`.
+pub fn parse_node(s: &str) -> anyhow::Result<AgencyNode> {
+    let (kind, code) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("{s:?} is not kind:code, e.g. court:431003"))?;
+    let kind = AgencyKind::parse(kind).ok_or_else(|| anyhow::anyhow!("unknown agency kind {kind:?} in {s:?}"))?;
+    AgencyNode::new(kind, code)
+}
+
+/// A started service.
+pub struct Running {
+    /// Where its gRPC server listens.
+    pub addr: SocketAddr,
+    pub agency: Agency,
+    pub relay: std::sync::Arc<RelayStats>,
+    pub consumers: Vec<std::sync::Arc<ConsumerStats>>,
+    /// Cancel to stop it; `handle` ends once everything drained.
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the service `name` of agency `kind` with `cfg`; `routes` adds its own gRPC services
+/// for the agency core. Returns once the database is migrated and the server listens.
+pub async fn start(
+    name: &'static str,
+    kind: AgencyKind,
+    cfg: ServiceConfig,
+    routes: impl FnOnce(&Agency) -> Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let nodes = cfg.nodes.iter().map(|s| parse_node(s)).collect::<anyhow::Result<Vec<_>>>().context("nodes")?;
+    if nodes.is_empty() {
+        anyhow::bail!("nodes: the service must act for at least one {} agency", kind.as_str());
+    }
+    if let Some(n) = nodes.iter().find(|n| n.kind != kind) {
+        anyhow::bail!("nodes: {n} is not a {} agency", kind.as_str());
+    }
+    let directory = cfg.directory.iter().map(|s| parse_node(s)).collect::<anyhow::Result<Vec<_>>>().context("directory")?;
+    let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
+    let pool = db::pool(&cfg.bus.database);
+    crate::migrator().run(&pool).await.context("migrating the service database")?;
+    let connector = Connector::new(cfg.bus.amqp.clone());
+    let topology = Topology::new(cfg.bus.topology.clone());
+    let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
+    let relay_stats = relay.stats();
+    let agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(&directory);
+    let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
+    let addr = listener.local_addr()?;
+
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let token = shutdown.child_token();
+    tasks.spawn({
+        let t = token.clone();
+        async move { ("relay".to_owned(), relay.run(t).await) }
+    });
+    let mut consumers = Vec::new();
+    for node in &nodes {
+        let consumer = Consumer::new(
+            format!("{name}-{node}"),
+            topology.inbox_queue(node),
+            vec![node.clone()],
+            pool.clone(),
+            connector.clone(),
+            topology.clone(),
+            cfg.bus.consumer.clone(),
+            agency.clone(),
+        );
+        consumers.push(consumer.stats());
+        let t = token.clone();
+        let task = format!("inbox {node}");
+        tasks.spawn(async move { (task, consumer.run(t).await) });
+    }
+    tasks.spawn({
+        let (pool, t, retention) = (pool.clone(), token.clone(), cfg.bus.consumer.inbox_retention);
+        async move {
+            db::prune_inbox_periodically(pool, retention, Duration::from_secs(3600), t).await;
+            ("inbox pruning".to_owned(), Ok(()))
+        }
+    });
+    let routes = routes(&agency);
+    let grace = cfg.grpc.grace_ms;
+    tasks.spawn({
+        let t = token.clone();
+        async move { ("grpc".to_owned(), server::serve(name, listener, routes, &tls, t, grace).await) }
+    });
+    tracing::info!(service = name, %addr, nodes = ?cfg.nodes, "serving");
+    let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
+    Ok(Running { addr, agency, relay: relay_stats, consumers, shutdown, handle })
+}
+
+/// The whole process of service `name`: telemetry, configuration from `DUIJIE_CONFIG_DIR`
+/// (default `config/<name>`), then [`start`] until SIGINT/SIGTERM.
+pub async fn main(name: &'static str, kind: AgencyKind, routes: impl FnOnce(&Agency) -> Routes) -> std::process::ExitCode {
+    let _telemetry = match duijie_common::telemetry::init(name, "info", std::io::stdout) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{name}: telemetry: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config").join(name), PathBuf::from);
+    let run = async {
+        let cfg: ServiceConfig = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
+        let running = start(name, kind, cfg, routes, shutdown::on_signal()).await?;
+        println!("{name} listening on {}", running.addr);
+        running.handle.await.context("supervisor")?
+    };
+    match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} stopped");
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The petition service (信访局/信访办): sends 访调 referrals, supervises them (督办), and
+//! closes the petition (办结) once the centre closed the case.
+//!
+//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
+//! Dispose), `Petition` (ClosePetition).
+
+use duijie_agency::Agency;
+use duijie_agency::api::{self, ReferrerRules, case_id};
+use duijie_common::server::{ApiError, caller};
+use duijie_domain::lifecycle::CaseState;
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::petition_server::{Petition, PetitionServer};
+use duijie_proto::v1::{AgencyKind, CaseView, ClockPolicyKind, ClosePetitionRequest, DispositionKind, DispositionNotice};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+pub const KIND: AgencyKind = AgencyKind::Petition;
+
+/// 信访工作条例 (2022): forward within 15 days, handle within 60.
+pub struct PetitionRules;
+
+impl ReferrerRules for PetitionRules {
+    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
+        &[ClockPolicyKind::Petition]
+    }
+
+    fn dispositions(&self) -> &'static [DispositionKind] {
+        &[DispositionKind::PetitionClosed, DispositionKind::Other]
+    }
+}
+
+struct PetitionApi {
+    agency: Agency,
+}
+
+#[tonic::async_trait]
+impl Petition for PetitionApi {
+    async fn close_petition(&self, req: Request<ClosePetitionRequest>) -> Result<Response<CaseView>, Status> {
+        let me = caller(&req)?;
+        let r = req.into_inner();
+        let case = case_id(&r.case_id)?;
+        // 办结 follows the centre's closure (案结事了); before that the case is still being handled.
+        let state = self.agency.view(&me, case).await?.state;
+        if state != CaseState::Closed {
+            return Err(ApiError::FailedPrecondition(format!(
+                "case is {state}; the petition is closed after the mediation centre closed the case"
+            ))
+            .into());
+        }
+        let notice = DispositionNotice {
+            disposition: DispositionKind::PetitionClosed as i32,
+            document_number: r.document_number,
+            summary: r.summary,
+            ..Default::default()
+        };
+        let view = self.agency.send(&me, case, Payload::DispositionNotice(notice)).await?;
+        Ok(Response::new(api::case_view(&view)))
+    }
+}
+
+/// The petition service's gRPC routes.
+pub fn routes(agency: &Agency) -> Routes {
+    api::referrer_routes(agency, PetitionRules).add_service(PetitionServer::new(PetitionApi { agency: agency.clone() }))
+}

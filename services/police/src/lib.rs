@@ -1,0 +1,53 @@
+//! The police service (公安机关/派出所): sends 警调 referrals of minor disputes and 治安 cases,
+//! recognises a performed agreement, and disposes (处罚/不予处罚).
+//!
+//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
+//! Dispose), `Police` (RecognizeAgreement).
+
+use duijie_agency::Agency;
+use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
+use duijie_common::server::ApiError;
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::police_server::{Police, PoliceServer};
+use duijie_proto::v1::{AgencyKind, CaseView, ClockPolicyKind, DispositionKind, RecognizeAgreementRequest};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+pub const KIND: AgencyKind = AgencyKind::Police;
+
+/// 治安调解 runs on the police clock (working days); other minor disputes handed to a people's
+/// mediation committee run on its clock.
+pub struct PoliceRules;
+
+impl ReferrerRules for PoliceRules {
+    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
+        &[ClockPolicyKind::Police, ClockPolicyKind::PeoplesMediation]
+    }
+
+    fn dispositions(&self) -> &'static [DispositionKind] {
+        &[DispositionKind::Penalty, DispositionKind::NoPenalty, DispositionKind::Other]
+    }
+}
+
+struct PoliceApi {
+    agency: Agency,
+}
+
+#[tonic::async_trait]
+impl Police for PoliceApi {
+    async fn recognize_agreement(&self, req: Request<RecognizeAgreementRequest>) -> Result<Response<CaseView>, Status> {
+        act(&self.agency, req, |_, r| {
+            let rec = required(r.recognition, "recognition")?;
+            if rec.recognised_by.trim().is_empty() {
+                return Err(ApiError::invalid("recognition.recognised_by", "is required"));
+            }
+            Ok((case_id(&r.case_id)?, Payload::AgreementRecognition(rec)))
+        })
+        .await
+    }
+}
+
+/// The police service's gRPC routes.
+pub fn routes(agency: &Agency) -> Routes {
+    api::referrer_routes(agency, PoliceRules).add_service(PoliceServer::new(PoliceApi { agency: agency.clone() }))
+}

@@ -1,0 +1,56 @@
+//! The procuratorate service (人民检察院): sends 检调 referrals for criminal reconciliation
+//! (刑事和解), reviews the reconciliation agreement, and disposes (不起诉 etc.).
+//!
+//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
+//! Dispose), `Procuratorate` (ReviewReconciliation).
+
+use duijie_agency::Agency;
+use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
+use duijie_common::server::ApiError;
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::procuratorate_server::{Procuratorate, ProcuratorateServer};
+use duijie_proto::v1::{AgencyKind, CaseView, ClockPolicyKind, DispositionKind, ReviewConclusion, ReviewReconciliationRequest};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+pub const KIND: AgencyKind = AgencyKind::Procuratorate;
+
+/// Reconciliation is mediated by a people's mediation committee on its clock.
+pub struct ProcuratorateRules;
+
+impl ReferrerRules for ProcuratorateRules {
+    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
+        &[ClockPolicyKind::PeoplesMediation]
+    }
+
+    fn dispositions(&self) -> &'static [DispositionKind] {
+        &[DispositionKind::NonProsecution, DispositionKind::Prosecuted, DispositionKind::Other]
+    }
+}
+
+struct ProcuratorateApi {
+    agency: Agency,
+}
+
+#[tonic::async_trait]
+impl Procuratorate for ProcuratorateApi {
+    async fn review_reconciliation(&self, req: Request<ReviewReconciliationRequest>) -> Result<Response<CaseView>, Status> {
+        act(&self.agency, req, |_, r| {
+            let review = required(r.review, "review")?;
+            if review.conclusion() == ReviewConclusion::Unspecified {
+                return Err(ApiError::invalid("review.conclusion", "is required"));
+            }
+            if review.reviewed_by.trim().is_empty() {
+                return Err(ApiError::invalid("review.reviewed_by", "is required"));
+            }
+            Ok((case_id(&r.case_id)?, Payload::ReconciliationReview(review)))
+        })
+        .await
+    }
+}
+
+/// The procuratorate service's gRPC routes.
+pub fn routes(agency: &Agency) -> Routes {
+    api::referrer_routes(agency, ProcuratorateRules)
+        .add_service(ProcuratorateServer::new(ProcuratorateApi { agency: agency.clone() }))
+}

@@ -1,0 +1,259 @@
+//! The five agency services, started in-process on port 0 against real RabbitMQ and
+//! PostgreSQL (one database per service, one topology prefix per test), and gRPC clients that
+//! call them as a given agency with its own client certificate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use duijie_agency::service::{self, GrpcConfig, Running, ServiceConfig};
+use duijie_common::amqp::AgencyNode;
+use duijie_common::certs::DevCa;
+use duijie_common::config::{BusConfig, ConsumerConfig, TopologyConfig};
+use duijie_common::server::{TlsFiles, TlsPem};
+use duijie_proto::v1::cases_client::CasesClient;
+use duijie_proto::v1::court_client::CourtClient;
+use duijie_proto::v1::mediation_client::MediationClient;
+use duijie_proto::v1::petition_client::PetitionClient;
+use duijie_proto::v1::police_client::PoliceClient;
+use duijie_proto::v1::procuratorate_client::ProcuratorateClient;
+use duijie_proto::v1::referrals_client::ReferralsClient;
+use duijie_proto::v1::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::{TestBus, node, wait_until};
+
+/// How long a test waits for a message to cross the bus.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The demo agencies: one of each referring kind and a district centre with a town and a
+/// village committee under it.
+pub fn court() -> AgencyNode {
+    node(AgencyKind::Court, "431003")
+}
+pub fn procuratorate() -> AgencyNode {
+    node(AgencyKind::Procuratorate, "431003")
+}
+pub fn police() -> AgencyNode {
+    node(AgencyKind::Police, "431003-01")
+}
+pub fn petition() -> AgencyNode {
+    node(AgencyKind::Petition, "431003")
+}
+pub fn centre() -> AgencyNode {
+    node(AgencyKind::Mediation, "431003")
+}
+pub fn town() -> AgencyNode {
+    node(AgencyKind::Mediation, "431003-102")
+}
+pub fn village() -> AgencyNode {
+    node(AgencyKind::Mediation, "431003-102-05")
+}
+
+pub fn demo_nodes() -> Vec<AgencyNode> {
+    vec![court(), procuratorate(), police(), petition(), centre(), town(), village()]
+}
+
+/// The five services of one test.
+pub struct Stack {
+    pub bus: TestBus,
+    pub ca: DevCa,
+    pub services: Vec<(AgencyKind, Running)>,
+    dir: PathBuf,
+}
+
+impl Stack {
+    /// Starts the five services for the demo agencies.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut bus = TestBus::new().await?;
+        let ca = DevCa::generate("duijie test CA")?;
+        let dir = std::env::temp_dir().join(format!("duijie-{}", bus.prefix));
+        std::fs::create_dir_all(&dir)?;
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem())?;
+        // Queues first, so the first referral is routable however the consumers race.
+        bus.declare(&demo_nodes()).await?;
+        let directory: Vec<String> = demo_nodes().iter().map(ToString::to_string).collect();
+        let mut services = Vec::new();
+        for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
+            let name = kind.as_str();
+            let (cert, key) = ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?;
+            let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+            std::fs::write(&cert_path, cert)?;
+            std::fs::write(&key_path, key)?;
+            let cfg = ServiceConfig {
+                bus: BusConfig {
+                    database: bus.extra_database_config().await?,
+                    amqp: bus.amqp_cfg.clone(),
+                    topology: TopologyConfig { prefix: bus.prefix.clone(), ..Default::default() },
+                    relay: TestBus::relay_config(),
+                    consumer: ConsumerConfig::default(),
+                },
+                grpc: GrpcConfig {
+                    listen: "127.0.0.1:0".parse()?,
+                    tls: TlsFiles { ca: ca_path.clone(), cert: cert_path, key: key_path },
+                    grace_ms: Duration::from_secs(5),
+                },
+                nodes: demo_nodes().iter().filter(|n| n.kind == kind).map(ToString::to_string).collect(),
+                directory: directory.clone(),
+            };
+            let token = bus.shutdown.child_token();
+            let running = match kind {
+                AgencyKind::Court => service::start("court", kind, cfg, duijie_court::routes, token).await,
+                AgencyKind::Procuratorate => service::start("procuratorate", kind, cfg, duijie_procuratorate::routes, token).await,
+                AgencyKind::Police => service::start("police", kind, cfg, duijie_police::routes, token).await,
+                AgencyKind::Petition => service::start("petition", kind, cfg, duijie_petition::routes, token).await,
+                _ => service::start("mediation", kind, cfg, duijie_mediation::routes, token).await,
+            }
+            .with_context(|| format!("starting the {name} service"))?;
+            services.push((kind, running));
+        }
+        Ok(Self { bus, ca, services, dir })
+    }
+
+    /// The service of agency `kind`.
+    pub fn service(&self, kind: AgencyKind) -> anyhow::Result<&Running> {
+        self.services.iter().find(|(k, _)| *k == kind).map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("no {kind:?} service"))
+    }
+
+    /// A connection to the service of `service_kind`, presenting `cert` (or none).
+    pub async fn channel(&self, service_kind: AgencyKind, cert: Option<&TlsPem>) -> anyhow::Result<Channel> {
+        let addr = self.service(service_kind)?.addr;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca.cert_pem())).domain_name("localhost");
+        if let Some(c) = cert {
+            tls = tls.identity(Identity::from_pem(&c.cert, &c.key));
+        }
+        Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?)
+    }
+
+    /// A clerk of agency `who`, connected to its own agency's service with its certificate.
+    pub async fn clerk(&self, who: &AgencyNode) -> anyhow::Result<Clerk> {
+        self.clerk_on(who, who.kind).await
+    }
+
+    /// A clerk of agency `who` calling the service of `service_kind` (another agency's, to test
+    /// what it may not do).
+    pub async fn clerk_on(&self, who: &AgencyNode, service_kind: AgencyKind) -> anyhow::Result<Clerk> {
+        let cert = self.ca.agency(who)?;
+        Ok(Clerk { who: who.clone(), ch: self.channel(service_kind, Some(&cert)).await? })
+    }
+
+    /// Stops the services (they drain) and removes the test's databases, queues and files.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for (_, s) in &self.services {
+            s.shutdown.cancel();
+        }
+        for (kind, s) in self.services {
+            tokio::time::timeout(Duration::from_secs(20), s.handle)
+                .await
+                .with_context(|| format!("{kind:?} did not stop"))???;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.bus.cleanup(&demo_nodes()).await
+    }
+}
+
+/// One agency's gRPC clients.
+#[derive(Clone)]
+pub struct Clerk {
+    pub who: AgencyNode,
+    pub ch: Channel,
+}
+
+impl Clerk {
+    pub fn cases(&self) -> CasesClient<Channel> {
+        CasesClient::new(self.ch.clone())
+    }
+    pub fn referrals(&self) -> ReferralsClient<Channel> {
+        ReferralsClient::new(self.ch.clone())
+    }
+    pub fn mediation(&self) -> MediationClient<Channel> {
+        MediationClient::new(self.ch.clone())
+    }
+    pub fn court(&self) -> CourtClient<Channel> {
+        CourtClient::new(self.ch.clone())
+    }
+    pub fn police(&self) -> PoliceClient<Channel> {
+        PoliceClient::new(self.ch.clone())
+    }
+    pub fn procuratorate(&self) -> ProcuratorateClient<Channel> {
+        ProcuratorateClient::new(self.ch.clone())
+    }
+    pub fn petition(&self) -> PetitionClient<Channel> {
+        PetitionClient::new(self.ch.clone())
+    }
+
+    /// The case as this agency sees it.
+    pub async fn case(&self, case_id: &str) -> Result<CaseView, tonic::Status> {
+        Ok(self.cases().get_case(GetCaseRequest { case_id: case_id.to_owned() }).await?.into_inner())
+    }
+
+    /// Waits until this agency sees `case_id` in `state`, and returns that view.
+    pub async fn wait_for(&self, case_id: &str, state: &str) -> anyhow::Result<CaseView> {
+        let mut last = None;
+        wait_until(&format!("{} to see case {case_id} as {state}", self.who), WAIT, || {
+            let this = self.clone();
+            let id = case_id.to_owned();
+            async move {
+                match this.case(&id).await {
+                    Ok(v) => Ok(v.state == state),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+                    Err(s) => Err(anyhow::anyhow!("{s}")),
+                }
+            }
+        })
+        .await?;
+        if let Ok(v) = self.case(case_id).await {
+            last = Some(v);
+        }
+        last.ok_or_else(|| anyhow::anyhow!("case {case_id} vanished"))
+    }
+}
+
+/// A valid referral for `clock` (identity numbers with correct check digits).
+pub fn referral(request_id: &str, clock: ClockPolicyKind) -> Referral {
+    let id = |n: &str| Some(IdentityDocument { document_type: IdDocumentType::ResidentIdCard as i32, number: n.into() });
+    Referral {
+        legal_basis: "《人民调解法》第十八条".into(),
+        mode: ReferralMode::Delegated as i32,
+        registered_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() - 3600, nanos: 0 }),
+        parties: vec![
+            Party { party_id: "p1".into(), role: PartyRole::Applicant as i32, name: "张三".into(), identity: id("11010519491231002X"), ..Default::default() },
+            Party { party_id: "p2".into(), role: PartyRole::Respondent as i32, name: "李四".into(), identity: id("440524188001010014"), ..Default::default() },
+        ],
+        category: DisputeCategory::Neighbour as i32,
+        cause_of_action: "相邻关系纠纷".into(),
+        facts: "双方因院墙排水问题发生争执。".into(),
+        claims: vec!["排除妨碍".into()],
+        amount: Some(Money { currency: "CNY".into(), minor_units: 300_000 }),
+        consents: vec![
+            PartyConsent { party_id: "p1".into(), consented: true, ..Default::default() },
+            PartyConsent { party_id: "p2".into(), consented: true, ..Default::default() },
+        ],
+        clock_policy: Some(ClockPolicy { kind: clock as i32, ..Default::default() }),
+        client_request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+/// A settled outcome with its agreement digest.
+pub fn settled(confirmation_intended: bool) -> Outcome {
+    Outcome {
+        kind: Some(outcome::Kind::Settled(outcome::Settled {
+            agreement: Some(AttachmentDigest {
+                name: "调解协议书.pdf".into(),
+                media_type: "application/pdf".into(),
+                sha256_hex: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+                size_bytes: 48_213,
+                ..Default::default()
+            }),
+            terms: vec!["李四于三十日内修复排水沟".into(), "张三放弃其他请求".into()],
+            confirmation_intended,
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn agency_ref(n: &AgencyNode) -> AgencyRef {
+    AgencyRef::from(n)
+}
