@@ -2,8 +2,11 @@
 # Brings the duijie bus up locally from nothing:
 #   1. RabbitMQ and PostgreSQL (installed and started by scripts/deps.sh when missing);
 #   2. the bus database migrated (outbox, inbox) and the topology declared for the demo agencies;
-#   3. every service that exists (today: none yet besides the bus itself — the agency services
-#      come with issue #4), then prints what runs where.
+#   3. the five agency services (court, procuratorate, police, petition, mediation) for the demo
+#      agencies, each with its own database, in the background (logs and pids in target/run);
+#      services already running from an earlier run are restarted on the fresh build;
+#   4. prints what runs where and how to reach it.
+# `scripts/run.sh stop` stops the services (RabbitMQ and PostgreSQL keep running).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -14,6 +17,31 @@ cd "$ROOT_DIR"
 
 redact_url() { sed -E 's#//([^:/]+):[^@]+@#//\1:***@#' <<<"$1"; }
 
+SERVICES=(court procuratorate police petition mediation)
+RUN_DIR="$ROOT_DIR/target/run"
+mkdir -p "$RUN_DIR"
+
+stop_services() {
+	local svc pid
+	for svc in "${SERVICES[@]}"; do
+		[ -f "$RUN_DIR/$svc.pid" ] || continue
+		pid=$(cat "$RUN_DIR/$svc.pid")
+		# Only our own process: a stale pid file may name a reused pid.
+		if kill -0 "$pid" 2>/dev/null && grep -q "duijie-$svc" "/proc/$pid/cmdline" 2>/dev/null; then
+			kill -TERM "$pid" 2>/dev/null || true
+			# Graceful: the service drains its calls and tasks (grace 10 s) before exiting.
+			wait_for 20 "duijie-$svc to stop" bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+			log "stopped duijie-$svc (pid $pid)"
+		fi
+		rm -f "$RUN_DIR/$svc.pid"
+	done
+}
+
+if [ "${1:-}" = stop ]; then
+	stop_services
+	exit 0
+fi
+
 "$SCRIPT_DIR/deps.sh" >/dev/null
 # shellcheck source=/dev/null
 . "$ROOT_DIR/target/duijie-env.sh"
@@ -23,14 +51,44 @@ redact_url() { sed -E 's#//([^:/]+):[^@]+@#//\1:***@#' <<<"$1"; }
 DEMO_NODES=(court:431003 procuratorate:431003 police:431003-01 petition:431003
 	mediation:431003 mediation:431003-102 mediation:431003-102-05)
 
-log "building the bus tools"
-cargo build --quiet -p duijie-busctl
+log "building the bus tools and the five services"
+cargo build --quiet -p duijie-busctl -p duijie-court -p duijie-procuratorate -p duijie-police -p duijie-petition -p duijie-mediation
 BUS="$ROOT_DIR/target/debug/duijie-bus"
 
 "$BUS" migrate --database-url "$DUIJIE_DATABASE_URL" >&2
 "$BUS" declare "${DEMO_NODES[@]}" >&2
-# Development CA and one mTLS certificate per demo agency (subject CN <kind>:<code>).
-"$BUS" certs --dir "$ROOT_DIR/target/pki" "${DEMO_NODES[@]}" >&2
+# Development CA, one mTLS certificate per demo agency (subject CN <kind>:<code>) and a server
+# certificate per service. A CA from before the services had certificates is replaced.
+if [ -f "$ROOT_DIR/target/pki/ca.pem" ] && [ ! -f "$ROOT_DIR/target/pki/service-mediation.pem" ]; then
+	rm -rf "$ROOT_DIR/target/pki"
+fi
+SERVICE_ARGS=()
+for svc in "${SERVICES[@]}"; do SERVICE_ARGS+=(--service "$svc"); done
+"$BUS" certs --dir "$ROOT_DIR/target/pki" "${SERVICE_ARGS[@]}" "${DEMO_NODES[@]}" >&2
+
+stop_services
+# Secrets reach the services through the environment, never through the config files.
+DB_BASE=${DUIJIE_DATABASE_URL%/*}
+export DUIJIE_AMQP__URL="$DUIJIE_AMQP_URL"
+export DUIJIE_DATABASE__PASSWORD=duijie
+for svc in "${SERVICES[@]}"; do
+	"$BUS" migrate --database-url "$DB_BASE/duijie_$svc" >/dev/null # creates the database if missing
+	DUIJIE_CONFIG_DIR="$ROOT_DIR/config/$svc" nohup "$ROOT_DIR/target/debug/duijie-$svc" \
+		>"$RUN_DIR/$svc.log" 2>&1 </dev/null &
+	echo $! >"$RUN_DIR/$svc.pid"
+done
+port_of() { sed -nE 's/^ *listen: *[^:]+:([0-9]+).*/\1/p' "$ROOT_DIR/config/$1/base.yaml"; }
+# Up when it listens; given up on as soon as the process exits.
+listening_or_dead() { port_open 127.0.0.1 "$2" || ! kill -0 "$1" 2>/dev/null; }
+for svc in "${SERVICES[@]}"; do
+	pid=$(cat "$RUN_DIR/$svc.pid")
+	wait_for 60 "duijie-$svc to listen" listening_or_dead "$pid" "$(port_of "$svc")" || true
+	if ! kill -0 "$pid" 2>/dev/null || ! port_open 127.0.0.1 "$(port_of "$svc")"; then
+		tail -20 "$RUN_DIR/$svc.log" >&2 || true
+		die "duijie-$svc did not start; log: $RUN_DIR/$svc.log"
+	fi
+done
+log "all five services are up"
 
 cat <<INFO
 
@@ -41,11 +99,23 @@ duijie bus is up.
   queues      duijie.audit.tap, duijie.dead, duijie.inbox.<kind>.<code> per demo agency
   mTLS        development CA and agency certificates in target/pki (CN <kind>:<code>)
 
+Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
+  court          127.0.0.1:$(port_of court)   court:431003                      Cases, Referrals, Court
+  procuratorate  127.0.0.1:$(port_of procuratorate)   procuratorate:431003              Cases, Referrals, Procuratorate
+  police         127.0.0.1:$(port_of police)   police:431003-01                  Cases, Referrals, Police
+  petition       127.0.0.1:$(port_of petition)   petition:431003                   Cases, Referrals, Petition
+  mediation      127.0.0.1:$(port_of mediation)   mediation:431003 (district centre), :431003-102 (town),
+                                   :431003-102-05 (village)          Cases, Mediation
+  Call as an agency with its certificate, e.g. with grpcurl:
+    grpcurl -cacert target/pki/ca.pem -cert target/pki/court-431003.pem -key target/pki/court-431003-key.pem
+            127.0.0.1:$(port_of court) duijie.v1.Cases/ListCases          (one command line)
+  Logs: target/run/<service>.log   Stop: scripts/run.sh stop
+
 Queue depths now:
 INFO
 "$BUS" status "${DEMO_NODES[@]}"
 cat <<INFO
 
-Services: none yet besides the bus (agency services: issue #4). Benchmark: scripts/bench.sh
+Benchmark: scripts/bench.sh
 Credentials for local use only: user duijie, password duijie.
 INFO

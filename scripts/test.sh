@@ -4,7 +4,9 @@
 #      (second RabbitMQ node on 5673, second PostgreSQL cluster on 5433) that fault tests restart;
 #   2. clippy with warnings as errors;
 #   3. every test of the workspace with cargo-nextest (one build, tests in parallel; fault tests
-#      serialised in their own group, see .config/nextest.toml).
+#      serialised in their own group, see .config/nextest.toml);
+#   4. the README's run command as a smoke test: the five services start from their config
+#      files and listen, then stop gracefully (skipped when nextest arguments select tests).
 # Extra arguments go to nextest (e.g. scripts/test.sh -E 'binary(handoff)').
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,3 +30,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 log "tests"
 cargo nextest run --workspace --profile ci "$@"
+
+if [ "$#" -eq 0 ]; then
+	log "smoke: scripts/run.sh brings the five services up"
+	"$SCRIPT_DIR/run.sh" >/dev/null
+	"$SCRIPT_DIR/run.sh" stop
+fi

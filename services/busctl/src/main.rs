@@ -43,10 +43,14 @@ enum Command {
         nodes: Vec<AgencyNode>,
     },
     /// Create a development CA and one certificate per agency node in DIR (kept if present):
-    /// ca.pem, ca-key.pem, <kind>-<code>.pem, <kind>-<code>-key.pem. For the local stack only.
+    /// ca.pem, <kind>-<code>.pem, <kind>-<code>-key.pem, and a server certificate per
+    /// `--service` (service-<name>.pem). For the local stack only.
     Certs {
         #[arg(long)]
         dir: std::path::PathBuf,
+        /// Services to issue a server certificate for (CN duijie-<name>, valid for localhost).
+        #[arg(long = "service")]
+        services: Vec<String>,
         #[arg(required = true, value_parser = parse_node)]
         nodes: Vec<AgencyNode>,
     },
@@ -95,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let _ = conn.close(200, "done".into()).await;
         }
-        Command::Certs { dir, nodes } => write_dev_certs(&dir, &nodes)?,
+        Command::Certs { dir, services, nodes } => write_dev_certs(&dir, &nodes, &services)?,
         Command::Status { nodes } => {
             let conn = connector.connect("status").await?;
             let ch = conn.create_channel().await?;
@@ -135,7 +139,7 @@ async fn create_database_if_missing(cfg: &DatabaseConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn write_dev_certs(dir: &std::path::Path, nodes: &[AgencyNode]) -> anyhow::Result<()> {
+fn write_dev_certs(dir: &std::path::Path, nodes: &[AgencyNode], services: &[String]) -> anyhow::Result<()> {
     use duijie_common::certs::DevCa;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca_path = dir.join("ca.pem");
@@ -151,6 +155,12 @@ fn write_dev_certs(dir: &std::path::Path, nodes: &[AgencyNode]) -> anyhow::Resul
         std::fs::write(dir.join(format!("{stem}.pem")), &tls.cert)?;
         write_private(&dir.join(format!("{stem}-key.pem")), &tls.key)?;
         println!("  {node:<28} {}", dir.join(format!("{stem}.pem")).display());
+    }
+    for name in services {
+        let (cert, key) = ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?;
+        std::fs::write(dir.join(format!("service-{name}.pem")), cert)?;
+        write_private(&dir.join(format!("service-{name}-key.pem")), key.as_bytes())?;
+        println!("  service {name:<20} {}", dir.join(format!("service-{name}.pem")).display());
     }
     std::fs::write(&ca_path, ca.cert_pem())?;
     println!("development CA {}", ca_path.display());

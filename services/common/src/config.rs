@@ -101,6 +101,7 @@ fn default_connection_name() -> String {
 
 /// Names and queue arguments of the bus topology.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct TopologyConfig {
     /// Prefix of every exchange and queue name; tests use a unique one each.
     pub prefix: String,
