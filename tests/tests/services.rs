@@ -286,6 +286,38 @@ async fn petition_channel_supervised_escalated_village_to_town_settled_petition_
         .await;
     assert!(matches!(&late, Err(s) if s.code() == Code::PermissionDenied), "{late:?}");
 
+    // A 督办 notice that crossed the hand-over (sent to the village before the petition office
+    // heard of the escalation) is passed on to the town, not stranded at the village.
+    let crossing = {
+        let header = duijie_common::envelope::Header {
+            case_id: uuid::Uuid::parse_str(&id)?,
+            case_code: at_town.case_code.clone(),
+            channel: Channel::Petition,
+            sender: stack::petition(),
+            recipient: stack::village(),
+            causation_id: None,
+        };
+        let notice = SupervisionNotice { level: SupervisionLevel::Listed as i32, instructions: "挂牌督办".into(), ..Default::default() };
+        duijie_common::envelope::build(&header, envelope::Payload::SupervisionNotice(notice))
+    };
+    stack.bus.publish_raw(&crossing.routing_key()?, &prost::Message::encode_to_vec(&crossing), &crossing.message_id).await?;
+    duijie_tests::wait_until("the crossing notice reaches the town", stack::WAIT, || {
+        let t = town.clone();
+        let id = id.clone();
+        let mid = crossing.message_id.clone();
+        async move { Ok(t.case(&id).await?.timeline.iter().any(|e| e.message_id == mid && e.direction == "in")) }
+    })
+    .await?;
+    duijie_tests::wait_until("the petition office gets the town's delivery evidence for it", stack::WAIT, || {
+        let p = petition.clone();
+        let id = id.clone();
+        let mid = crossing.message_id.clone();
+        async move {
+            Ok(p.case(&id).await?.timeline.iter().any(|e| e.kind() == MessageKind::DeliveryEvidence && e.summary.contains("431003-102") && e.summary.contains("supervision_notice") && !e.summary.contains("102-05")) && !mid.is_empty())
+        }
+    })
+    .await?;
+
     town.mediation().report_outcome(ReportOutcomeRequest { case_id: id.clone(), outcome: Some(settled(false)) }).await?;
     petition.wait_for(&id, "SETTLED").await?;
     let early = petition.petition().close_petition(ClosePetitionRequest { case_id: id.clone(), ..Default::default() }).await;

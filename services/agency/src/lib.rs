@@ -233,7 +233,7 @@ impl Agency {
             return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
         }
         if !MessageKind::Referral.allowed_senders().contains(&caller.kind) {
-            return Err(ApiError::PermissionDenied(format!("a {} may not send referrals", caller.kind.as_str())));
+            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send referrals", caller.kind.as_str())));
         }
         if to.kind != AgencyKind::Mediation {
             return Err(ApiError::invalid("to", "referrals go to a mediation body"));
@@ -308,7 +308,7 @@ impl Agency {
             return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
         }
         if !kind.allowed_senders().contains(&caller.kind) {
-            return Err(ApiError::PermissionDenied(format!("a {} may not send {kind}", caller.kind.as_str())));
+            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind.as_str())));
         }
         let mut tx = self.pool.begin().await.context("beginning")?;
         let row = self.lock_case(&mut tx, caller, case_id).await?;
@@ -327,14 +327,8 @@ impl Agency {
                 if x.limit() == TimeLimit::Unspecified {
                     return Err(ApiError::invalid("extension_request.limit", "name the time limit to extend"));
                 }
-                // An extension needs the consent of every party of the referral.
-                let parties = Referral::decode(row.referral.as_slice()).context("decoding the stored referral")?.parties;
-                if let Some(p) = parties
-                    .iter()
-                    .find(|p| !x.consents.iter().any(|c| c.party_id == p.party_id && c.consented))
-                {
-                    return Err(ApiError::invalid("extension_request.consents", format!("party {} has not consented", p.party_id)));
-                }
+                missing_consent(&row.referral, x)?
+                    .map_or(Ok(()), |p| Err(ApiError::invalid("extension_request.consents", format!("party {p} has not consented"))))?;
             }
             Payload::Amendment(a) => {
                 if let Some(revised) = &a.revised {
@@ -688,6 +682,16 @@ async fn insert_event(tx: &mut PgConnection, owner: &AgencyNode, env: &Envelope,
     Ok(())
 }
 
+/// The first party of the stored referral that has not consented to extension `x`, if any
+/// (an extension needs every party's consent).
+fn missing_consent(stored: &[u8], x: &duijie_proto::v1::ExtensionRequest) -> Result<Option<String>, ApiError> {
+    let parties = Referral::decode(stored).context("decoding the stored referral")?.parties;
+    Ok(parties
+        .into_iter()
+        .find(|p| !x.consents.iter().any(|c| c.party_id == p.party_id && c.consented))
+        .map(|p| p.party_id))
+}
+
 /// The stored referral after an amendment: the revised content, keeping what the referrer
 /// cannot change by amending (its request id, and the forwarding of a handed-on case).
 fn amended(stored: &[u8], revised: &Referral) -> Result<Vec<u8>, ApiError> {
@@ -891,6 +895,28 @@ impl Handler for Agency {
                         "{} is neither the referrer nor the holder of case {case_id}",
                         agency_str(env.sender.as_ref())
                     )));
+                }
+                // This body handed the case on before the referrer heard of it: the referrer's
+                // message goes on to the current holder (same message id, so both ends record
+                // one message), instead of stopping at a body that no longer acts on the case.
+                let owner_holds = row.holder_kind == owner.kind.as_str() && row.holder_code == owner.code;
+                let bus_fact = matches!(payload, Payload::DeliveryEvidence(_) | Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_));
+                if from_referrer && !owner_holds && !bus_fact {
+                    let holder = node_from(&row.holder_kind, &row.holder_code).map_err(|e| HandleError::Rejected(e.to_string()))?;
+                    let mut passed = env.clone();
+                    passed.recipient = Some(AgencyRef::from(&holder));
+                    insert_event(conn, &owner, env, "in", state_from(&row.state).map_err(|e| HandleError::Rejected(e.to_string()))?)
+                        .await
+                        .map_err(HandleError::Transient)?;
+                    outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
+                    tracing::info!(case = %case_id, kind = %kind, to = %holder, "passed a referrer's message on to the current holder");
+                    return Ok(());
+                }
+                // The other side checked the consents too; an extension without them is not applied.
+                if let Payload::ExtensionRequest(x) = payload
+                    && let Some(p) = missing_consent(&row.referral, x).map_err(|e| HandleError::Rejected(e.to_string()))?
+                {
+                    return Err(HandleError::Rejected(format!("extension without the consent of party {p}")));
                 }
                 let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
                 let mut lc = Lifecycle::at(parse(&row.state)?, row.before_cancel.as_deref().map(parse).transpose()?);

@@ -100,7 +100,11 @@ impl From<ApiError> for Status {
                 ErrorDetails::with_bad_request_violation(field, message),
             ),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
-            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::PermissionDenied(m) => {
+                // Refused calls stay in the service log; the message names the caller and what it tried.
+                tracing::warn!(reason = %m, "permission denied");
+                Status::permission_denied(m)
+            }
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Unexpected(e) => {
