@@ -159,6 +159,16 @@ mod tests {
     }
 
     #[test]
+    fn the_2026_arrangement_is_bundled() {
+        let cal = WorkCalendar::bundled();
+        assert!(cal.years().contains(&2026));
+        // Accepted Wednesday 2026-09-30: holidays 10-01..10-07, Thu 10-08, Fri 10-09, Sat 10-10 (调休).
+        assert_eq!(cal.due(at("2026-09-30T15:00:00+08:00"), Period::WorkingDays(3)), at("2026-10-11T00:00:00+08:00"));
+        // Spring Festival: Sat 02-14 is a working day, 02-15..02-23 are not.
+        assert_eq!(cal.due(at("2026-02-13T09:00:00+08:00"), Period::WorkingDays(2)), at("2026-02-25T00:00:00+08:00"));
+    }
+
+    #[test]
     fn bad_calendar_lines_are_reported_with_their_number() {
         assert_eq!(WorkCalendar::parse("2025-01-01 holiday\n2025-13-01 holiday").map(|_| ()).map_err(|e| e.line), Err(2));
         assert!(WorkCalendar::parse("2025-01-01 party").is_err());
