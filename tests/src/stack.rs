@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use duijie_agency::gate::GateConfig;
 use duijie_agency::service::{self, GrpcConfig, Running, ServiceConfig};
 use duijie_common::amqp::AgencyNode;
 use duijie_common::certs::DevCa;
@@ -59,7 +60,15 @@ pub struct Stack {
     pub bus: TestBus,
     pub ca: DevCa,
     pub services: Vec<(AgencyKind, Running)>,
+    pub audit: Option<duijie_audit::service::Running>,
+    /// The audit service's configuration (to start it again after [`Stack::stop_audit`]).
+    pub audit_cfg: duijie_audit::service::AuditServiceConfig,
     dir: PathBuf,
+}
+
+/// How the agency services watch the audit store in tests: every 200 ms.
+pub fn test_gate() -> GateConfig {
+    GateConfig { enabled: true, max_backlog: 10_000, interval_ms: Duration::from_millis(200) }
 }
 
 impl Stack {
@@ -74,28 +83,44 @@ impl Stack {
         // Queues first, so the first referral is routable however the consumers race.
         bus.declare(&demo_nodes()).await?;
         let directory: Vec<String> = demo_nodes().iter().map(ToString::to_string).collect();
-        let mut services = Vec::new();
-        for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
-            let name = kind.as_str();
+        let (amqp_cfg, prefix) = (bus.amqp_cfg.clone(), bus.prefix.clone());
+        let bus_cfg = |database| BusConfig {
+            database,
+            amqp: amqp_cfg.clone(),
+            topology: TopologyConfig { prefix: prefix.clone(), ..Default::default() },
+            relay: TestBus::relay_config(),
+            consumer: ConsumerConfig::default(),
+        };
+        let grpc = |name: &str| -> anyhow::Result<GrpcConfig> {
             let (cert, key) = ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?;
             let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
             std::fs::write(&cert_path, cert)?;
             std::fs::write(&key_path, key)?;
+            Ok(GrpcConfig {
+                listen: "127.0.0.1:0".parse()?,
+                tls: TlsFiles { ca: ca_path.clone(), cert: cert_path, key: key_path },
+                grace_ms: Duration::from_secs(5),
+            })
+        };
+        // The audit store first: agency services take referrals only while it records.
+        let audit_cfg = duijie_audit::service::AuditServiceConfig {
+            bus: bus_cfg(bus.extra_database_config().await?),
+            grpc: grpc("audit")?,
+            audit: duijie_audit::service::AuditConfig {
+                deadline_scan_ms: Duration::from_millis(200),
+                ..Default::default()
+            },
+        };
+        let audit = duijie_audit::service::start(audit_cfg.clone(), bus.shutdown.child_token()).await.context("starting the audit service")?;
+        let mut services = Vec::new();
+        for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
+            let name = kind.as_str();
             let cfg = ServiceConfig {
-                bus: BusConfig {
-                    database: bus.extra_database_config().await?,
-                    amqp: bus.amqp_cfg.clone(),
-                    topology: TopologyConfig { prefix: bus.prefix.clone(), ..Default::default() },
-                    relay: TestBus::relay_config(),
-                    consumer: ConsumerConfig::default(),
-                },
-                grpc: GrpcConfig {
-                    listen: "127.0.0.1:0".parse()?,
-                    tls: TlsFiles { ca: ca_path.clone(), cert: cert_path, key: key_path },
-                    grace_ms: Duration::from_secs(5),
-                },
+                bus: bus_cfg(bus.extra_database_config().await?),
+                grpc: grpc(name)?,
                 nodes: demo_nodes().iter().filter(|n| n.kind == kind).map(ToString::to_string).collect(),
                 directory: directory.clone(),
+                audit_gate: test_gate(),
             };
             let token = bus.shutdown.child_token();
             let running = match kind {
@@ -108,7 +133,46 @@ impl Stack {
             .with_context(|| format!("starting the {name} service"))?;
             services.push((kind, running));
         }
-        Ok(Self { bus, ca, services, dir })
+        let stack = Self { bus, ca, services, audit: Some(audit), audit_cfg, dir };
+        // The gates open once they saw the audit service consuming the tap.
+        for (_, s) in &stack.services {
+            let agency = s.agency.clone();
+            wait_until("the audit gate to open", WAIT, || {
+                let a = agency.clone();
+                async move { Ok(a.gate_open()) }
+            })
+            .await?;
+        }
+        Ok(stack)
+    }
+
+    /// Stops the audit service (graceful), leaving the agency services running.
+    pub async fn stop_audit(&mut self) -> anyhow::Result<()> {
+        if let Some(a) = self.audit.take() {
+            a.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(20), a.handle).await.context("audit did not stop")???;
+        }
+        Ok(())
+    }
+
+    /// Starts the audit service again on its database.
+    pub async fn start_audit(&mut self) -> anyhow::Result<()> {
+        let mut cfg = self.audit_cfg.clone();
+        cfg.grpc.listen = "127.0.0.1:0".parse()?;
+        self.audit = Some(duijie_audit::service::start(cfg, self.bus.shutdown.child_token()).await?);
+        Ok(())
+    }
+
+    /// A connection to the audit service as `who` (an agency or `supervisor:<region>`).
+    pub async fn auditor(&self, who: &AgencyNode) -> anyhow::Result<duijie_proto::v1::audit_client::AuditClient<Channel>> {
+        let addr = self.audit.as_ref().map(|a| a.addr).ok_or_else(|| anyhow::anyhow!("the audit service is stopped"))?;
+        let cert = self.ca.agency(who)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(&cert.cert, &cert.key));
+        let ch = Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+        Ok(duijie_proto::v1::audit_client::AuditClient::new(ch))
     }
 
     /// The service of agency `kind`.
@@ -139,7 +203,8 @@ impl Stack {
     }
 
     /// Stops the services (they drain) and removes the test's databases, queues and files.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_audit().await?;
         for (_, s) in &self.services {
             s.shutdown.cancel();
         }

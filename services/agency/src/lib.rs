@@ -7,6 +7,7 @@
 //! Incoming: [`Agency`] is the inbox [`Handler`] of the nodes it serves.
 
 pub mod api;
+pub mod gate;
 pub mod service;
 
 use std::collections::BTreeSet;
@@ -110,6 +111,8 @@ pub struct Agency {
     nodes: BTreeSet<(i32, String)>,
     /// Agencies a case may be sent or handed to; `None` accepts any well-formed agency.
     directory: Option<std::sync::Arc<BTreeSet<(i32, String)>>>,
+    /// Closed while the audit store cannot record: no new referrals then.
+    gate: Option<gate::AuditGate>,
     calendar: WorkCalendar,
 }
 
@@ -181,6 +184,7 @@ impl Agency {
             waker,
             nodes: nodes.iter().map(|n| (n.kind as i32, n.code.clone())).collect(),
             directory: None,
+            gate: None,
             calendar: WorkCalendar::bundled(),
         }
     }
@@ -191,6 +195,18 @@ impl Agency {
     pub fn with_directory(mut self, known: &[AgencyNode]) -> Self {
         self.directory = Some(std::sync::Arc::new(known.iter().map(|n| (n.kind as i32, n.code.clone())).collect()));
         self
+    }
+
+    /// New referrals are refused with `UNAVAILABLE` while `gate` is closed.
+    #[must_use]
+    pub fn with_gate(mut self, gate: gate::AuditGate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Whether new referrals are taken now (always, without a gate).
+    pub fn gate_open(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.check().is_ok())
     }
 
     /// The agency nodes this service acts for.
@@ -246,6 +262,9 @@ impl Agency {
             return Err(ApiError::invalid("referral.forwarded", "is set only by a mediation body handing a case on"));
         }
         validate_referral(&referral)?;
+        if let Some(g) = &self.gate {
+            g.check()?;
+        }
         let channel = channel_of(caller.kind).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
         let mut tx = self.pool.begin().await.context("beginning")?;
         let case_id = Uuid::now_v7();
@@ -890,7 +909,9 @@ impl Handler for Agency {
                 let speaker_code = speaker.map(|s| s.code.as_str()).unwrap_or("");
                 let from_referrer = speaker_kind.as_str() == row.referrer_kind && speaker_code == row.referrer_code;
                 let from_holder = speaker_kind.as_str() == row.holder_kind && speaker_code == row.holder_code;
-                if !from_referrer && !from_holder {
+                // Deadline notices come from the audit store (sender kind `bus`, checked above).
+                let notice = matches!(payload, Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_));
+                if !from_referrer && !from_holder && !notice {
                     return Err(HandleError::Rejected(format!(
                         "{} is neither the referrer nor the holder of case {case_id}",
                         agency_str(env.sender.as_ref())

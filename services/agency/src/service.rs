@@ -34,6 +34,9 @@ pub struct ServiceConfig {
     /// Every agency a case may be sent or handed to (the deployment's agency directory), as
     /// `kind:code`; a referral or redirect to anyone else is refused as an unknown agency.
     pub directory: Vec<String>,
+    /// Pause new referrals while the audit store cannot record.
+    #[serde(default)]
+    pub audit_gate: crate::gate::GateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,7 +96,11 @@ pub async fn start(
     let topology = Topology::new(cfg.bus.topology.clone());
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
     let relay_stats = relay.stats();
-    let agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(&directory);
+    let mut agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(&directory);
+    let gate = cfg.audit_gate.enabled.then(crate::gate::AuditGate::new);
+    if let Some(g) = &gate {
+        agency = agency.with_gate(g.clone());
+    }
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
 
@@ -103,6 +110,10 @@ pub async fn start(
         let t = token.clone();
         async move { ("relay".to_owned(), relay.run(t).await) }
     });
+    if let Some(g) = gate {
+        let (c, top, gc, t) = (connector.clone(), topology.clone(), cfg.audit_gate.clone(), token.clone());
+        tasks.spawn(async move { ("audit gate".to_owned(), g.watch(c, top, gc, t).await) });
+    }
     let mut consumers = Vec::new();
     for node in &nodes {
         let consumer = Consumer::new(

@@ -292,13 +292,14 @@ impl fmt::Display for MessageKind {
 
 impl AgencyKind {
     /// Every specified agency kind, in numeric order.
-    pub const ALL: [AgencyKind; 6] = [
+    pub const ALL: [AgencyKind; 7] = [
         AgencyKind::Court,
         AgencyKind::Procuratorate,
         AgencyKind::Police,
         AgencyKind::Petition,
         AgencyKind::Mediation,
         AgencyKind::Bus,
+        AgencyKind::Supervisor,
     ];
 
     /// Lowercase name used in routing keys, configuration and agency ids
@@ -314,6 +315,7 @@ impl AgencyKind {
             AgencyKind::Petition => "petition",
             AgencyKind::Mediation => "mediation",
             AgencyKind::Bus => "bus",
+            AgencyKind::Supervisor => "supervisor",
         }
     }
 

@@ -1,0 +1,368 @@
+//! The `Audit` gRPC service. An agency reads the cases it took part in (sent or received a
+//! message of); a supervisor (`supervisor:<region>`) reads every case whose referrer or holder
+//! code starts with its region, the statistics of its region, and runs Verify.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use duijie_common::amqp::AgencyNode;
+use duijie_common::server::{ApiError, caller};
+use duijie_domain::calendar::WorkCalendar;
+use duijie_domain::deadlines;
+use duijie_proto::v1 as pb;
+use duijie_proto::v1::audit_server::{Audit, AuditServer};
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope};
+use prost::Message as _;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{stats, verify};
+
+/// The `Audit` service over the audit database.
+pub struct AuditApi {
+    pool: PgPool,
+    calendar: WorkCalendar,
+}
+
+impl AuditApi {
+    pub fn server(pool: PgPool) -> AuditServer<Self> {
+        AuditServer::new(Self { pool, calendar: WorkCalendar::bundled() })
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+fn from_ts(t: Option<&prost_types::Timestamp>, field: &str) -> Result<DateTime<Utc>, ApiError> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .ok_or_else(|| ApiError::invalid(field, "is required"))
+}
+
+fn agency_ref(kind: &str, code: &str) -> AgencyRef {
+    AgencyRef { kind: AgencyKind::parse(kind).map_or(0, |k| k as i32), code: code.to_owned() }
+}
+
+#[derive(sqlx::FromRow, Clone)]
+struct CaseRow {
+    case_id: Uuid,
+    case_code: String,
+    channel: i32,
+    referrer_kind: String,
+    referrer_code: String,
+    holder_kind: String,
+    holder_code: String,
+    state: String,
+    state_since: DateTime<Utc>,
+    clock_policy: i32,
+    received_at: DateTime<Utc>,
+    closed_at: Option<DateTime<Utc>>,
+}
+
+const CASE_COLUMNS: &str = "c.case_id, c.case_code, c.channel, c.referrer_kind, c.referrer_code, c.holder_kind, c.holder_code,
+    c.state, c.state_since, c.clock_policy, c.received_at, c.closed_at";
+
+/// The cases `who` may read, as a SQL condition on `audit_cases c` with `who`'s kind in $1 and
+/// code (or region) in $2.
+fn visible(who: &AgencyNode) -> &'static str {
+    if who.kind == AgencyKind::Supervisor {
+        "(c.referrer_code LIKE $2 || '%' OR c.holder_code LIKE $2 || '%')"
+    } else {
+        "EXISTS (SELECT 1 FROM audit_participants p WHERE p.kind = $1 AND p.code = $2 AND p.case_id = c.case_id)"
+    }
+}
+
+impl AuditApi {
+    async fn case_view(&self, c: &CaseRow) -> anyhow::Result<pb::AuditCase> {
+        let mut conn = self.pool.acquire().await.context("acquiring a connection")?;
+        let payloads = crate::store::case_payloads(&mut conn, c.case_id).await?;
+        let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
+        let now = Utc::now();
+        let policy = ClockPolicyKind::try_from(c.clock_policy).unwrap_or(ClockPolicyKind::Unspecified);
+        let limits = deadlines::deadlines(policy, &refs, &self.calendar, now);
+        Ok(pb::AuditCase {
+            case_id: c.case_id.to_string(),
+            case_code: c.case_code.clone(),
+            channel: c.channel,
+            referrer: Some(agency_ref(&c.referrer_kind, &c.referrer_code)),
+            holder: Some(agency_ref(&c.holder_kind, &c.holder_code)),
+            state: c.state.clone(),
+            state_since: Some(ts(c.state_since)),
+            received_at: Some(ts(c.received_at)),
+            closed_at: c.closed_at.map(ts),
+            overdue: limits.iter().any(|d| d.is_overdue(now)),
+            deadlines: limits
+                .iter()
+                .map(|d| pb::DeadlineView {
+                    limit: d.limit as i32,
+                    legal_basis: d.legal_basis.to_owned(),
+                    started_at: Some(ts(d.started_at)),
+                    due_at: Some(ts(d.due_at)),
+                    met_at: d.met_at.map(ts),
+                    extended_days: d.extended_days,
+                    working_days: d.working_days,
+                    overdue: d.is_overdue(now),
+                })
+                .collect(),
+        })
+    }
+
+    async fn find_case(&self, who: &AgencyNode, r: &pb::GetTimelineRequest) -> Result<CaseRow, ApiError> {
+        let (cond, arg) = if !r.case_id.trim().is_empty() {
+            let id = Uuid::parse_str(r.case_id.trim()).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?;
+            ("c.case_id = $3::uuid", id.to_string())
+        } else if !r.case_code.trim().is_empty() {
+            ("c.case_code = $3", r.case_code.trim().to_owned())
+        } else {
+            return Err(ApiError::invalid("case_id", "a case id or a case code is required"));
+        };
+        let sql = format!(
+            "SELECT {CASE_COLUMNS}, {} AS allowed FROM audit_cases c WHERE {cond} ORDER BY allowed DESC, c.received_at DESC LIMIT 1",
+            visible(who)
+        );
+        let row: Option<(bool, CaseRowAllowed)> = sqlx::query_as::<_, CaseRowAllowed>(sqlx::AssertSqlSafe(sql))
+            .bind(who.kind.as_str())
+            .bind(&who.code)
+            .bind(&arg)
+            .fetch_optional(&self.pool)
+            .await
+            .context("looking up the case")?
+            .map(|r| (r.allowed, r));
+        match row {
+            None => Err(ApiError::NotFound(format!("no case {arg} in the audit store"))),
+            Some((false, _)) => Err(ApiError::PermissionDenied(format!("{who} may not read case {arg}"))),
+            Some((true, r)) => Ok(r.row),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CaseRowAllowed {
+    #[sqlx(flatten)]
+    row: CaseRow,
+    allowed: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    seq: i64,
+    case_seq: i32,
+    message_id: Uuid,
+    recorded_at: DateTime<Utc>,
+    occurred_at: DateTime<Utc>,
+    causation_id: Option<Uuid>,
+    trace_id: String,
+    state_after: String,
+    envelope: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl Audit for AuditApi {
+    async fn get_timeline(&self, req: Request<pb::GetTimelineRequest>) -> Result<Response<pb::AuditTimeline>, Status> {
+        let who = caller(&req)?;
+        let case = self.find_case(&who, req.get_ref()).await?;
+        let rows: Vec<RecordRow> = sqlx::query_as(
+            "SELECT seq, case_seq, message_id, recorded_at, occurred_at, causation_id, trace_id, state_after, envelope, hash
+             FROM audit_log WHERE case_id = $1 ORDER BY seq",
+        )
+        .bind(case.case_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("reading the timeline")))?;
+        let mut delivered: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let mut records = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let env = Envelope::decode(r.envelope.as_slice()).map_err(|e| ApiError::Unexpected(e.into()))?;
+            if let Some(Payload::DeliveryEvidence(ev)) = &env.payload {
+                delivered.entry(ev.message_id.clone()).or_insert(r.occurred_at);
+            }
+            records.push(pb::AuditRecord {
+                seq: u64::try_from(r.seq).unwrap_or(0),
+                case_seq: u32::try_from(r.case_seq).unwrap_or(0),
+                message_id: r.message_id.to_string(),
+                kind: env.kind,
+                sender: env.sender.clone(),
+                recipient: env.recipient.clone(),
+                occurred_at: Some(ts(r.occurred_at)),
+                recorded_at: Some(ts(r.recorded_at)),
+                causation_id: r.causation_id.map(|c| c.to_string()).unwrap_or_default(),
+                trace_id: r.trace_id.clone(),
+                state_after: r.state_after.clone(),
+                summary: env.payload.as_ref().map(duijie_agency::summary).unwrap_or_default(),
+                delivered_at: None,
+                hash_hex: hex(&r.hash),
+            });
+        }
+        for rec in &mut records {
+            rec.delivered_at = delivered.get(&rec.message_id).map(|t| ts(*t));
+        }
+        let case = self.case_view(&case).await.map_err(ApiError::Unexpected)?;
+        Ok(Response::new(pb::AuditTimeline { case: Some(case), records }))
+    }
+
+    async fn list_open_handoffs(
+        &self,
+        req: Request<pb::ListOpenHandoffsRequest>,
+    ) -> Result<Response<pb::ListOpenHandoffsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let limit = i64::from(if r.limit == 0 { 100 } else { r.limit.min(1000) });
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM audit_cases c
+             WHERE c.closed_at IS NULL
+               AND c.state IN ('SUBMITTED', 'DELIVERED', 'RECEIVED', 'CANCEL_REQUESTED', 'CONFIRMATION_REQUESTED', 'CONFIRMATION_ACCEPTED')
+               AND c.state_since <= now() - make_interval(secs => $3)
+               AND {}
+             ORDER BY c.state_since LIMIT $4",
+            visible(&who)
+        );
+        let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(who.kind.as_str())
+            .bind(&who.code)
+            .bind(r.min_age_seconds as f64)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("listing open handoffs")))?;
+        let now = Utc::now();
+        let handoffs = rows
+            .iter()
+            .map(|c| {
+                let referrer = agency_ref(&c.referrer_kind, &c.referrer_code);
+                let holder = agency_ref(&c.holder_kind, &c.holder_code);
+                let (waiting_for, from, to) = match c.state.as_str() {
+                    "SUBMITTED" => ("delivery", referrer, holder),
+                    "DELIVERED" => ("receipt", referrer, holder),
+                    "RECEIVED" => ("triage", referrer, holder),
+                    "CANCEL_REQUESTED" => ("cancel_answer", referrer, holder),
+                    _ => ("confirmation_decision", holder, referrer),
+                };
+                pb::OpenHandoff {
+                    case_id: c.case_id.to_string(),
+                    case_code: c.case_code.clone(),
+                    channel: c.channel,
+                    from: Some(from),
+                    to: Some(to),
+                    waiting_for: waiting_for.to_owned(),
+                    since: Some(ts(c.state_since)),
+                    age_seconds: u64::try_from((now - c.state_since).num_seconds()).unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListOpenHandoffsResponse { handoffs }))
+    }
+
+    async fn list_overdue(&self, req: Request<pb::ListOverdueRequest>) -> Result<Response<pb::ListOverdueResponse>, Status> {
+        let who = caller(&req)?;
+        let limit = i64::from(if req.get_ref().limit == 0 { 100 } else { req.get_ref().limit.min(1000) });
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM audit_cases c
+             WHERE c.closed_at IS NULL
+               AND EXISTS (SELECT 1 FROM audit_deadlines d WHERE d.case_id = c.case_id AND d.met_at IS NULL AND d.due_at < now())
+               AND {}
+             ORDER BY c.received_at LIMIT $3",
+            visible(&who)
+        );
+        let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(who.kind.as_str())
+            .bind(&who.code)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("listing overdue cases")))?;
+        let mut cases = Vec::with_capacity(rows.len());
+        for c in &rows {
+            cases.push(self.case_view(c).await.map_err(ApiError::Unexpected)?);
+        }
+        Ok(Response::new(pb::ListOverdueResponse { cases }))
+    }
+
+    async fn get_statistics(&self, req: Request<pb::StatisticsRequest>) -> Result<Response<pb::Statistics>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let from = from_ts(r.from.as_ref(), "from")?;
+        let to = from_ts(r.to.as_ref(), "to")?;
+        if to <= from {
+            return Err(ApiError::invalid("to", "must be after from").into());
+        }
+        let channel = match Channel::try_from(r.channel) {
+            Ok(c) => c as i32,
+            Err(_) => return Err(ApiError::invalid("channel", "unknown channel").into()),
+        };
+        let mut agency = match &r.agency {
+            Some(a) => Some(duijie_agency::api::agency(Some(a), "agency")?),
+            None => None,
+        };
+        let mut region = r.region.trim().to_owned();
+        if who.kind == AgencyKind::Supervisor {
+            // A supervisor sees its region and anything inside it.
+            if region.is_empty() {
+                region.clone_from(&who.code);
+            } else if !region.starts_with(&who.code) {
+                return Err(ApiError::PermissionDenied(format!("{who} may not read region {region}")).into());
+            }
+        } else {
+            // An agency sees its own figures only.
+            if agency.as_ref().is_some_and(|a| *a != who) {
+                return Err(ApiError::PermissionDenied(format!("{who} may read only its own statistics")).into());
+            }
+            agency = Some(who.clone());
+        }
+        let sel = stats::Selection {
+            from,
+            to,
+            region,
+            channel,
+            agency: agency.map(|a| (a.kind.as_str().to_owned(), a.code)),
+        };
+        let f = stats::statistics(&self.pool, &sel).await.map_err(ApiError::Unexpected)?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Response::new(pb::Statistics {
+            received: n(f.received),
+            received_self_accepted: n(f.received_self_accepted),
+            received_court: n(f.received_court),
+            received_police: n(f.received_police),
+            received_petition: n(f.received_petition),
+            received_procuratorate: n(f.received_procuratorate),
+            signed_for: n(f.signed_for),
+            accepted: n(f.accepted),
+            rejected: n(f.rejected),
+            mediated: n(f.mediated),
+            settled: n(f.settled),
+            failed: n(f.failed),
+            mediation_rate: f.mediation_rate(),
+            success_rate: f.success_rate(),
+            confirmations_requested: n(f.confirmations_requested),
+            confirmations_granted: n(f.confirmations_granted),
+            overdue: n(f.overdue),
+            closed: n(f.closed),
+            median_days_to_closure: f.median_days_to_closure.unwrap_or(0.0),
+            p90_days_to_closure: f.p90_days_to_closure.unwrap_or(0.0),
+        }))
+    }
+
+    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let who = caller(&req)?;
+        if who.kind != AgencyKind::Supervisor {
+            return Err(ApiError::PermissionDenied(format!("{who}: verifying the audit log is for supervisors")).into());
+        }
+        let case = req.get_ref().case_id.trim();
+        let report = if case.is_empty() {
+            verify::verify_log(&self.pool).await
+        } else {
+            let id = Uuid::parse_str(case).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?;
+            verify::verify_case(&self.pool, id).await
+        }
+        .map_err(ApiError::Unexpected)?;
+        let (first_broken_seq, problem) = report.broken.clone().map_or((0, String::new()), |(s, p)| (u64::try_from(s).unwrap_or(0), p));
+        Ok(Response::new(pb::VerifyResponse { ok: report.ok(), records_checked: report.records_checked, first_broken_seq, problem }))
+    }
+}

@@ -1,0 +1,22 @@
+//! The audit service: every envelope that reached an agency (a copy from the bus's tap) is
+//! appended to an append-only, hash-chained log in the service's own database (`store`), with
+//! projections moved in the same transaction — where each case stands, who took part, its legal
+//! time limits. `watch` sends DeadlineWarning/DeadlineBreached notices through the outbox;
+//! `stats` defines the supervisors' statistics; `verify` walks the chains; `api` is the `Audit`
+//! gRPC service; `service` runs it all.
+
+pub mod api;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod verify;
+pub mod watch;
+
+/// The migrations of the audit database: the bus tables (inbox for the tap, outbox for the
+/// notices) and the log with its projections, one history.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    static AUDIT: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/audit");
+    sqlx::migrate::Migrator::with_migrations(
+        duijie_common::db::BUS_MIGRATOR.iter().chain(AUDIT.iter()).cloned().collect(),
+    )
+}

@@ -1,0 +1,185 @@
+//! Running the audit service: migrations and partitions, the tap consumer, the deadline
+//! notices and their relay, retention, and the gRPC server, under one supervisor.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use duijie_agency::service::GrpcConfig;
+use duijie_common::amqp::{Connector, Topology};
+use duijie_common::config::{self, BusConfig};
+use duijie_common::inbox::{Consumer, ConsumerStats};
+use duijie_common::outbox::Relay;
+use duijie_common::{CancellationToken, db, server, shutdown};
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+
+use crate::store::AuditStore;
+
+/// The audit service's configuration (`config/audit/base.yaml`, then `DUIJIE_*` variables).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditServiceConfig {
+    #[serde(flatten)]
+    pub bus: BusConfig,
+    pub grpc: GrpcConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuditConfig {
+    /// How long the log is kept (days); at least 180 (Cybersecurity Law art. 21: six months).
+    pub retention_days: u32,
+    /// How often running limits are checked for notices (ms).
+    #[serde(with = "config::duration_ms")]
+    pub deadline_scan_ms: Duration,
+    /// A DeadlineWarning goes out this long before a limit falls due (ms).
+    #[serde(with = "config::duration_ms")]
+    pub warn_before_ms: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention_days: 183, deadline_scan_ms: Duration::from_secs(60), warn_before_ms: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// The shortest retention the law allows (six months).
+pub const MIN_RETENTION_DAYS: u32 = 180;
+
+/// A started audit service.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub pool: PgPool,
+    pub consumer: std::sync::Arc<ConsumerStats>,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Creates the coming months' partitions and drops those past retention, leaving a checkpoint
+/// (the last dropped record's sequence number and hash) so verification continues from there.
+pub async fn maintain_partitions(pool: &PgPool, retention_days: u32) -> anyhow::Result<()> {
+    sqlx::query("SELECT audit_ensure_partitions(2)").execute(pool).await.context("creating partitions")?;
+    let old: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT c.relname::text, to_timestamp(substring(c.relname from 'audit_log_(\\d{4}_\\d{2})'), 'YYYY_MM') + interval '1 month'
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+         WHERE p.relname = 'audit_log' AND c.relname ~ '^audit_log_\\d{4}_\\d{2}$'",
+    )
+    .fetch_all(pool)
+    .await
+    .context("listing partitions")?;
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+    for (name, ends) in old {
+        if ends > cutoff {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT seq, hash FROM \"{name}\" ORDER BY seq DESC LIMIT 1")))
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((seq, hash)) = last {
+            sqlx::query("INSERT INTO audit_checkpoints (seq, hash, dropped) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(seq)
+                .bind(hash)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER TABLE audit_log DETACH PARTITION \"{name}\"; DROP TABLE \"{name}\"")))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("dropping partition {name}"))?;
+        tx.commit().await?;
+        tracing::info!(partition = %name, "dropped past retention");
+    }
+    Ok(())
+}
+
+/// Starts the audit service with `cfg`.
+pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    if cfg.audit.retention_days < MIN_RETENTION_DAYS {
+        anyhow::bail!("audit.retention_days: {} is below the legal minimum of {MIN_RETENTION_DAYS} days", cfg.audit.retention_days);
+    }
+    let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
+    let pool = db::pool(&cfg.bus.database);
+    crate::migrator().run(&pool).await.context("migrating the audit database")?;
+    maintain_partitions(&pool, cfg.audit.retention_days).await?;
+    let connector = Connector::new(cfg.bus.amqp.clone());
+    let topology = Topology::new(cfg.bus.topology.clone());
+    let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), "audit-relay");
+    let waker = relay.waker();
+    let consumer = Consumer::new(
+        "audit",
+        topology.tap_queue(),
+        Vec::new(),
+        pool.clone(),
+        connector,
+        topology.clone(),
+        cfg.bus.consumer.clone(),
+        AuditStore::default(),
+    );
+    let consumer_stats = consumer.stats();
+    let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
+    let addr = listener.local_addr()?;
+    let token = shutdown.child_token();
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let t = token.clone();
+    tasks.spawn(async move { ("relay".to_owned(), relay.run(t).await) });
+    let t = token.clone();
+    tasks.spawn(async move { ("tap consumer".to_owned(), consumer.run(t).await) });
+    let (p, top, t, a) = (pool.clone(), topology.clone(), token.clone(), cfg.audit.clone());
+    tasks.spawn(async move { ("deadline notices".to_owned(), crate::watch::run(p, top, waker, a.warn_before_ms, a.deadline_scan_ms, t).await) });
+    let (p, t, days) = (pool.clone(), token.clone(), cfg.audit.retention_days);
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = t.cancelled() => return ("retention".to_owned(), Ok(())),
+                () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+            if let Err(e) = maintain_partitions(&p, days).await {
+                tracing::warn!(error = format!("{e:#}"), "partition maintenance failed; retrying in an hour");
+            }
+        }
+    });
+    let (p, t, retention) = (pool.clone(), token.clone(), cfg.bus.consumer.inbox_retention);
+    tasks.spawn(async move {
+        db::prune_inbox_periodically(p, retention, Duration::from_secs(3600), t).await;
+        ("inbox pruning".to_owned(), Ok(()))
+    });
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pool.clone()));
+    let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
+    tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
+    tracing::info!(%addr, "audit serving");
+    let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
+    Ok(Running { addr, pool, consumer: consumer_stats, shutdown, handle })
+}
+
+/// The whole `duijie-audit` process (configuration from `DUIJIE_CONFIG_DIR`, default
+/// `config/audit`).
+pub async fn main() -> std::process::ExitCode {
+    let _telemetry = match duijie_common::telemetry::init("audit", "info", std::io::stdout) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("audit: telemetry: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config/audit"), PathBuf::from);
+    let run = async {
+        let cfg: AuditServiceConfig = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
+        let running = start(cfg, shutdown::on_signal()).await?;
+        println!("audit listening on {}", running.addr);
+        running.handle.await.context("supervisor")?
+    };
+    match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "audit stopped");
+            eprintln!("audit: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
