@@ -303,7 +303,16 @@ impl AuditStore {
         let records = case_payloads(conn, case_id).await?;
         let refs: Vec<(DateTime<Utc>, &Payload)> = records.iter().map(|(t, p)| (*t, p)).collect();
         let policy = ClockPolicyKind::try_from(clock).unwrap_or(ClockPolicyKind::Unspecified);
-        for d in deadlines::deadlines(policy, &refs, &self.calendar, Utc::now()) {
+        let limits = deadlines::deadlines(policy, &refs, &self.calendar, Utc::now());
+        // A limit can stop applying (a late record shows round one of 治安调解 was met after all).
+        let keep: Vec<i32> = limits.iter().map(|d| d.limit as i32).collect();
+        sqlx::query("DELETE FROM audit_deadlines WHERE case_id = $1 AND NOT (time_limit = ANY($2))")
+            .bind(case_id)
+            .bind(&keep)
+            .execute(&mut *conn)
+            .await
+            .context("dropping limits that no longer apply")?;
+        for d in limits {
             sqlx::query(
                 "INSERT INTO audit_deadlines (case_id, time_limit, started_at, due_at, met_at) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (case_id, time_limit) DO UPDATE

@@ -1,0 +1,472 @@
+//! The audit store: statistics of a replayed workload counted by hand, tamper detection, one
+//! record per envelope, a breach notice at the referring agency's queue, and a restart of the
+//! audit service mid-stream (during which new referrals are refused).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use duijie_audit::service::{AuditConfig, AuditServiceConfig};
+use duijie_audit::store::AuditStore;
+use duijie_audit::{stats, verify};
+use duijie_common::amqp::AgencyNode;
+use duijie_common::config::BusConfig;
+use duijie_common::envelope::{self, Header};
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::*;
+use duijie_tests::stack::{self, Stack, agency_ref, referral, settled};
+use duijie_tests::{TestBus, node, wait_until};
+use prost::Message as _;
+use sqlx::{Executor as _, PgPool};
+use tonic::Code;
+use uuid::Uuid;
+
+/// 10:00 China time on 2026-`month`-`day`.
+fn day(month: u32, d: u32) -> DateTime<Utc> {
+    chrono::FixedOffset::east_opt(8 * 3600)
+        .and_then(|tz| tz.with_ymd_and_hms(2026, month, d, 10, 0, 0).single())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// One case's messages, back-dated, as the tap would deliver them.
+struct Story {
+    case_id: Uuid,
+    code: String,
+    channel: Channel,
+    referrer: AgencyNode,
+    centre: AgencyNode,
+    envs: Vec<Envelope>,
+}
+
+impl Story {
+    fn new(code: &str, referrer: AgencyNode, centre: AgencyNode, clock: ClockPolicyKind, at: DateTime<Utc>) -> Self {
+        let channel = duijie_agency::channel_of(referrer.kind).unwrap_or(Channel::Unspecified);
+        let mut s = Self { case_id: Uuid::now_v7(), code: code.into(), channel, referrer, centre, envs: Vec::new() };
+        let (from, to) = (s.referrer.clone(), s.centre.clone());
+        s.push(&from, &to, Payload::Referral(referral(code, clock)), at);
+        s
+    }
+
+    fn push(&mut self, from: &AgencyNode, to: &AgencyNode, payload: Payload, at: DateTime<Utc>) -> &mut Self {
+        let header = Header {
+            case_id: self.case_id,
+            case_code: self.code.clone(),
+            channel: self.channel,
+            sender: from.clone(),
+            recipient: to.clone(),
+            causation_id: None,
+        };
+        let mut env = envelope::build(&header, payload);
+        env.occurred_at = Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 });
+        self.envs.push(env);
+        self
+    }
+
+    /// A message from the centre to the referrer.
+    fn centre(&mut self, payload: Payload, at: DateTime<Utc>) -> &mut Self {
+        let (from, to) = (self.centre.clone(), self.referrer.clone());
+        self.push(&from, &to, payload, at)
+    }
+
+    /// A message from the referrer to the centre.
+    fn referrer(&mut self, payload: Payload, at: DateTime<Utc>) -> &mut Self {
+        let (from, to) = (self.referrer.clone(), self.centre.clone());
+        self.push(&from, &to, payload, at)
+    }
+
+    fn signed_and_accepted(&mut self, at: DateTime<Utc>) -> &mut Self {
+        self.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), at)
+            .centre(Payload::Accept(Accept { accepted_by: "王明".into(), ..Default::default() }), at)
+    }
+}
+
+fn failed() -> Payload {
+    Payload::Outcome(Outcome { kind: Some(outcome::Kind::Failed(outcome::Failed { reason: FailureReason::NoAgreement as i32, ..Default::default() })) })
+}
+fn decision(d: ConfirmationDecisionKind) -> Payload {
+    Payload::ConfirmationDecision(ConfirmationDecision { decision: d as i32, document_number: "(2026)湘1003民特1号".into(), ..Default::default() })
+}
+fn performed() -> Payload {
+    Payload::Performance(Performance { status: PerformanceStatus::Performed as i32, ..Default::default() })
+}
+fn closure() -> Payload {
+    Payload::Closure(Closure { basis: ClosureBasis::Performed as i32, ..Default::default() })
+}
+fn disposition(kind: DispositionKind) -> Payload {
+    Payload::DispositionNotice(DispositionNotice { disposition: kind as i32, ..Default::default() })
+}
+
+/// A fresh, migrated audit database.
+async fn audit_db(bus: &mut TestBus) -> anyhow::Result<PgPool> {
+    bus.extra_database(&duijie_audit::migrator()).await
+}
+
+async fn append_all(pool: &PgPool, stories: &[&Story]) -> anyhow::Result<()> {
+    let store = AuditStore::default();
+    for s in stories {
+        for env in &s.envs {
+            let mut tx = pool.begin().await?;
+            store.append(&mut tx, env).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The March workload whose figures are counted by hand in `statistics_of_a_replayed_workload`.
+fn march() -> Vec<Story> {
+    let (court, police, petition, procuratorate) = (stack::court(), stack::police(), stack::petition(), stack::procuratorate());
+    let centre = stack::centre();
+    // A: 诉调 settled in March, confirmation accepted and granted, closed in April.
+    let mut a = Story::new("JF-A", court.clone(), centre.clone(), ClockPolicyKind::CourtOrdinary, day(3, 2));
+    a.signed_and_accepted(day(3, 3))
+        .centre(Payload::Outcome(settled(true)), day(3, 10))
+        .centre(Payload::ConfirmationRequest(ConfirmationRequest::default()), day(3, 11))
+        .referrer(decision(ConfirmationDecisionKind::Accepted), day(3, 12))
+        .referrer(decision(ConfirmationDecisionKind::Granted), day(3, 20))
+        .centre(performed(), day(3, 25))
+        .centre(Payload::FollowUp(FollowUp::default()), day(3, 28))
+        .centre(closure(), day(4, 2));
+    // B: 警调 failed, the police disposes: closed in March after 7 days.
+    let mut b = Story::new("JF-B", police.clone(), centre.clone(), ClockPolicyKind::Police, day(3, 5));
+    b.signed_and_accepted(day(3, 5)).centre(failed(), day(3, 9)).referrer(disposition(DispositionKind::Penalty), day(3, 12));
+    // C: 访调 rejected, the petition office closes it: 5 days.
+    let mut c = Story::new("JF-C", petition, centre.clone(), ClockPolicyKind::Petition, day(3, 15));
+    c.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), day(3, 16))
+        .centre(Payload::Reject(Reject { reason: RejectReason::OutOfScope as i32, ..Default::default() }), day(3, 17))
+        .referrer(disposition(DispositionKind::PetitionClosed), day(3, 20));
+    // D: 检调 accepted in March, settled in April.
+    let mut d = Story::new("JF-D", procuratorate, centre.clone(), ClockPolicyKind::PeoplesMediation, day(3, 20));
+    d.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), day(3, 20))
+        .centre(Payload::Accept(Accept { accepted_by: "王明".into(), ..Default::default() }), day(3, 21))
+        .centre(Payload::Outcome(settled(false)), day(4, 5));
+    // E: 诉调 received in February, settled and closed in March after 13 days.
+    let mut e = Story::new("JF-E", court.clone(), centre.clone(), ClockPolicyKind::CourtPreFiling, day(2, 20));
+    e.signed_and_accepted(day(2, 21)).centre(Payload::Outcome(settled(false)), day(3, 1)).centre(performed(), day(3, 3)).centre(closure(), day(3, 5));
+    // F: another district (431004): outside the region.
+    let mut f = Story::new("JF-F", node(AgencyKind::Police, "431004-01"), node(AgencyKind::Mediation, "431004"), ClockPolicyKind::Police, day(3, 10));
+    f.signed_and_accepted(day(3, 10));
+    // G: 诉调 signed for on 03-25, its 15 days run into April: not overdue in March.
+    let mut g = Story::new("JF-G", court.clone(), centre.clone(), ClockPolicyKind::CourtOrdinary, day(3, 25));
+    g.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), day(3, 25));
+    // H: 诉调 simplified, signed for on 03-02, no outcome: its 7 days ended on 03-09 — overdue.
+    let mut h = Story::new("JF-H", court, centre, ClockPolicyKind::CourtSimplified, day(3, 2));
+    h.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), day(3, 2));
+    vec![a, b, c, d, e, f, g, h]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_of_a_replayed_workload() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let pool = audit_db(&mut bus).await?;
+    let stories = march();
+    append_all(&pool, &stories.iter().collect::<Vec<_>>()).await?;
+
+    let sel = stats::Selection { from: day(3, 1) - chrono::Duration::hours(10), to: day(4, 1) - chrono::Duration::hours(10), region: "431003".into(), ..Default::default() };
+    let f = stats::statistics(&pool, &sel).await?;
+    // Counted by hand from `march()`.
+    assert_eq!((f.received, f.received_court, f.received_police, f.received_petition, f.received_procuratorate, f.received_self_accepted), (6, 3, 1, 1, 1, 0), "{f:?}");
+    assert_eq!((f.signed_for, f.accepted, f.rejected), (6, 3, 1), "{f:?}");
+    assert_eq!((f.mediated, f.settled, f.failed), (3, 2, 1), "{f:?}");
+    assert!((f.mediation_rate() - 0.5).abs() < 1e-9 && (f.success_rate() - 2.0 / 3.0).abs() < 1e-9, "{f:?}");
+    assert_eq!((f.confirmations_requested, f.confirmations_granted), (1, 1), "{f:?}");
+    assert_eq!(f.closed, 3, "{f:?}");
+    // Days to closure among B (7), C (5), E (13): median 7, p90 = 7 + 0.8 × 6.
+    assert_eq!(f.median_days_to_closure.map(|d| (d * 1000.0).round() / 1000.0), Some(7.0));
+    assert_eq!(f.p90_days_to_closure.map(|d| (d * 1000.0).round() / 1000.0), Some(11.8));
+    assert_eq!(f.overdue, 1, "only H's 7 days ran out in March: {f:?}");
+
+    // The selection narrows as asked.
+    let court_only = stats::statistics(&pool, &stats::Selection { channel: Channel::Court as i32, ..sel.clone() }).await?;
+    assert_eq!((court_only.received, court_only.mediated), (3, 2), "A and E settled in March");
+    let province = stats::statistics(&pool, &stats::Selection { region: "43".into(), ..sel.clone() }).await?;
+    assert_eq!(province.received, 7, "F is in the province");
+    let police = stats::statistics(&pool, &stats::Selection { agency: Some(("police".into(), "431003-01".into())), ..sel.clone() }).await?;
+    assert_eq!((police.received, police.failed, police.closed), (1, 1, 1));
+    bus.cleanup(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected_and_changes_are_refused() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let stories = march();
+    let all: Vec<&Story> = stories.iter().collect();
+    let pool = audit_db(&mut bus).await?;
+    append_all(&pool, &all).await?;
+    let clean = verify::verify_log(&pool).await?;
+    assert!(clean.ok(), "{clean:?}");
+    let total = clean.records_checked;
+    assert_eq!(total, stories.iter().map(|s| s.envs.len() as u64).sum::<u64>());
+
+    // The database refuses changes.
+    for sql in ["UPDATE audit_log SET state_after = 'CLOSED' WHERE seq = 3", "DELETE FROM audit_log WHERE seq = 3", "TRUNCATE audit_log"] {
+        let refused = sqlx::raw_sql(sql).execute(&pool).await;
+        assert!(refused.as_ref().is_err_and(|e| e.to_string().contains("append-only")), "{sql}: {refused:?}");
+    }
+
+    // Someone who can switch the triggers off (the table's owner): each kind of change is found.
+    // Each starts from an intact log of its own.
+    let mut tx = pool.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute("UPDATE audit_log SET state_after = 'CLOSED' WHERE seq = 5").await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    let edited = verify::verify_log(&pool).await?;
+    assert_eq!(edited.broken.as_ref().map(|(s, p)| (*s, p.contains("hash mismatch"))), Some((5, true)), "{edited:?}");
+    let pool2 = audit_db(&mut bus).await?;
+    append_all(&pool2, &all).await?;
+    // A column that no longer says what the envelope says (same hash).
+    let mut tx = pool2.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute("UPDATE audit_log SET recipient = 'mediation:999999' WHERE seq = 2").await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    let column = verify::verify_log(&pool2).await?;
+    assert_eq!(column.broken.as_ref().map(|(s, p)| (*s, p.contains("recipient"))), Some((2, true)), "{column:?}");
+
+    // A deleted record, and a deleted last record.
+    let pool3 = audit_db(&mut bus).await?;
+    append_all(&pool3, &all).await?;
+    let mut tx = pool3.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute("DELETE FROM audit_log WHERE seq = 7").await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    let deleted = verify::verify_log(&pool3).await?;
+    assert_eq!(deleted.broken.as_ref().map(|(s, p)| (*s, p.contains("record 7 is missing"))), Some((8, true)), "{deleted:?}");
+
+    // Reordered records (two swap places).
+    let pool4 = audit_db(&mut bus).await?;
+    append_all(&pool4, &all).await?;
+    let mut tx = pool4.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute("UPDATE audit_log SET seq = -4 WHERE seq = 4").await?;
+    tx.execute("UPDATE audit_log SET seq = 4 WHERE seq = 3").await?;
+    tx.execute("UPDATE audit_log SET seq = 3 WHERE seq = -4").await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    let reordered = verify::verify_log(&pool4).await?;
+    assert_eq!(reordered.broken.as_ref().map(|(s, _)| *s), Some(3), "{reordered:?}");
+
+    // The tail cut off: the head still names the last record.
+    let pool5 = audit_db(&mut bus).await?;
+    append_all(&pool5, &all).await?;
+    let mut tx = pool5.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute(sqlx::AssertSqlSafe(format!("DELETE FROM audit_log WHERE seq = {total}"))).await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    let cut = verify::verify_log(&pool5).await?;
+    assert!(cut.broken.as_ref().is_some_and(|(_, p)| p.contains("head")), "{cut:?}");
+
+    // One case's chain on its own: intact for a case the edit did not touch, broken where it did.
+    let edited_case: Uuid = sqlx::query_scalar("SELECT case_id FROM audit_log WHERE seq = 5").fetch_one(&pool).await?;
+    let untouched = stories.iter().map(|s| s.case_id).find(|c| *c != edited_case).ok_or_else(|| anyhow::anyhow!("one case only"))?;
+    assert!(verify::verify_case(&pool, untouched).await?.ok());
+    assert_eq!(verify::verify_case(&pool, edited_case).await?.broken.map(|(s, _)| s), Some(5));
+    bus.cleanup(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_envelope_is_stored_once() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let pool = audit_db(&mut bus).await?;
+    let stories = march();
+    let a = &stories[0];
+    append_all(&pool, &[a, a]).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&pool).await?;
+    assert_eq!(n, a.envs.len() as i64);
+    assert!(verify::verify_log(&pool).await?.ok());
+    bus.cleanup(&[]).await
+}
+
+/// An audit service on its own (no agency services), on `bus`.
+async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir: &std::path::Path) -> anyhow::Result<duijie_audit::service::Running> {
+    let (cert, key) = ca.issue("duijie-audit", &["localhost", "127.0.0.1"])?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    std::fs::write(dir.join("audit.pem"), cert)?;
+    std::fs::write(dir.join("audit-key.pem"), key)?;
+    let cfg = AuditServiceConfig {
+        bus: BusConfig {
+            database: bus.extra_database_config().await?,
+            amqp: bus.amqp_cfg.clone(),
+            topology: duijie_common::config::TopologyConfig { prefix: bus.prefix.clone(), ..Default::default() },
+            relay: TestBus::relay_config(),
+            consumer: Default::default(),
+        },
+        grpc: duijie_agency::service::GrpcConfig {
+            listen: "127.0.0.1:0".parse()?,
+            tls: duijie_common::server::TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("audit.pem"), key: dir.join("audit-key.pem") },
+            grace_ms: Duration::from_secs(5),
+        },
+        audit: AuditConfig { deadline_scan_ms: Duration::from_millis(200), ..Default::default() },
+    };
+    duijie_audit::service::start(cfg, bus.shutdown.child_token()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_case_sends_a_breach_notice_to_the_referring_agency() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let (court, centre) = (node(AgencyKind::Court, "990001"), node(AgencyKind::Mediation, "990001"));
+    bus.declare(&[court.clone(), centre.clone()]).await?;
+    let ca = duijie_common::certs::DevCa::generate("test CA")?;
+    let dir = std::env::temp_dir().join(format!("duijie-{}", bus.prefix));
+    let audit = audit_service(&mut bus, &ca, &dir).await?;
+    // A 诉调 case signed for 20 days ago with no outcome: its 15 days ran out.
+    let now = Utc::now();
+    let mut story = Story::new("JF-990001-1", court.clone(), centre.clone(), ClockPolicyKind::CourtOrdinary, now - chrono::Duration::days(21));
+    story.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), now - chrono::Duration::days(20));
+    for env in &story.envs {
+        bus.publish_raw(&env.routing_key()?, &env.encode_to_vec(), &env.message_id).await?;
+    }
+    // The breach reaches the court's inbox queue.
+    let conn = bus.connector.connect("test reader").await?;
+    let ch = conn.create_channel().await?;
+    let breach = std::sync::Arc::new(std::sync::Mutex::new(None));
+    wait_until("a DeadlineBreached in the court's queue", stack::WAIT, || {
+        let ch = ch.clone();
+        let queue = bus.topology.inbox_queue(&court);
+        let found = breach.clone();
+        async move {
+            while let Some(d) = ch.basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await? {
+                let env = Envelope::decode(d.delivery.data.as_slice())?;
+                if let Some(Payload::DeadlineBreached(b)) = env.payload {
+                    if let Ok(mut f) = found.lock() {
+                        *f = Some((env.case_id, b));
+                    }
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    })
+    .await?;
+    let (case, b) = breach.lock().ok().and_then(|mut b| b.take()).ok_or_else(|| anyhow::anyhow!("no breach"))?;
+    assert_eq!(case, story.case_id.to_string());
+    let deadline = b.deadline.unwrap_or_default();
+    assert_eq!(deadline.limit(), TimeLimit::CourtMediationOrdinary);
+    assert!(b.overdue_by.is_some_and(|d| d.seconds > 4 * 86_400), "about five days over");
+    // The court sees the case in its overdue list; a police station does not.
+    let client = |who: AgencyNode| {
+        let (ca, addr) = (&ca, audit.addr);
+        async move {
+            let cert = ca.agency(&who)?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+                .domain_name("localhost")
+                .identity(tonic::transport::Identity::from_pem(&cert.cert, &cert.key));
+            let ch = tonic::transport::Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+            anyhow::Ok(audit_client::AuditClient::new(ch))
+        }
+    };
+    let overdue = client(court.clone()).await?.list_overdue(ListOverdueRequest::default()).await?.into_inner();
+    assert_eq!(overdue.cases.iter().map(|c| c.case_id.clone()).collect::<Vec<_>>(), [story.case_id.to_string()]);
+    assert!(overdue.cases[0].overdue);
+    let stranger = client(node(AgencyKind::Police, "990001-01")).await?.list_overdue(ListOverdueRequest::default()).await?.into_inner();
+    assert!(stranger.cases.is_empty());
+    let denied = client(node(AgencyKind::Police, "990001-01")).await?.get_timeline(GetTimelineRequest { case_code: "JF-990001-1".into(), ..Default::default() }).await;
+    assert_eq!(denied.map(|_| ()).map_err(|s| s.code()), Err(Code::PermissionDenied));
+    let timeline = client(court.clone()).await?.get_timeline(GetTimelineRequest { case_code: "JF-990001-1".into(), ..Default::default() }).await?.into_inner();
+    let kinds: Vec<MessageKind> = timeline.records.iter().map(|r| r.kind()).collect();
+    assert_eq!(&kinds[..2], [MessageKind::Referral, MessageKind::Receipt]);
+    assert!(kinds.contains(&MessageKind::DeadlineBreached), "the notice itself is recorded: {kinds:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    audit.shutdown.cancel();
+    let _ = audit.handle.await;
+    bus.cleanup(&[court, centre]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wait_for_it() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let court = stack.clerk(&stack::court()).await?;
+    let centre = stack.clerk(&stack::centre()).await?;
+    let submit = |i: usize| {
+        let court = court.clone();
+        async move {
+            court
+                .referrals()
+                .submit_referral(SubmitReferralRequest {
+                    to: Some(agency_ref(&stack::centre())),
+                    case_code: format!("JF-431003-2026-1{i:05}"),
+                    referral: Some(referral(&format!("restart-{i}"), ClockPolicyKind::CourtPreFiling)),
+                })
+                .await
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(submit(i).await?.into_inner().case_id);
+    }
+    // The audit service goes away while the centre signs for the cases.
+    let signing = {
+        let (centre, ids) = (centre.clone(), ids.clone());
+        tokio::spawn(async move {
+            for id in &ids {
+                centre.wait_for(id, "DELIVERED").await?;
+                centre.mediation().sign_for(SignForRequest { case_id: id.clone(), receipt: Some(Receipt { signed_by: "王明".into(), ..Default::default() }) }).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    stack.stop_audit().await?;
+    signing.await??;
+    // While it cannot record, no new referral is taken — and nothing else stops.
+    wait_until("new referrals to be refused", stack::WAIT, || {
+        let submit = &submit;
+        async move {
+            match submit(99).await {
+                Err(s) if s.code() == Code::Unavailable => Ok(true),
+                Err(s) => Err(anyhow::anyhow!("unexpected {s}")),
+                Ok(_) => Err(anyhow::anyhow!("a referral was taken while the audit store was down")),
+            }
+        }
+    })
+    .await?;
+    for id in &ids {
+        court.wait_for(id, "RECEIVED").await?;
+    }
+    stack.start_audit().await?;
+    wait_until("referrals taken again", stack::WAIT, || {
+        let submit = &submit;
+        async move { Ok(submit(10).await.is_ok()) }
+    })
+    .await?;
+    // Every message that reached an agency is in the log, once, and the chain verifies.
+    let supervisor = node(AgencyKind::Supervisor, "431003");
+    let mut audit = stack.auditor(&supervisor).await?;
+    for id in &ids {
+        let id = id.clone();
+        wait_until("the audit store to catch up", stack::WAIT, || {
+            let mut audit = audit.clone();
+            let id = id.clone();
+            async move {
+                let t = audit.get_timeline(GetTimelineRequest { case_id: id, ..Default::default() }).await?.into_inner();
+                Ok(t.case.is_some_and(|c| c.state == "RECEIVED"))
+            }
+        })
+        .await?;
+    }
+    let pool = stack.audit.as_ref().map(|a| a.pool.clone()).ok_or_else(|| anyhow::anyhow!("no audit"))?;
+    let dupes: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT message_id FROM audit_log GROUP BY message_id HAVING count(*) > 1) d")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(dupes, 0);
+    let mut court_messages: Vec<String> = Vec::new();
+    for id in &ids {
+        let v = court.case(id).await?;
+        court_messages.extend(v.timeline.iter().map(|t| t.message_id.clone()));
+    }
+    let recorded: Vec<String> = sqlx::query_scalar::<_, Uuid>("SELECT message_id FROM audit_log")
+        .fetch_all(&pool)
+        .await?
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
+    let missing: Vec<&String> = court_messages.iter().filter(|m| !recorded.contains(m)).collect();
+    assert!(missing.is_empty(), "messages the court saw but the audit store did not: {missing:?}");
+    let verified = audit.verify(VerifyRequest::default()).await?.into_inner();
+    assert!(verified.ok, "{verified:?}");
+    stack.stop().await
+}
