@@ -195,7 +195,7 @@ async fn concurrent_retries_of_a_submit_make_one_case_and_bad_steps_are_refused(
             ..Default::default()
         }))
         .await;
-    assert!(matches!(&one_side, Err(ApiError::InvalidArgument { field, message }) if field == "extension_request.consents" && message.contains("p2")), "{one_side:?}");
+    assert!(matches!(&one_side, Err(ApiError::InvalidArgument { field, message }) if field == "extension.consents" && message.contains("p2")), "{one_side:?}");
     let both = centre
         .agency
         .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest {
@@ -210,6 +210,6 @@ async fn concurrent_retries_of_a_submit_make_one_case_and_bad_steps_are_refused(
         .agency
         .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest { days: 4_000_000_000, ..Default::default() }))
         .await;
-    assert!(matches!(&too_long, Err(ApiError::InvalidArgument { field, .. }) if field == "extension_request.days"), "{too_long:?}");
+    assert!(matches!(&too_long, Err(ApiError::InvalidArgument { field, .. }) if field == "extension.days"), "{too_long:?}");
     bus.cleanup(&[court_node, centre_node]).await
 }

@@ -303,22 +303,37 @@ async fn petition_channel_supervised_escalated_village_to_town_settled_petition_
         duijie_common::envelope::build(&header, envelope::Payload::SupervisionNotice(notice))
     };
     stack.bus.publish_raw(&crossing.routing_key()?, &prost::Message::encode_to_vec(&crossing), &crossing.message_id).await?;
+    // The town receives it as a new message caused by the original.
     duijie_tests::wait_until("the crossing notice reaches the town", stack::WAIT, || {
         let t = town.clone();
         let id = id.clone();
         let mid = crossing.message_id.clone();
-        async move { Ok(t.case(&id).await?.timeline.iter().any(|e| e.message_id == mid && e.direction == "in")) }
-    })
-    .await?;
-    duijie_tests::wait_until("the petition office gets the town's delivery evidence for it", stack::WAIT, || {
-        let p = petition.clone();
-        let id = id.clone();
-        let mid = crossing.message_id.clone();
         async move {
-            Ok(p.case(&id).await?.timeline.iter().any(|e| e.kind() == MessageKind::DeliveryEvidence && e.summary.contains("431003-102") && e.summary.contains("supervision_notice") && !e.summary.contains("102-05")) && !mid.is_empty())
+            Ok(t.case(&id).await?.timeline.iter().any(|e| e.causation_id == mid && e.direction == "in" && e.kind() == MessageKind::SupervisionNotice))
         }
     })
     .await?;
+    let passed_on = town
+        .case(&id)
+        .await?
+        .timeline
+        .iter()
+        .find(|e| e.causation_id == crossing.message_id)
+        .map(|e| e.message_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("no passed-on notice"))?;
+    duijie_tests::wait_until("the petition office gets the town's delivery evidence for it", stack::WAIT, || {
+        let p = petition.clone();
+        let id = id.clone();
+        let passed_on = passed_on.clone();
+        async move {
+            Ok(p.case(&id).await?.timeline.iter().any(|e| {
+                e.kind() == MessageKind::DeliveryEvidence && e.causation_id == passed_on && e.sender.as_ref().is_some_and(|s| s.code == "431003-102")
+            }))
+        }
+    })
+    .await?;
+    let at_village = village.case(&id).await?;
+    assert!(at_village.handed_on && at_village.allowed_next.is_empty() && at_village.deadlines.is_empty(), "{at_village:?}");
 
     town.mediation().report_outcome(ReportOutcomeRequest { case_id: id.clone(), outcome: Some(settled(false)) }).await?;
     petition.wait_for(&id, "SETTLED").await?;
@@ -422,12 +437,19 @@ async fn cancel_confirmed_and_redirect_to_another_committee() -> anyhow::Result<
         .await?;
     let at_town = town.wait_for(&b, "DELIVERED").await?;
     assert_eq!(at_town.referrer.as_ref().map(|r| r.kind()), Some(AgencyKind::Court));
+    // The centre handed it on: out of its inbox, nothing left for it to do.
+    let centre_inbox = centre.cases().list_cases(ListCasesRequest { state: "DELIVERED".into(), ..Default::default() }).await?.into_inner();
+    assert!(!centre_inbox.cases.iter().any(|c| c.case_id == b), "{centre_inbox:?}");
+    let handed = centre.case(&b).await?;
+    assert!(handed.handed_on && handed.allowed_next.is_empty(), "{handed:?}");
     duijie_tests::wait_until("the court sees the town as holder", stack::WAIT, || {
         let c = court.clone();
         let b = b.clone();
         async move { Ok(holder(&c.case(&b).await?) == "mediation:431003-102") }
     })
     .await?;
+    let court_view = court.case(&b).await?;
+    assert_eq!((court_view.state.as_str(), holder(&court_view).as_str()), ("SUBMITTED", "mediation:431003-102"), "{court_view:?}");
     town.mediation().sign_for(SignForRequest { case_id: b.clone(), receipt: Some(Receipt { signed_by: "周镇".into(), ..Default::default() }) }).await?;
     court.wait_for(&b, "RECEIVED").await?;
     let centre_view = centre.case(&b).await?;
@@ -491,6 +513,38 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
         "{early:?}"
     );
     assert_eq!(centre.case(&first).await?.state, "DELIVERED", "a refused step changes nothing");
+
+    // An action retried with the same idempotency key is done once.
+    let notice = || {
+        let mut req = tonic::Request::new(SuperviseRequest {
+            case_id: first.clone(),
+            notice: Some(SupervisionNotice { instructions: "请尽快签收".into(), ..Default::default() }),
+        });
+        req.metadata_mut().insert("idempotency-key", tonic::metadata::MetadataValue::from_static("court-supervise-1"));
+        req
+    };
+    court.referrals().supervise(notice()).await?;
+    let retried = court.referrals().supervise(notice()).await?.into_inner();
+    assert_eq!(count(&retried, MessageKind::SupervisionNotice), 1, "{:?}", kinds(&retried));
+
+    // An amendment that changes the clock policy changes it on both sides.
+    let mut revised = referral("court-retry", ClockPolicyKind::CourtSimplified);
+    revised.facts = "补充：双方曾于2026年1月协商未果。".into();
+    let amended = court
+        .referrals()
+        .amend(AmendRequest { case_id: first.clone(), amendment: Some(Amendment { reason: "适用简易程序".into(), revised: Some(revised), ..Default::default() }) })
+        .await?
+        .into_inner();
+    assert_eq!(amended.clock_policy(), ClockPolicyKind::CourtSimplified);
+    duijie_tests::wait_until("the centre applies the amendment", stack::WAIT, || {
+        let c = centre.clone();
+        let id = first.clone();
+        async move {
+            let v = c.case(&id).await?;
+            Ok(v.clock_policy() == ClockPolicyKind::CourtSimplified && v.referral.is_some_and(|r| r.facts.starts_with("补充")))
+        }
+    })
+    .await?;
 
     // Reading a case that is not one's own.
     let police_home = stack.clerk(&stack::police()).await?;

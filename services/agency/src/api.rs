@@ -37,7 +37,12 @@ pub fn case_view(v: &CaseView) -> pb::CaseView {
         referral: Some(v.referral.clone()),
         deadlines: v.deadlines.iter().map(|d| deadline(d, now)).collect(),
         timeline: v.timeline.iter().map(timeline_entry).collect(),
-        allowed_next: if v.state.is_final() { Vec::new() } else { v.state.allowed().into_iter().map(|k| k as i32).collect() },
+        allowed_next: if v.state.is_final() || v.handed_on {
+            Vec::new()
+        } else {
+            v.state.allowed().into_iter().map(|k| k as i32).collect()
+        },
+        handed_on: v.handed_on,
     }
 }
 
@@ -64,6 +69,7 @@ fn timeline_entry(t: &TimelineItem) -> pb::TimelineEntry {
         occurred_at: Some(ts(t.occurred_at)),
         state_after: t.state_after.as_str().to_owned(),
         summary: t.summary.clone(),
+        causation_id: t.causation_id.clone(),
     }
 }
 
@@ -78,6 +84,7 @@ fn case_summary(s: &CaseSummary) -> pb::CaseSummary {
         next_due_at: s.next_due_at.map(ts),
         overdue: s.overdue,
         updated_at: Some(ts(s.updated_at)),
+        handed_on: s.handed_on,
     }
 }
 
@@ -109,9 +116,20 @@ pub async fn act<T>(
     build: impl FnOnce(&AgencyNode, T) -> Result<(Uuid, Payload), ApiError>,
 ) -> Result<Response<pb::CaseView>, Status> {
     let me = caller(&req)?;
+    let key = idempotency_key(&req)?;
     let (case, payload) = build(&me, req.into_inner())?;
-    let view = agency.send(&me, case, payload).await?;
+    let view = agency.send_once(&me, case, payload, key.as_deref()).await?;
     Ok(Response::new(case_view(&view)))
+}
+
+/// The caller's `idempotency-key` metadata (1–128 printable ASCII characters), if any.
+pub fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.metadata().get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::invalid("idempotency-key", "must be printable ASCII"))?;
+    if key.is_empty() || key.len() > 128 {
+        return Err(ApiError::invalid("idempotency-key", "must be 1 to 128 characters"));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// `Cases`: reading the calling agency's cases.

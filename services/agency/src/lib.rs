@@ -60,6 +60,8 @@ pub struct CaseView {
     /// The case's messages in order, as this agency sent, received or inherited them.
     pub timeline: Vec<TimelineItem>,
     pub updated_at: DateTime<Utc>,
+    /// This agency handed the case on and no longer acts on it.
+    pub handed_on: bool,
 }
 
 /// One message of a case's timeline.
@@ -74,6 +76,7 @@ pub struct TimelineItem {
     pub occurred_at: DateTime<Utc>,
     pub state_after: CaseState,
     pub summary: String,
+    pub causation_id: String,
 }
 
 /// A case in a list.
@@ -89,6 +92,7 @@ pub struct CaseSummary {
     pub next_due_at: Option<DateTime<Utc>>,
     pub overdue: bool,
     pub updated_at: DateTime<Utc>,
+    pub handed_on: bool,
 }
 
 /// Which of an agency's cases to list.
@@ -322,6 +326,18 @@ impl Agency {
     /// Sends `payload` about `case_id` from `caller` to the other side of the handoff, if the
     /// caller may send it and the case's state allows it.
     pub async fn send(&self, caller: &AgencyNode, case_id: Uuid, payload: Payload) -> Result<CaseView, ApiError> {
+        self.send_once(caller, case_id, payload, None).await
+    }
+
+    /// [`send`](Self::send), at most once per `request_id` (an idempotency key of the caller):
+    /// a retry with the same key answers with the case as it is now, without acting again.
+    pub async fn send_once(
+        &self,
+        caller: &AgencyNode,
+        case_id: Uuid,
+        payload: Payload,
+        request_id: Option<&str>,
+    ) -> Result<CaseView, ApiError> {
         let kind = payload.kind();
         if !self.serves(caller) {
             return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
@@ -331,6 +347,38 @@ impl Agency {
         }
         let mut tx = self.pool.begin().await.context("beginning")?;
         let row = self.lock_case(&mut tx, caller, case_id).await?;
+        if let Some(key) = request_id.filter(|k| !k.is_empty()) {
+            // The case row is locked: a concurrent retry waits here and then finds the key.
+            let first = sqlx::query(
+                "INSERT INTO action_requests (owner_kind, owner_code, request_id, case_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(caller.kind.as_str())
+            .bind(&caller.code)
+            .bind(key)
+            .bind(case_id)
+            .execute(&mut *tx)
+            .await
+            .context("recording the request id")?
+            .rows_affected()
+                == 1;
+            if !first {
+                drop(tx);
+                let earlier: Uuid = sqlx::query_scalar(
+                    "SELECT case_id FROM action_requests WHERE owner_kind = $1 AND owner_code = $2 AND request_id = $3",
+                )
+                .bind(caller.kind.as_str())
+                .bind(&caller.code)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await
+                .context("reading the earlier request")?;
+                if earlier != case_id {
+                    return Err(ApiError::invalid("idempotency-key", format!("already used for case {earlier}")));
+                }
+                return self.view(caller, case_id).await;
+            }
+        }
         let referrer = node_from(&row.referrer_kind, &row.referrer_code)?;
         let holder = node_from(&row.holder_kind, &row.holder_code)?;
         // Only the two ends of the handoff act on a case; a committee that handed it on is out.
@@ -341,13 +389,13 @@ impl Agency {
         match &payload {
             Payload::ExtensionRequest(x) => {
                 if !(1..=MAX_EXTENSION_DAYS).contains(&x.days) {
-                    return Err(ApiError::invalid("extension_request.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
+                    return Err(ApiError::invalid("extension.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
                 }
                 if x.limit() == TimeLimit::Unspecified {
-                    return Err(ApiError::invalid("extension_request.limit", "name the time limit to extend"));
+                    return Err(ApiError::invalid("extension.limit", "name the time limit to extend"));
                 }
                 missing_consent(&row.referral, x)?
-                    .map_or(Ok(()), |p| Err(ApiError::invalid("extension_request.consents", format!("party {p} has not consented"))))?;
+                    .map_or(Ok(()), |p| Err(ApiError::invalid("extension.consents", format!("party {p} has not consented"))))?;
             }
             Payload::Amendment(a) => {
                 if let Some(revised) = &a.revised {
@@ -397,7 +445,7 @@ impl Agency {
             causation_id: self.last_inbound(&mut tx, caller, case_id).await?,
         };
         let mut env = envelope::build(&header, payload);
-        update_case(&mut tx, caller, case_id, &lc, new_holder.as_ref(), revised_referral.as_deref())
+        update_case(&mut tx, caller, case_id, &lc, new_holder.as_ref(), revised_referral.as_ref())
             .await
             .context("updating the case")?;
         self.record_out(&mut tx, caller, &mut env, lc.state).await?;
@@ -425,16 +473,7 @@ impl Agency {
             .await
             .context("reading the case")?;
         let Some(CaseRowWithTime { row, updated_at }) = row else {
-            let elsewhere: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1)")
-                .bind(case_id)
-                .fetch_one(&self.pool)
-                .await
-                .context("looking for the case")?;
-            return Err(if elsewhere {
-                ApiError::PermissionDenied(format!("case {case_id} is not one of {caller}'s cases"))
-            } else {
-                ApiError::NotFound(format!("no case {case_id} for {caller}"))
-            });
+            return Err(self.not_owned(caller, case_id).await);
         };
         let events = self.events(caller, &[case_id]).await?;
         let mut timeline = Vec::with_capacity(events.len());
@@ -450,6 +489,7 @@ impl Agency {
                 occurred_at: ev.occurred_at,
                 state_after: state_from(&ev.state_after)?,
                 summary: env.payload.as_ref().map(summary).unwrap_or_default(),
+                causation_id: env.causation_id.clone(),
             });
             if let Some(p) = env.payload {
                 payloads.push((ev.occurred_at, p));
@@ -458,6 +498,8 @@ impl Agency {
         let clock = ClockPolicyKind::try_from(row.clock_policy).unwrap_or(ClockPolicyKind::Unspecified);
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
         let holder = node_from(&row.holder_kind, &row.holder_code)?;
+        let referrer = node_from(&row.referrer_kind, &row.referrer_code)?;
+        let handed_on = holder != *caller && referrer != *caller;
         let mut referral = Referral::decode(row.referral.as_slice()).context("decoding the stored referral")?;
         if let Some(f) = &mut referral.forwarded {
             f.history.clear(); // shown as the timeline's `prior` entries
@@ -469,14 +511,16 @@ impl Agency {
             case_id: row.case_id,
             case_code: row.case_code,
             channel: Channel::try_from(row.channel).unwrap_or(Channel::Unspecified),
-            referrer: node_from(&row.referrer_kind, &row.referrer_code)?,
+            referrer,
             holder,
             state: state_from(&row.state)?,
             clock_policy: clock,
             referral,
-            deadlines: deadlines::deadlines(clock, &refs, &self.calendar, Utc::now()),
+            // The clocks are the holder's and the referrer's, not a former holder's.
+            deadlines: if handed_on { Vec::new() } else { deadlines::deadlines(clock, &refs, &self.calendar, Utc::now()) },
             timeline,
             updated_at,
+            handed_on,
         })
     }
 
@@ -491,7 +535,9 @@ impl Agency {
                     state, before_cancel, clock_policy, referral, updated_at
              FROM cases
              WHERE owner_kind = $1 AND owner_code = $2
-               AND ($3::text IS NULL OR state = $3)
+               -- a state filter asks for cases this agency acts on: not those it handed on
+               AND ($3::text IS NULL OR (state = $3 AND ((holder_kind = owner_kind AND holder_code = owner_code)
+                                                      OR (referrer_kind = owner_kind AND referrer_code = owner_code))))
                AND ($4::int IS NULL OR channel = $4)
                AND ($5::timestamptz IS NULL OR (updated_at, case_id) < ($5, $6))
              ORDER BY updated_at DESC, case_id DESC
@@ -522,17 +568,22 @@ impl Agency {
                 let evs = by_case.get(&r.row.case_id).map(Vec::as_slice).unwrap_or(&[]);
                 let refs: Vec<(DateTime<Utc>, &Payload)> = evs.iter().map(|(t, p)| (*t, p)).collect();
                 let state = state_from(&r.row.state)?;
-                let limits = if state.is_final() { Vec::new() } else { deadlines::deadlines(clock, &refs, &self.calendar, now) };
+                let holder = node_from(&r.row.holder_kind, &r.row.holder_code)?;
+                let referrer = node_from(&r.row.referrer_kind, &r.row.referrer_code)?;
+                let handed_on = holder != *caller && referrer != *caller;
+                let limits =
+                    if state.is_final() || handed_on { Vec::new() } else { deadlines::deadlines(clock, &refs, &self.calendar, now) };
                 Ok(CaseSummary {
                     case_id: r.row.case_id,
                     case_code: r.row.case_code,
                     channel: Channel::try_from(r.row.channel).unwrap_or(Channel::Unspecified),
-                    referrer: node_from(&r.row.referrer_kind, &r.row.referrer_code)?,
-                    holder: node_from(&r.row.holder_kind, &r.row.holder_code)?,
+                    referrer,
+                    holder,
                     state,
                     next_due_at: limits.iter().filter(|d| d.met_at.is_none()).map(|d| d.due_at).min(),
                     overdue: limits.iter().any(|d| d.is_overdue(now)),
                     updated_at: r.updated_at,
+                    handed_on,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()
@@ -608,6 +659,18 @@ impl Agency {
         Ok(())
     }
 
+    /// The refusal for a case `who` does not have: `PERMISSION_DENIED` if another agency of this
+    /// service has it, `NOT_FOUND` if none has.
+    async fn not_owned(&self, who: &AgencyNode, case_id: Uuid) -> ApiError {
+        let elsewhere: Result<bool, _> =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1)").bind(case_id).fetch_one(&self.pool).await;
+        match elsewhere {
+            Ok(true) => ApiError::PermissionDenied(format!("case {case_id} is not one of {who}'s cases")),
+            Ok(false) => ApiError::NotFound(format!("no case {case_id} for {who}")),
+            Err(e) => ApiError::Unexpected(anyhow::Error::new(e).context("looking for the case")),
+        }
+    }
+
     async fn lock_case(&self, tx: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> Result<CaseRow, ApiError> {
         let row: Option<CaseRow> = sqlx::query_as(
             CASE_BY_OWNER_FOR_UPDATE,
@@ -618,7 +681,10 @@ impl Agency {
         .fetch_optional(&mut *tx)
         .await
         .context("locking the case")?;
-        row.ok_or_else(|| ApiError::NotFound(format!("no case {case_id} for {owner}")))
+        match row {
+            Some(r) => Ok(r),
+            None => Err(self.not_owned(owner, case_id).await),
+        }
     }
 
     async fn last_inbound(&self, tx: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<Uuid>> {
@@ -647,12 +713,12 @@ async fn update_case(
     case_id: Uuid,
     lc: &Lifecycle,
     new_holder: Option<&AgencyNode>,
-    referral: Option<&[u8]>,
+    referral: Option<&(Vec<u8>, i32)>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE cases SET state = $4, before_cancel = $5,
                 holder_kind = COALESCE($6, holder_kind), holder_code = COALESCE($7, holder_code),
-                referral = COALESCE($8, referral), updated_at = now()
+                referral = COALESCE($8, referral), clock_policy = COALESCE($9, clock_policy), updated_at = now()
          WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
     )
     .bind(owner.kind.as_str())
@@ -662,7 +728,8 @@ async fn update_case(
     .bind(lc.before_cancel.map(CaseState::as_str))
     .bind(new_holder.map(|h| h.kind.as_str()))
     .bind(new_holder.map(|h| h.code.clone()))
-    .bind(referral)
+    .bind(referral.map(|(bytes, _)| bytes.as_slice()))
+    .bind(referral.map(|(_, clock)| *clock))
     .execute(conn)
     .await?;
     Ok(())
@@ -711,14 +778,19 @@ fn missing_consent(stored: &[u8], x: &duijie_proto::v1::ExtensionRequest) -> Res
         .map(|p| p.party_id))
 }
 
-/// The stored referral after an amendment: the revised content, keeping what the referrer
-/// cannot change by amending (its request id, and the forwarding of a handed-on case).
-fn amended(stored: &[u8], revised: &Referral) -> Result<Vec<u8>, ApiError> {
+/// The stored referral after an amendment, and its clock policy: the revised content, keeping
+/// what the referrer cannot change by amending (its request id, the forwarding of a handed-on
+/// case, and the clock policy when the revision names none).
+fn amended(stored: &[u8], revised: &Referral) -> Result<(Vec<u8>, i32), ApiError> {
     let old = Referral::decode(stored).context("decoding the stored referral")?;
     let mut new = revised.clone();
     new.client_request_id = old.client_request_id;
     new.forwarded = old.forwarded;
-    Ok(new.encode_to_vec())
+    if new.clock_policy.as_ref().is_none_or(|c| c.kind() == ClockPolicyKind::Unspecified) {
+        new.clock_policy = old.clock_policy;
+    }
+    let clock = new.clock_policy.as_ref().map_or(0, |c| c.kind);
+    Ok((new.encode_to_vec(), clock))
 }
 
 /// `referral` as shown to an agency that does not need the parties' identity numbers.
@@ -835,11 +907,17 @@ impl Handler for Agency {
                 let (referrer, state) = match &referral.forwarded {
                     None => (sender_node, CaseState::Delivered),
                     Some(f) => {
+                        // Only a mediation body hands a case on, in its own name, for a case
+                        // a referring agency sent.
+                        if sender_kind != AgencyKind::Mediation || f.forwarded_by.as_ref() != Some(sender) {
+                            return Err(HandleError::Rejected("a forwarded referral comes from the mediation body that hands the case on".into()));
+                        }
                         let original = f
                             .original_referrer
                             .as_ref()
                             .and_then(|r| AgencyKind::try_from(r.kind).ok().and_then(|k| AgencyNode::new(k, &r.code).ok()))
-                            .ok_or_else(|| HandleError::Rejected("a forwarded referral without its original referrer".into()))?;
+                            .filter(|n| channel_of(n.kind).is_some())
+                            .ok_or_else(|| HandleError::Rejected("a forwarded referral names no referring agency as its original referrer".into()))?;
                         let state = match f.reason() {
                             MessageKind::Redirect => CaseState::Delivered,
                             MessageKind::Escalation => CaseState::InMediation,
@@ -855,8 +933,10 @@ impl Handler for Agency {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $2, $8, $9, $10)
                      ON CONFLICT (owner_kind, owner_code, case_id) DO UPDATE
                         SET holder_kind = EXCLUDED.holder_kind, holder_code = EXCLUDED.holder_code, state = EXCLUDED.state,
-                            before_cancel = NULL, referral = EXCLUDED.referral, updated_at = now()
-                        WHERE $11 AND (cases.holder_kind <> EXCLUDED.holder_kind OR cases.holder_code <> EXCLUDED.holder_code)",
+                            before_cancel = NULL, referral = EXCLUDED.referral, clock_policy = EXCLUDED.clock_policy,
+                            updated_at = now()
+                        -- only a case this body handed on, coming back from the body that holds it now
+                        WHERE $11 AND cases.holder_kind = $12 AND cases.holder_code = $13",
                 )
                 .bind(owner.kind.as_str())
                 .bind(&owner.code)
@@ -869,6 +949,8 @@ impl Handler for Agency {
                 .bind(clock as i32)
                 .bind(referral.encode_to_vec())
                 .bind(referral.forwarded.is_some())
+                .bind(sender_kind.as_str())
+                .bind(&sender.code)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
@@ -879,6 +961,10 @@ impl Handler for Agency {
                     let mut lc = Lifecycle::referred();
                     for bytes in &f.history {
                         let prior = Envelope::decode(bytes.as_slice()).map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
+                        prior.check().map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
+                        if prior.case_id != env.case_id {
+                            return Err(HandleError::Rejected("history: a message of another case".into()));
+                        }
                         if let Some(p) = &prior.payload
                             && !matches!(p, Payload::Referral(_))
                         {
@@ -917,27 +1003,31 @@ impl Handler for Agency {
                         agency_str(env.sender.as_ref())
                     )));
                 }
-                // This body handed the case on before the referrer heard of it: the referrer's
-                // message goes on to the current holder (same message id, so both ends record
-                // one message), instead of stopping at a body that no longer acts on the case.
                 let owner_holds = row.holder_kind == owner.kind.as_str() && row.holder_code == owner.code;
+                let owner_referred = row.referrer_kind == owner.kind.as_str() && row.referrer_code == owner.code;
                 let bus_fact = matches!(payload, Payload::DeliveryEvidence(_) | Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_));
-                if from_referrer && !owner_holds && !bus_fact {
-                    let holder = node_from(&row.holder_kind, &row.holder_code).map_err(|e| HandleError::Rejected(e.to_string()))?;
-                    let mut passed = env.clone();
-                    passed.recipient = Some(AgencyRef::from(&holder));
-                    insert_event(conn, &owner, env, "in", state_from(&row.state).map_err(|e| HandleError::Rejected(e.to_string()))?)
-                        .await
-                        .map_err(HandleError::Transient)?;
-                    outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
-                    tracing::info!(case = %case_id, kind = %kind, to = %holder, "passed a referrer's message on to the current holder");
+                if !owner_holds && !owner_referred {
+                    let current = state_from(&row.state).map_err(|e| HandleError::Rejected(e.to_string()))?;
+                    if from_referrer && !bus_fact {
+                        // This body handed the case on before the referrer heard of it: the
+                        // referrer's message goes on to the current holder (a new message that
+                        // names the original as its cause), instead of stopping at a body that no
+                        // longer acts on the case.
+                        let holder = node_from(&row.holder_kind, &row.holder_code).map_err(|e| HandleError::Rejected(e.to_string()))?;
+                        let mut passed = env.clone();
+                        passed.message_id = Uuid::now_v7().to_string();
+                        passed.causation_id.clone_from(&env.message_id);
+                        passed.recipient = Some(AgencyRef::from(&holder));
+                        insert_event(conn, &owner, env, "in", current).await.map_err(HandleError::Transient)?;
+                        outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
+                        tracing::info!(case = %case_id, kind = %kind, to = %holder, "passed a referrer's message on to the current holder");
+                        return Ok(());
+                    }
+                    // A body that handed the case on only records what still reaches it (the new
+                    // holder's evidence for the forwarded referral): its copy stays as it was
+                    // handed on, out of its inbox and its clocks.
+                    insert_event(conn, &owner, env, "in", current).await.map_err(HandleError::Transient)?;
                     return Ok(());
-                }
-                // The other side checked the consents too; an extension without them is not applied.
-                if let Payload::ExtensionRequest(x) = payload
-                    && let Some(p) = missing_consent(&row.referral, x).map_err(|e| HandleError::Rejected(e.to_string()))?
-                {
-                    return Err(HandleError::Rejected(format!("extension without the consent of party {p}")));
                 }
                 let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
                 let mut lc = Lifecycle::at(parse(&row.state)?, row.before_cancel.as_deref().map(parse).transpose()?);
@@ -969,7 +1059,7 @@ impl Handler for Agency {
                     },
                     _ => None,
                 };
-                update_case(conn, &owner, case_id, &lc, new_holder.as_ref(), revised.as_deref()).await?;
+                update_case(conn, &owner, case_id, &lc, new_holder.as_ref(), revised.as_ref()).await?;
                 lc.state
             }
             None => return Err(HandleError::Rejected("no payload".into())),

@@ -47,6 +47,20 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The database is unreachable, restarting or out of resources (as opposed to a statement that
+/// is wrong): a gRPC caller should retry later (`UNAVAILABLE`).
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // 08 connection exception, 53 insufficient resources, 57P admin shutdown / crash shutdown /
+        // cannot connect now, 40001/40P01 serialization failure / deadlock.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "40001" || c == "40P01"),
+        _ => false,
+    }
+}
+
 /// Deletes inbox records older than `retention` every `every`, until `shutdown`. The records
 /// only have to outlive redeliveries (minutes), so a retention of days is generous. Failures
 /// (database down) are logged and retried at the next turn.

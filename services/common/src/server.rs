@@ -108,8 +108,14 @@ impl From<ApiError> for Status {
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Unexpected(e) => {
-                tracing::error!(error = format!("{e:#}"), "request failed");
-                Status::internal("internal error; the request was not completed")
+                // A database that is restarting or unreachable is a reason to retry, not a bug.
+                let outage = e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_outage));
+                tracing::error!(error = format!("{e:#}"), outage, "request failed");
+                if outage {
+                    Status::unavailable("a dependency is unavailable; the request was not completed, retry later")
+                } else {
+                    Status::internal("internal error; the request was not completed")
+                }
             }
         }
     }

@@ -236,6 +236,10 @@ impl Lifecycle {
                 if from == S::Submitted {
                     self.state = S::Delivered;
                 }
+                // Delivered while a cancel is pending: a refused cancel goes back to DELIVERED.
+                if from == S::CancelRequested && self.before_cancel == Some(S::Submitted) {
+                    self.before_cancel = Some(S::Delivered);
+                }
                 return Ok(Step { from, to: self.state, new_holder: None });
             }
             Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_) => {
@@ -444,6 +448,16 @@ mod tests {
         assert_eq!(lc.state, CaseState::Cancelled);
         assert!(lc.state.is_final());
         assert!(lc.apply(&Payload::SupervisionNotice(SupervisionNotice::default())).is_err());
+    }
+
+    #[test]
+    fn evidence_arriving_during_a_cancel_request_is_kept_for_a_refusal() {
+        let mut lc = Lifecycle::referred();
+        lc.apply(&Payload::Cancellation(Cancellation::default())).ok();
+        lc.apply(&Payload::DeliveryEvidence(DeliveryEvidence::default())).ok();
+        assert_eq!(lc.state, CaseState::CancelRequested);
+        lc.apply(&Payload::CancellationConfirmation(CancellationConfirmation { confirmed: false, ..Default::default() })).ok();
+        assert_eq!(lc.state, CaseState::Delivered);
     }
 
     #[test]
