@@ -33,6 +33,52 @@ fn field_of(status: &tonic::Status) -> Vec<String> {
     status.get_error_details().bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
 }
 
+/// The audit store's timeline of the case, read by its referrer, holds every message the
+/// referrer sent or received, each delivered (evidence recorded), on an unbroken chain; the
+/// supervisor of the district verifies it. Returns the recorded kinds in order.
+async fn audit_agrees(stack: &Stack, referrer: &Clerk, id: &str, final_state: &str) -> anyhow::Result<Vec<MessageKind>> {
+    let supervisor = duijie_tests::node(AgencyKind::Supervisor, "431003");
+    let mut as_supervisor = stack.auditor(&supervisor).await?;
+    duijie_tests::wait_until(&format!("the audit store to see case {id} as {final_state}"), stack::WAIT, || {
+        let mut a = as_supervisor.clone();
+        let id = id.to_owned();
+        async move {
+            let t = a.get_timeline(GetTimelineRequest { case_id: id, ..Default::default() }).await?.into_inner();
+            Ok(t.case.is_some_and(|c| c.state == final_state))
+        }
+    })
+    .await?;
+    // Evidence for the last messages may still be on its way.
+    duijie_tests::wait_until("every message's delivery evidence in the audit store", stack::WAIT, || {
+        let mut a = as_supervisor.clone();
+        let id = id.to_owned();
+        async move {
+            let t = a.get_timeline(GetTimelineRequest { case_id: id, ..Default::default() }).await?.into_inner();
+            Ok(t.records.iter().all(|r| {
+                matches!(r.kind(), MessageKind::DeliveryEvidence | MessageKind::DeadlineWarning | MessageKind::DeadlineBreached)
+                    || r.delivered_at.is_some()
+            }))
+        }
+    })
+    .await?;
+    let supervised = as_supervisor.get_timeline(GetTimelineRequest { case_id: id.to_owned(), ..Default::default() }).await?.into_inner();
+    let own = stack.auditor(&referrer.who).await?.get_timeline(GetTimelineRequest { case_id: id.to_owned(), ..Default::default() }).await?.into_inner();
+    assert!(
+        supervised.records.iter().all(|r| own.records.iter().any(|o| o.message_id == r.message_id && o.hash_hex == r.hash_hex)),
+        "the referrer reads the same records as the supervisor"
+    );
+    let recorded: Vec<&str> = own.records.iter().map(|r| r.message_id.as_str()).collect();
+    let seen = referrer.case(id).await?;
+    for e in seen.timeline.iter().filter(|e| e.direction != "prior") {
+        assert!(recorded.contains(&e.message_id.as_str()), "{:?} {} is not in the audit store", e.kind(), e.message_id);
+    }
+    let case_seqs: Vec<u32> = own.records.iter().map(|r| r.case_seq).collect();
+    assert_eq!(case_seqs, (1..=own.records.len() as u32).collect::<Vec<_>>(), "one unbroken chain per case");
+    let verified = as_supervisor.verify(VerifyRequest { case_id: id.to_owned() }).await?.into_inner();
+    assert!(verified.ok, "{verified:?}");
+    Ok(own.records.iter().map(|r| r.kind()).collect())
+}
+
 async fn submit(clerk: &Clerk, to: &duijie_common::amqp::AgencyNode, code: &str, r: Referral) -> anyhow::Result<String> {
     let view = clerk
         .referrals()
@@ -159,6 +205,9 @@ async fn court_channel_settled_confirmed_performed_followed_up_closed() -> anyho
     assert!(done.allowed_next.is_empty(), "nothing more on a closed case");
     let listed = court.cases().list_cases(ListCasesRequest::default()).await?.into_inner();
     assert_eq!(listed.cases.iter().filter(|c| c.case_id == id).map(|c| c.state.as_str()).collect::<Vec<_>>(), ["CLOSED"]);
+    let recorded = audit_agrees(&stack, &court, &id, "CLOSED").await?;
+    assert_eq!(recorded.first(), Some(&K::Referral));
+    assert_eq!(recorded.iter().filter(|k| **k == K::ConfirmationDecision).count(), 2);
     stack.stop().await
 }
 
@@ -186,6 +235,7 @@ async fn court_channel_failed_returned_filed_for_trial_closed() -> anyhow::Resul
     assert_eq!(filed.state, "CLOSED");
     let at_centre = centre.wait_for(&id, "CLOSED").await?;
     assert!(kinds(&at_centre).contains(&MessageKind::DispositionNotice));
+    audit_agrees(&stack, &court, &id, "CLOSED").await?;
     stack.stop().await
 }
 
@@ -224,6 +274,8 @@ async fn police_channel_settled_agreement_recognised_closed() -> anyhow::Result<
     close(&centre, &id, ClosureBasis::Performed).await?;
     let done = police.wait_for(&id, "CLOSED").await?;
     assert!(kinds(&done).contains(&MessageKind::Closure));
+    let recorded = audit_agrees(&stack, &police, &id, "CLOSED").await?;
+    assert!(recorded.contains(&MessageKind::AgreementRecognition));
     stack.stop().await
 }
 
@@ -356,6 +408,10 @@ async fn petition_channel_supervised_escalated_village_to_town_settled_petition_
         async move { Ok(count(&t.case(&id).await?, MessageKind::DispositionNotice) == 1) }
     })
     .await?;
+    // The audit store saw the whole case, the hand-over from the village to the town included.
+    let recorded = audit_agrees(&stack, &petition, &id, "CLOSED").await?;
+    assert_eq!(recorded.iter().filter(|k| **k == MessageKind::Referral).count(), 2, "the referral and its hand-over: {recorded:?}");
+    assert!(recorded.contains(&MessageKind::Escalation) && recorded.contains(&MessageKind::SupervisionNotice));
     stack.stop().await
 }
 
@@ -389,6 +445,8 @@ async fn procuratorate_channel_settled_reviewed_non_prosecution_closed() -> anyh
     assert!(kinds(&at_centre).contains(&MessageKind::ReconciliationReview));
     close(&centre, &id, ClosureBasis::Disposed).await?;
     procuratorate.wait_for(&id, "CLOSED").await?;
+    let recorded = audit_agrees(&stack, &procuratorate, &id, "CLOSED").await?;
+    assert!(recorded.contains(&MessageKind::ReconciliationReview));
     stack.stop().await
 }
 

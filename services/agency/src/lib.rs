@@ -884,6 +884,43 @@ pub fn validate_referral(r: &Referral) -> Result<(), ApiError> {
     Ok(())
 }
 
+impl Agency {
+    /// Delivery evidence back to the sender for what `owner` durably took (not for evidence or
+    /// deadline notices themselves).
+    async fn evidence(&self, conn: &mut PgConnection, owner: &AgencyNode, env: &Envelope) -> Result<(), HandleError> {
+        let kind = env.kind();
+        if matches!(kind, MessageKind::DeliveryEvidence | MessageKind::DeadlineWarning | MessageKind::DeadlineBreached) {
+            return Ok(());
+        }
+        let sender = env.sender.as_ref().ok_or_else(|| HandleError::Rejected("no sender".into()))?;
+        let sender_kind = AgencyKind::try_from(sender.kind).unwrap_or_default();
+        let to = AgencyNode::new(sender_kind, &sender.code).map_err(|e| HandleError::Rejected(e.to_string()))?;
+        let header = Header {
+            case_id: Uuid::parse_str(&env.case_id).map_err(|e| HandleError::Rejected(e.to_string()))?,
+            case_code: env.case_code.clone(),
+            channel: env.channel(),
+            sender: AgencyNode::new(AgencyKind::Bus, &owner.code).map_err(|e| HandleError::Rejected(e.to_string()))?,
+            recipient: to,
+            causation_id: Uuid::parse_str(&env.message_id).ok(),
+        };
+        let now = Utc::now();
+        let mut evidence = envelope::build(
+            &header,
+            Payload::DeliveryEvidence(DeliveryEvidence {
+                evidence_type: EvidenceType::Delivered as i32,
+                message_id: env.message_id.clone(),
+                message_kind: kind as i32,
+                delivered_to: Some(AgencyRef::from(owner)),
+                consumer: format!("{owner}"),
+                delivered_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+                ..Default::default()
+            }),
+        );
+        outbox::stage(conn, &self.topology, &mut evidence).await.map_err(|e| HandleError::Transient(e.into()))?;
+        Ok(())
+    }
+}
+
 impl Handler for Agency {
     async fn handle(&self, conn: &mut PgConnection, msg: &Inbound) -> Result<(), HandleError> {
         let env = &msg.envelope;
@@ -997,6 +1034,13 @@ impl Handler for Agency {
                 let from_holder = speaker_kind.as_str() == row.holder_kind && speaker_code == row.holder_code;
                 // Deadline notices come from the audit store (sender kind `bus`, checked above).
                 let notice = matches!(payload, Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_));
+                // Evidence from a body that handed the case on (it took a message and passed it
+                // on) is a fact to record, with no effect on the case.
+                if !from_referrer && !from_holder && matches!(payload, Payload::DeliveryEvidence(_)) {
+                    let current = state_from(&row.state).map_err(|e| HandleError::Rejected(e.to_string()))?;
+                    insert_event(conn, &owner, env, "in", current).await.map_err(HandleError::Transient)?;
+                    return Ok(());
+                }
                 if !from_referrer && !from_holder && !notice {
                     return Err(HandleError::Rejected(format!(
                         "{} is neither the referrer nor the holder of case {case_id}",
@@ -1021,7 +1065,8 @@ impl Handler for Agency {
                         insert_event(conn, &owner, env, "in", current).await.map_err(HandleError::Transient)?;
                         outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
                         tracing::info!(case = %case_id, kind = %kind, to = %holder, "passed a referrer's message on to the current holder");
-                        return Ok(());
+                        // This body did take it: the referrer gets its evidence, then the holder's.
+                        return self.evidence(conn, &owner, env).await;
                     }
                     // A body that handed the case on only records what still reaches it (the new
                     // holder's evidence for the forwarded referral): its copy stays as it was
@@ -1065,35 +1110,7 @@ impl Handler for Agency {
             None => return Err(HandleError::Rejected("no payload".into())),
         };
         insert_event(conn, &owner, env, "in", state_after).await.map_err(HandleError::Transient)?;
-        // Delivery evidence back to the sender for what this service durably took (not for
-        // evidence or deadline notices themselves).
-        if !matches!(kind, MessageKind::DeliveryEvidence | MessageKind::DeadlineWarning | MessageKind::DeadlineBreached) {
-            let sender = env.sender.as_ref().ok_or_else(|| HandleError::Rejected("no sender".into()))?;
-            let to = AgencyNode::new(sender_kind, &sender.code).map_err(|e| HandleError::Rejected(e.to_string()))?;
-            let header = Header {
-                case_id,
-                case_code: env.case_code.clone(),
-                channel: env.channel(),
-                sender: AgencyNode::new(AgencyKind::Bus, &owner.code).map_err(|e| HandleError::Rejected(e.to_string()))?,
-                recipient: to,
-                causation_id: Uuid::parse_str(&env.message_id).ok(),
-            };
-            let now = Utc::now();
-            let mut evidence = envelope::build(
-                &header,
-                Payload::DeliveryEvidence(DeliveryEvidence {
-                    evidence_type: EvidenceType::Delivered as i32,
-                    message_id: env.message_id.clone(),
-                    message_kind: kind as i32,
-                    delivered_to: Some(AgencyRef::from(&owner)),
-                    consumer: format!("{owner}"),
-                    delivered_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
-                    ..Default::default()
-                }),
-            );
-            outbox::stage(conn, &self.topology, &mut evidence).await.map_err(|e| HandleError::Transient(e.into()))?;
-        }
-        Ok(())
+        self.evidence(conn, &owner, env).await
     }
 
     fn committed(&self, _msg: &Inbound) {
