@@ -80,10 +80,15 @@ impl AuditApi {
         let mut conn = self.pool.acquire().await.context("acquiring a connection")?;
         let payloads = crate::store::case_payloads(&mut conn, c.case_id).await?;
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
+        Ok(self.case_view_from(c, &refs))
+    }
+
+    /// The case with its deadline status computed from `refs` (its records' payloads).
+    fn case_view_from(&self, c: &CaseRow, refs: &[(DateTime<Utc>, &Payload)]) -> pb::AuditCase {
         let now = Utc::now();
         let policy = ClockPolicyKind::try_from(c.clock_policy).unwrap_or(ClockPolicyKind::Unspecified);
-        let limits = deadlines::deadlines(policy, &refs, &self.calendar, now);
-        Ok(pb::AuditCase {
+        let limits = deadlines::deadlines(policy, refs, &self.calendar, now);
+        pb::AuditCase {
             case_id: c.case_id.to_string(),
             case_code: c.case_code.clone(),
             channel: c.channel,
@@ -107,7 +112,7 @@ impl AuditApi {
                     overdue: d.is_overdue(now),
                 })
                 .collect(),
-        })
+        }
     }
 
     async fn find_case(&self, who: &AgencyNode, r: &pb::GetTimelineRequest) -> Result<CaseRow, ApiError> {
@@ -179,8 +184,12 @@ impl Audit for AuditApi {
         .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("reading the timeline")))?;
         let mut delivered: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut records = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
         for r in &rows {
             let env = Envelope::decode(r.envelope.as_slice()).map_err(|e| ApiError::Unexpected(e.into()))?;
+            if let Some(p) = &env.payload {
+                payloads.push((r.occurred_at, p.clone()));
+            }
             if let Some(Payload::DeliveryEvidence(ev)) = &env.payload {
                 delivered.entry(ev.message_id.clone()).or_insert(r.occurred_at);
             }
@@ -204,7 +213,8 @@ impl Audit for AuditApi {
         for rec in &mut records {
             rec.delivered_at = delivered.get(&rec.message_id).map(|t| ts(*t));
         }
-        let case = self.case_view(&case).await.map_err(ApiError::Unexpected)?;
+        let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
+        let case = self.case_view_from(&case, &refs);
         Ok(Response::new(pb::AuditTimeline { case: Some(case), records }))
     }
 

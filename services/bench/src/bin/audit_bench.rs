@@ -1,0 +1,350 @@
+//! `duijie-audit-bench`: fills an audit database with ≥ 10M generated log records (in SQL, over
+//! the 13 months up to now, one partition per month) and 1M cases with their projections, then
+//! measures through the real `Audit` gRPC service (mTLS, in process): case-timeline latency
+//! p50/p99 over random cases, and the time of a one-year statistics query. Targets: timeline
+//! p99 ≤ 10 ms, one-year statistics ≤ 1 s. The filled database is kept and reused by the next
+//! run with the same size (`--refill` to start over).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use duijie_common::CancellationToken;
+use duijie_common::amqp::AgencyNode;
+use duijie_common::certs::DevCa;
+use duijie_common::config::DatabaseConfig;
+use duijie_common::envelope::{self, Header};
+use duijie_proto::v1::audit_client::AuditClient;
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::*;
+use hdrhistogram::Histogram;
+use prost::Message as _;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(about = "Audit store at scale: case-timeline latency and one-year statistics over ≥ 10M log records")]
+struct Args {
+    /// Log records to generate.
+    #[arg(long, default_value_t = 10_000_000)]
+    records: i64,
+    /// Records per case (cases = records / this).
+    #[arg(long, default_value_t = 10)]
+    per_case: i64,
+    /// Timelines to fetch for the latency figures.
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    /// Runs of the one-year statistics query.
+    #[arg(long, default_value_t = 5)]
+    stats_runs: usize,
+    /// Drop and regenerate the data even if a database of this size exists.
+    #[arg(long)]
+    refill: bool,
+    /// Name of the benchmark database (created next to DUIJIE_DATABASE_URL's).
+    #[arg(long, default_value = "duijie_bench_audit")]
+    database: String,
+    #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie", hide_env_values = true)]
+    database_url: String,
+}
+
+fn node(kind: AgencyKind, code: &str) -> anyhow::Result<AgencyNode> {
+    AgencyNode::new(kind, code)
+}
+
+/// Encoded envelopes of typical size for the kinds a case goes through; the generated records
+/// reuse them (the benchmark reads records, it does not verify them).
+fn templates() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let header = Header {
+        case_id: Uuid::now_v7(),
+        case_code: "JF-431003-2026-000001".into(),
+        channel: Channel::Court,
+        sender: node(AgencyKind::Court, "431003")?,
+        recipient: node(AgencyKind::Mediation, "431003")?,
+        causation_id: Some(Uuid::now_v7()),
+    };
+    let party = |id: &str, name: &str| Party {
+        party_id: id.into(),
+        role: PartyRole::Plaintiff as i32,
+        name: name.into(),
+        identity: Some(IdentityDocument { document_type: IdDocumentType::ResidentIdCard as i32, number: "11010519491231002X".into() }),
+        contact: "13800000000".into(),
+        address: "湖南省郴州市北湖区人民路1号".into(),
+        ..Default::default()
+    };
+    let payloads = vec![
+        Payload::Referral(Referral {
+            legal_basis: "《民事诉讼法》第一百二十五条".into(),
+            parties: vec![party("p1", "张三"), party("p2", "李四")],
+            cause_of_action: "民间借贷纠纷".into(),
+            facts: "2024年3月被告向原告借款5万元，约定一年内归还，至今未还。原告多次催要未果，诉至法院。".into(),
+            claims: vec!["判令被告归还借款50000元".into(), "承担诉讼费用".into()],
+            amount: Some(Money { currency: "CNY".into(), minor_units: 5_000_000 }),
+            clock_policy: Some(ClockPolicy { kind: ClockPolicyKind::CourtOrdinary as i32, ..Default::default() }),
+            client_request_id: "court-431003-req-000001".into(),
+            ..Default::default()
+        }),
+        Payload::DeliveryEvidence(DeliveryEvidence {
+            evidence_type: EvidenceType::Delivered as i32,
+            message_id: Uuid::now_v7().to_string(),
+            message_kind: MessageKind::Referral as i32,
+            consumer: "mediation:431003".into(),
+            ..Default::default()
+        }),
+        Payload::Receipt(Receipt { signed_by: "王明".into(), signer_position: "收案员".into(), ..Default::default() }),
+        Payload::Accept(Accept { accepted_by: "王明".into(), local_reference: "北调受字〔2026〕123号".into(), ..Default::default() }),
+        Payload::Assignment(Assignment { mediator: Some(Mediator { mediator_id: "M-07".into(), name: "赵调解".into(), ..Default::default() }), ..Default::default() }),
+        Payload::Progress(Progress { summary: "已分别约谈双方当事人，初步了解争议焦点。".into(), sessions_held: 1, ..Default::default() }),
+        Payload::Outcome(Outcome {
+            kind: Some(outcome::Kind::Settled(outcome::Settled {
+                terms: vec!["被告于三十日内归还借款50000元".into(), "原告放弃利息请求".into()],
+                ..Default::default()
+            })),
+        }),
+        Payload::Performance(Performance { status: PerformanceStatus::Performed as i32, ..Default::default() }),
+        Payload::FollowUp(FollowUp { conducted_by: "赵调解".into(), summary: "双方对结果满意".into(), ..Default::default() }),
+        Payload::Closure(Closure { basis: ClosureBasis::Performed as i32, summary: "案结事了".into(), closed_by: "王明".into() }),
+    ];
+    Ok(payloads
+        .into_iter()
+        .map(|p| {
+            let env = envelope::build(&header, p);
+            (env.kind().routing_segment().to_owned(), env.encode_to_vec())
+        })
+        .collect())
+}
+
+/// Consecutive stretches of the log, each with its own set of cases.
+const BLOCKS: i64 = 10;
+
+async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> {
+    let cases = records / per_case;
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET synchronous_commit = off; SET maintenance_work_mem = '512MB'; SET work_mem = '256MB'").execute(&mut *conn).await?;
+    // Partitions for the 13 months up to now (the service creates the coming ones).
+    sqlx::raw_sql(
+        "DO $$ DECLARE m date := date_trunc('month', now() AT TIME ZONE 'UTC')::date; BEGIN
+           FOR i IN -13..0 LOOP
+             EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF audit_log FOR VALUES FROM (%L) TO (%L)',
+               'audit_log_' || to_char(m + make_interval(months => i), 'YYYY_MM'),
+               (m + make_interval(months => i))::timestamp AT TIME ZONE 'UTC',
+               (m + make_interval(months => i + 1))::timestamp AT TIME ZONE 'UTC');
+           END LOOP; END $$",
+    )
+    .execute(&mut *conn)
+    .await
+    .context("creating partitions")?;
+    sqlx::raw_sql("CREATE TEMP TABLE bench_templates (i int PRIMARY KEY, kind text, env bytea)").execute(&mut *conn).await?;
+    let t = templates()?;
+    let n_templates = i32::try_from(t.len())?;
+    for (i, (kind, env)) in t.iter().enumerate() {
+        sqlx::query("INSERT INTO bench_templates VALUES ($1, $2, $3)").bind(i32::try_from(i)?).bind(kind).bind(env).execute(&mut *conn).await?;
+    }
+    // The log spans 395 days ending now, in `BLOCKS` consecutive blocks of `w` cases each; a
+    // case's records are spread over its block (about 40 days, so a timeline touches two or
+    // three monthly partitions): record g is in block b = (g-1) / (w·per_case), belongs to case
+    // b·w + (g-1) % w and is that case's ((g-1) % (w·per_case)) / w + 1-th record.
+    let w = cases / BLOCKS;
+    let chunk = 1_000_000;
+    let started = Instant::now();
+    let mut from = 1;
+    while from <= records {
+        let to = (from + chunk - 1).min(records);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
+                                    occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash)
+             SELECT g, ts, md5('case' || c)::uuid, k::int, md5('msg' || g)::uuid, t.kind, 1 + (c % 4)::int,
+                    'court:4310' || lpad((c % 20)::text, 2, '0'), 'mediation:4310' || lpad((c % 20)::text, 2, '0'),
+                    ts, NULL, md5(g::text), 'IN_MEDIATION', t.env, ''::bytea, sha256(int8send(g))
+             FROM generate_series($1::bigint, $2::bigint) g,
+                  LATERAL (SELECT ((g - 1) / ($3 * $6)) * $3 + (g - 1) % $3 AS c,
+                                  ((g - 1) % ($3 * $6)) / $3 + 1 AS k,
+                                  now() - interval '395 days' + (g::float8 / $4) * interval '395 days' AS ts) x,
+                  bench_templates t
+             WHERE t.i = (k - 1) % $5",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(w)
+        .bind(records as f64)
+        .bind(n_templates)
+        .bind(per_case)
+        .execute(&mut *conn)
+        .await
+        .context("generating log records")?;
+        eprintln!("  {to:>11} records ({:.0?})", started.elapsed());
+        from = to + 1;
+    }
+    sqlx::query("UPDATE audit_head SET last_seq = $1 WHERE id = 1").bind(records).execute(&mut *conn).await?;
+    // One projection row per case: received with its first record; most signed for and
+    // accepted, 70 % with an outcome (60 % of them settled), 60 % closed.
+    sqlx::query(
+        "INSERT INTO audit_cases (case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state,
+                                  state_since, clock_policy, received_at, signed_at, accepted_at, rejected_at, outcome, outcome_at,
+                                  confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash)
+         SELECT md5('case' || c)::uuid, 'JF-' || c, 1 + (c % 4)::int,
+                (ARRAY['court','police','petition','procuratorate'])[1 + c % 4], '4310' || lpad((c % 20)::text, 2, '0'),
+                'mediation', '4310' || lpad((c % 20)::text, 2, '0'),
+                CASE WHEN c % 10 < 6 THEN 'CLOSED' ELSE 'IN_MEDIATION' END, r + interval '1 day', 1, r,
+                CASE WHEN c % 10 < 9 THEN r + interval '1 day' END,
+                CASE WHEN c % 20 < 17 THEN r + interval '2 days' END,
+                CASE WHEN c % 20 = 17 THEN r + interval '2 days' END,
+                CASE WHEN c % 10 < 7 THEN (CASE WHEN c % 10 < 4 THEN 'settled' ELSE 'failed' END) END,
+                CASE WHEN c % 10 < 7 THEN r + (10 + c % 30) * interval '1 day' END,
+                CASE WHEN c % 10 = 0 THEN r + interval '12 days' END,
+                CASE WHEN c % 20 = 0 THEN r + interval '20 days' END,
+                CASE WHEN c % 10 < 6 THEN r + (30 + c % 30) * interval '1 day' END,
+                $2::int, ''::bytea
+         FROM generate_series(0, $1 - 1) c,
+              -- the time of the case's first record (see the log above)
+              LATERAL (SELECT now() - interval '395 days'
+                              + (((c / $4) * $4 * $5 + c % $4 + 1)::float8 / $3) * interval '395 days' AS r) x",
+    )
+    .bind(cases)
+    .bind(i32::try_from(per_case)?)
+    .bind(records as f64)
+    .bind(w)
+    .bind(per_case)
+    .execute(&mut *conn)
+    .await
+    .context("generating cases")?;
+    sqlx::query(
+        "INSERT INTO audit_deadlines (case_id, time_limit, started_at, due_at, met_at)
+         SELECT case_id, 1, signed_at, signed_at + interval '15 days', outcome_at FROM audit_cases WHERE signed_at IS NOT NULL",
+    )
+    .execute(&mut *conn)
+    .await
+    .context("generating deadlines")?;
+    for table in ["audit_log", "audit_cases", "audit_deadlines"] {
+        // One statement each: VACUUM refuses to run inside the implicit block of a multi-statement string.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}"))).execute(&mut *conn).await?;
+    }
+    eprintln!("  filled in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.per_case > 0 && args.records % (args.per_case * BLOCKS) == 0,
+        "--records must be a multiple of {BLOCKS} × --per-case"
+    );
+    let admin = DatabaseConfig::from_url(&args.database_url)?;
+    let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)").bind(&args.database).fetch_one(&mut conn).await?;
+    let cfg = DatabaseConfig { database: args.database.clone(), max_connections: 8, ..admin.clone() };
+    let mut reuse = false;
+    if exists && !args.refill {
+        let pool = duijie_common::db::pool(&cfg);
+        let head: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM audit_head WHERE id = 1").fetch_optional(&pool).await.ok().flatten();
+        reuse = head == Some(args.records);
+        pool.close().await;
+    }
+    if !reuse {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, args.database))).execute(&mut conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{}""#, args.database))).execute(&mut conn).await?;
+    }
+    let _ = conn.close().await;
+    let pool = duijie_common::db::pool(&cfg);
+    duijie_audit::migrator().run(&pool).await.context("migrating")?;
+    if reuse {
+        eprintln!("reusing {} with {} records (--refill to regenerate)", args.database, args.records);
+    } else {
+        eprintln!("filling {} with {} records, {} cases", args.database, args.records, args.records / args.per_case);
+        fill(&pool, args.records, args.per_case).await?;
+    }
+    let size: String = sqlx::query_scalar("SELECT pg_size_pretty(pg_database_size(current_database()))").fetch_one(&pool).await?;
+    let partitions: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit_log'")
+        .fetch_one(&pool)
+        .await?;
+
+    // The real Audit service over mTLS, in this process.
+    let ca = DevCa::generate("bench CA")?;
+    let server_tls = ca.agency(&node(AgencyKind::Court, "bench")?)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let routes = tonic::service::Routes::new(duijie_audit::api::AuditApi::server(pool.clone()));
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        duijie_common::server::serve("audit", listener, routes, &server_tls, token, Duration::from_secs(5)).await
+    });
+    let supervisor = ca.agency(&node(AgencyKind::Supervisor, "4310")?)?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost")
+        .identity(tonic::transport::Identity::from_pem(&supervisor.cert, &supervisor.key));
+    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+    let mut client = AuditClient::new(channel);
+
+    // Case timelines of random cases (a warm-up pass first, as a running service would be).
+    let cases = args.records / args.per_case;
+    let pick = |i: usize| -> i64 { (i as i64).wrapping_mul(2_654_435_761).rem_euclid(cases) };
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT md5('case' || c)::uuid FROM unnest($1::bigint[]) c")
+        .bind((0..args.samples).map(pick).collect::<Vec<_>>())
+        .fetch_all(&pool)
+        .await?;
+    for id in ids.iter().take(200) {
+        client.get_timeline(GetTimelineRequest { case_id: id.to_string(), ..Default::default() }).await?;
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut records_seen = 0;
+    for id in &ids {
+        let t = Instant::now();
+        let tl = client.get_timeline(GetTimelineRequest { case_id: id.to_string(), ..Default::default() }).await?.into_inner();
+        hist.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+        records_seen += tl.records.len();
+    }
+
+    // One-year statistics for the whole region.
+    let now = chrono::Utc::now();
+    let year = StatisticsRequest {
+        from: Some(prost_types::Timestamp { seconds: (now - chrono::Duration::days(365)).timestamp(), nanos: 0 }),
+        to: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+        region: "4310".into(),
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    let mut figures = Statistics::default();
+    for _ in 0..args.stats_runs.max(1) {
+        let t = Instant::now();
+        figures = client.get_statistics(year.clone()).await?.into_inner();
+        runs.push(t.elapsed());
+    }
+    let mut sorted = runs.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!("audit store benchmark (database {}, {size}, {partitions} partitions)", args.database);
+    println!("  log records            {:>12}", args.records);
+    println!("  cases                  {:>12}", cases);
+    println!(
+        "  case timeline (gRPC)   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  over {} cases, {:.1} records each   (target p99 <= 10 ms)",
+        ms(hist.value_at_quantile(0.50)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.max()),
+        ids.len(),
+        records_seen as f64 / ids.len().max(1) as f64
+    );
+    println!(
+        "  one-year statistics    median {:.0} ms  runs {:?}   (target <= 1000 ms)",
+        median.as_secs_f64() * 1000.0,
+        runs.iter().map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)).collect::<Vec<_>>()
+    );
+    println!(
+        "    received {} mediated {} settled {} mediation rate {:.3} success rate {:.3} closed {} overdue {} median days {:.1} p90 {:.1}",
+        figures.received,
+        figures.mediated,
+        figures.settled,
+        figures.mediation_rate,
+        figures.success_rate,
+        figures.closed,
+        figures.overdue,
+        figures.median_days_to_closure,
+        figures.p90_days_to_closure
+    );
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(())
+}
