@@ -2,6 +2,7 @@
 # Benchmark: raw RabbitMQ ceiling vs the duijie bus (outbox -> relay -> inbox), and bus latency
 # at 1,000 msg/s offered. Builds in release mode; prints the figures. Extra arguments go to
 # duijie-bench (see --help), e.g. scripts/bench.sh --messages 20000.
+# `scripts/bench.sh --audit` runs the audit store benchmark instead (10M log records).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -10,4 +11,9 @@ cd "$ROOT_DIR"
 # shellcheck source=/dev/null
 . "$ROOT_DIR/target/duijie-env.sh"
 cargo build --quiet --release -p duijie-bench
+# scripts/bench.sh --audit [args]: the audit store at 10M records (see duijie-audit-bench --help).
+if [ "${1:-}" = --audit ]; then
+	shift
+	exec "$ROOT_DIR/target/release/duijie-audit-bench" "$@"
+fi
 exec "$ROOT_DIR/target/release/duijie-bench" "$@"

@@ -17,7 +17,8 @@ cd "$ROOT_DIR"
 
 redact_url() { sed -E 's#//([^:/]+):[^@]+@#//\1:***@#' <<<"$1"; }
 
-SERVICES=(court procuratorate police petition mediation)
+# The audit service first: agency services take new referrals only while it records.
+SERVICES=(audit court procuratorate police petition mediation)
 RUN_DIR="$ROOT_DIR/target/run"
 mkdir -p "$RUN_DIR"
 
@@ -51,20 +52,21 @@ fi
 DEMO_NODES=(court:431003 procuratorate:431003 police:431003-01 petition:431003
 	mediation:431003 mediation:431003-102 mediation:431003-102-05)
 
-log "building the bus tools and the five services"
-cargo build --quiet -p duijie-busctl -p duijie-court -p duijie-procuratorate -p duijie-police -p duijie-petition -p duijie-mediation
+log "building the bus tools, the audit service and the five agency services"
+cargo build --quiet -p duijie-busctl -p duijie-audit -p duijie-court -p duijie-procuratorate -p duijie-police -p duijie-petition -p duijie-mediation
 BUS="$ROOT_DIR/target/debug/duijie-bus"
 
 "$BUS" migrate --database-url "$DUIJIE_DATABASE_URL" >&2
 "$BUS" declare "${DEMO_NODES[@]}" >&2
 # Development CA, one mTLS certificate per demo agency (subject CN <kind>:<code>) and a server
 # certificate per service. A CA from before the services had certificates is replaced.
-if [ -f "$ROOT_DIR/target/pki/ca.pem" ] && [ ! -f "$ROOT_DIR/target/pki/service-mediation.pem" ]; then
+if [ -f "$ROOT_DIR/target/pki/ca.pem" ] && [ ! -f "$ROOT_DIR/target/pki/service-audit.pem" ]; then
 	rm -rf "$ROOT_DIR/target/pki"
 fi
 SERVICE_ARGS=()
 for svc in "${SERVICES[@]}"; do SERVICE_ARGS+=(--service "$svc"); done
-"$BUS" certs --dir "$ROOT_DIR/target/pki" "${SERVICE_ARGS[@]}" "${DEMO_NODES[@]}" >&2
+# The district's supervisor (综治中心) reads the audit store's statistics and all its cases.
+"$BUS" certs --dir "$ROOT_DIR/target/pki" "${SERVICE_ARGS[@]}" "${DEMO_NODES[@]}" supervisor:431003 >&2
 
 stop_services
 # Secrets reach the services through the environment, never through the config files.
@@ -88,7 +90,7 @@ for svc in "${SERVICES[@]}"; do
 		die "duijie-$svc did not start; log: $RUN_DIR/$svc.log"
 	fi
 done
-log "all five services are up"
+log "the audit service and the five agency services are up"
 
 cat <<INFO
 
@@ -100,6 +102,7 @@ duijie bus is up.
   mTLS        development CA and agency certificates in target/pki (CN <kind>:<code>)
 
 Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
+  audit          127.0.0.1:$(port_of audit)   the audit store (log of every handoff)    Audit
   court          127.0.0.1:$(port_of court)   court:431003                      Cases, Referrals, Court
   procuratorate  127.0.0.1:$(port_of procuratorate)   procuratorate:431003              Cases, Referrals, Procuratorate
   police         127.0.0.1:$(port_of police)   police:431003-01                  Cases, Referrals, Police
@@ -110,6 +113,11 @@ Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
     grpcurl -cacert target/pki/ca.pem -cert target/pki/court-431003.pem -key target/pki/court-431003-key.pem
             127.0.0.1:$(port_of court) duijie.v1.Cases/ListCases          (one command line)
   Logs: target/run/<service>.log   Stop: scripts/run.sh stop
+
+Audit store from the command line (as the district supervisor, supervisor:431003):
+  target/debug/duijie-bus audit timeline <case id or code>
+  target/debug/duijie-bus audit stats --from 2026-01-01 --to 2027-01-01 --region 431003
+  target/debug/duijie-bus audit open | overdue | verify
 
 Queue depths now:
 INFO

@@ -34,5 +34,8 @@ cargo nextest run --workspace --profile ci "$@"
 if [ "$#" -eq 0 ]; then
 	log "smoke: scripts/run.sh brings the five services up"
 	"$SCRIPT_DIR/run.sh" >/dev/null
+	# The README's audit commands answer against the running stack.
+	target/debug/duijie-bus audit verify >/dev/null
+	target/debug/duijie-bus audit stats --from 2026-01-01 --to 2027-01-01 --region 431003 >/dev/null
 	"$SCRIPT_DIR/run.sh" stop
 fi

@@ -330,6 +330,15 @@ impl AuditStore {
             .await
             .context("storing a deadline")?;
         }
+        sqlx::query(
+            "UPDATE audit_cases SET overdue_since = (SELECT min(due_at) FROM audit_deadlines
+                 WHERE case_id = $1 AND (met_at IS NULL OR met_at > due_at))
+             WHERE case_id = $1",
+        )
+        .bind(case_id)
+        .execute(&mut *conn)
+        .await
+        .context("noting when the case went overdue")?;
         Ok(())
     }
 }

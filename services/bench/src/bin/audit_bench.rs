@@ -214,6 +214,13 @@ async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> 
     .execute(&mut *conn)
     .await
     .context("generating deadlines")?;
+    sqlx::query(
+        "UPDATE audit_cases c SET overdue_since = d.due_at FROM audit_deadlines d
+         WHERE d.case_id = c.case_id AND (d.met_at IS NULL OR d.met_at > d.due_at)",
+    )
+    .execute(&mut *conn)
+    .await
+    .context("noting overdue cases")?;
     for table in ["audit_log", "audit_cases", "audit_deadlines"] {
         // One statement each: VACUUM refuses to run inside the implicit block of a multi-statement string.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}"))).execute(&mut *conn).await?;
@@ -253,6 +260,8 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("filling {} with {} records, {} cases", args.database, args.records, args.records / args.per_case);
         fill(&pool, args.records, args.per_case).await?;
     }
+    // As autovacuum would have by now (index-only scans need the visibility map).
+    sqlx::raw_sql("VACUUM ANALYZE audit_cases").execute(&pool).await?;
     let size: String = sqlx::query_scalar("SELECT pg_size_pretty(pg_database_size(current_database()))").fetch_one(&pool).await?;
     let partitions: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit_log'")
         .fetch_one(&pool)
