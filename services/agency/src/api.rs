@@ -46,7 +46,8 @@ pub fn case_view(v: &CaseView) -> pb::CaseView {
     }
 }
 
-fn deadline(d: &DeadlineStatus, now: DateTime<Utc>) -> pb::DeadlineView {
+/// The proto form of one legal time limit's status as of `now`.
+pub fn deadline(d: &DeadlineStatus, now: DateTime<Utc>) -> pb::DeadlineView {
     pb::DeadlineView {
         limit: d.limit as i32,
         legal_basis: d.legal_basis.to_owned(),

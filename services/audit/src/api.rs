@@ -99,19 +99,7 @@ impl AuditApi {
             received_at: Some(ts(c.received_at)),
             closed_at: c.closed_at.map(ts),
             overdue: limits.iter().any(|d| d.is_overdue(now)),
-            deadlines: limits
-                .iter()
-                .map(|d| pb::DeadlineView {
-                    limit: d.limit as i32,
-                    legal_basis: d.legal_basis.to_owned(),
-                    started_at: Some(ts(d.started_at)),
-                    due_at: Some(ts(d.due_at)),
-                    met_at: d.met_at.map(ts),
-                    extended_days: d.extended_days,
-                    working_days: d.working_days,
-                    overdue: d.is_overdue(now),
-                })
-                .collect(),
+            deadlines: limits.iter().map(|d| duijie_agency::api::deadline(d, now)).collect(),
         }
     }
 
