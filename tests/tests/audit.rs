@@ -468,5 +468,29 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
     assert!(missing.is_empty(), "messages the court saw but the audit store did not: {missing:?}");
     let verified = audit.verify(VerifyRequest::default()).await?.into_inner();
     assert!(verified.ok, "{verified:?}");
+    // The live figures, through the API: today's referrals and receipts, and who may read them.
+    let today = StatisticsRequest {
+        from: Some(prost_types::Timestamp { seconds: Utc::now().timestamp() - 86_400, nanos: 0 }),
+        to: Some(prost_types::Timestamp { seconds: Utc::now().timestamp() + 60, nanos: 0 }),
+        ..Default::default()
+    };
+    let figures = audit.get_statistics(today.clone()).await?.into_inner();
+    assert_eq!((figures.received, figures.received_court, figures.signed_for), (11, 11, 10), "{figures:?}");
+    let direct = stats::statistics(&pool, &stats::Selection {
+        from: Utc::now() - chrono::Duration::days(1),
+        to: Utc::now() + chrono::Duration::minutes(1),
+        region: "431003".into(),
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!((direct.received as u64, direct.signed_for as u64), (figures.received, figures.signed_for), "one definition, one answer");
+    let as_court = stack.auditor(&stack::court()).await?.get_statistics(today.clone()).await?.into_inner();
+    assert_eq!(as_court.received, 11, "the court's own figures");
+    let elsewhere = stack
+        .auditor(&node(AgencyKind::Supervisor, "431004"))
+        .await?
+        .get_statistics(StatisticsRequest { region: "431003".into(), ..today })
+        .await;
+    assert_eq!(elsewhere.map(|_| ()).map_err(|s| s.code()), Err(Code::PermissionDenied));
     stack.stop().await
 }
