@@ -262,6 +262,14 @@ impl AuditStore {
                 }
                 let clock = match payload {
                     Payload::Referral(r) => r.clock_policy.as_ref().map_or(c.clock_policy, |p| p.kind),
+                    // An amendment may re-time the case (e.g. ordinary → simplified procedure).
+                    Payload::Amendment(a) if step.is_some() => a
+                        .revised
+                        .as_ref()
+                        .and_then(|r| r.clock_policy.as_ref())
+                        .map(|p| p.kind)
+                        .filter(|k| *k != 0)
+                        .unwrap_or(c.clock_policy),
                     _ => c.clock_policy,
                 };
                 sets.push(format!("clock_policy = {clock}"));
@@ -279,18 +287,42 @@ impl AuditStore {
                     .await?;
             }
         }
-        for a in [sender, recipient].into_iter().flatten() {
-            if matches!(AgencyKind::try_from(a.kind), Ok(AgencyKind::Bus) | Ok(AgencyKind::Unspecified) | Err(_)) {
-                continue;
-            }
-            sqlx::query("INSERT INTO audit_participants (case_id, kind, code) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(case_id)
-                .bind(kind_of(Some(a)))
-                .bind(&a.code)
-                .execute(&mut *conn)
-                .await?;
+        let parties: Vec<&AgencyRef> = [sender, recipient]
+            .into_iter()
+            .flatten()
+            .filter(|a| !matches!(AgencyKind::try_from(a.kind), Ok(AgencyKind::Bus) | Ok(AgencyKind::Unspecified) | Err(_)))
+            .collect();
+        if !parties.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit_participants (case_id, kind, code)
+                 SELECT $1, k, c FROM unnest($2::text[], $3::text[]) AS p(k, c) ON CONFLICT DO NOTHING",
+            )
+            .bind(case_id)
+            .bind(parties.iter().map(|a| kind_of(Some(a))).collect::<Vec<_>>())
+            .bind(parties.iter().map(|a| a.code.clone()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
-        self.refresh_deadlines(conn, case_id).await.map_err(HandleError::Transient)
+        // Only the messages that start, meet, extend or re-time a limit change the deadlines
+        // (evidence, about half of all traffic, never does).
+        let timing = match payload {
+            Payload::Referral(_)
+            | Payload::Amendment(_)
+            | Payload::Receipt(_)
+            | Payload::Accept(_)
+            | Payload::Reject(_)
+            | Payload::Redirect(_)
+            | Payload::Outcome(_)
+            | Payload::ConfirmationRequest(_)
+            | Payload::ConfirmationDecision(_)
+            | Payload::ExtensionRequest(_) => true,
+            Payload::DeliveryEvidence(ev) => ev.message_kind() == MessageKind::Referral && step.is_some(),
+            _ => false,
+        };
+        if timing {
+            self.refresh_deadlines(conn, case_id).await.map_err(HandleError::Transient)?;
+        }
+        Ok(())
     }
 
     /// Recomputes the case's legal time limits from its records (keeping which notices went out).

@@ -25,6 +25,11 @@ use uuid::Uuid;
 #[derive(Parser, Debug)]
 #[command(about = "Audit store at scale: case-timeline latency and one-year statistics over ≥ 10M log records")]
 struct Args {
+    /// Instead: measure the append rate (envelopes per second the audit store records, in
+    /// transactions of 128 as its consumer commits them) with this many envelopes, on a fresh
+    /// database `<database>_append`.
+    #[arg(long)]
+    append: Option<usize>,
     /// Log records to generate.
     #[arg(long, default_value_t = 10_000_000)]
     records: i64,
@@ -232,6 +237,9 @@ async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.append {
+        return append_rate(&args, n).await;
+    }
     anyhow::ensure!(
         args.per_case > 0 && args.records % (args.per_case * BLOCKS) == 0,
         "--records must be a multiple of {BLOCKS} × --per-case"
@@ -355,5 +363,49 @@ async fn main() -> anyhow::Result<()> {
     );
     shutdown.cancel();
     let _ = server.await;
+    Ok(())
+}
+
+/// Appends `n` envelopes (cases of ten messages, interleaved as on the bus) through
+/// `AuditStore::append`, 128 per transaction, and prints the rate.
+async fn append_rate(args: &Args, n: usize) -> anyhow::Result<()> {
+    let admin = DatabaseConfig::from_url(&args.database_url)?;
+    let name = format!("{}_append", args.database);
+    let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut conn).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut conn).await?;
+    let pool = duijie_common::db::pool(&DatabaseConfig { database: name.clone(), max_connections: 4, ..admin });
+    duijie_audit::migrator().run(&pool).await.context("migrating")?;
+    let kinds = templates()?;
+    let cases: Vec<Uuid> = (0..n.div_ceil(10).max(1)).map(|_| Uuid::now_v7()).collect();
+    let (court, centre) = (node(AgencyKind::Court, "431003")?, node(AgencyKind::Mediation, "431003")?);
+    // Message i is the (i / cases)-th message of case i % cases, so every case's messages are
+    // spread over the run, as concurrent cases are on the bus.
+    let envs: Vec<Envelope> = (0..n)
+        .map(|i| {
+            let case = cases[i % cases.len()];
+            let k = (i / cases.len()) % kinds.len();
+            let mut env = Envelope::decode(kinds[k].1.as_slice())?;
+            let referrer_speaks = k == 0;
+            env.message_id = Uuid::now_v7().to_string();
+            env.case_id = case.to_string();
+            env.sender = Some(AgencyRef::from(if referrer_speaks { &court } else { &centre }));
+            env.recipient = Some(AgencyRef::from(if referrer_speaks { &centre } else { &court }));
+            anyhow::Ok(env)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let store = duijie_audit::store::AuditStore::default();
+    let started = Instant::now();
+    for chunk in envs.chunks(128) {
+        let mut tx = pool.begin().await?;
+        for env in chunk {
+            store.append(&mut tx, env).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        tx.commit().await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("audit append rate: {n} envelopes in {secs:.1} s = {:.0} envelopes/s ({:.2} ms each), {} cases", n as f64 / secs, secs * 1000.0 / n as f64, cases.len());
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut conn).await?;
     Ok(())
 }
