@@ -268,6 +268,57 @@ async fn tampering_is_detected_and_changes_are_refused() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_months_and_the_chain_continues_from_the_checkpoint() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let pool = audit_db(&mut bus).await?;
+    let stories = march();
+    // Half of the workload recorded in January 2025 (its own partition), the rest now.
+    sqlx::raw_sql(
+        "CREATE TABLE audit_log_2025_01 PARTITION OF audit_log
+           FOR VALUES FROM ('2025-01-01 00:00:00+00') TO ('2025-02-01 00:00:00+00')",
+    )
+    .execute(&pool)
+    .await?;
+    let old = AuditStore::recording_at(Utc.with_ymd_and_hms(2025, 1, 15, 8, 0, 0).single().unwrap_or_default());
+    let (first, second) = stories.split_at(4);
+    for env in first.iter().flat_map(|s| &s.envs) {
+        let mut tx = pool.begin().await?;
+        old.append(&mut tx, env).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        tx.commit().await?;
+    }
+    // A case with records on both sides of the cut: its chain must resume after the drop.
+    let mut late = Story::new("JF-LATE", stack::court(), stack::centre(), ClockPolicyKind::CourtOrdinary, day(3, 1));
+    let mut tx = pool.begin().await?;
+    old.append(&mut tx, &late.envs[0]).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await?;
+    let dropped_records: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&pool).await?;
+    append_all(&pool, &second.iter().collect::<Vec<_>>()).await?;
+    late.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), day(3, 2));
+    append_all(&pool, &[&Story { envs: late.envs[1..].to_vec(), ..late }]).await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&pool).await?;
+    assert!(verify::verify_log(&pool).await?.ok());
+
+    // Keeping 180 days (the legal minimum) drops January 2025 only.
+    duijie_audit::service::maintain_partitions(&pool, 180).await?;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&pool).await?;
+    assert_eq!(left, total - dropped_records, "January 2025 is gone");
+    let checkpoint: (i64, String) = sqlx::query_as("SELECT seq, dropped FROM audit_checkpoints").fetch_one(&pool).await?;
+    assert_eq!(checkpoint.1, "audit_log_2025_01");
+    let report = verify::verify_log(&pool).await?;
+    assert!(report.ok(), "the chain continues from the checkpoint: {report:?}");
+    assert_eq!(report.records_checked, u64::try_from(left)?);
+    // And a record deleted after the drop is still found.
+    let mut tx = pool.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute(sqlx::AssertSqlSafe(format!("DELETE FROM audit_log WHERE seq = {}", checkpoint.0 + 3))).await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    let broken = verify::verify_log(&pool).await?;
+    assert_eq!(broken.broken.map(|(s, _)| s), Some(checkpoint.0 + 4));
+    bus.cleanup(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_envelope_is_stored_once() -> anyhow::Result<()> {
     let mut bus = TestBus::new().await?;
     let pool = audit_db(&mut bus).await?;

@@ -60,11 +60,21 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 #[derive(Clone)]
 pub struct AuditStore {
     calendar: WorkCalendar,
+    /// When a record is recorded: the wall clock, or a fixed time to replay a history.
+    recorded_at: Option<DateTime<Utc>>,
 }
 
 impl Default for AuditStore {
     fn default() -> Self {
-        Self { calendar: WorkCalendar::bundled() }
+        Self { calendar: WorkCalendar::bundled(), recorded_at: None }
+    }
+}
+
+impl AuditStore {
+    /// A store that records at `at` instead of now: for replaying a log (and testing retention);
+    /// the service always records at the wall clock.
+    pub fn recording_at(at: DateTime<Utc>) -> Self {
+        Self { recorded_at: Some(at), ..Self::default() }
     }
 }
 
@@ -99,7 +109,7 @@ impl AuditStore {
         .await?;
         let payload = env.payload.as_ref().ok_or_else(|| HandleError::Rejected("no payload".into()))?;
         let occurred = ts(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(Utc::now()));
-        let recorded = micros(Utc::now());
+        let recorded = micros(self.recorded_at.unwrap_or_else(Utc::now));
         let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
 
         // Where the case stands after this message (the same machine the agencies run; a
