@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use duijie_common::amqp::AgencyNode;
+use duijie_common::envelope::timestamp as ts;
 use duijie_common::server::{ApiError, caller};
 use duijie_domain::deadlines::DeadlineStatus;
 use duijie_domain::lifecycle::CaseState;
@@ -18,10 +19,6 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{Agency, CaseSummary, CaseView, ListFilter, TimelineItem};
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
-}
 
 /// The proto form of a case view.
 pub fn case_view(v: &CaseView) -> pb::CaseView {

@@ -740,11 +740,7 @@ fn agency_str(a: Option<&AgencyRef>) -> String {
 }
 
 async fn insert_event(tx: &mut PgConnection, owner: &AgencyNode, env: &Envelope, direction: &str, state_after: CaseState) -> anyhow::Result<()> {
-    let occurred = env
-        .occurred_at
-        .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .unwrap_or_else(Utc::now);
+    let occurred = envelope::from_timestamp(env.occurred_at.as_ref()).unwrap_or_else(Utc::now);
     sqlx::query(
         "INSERT INTO case_events (owner_kind, owner_code, case_id, message_id, direction, kind, sender, recipient,
                                   occurred_at, state_after, envelope)

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use duijie_common::amqp::AgencyNode;
+use duijie_common::envelope::{from_timestamp, timestamp as ts};
 use duijie_common::server::{ApiError, caller};
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
@@ -33,13 +34,8 @@ impl AuditApi {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
-}
-
 fn from_ts(t: Option<&prost_types::Timestamp>, field: &str) -> Result<DateTime<Utc>, ApiError> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .ok_or_else(|| ApiError::invalid(field, "is required"))
+    from_timestamp(t).ok_or_else(|| ApiError::invalid(field, "is required"))
 }
 
 fn agency_ref(kind: &str, code: &str) -> AgencyRef {

@@ -47,10 +47,6 @@ pub fn agency_str(a: Option<&AgencyRef>) -> String {
         .unwrap_or_default()
 }
 
-fn ts(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-}
-
 /// Microsecond precision, as PostgreSQL stores it (the hash must see what the table holds).
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
@@ -108,7 +104,7 @@ impl AuditStore {
         .fetch_optional(&mut *conn)
         .await?;
         let payload = env.payload.as_ref().ok_or_else(|| HandleError::Rejected("no payload".into()))?;
-        let occurred = ts(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(Utc::now()));
+        let occurred = duijie_common::envelope::from_timestamp(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(Utc::now()));
         let recorded = micros(self.recorded_at.unwrap_or_else(Utc::now));
         let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
 

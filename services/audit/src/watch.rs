@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use duijie_common::amqp::{AgencyNode, Topology};
-use duijie_common::envelope::{self, Header};
+use duijie_common::envelope::{self, Header, timestamp as ts};
 use duijie_common::outbox::{self, RelayWaker};
 use duijie_common::CancellationToken;
 use duijie_proto::v1::envelope::Payload;
@@ -36,10 +36,6 @@ struct Due {
 
 fn duration(d: chrono::Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.num_seconds().max(0), nanos: 0 }
-}
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 }
 }
 
 /// One pass: stages the notices now due; returns how many envelopes it staged.

@@ -27,10 +27,19 @@ impl From<&AgencyNode> for AgencyRef {
     }
 }
 
+/// `t` as a protobuf timestamp (nanosecond precision).
+pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+/// A protobuf timestamp as a time; `None` if absent or out of range.
+pub fn from_timestamp(t: Option<&prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+}
+
 /// A new envelope with a fresh message id (UUIDv7, so ids sort by creation), the payload's kind,
 /// and `occurred_at` now. The trace context is filled in when the envelope is staged.
 pub fn build(header: &Header, payload: Payload) -> Envelope {
-    let now = chrono::Utc::now();
     Envelope {
         message_id: Uuid::now_v7().to_string(),
         case_id: header.case_id.to_string(),
@@ -39,10 +48,7 @@ pub fn build(header: &Header, payload: Payload) -> Envelope {
         sender: Some((&header.sender).into()),
         recipient: Some((&header.recipient).into()),
         kind: payload.kind() as i32,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: now.timestamp(),
-            nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
+        occurred_at: Some(timestamp(chrono::Utc::now())),
         causation_id: header.causation_id.map(|u| u.to_string()).unwrap_or_default(),
         schema_version: SCHEMA_VERSION,
         trace: None,
