@@ -213,14 +213,6 @@ impl Agency {
         self.gate.as_ref().is_none_or(|g| g.check().is_ok())
     }
 
-    /// The agency nodes this service acts for.
-    pub fn nodes(&self) -> Vec<AgencyNode> {
-        self.nodes
-            .iter()
-            .filter_map(|(k, c)| AgencyKind::try_from(*k).ok().and_then(|k| AgencyNode::new(k, c).ok()))
-            .collect()
-    }
-
     fn check_known(&self, node: &AgencyNode, field: &str) -> Result<(), ApiError> {
         match &self.directory {
             Some(d) if !d.contains(&(node.kind as i32, node.code.clone())) => {

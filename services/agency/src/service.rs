@@ -152,6 +152,22 @@ pub async fn start(
 /// The whole process of service `name`: telemetry, configuration from `DUIJIE_CONFIG_DIR`
 /// (default `config/<name>`), then [`start`] until SIGINT/SIGTERM.
 pub async fn main(name: &'static str, kind: AgencyKind, routes: impl FnOnce(&Agency) -> Routes) -> std::process::ExitCode {
+    run_process(name, |cfg: ServiceConfig, shutdown| async move {
+        let running = start(name, kind, cfg, routes, shutdown).await?;
+        Ok((running.addr, running.handle))
+    })
+    .await
+}
+
+/// The process around any duijie service: telemetry, its configuration `C` from
+/// `DUIJIE_CONFIG_DIR` (default `config/<name>`), `start` with a token cancelled on SIGINT or
+/// SIGTERM, then waiting for the service's supervisor; exit status 1 with the reason on failure.
+pub async fn run_process<C, F, Fut>(name: &'static str, start: F) -> std::process::ExitCode
+where
+    C: serde::de::DeserializeOwned,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)>>,
+{
     let _telemetry = match duijie_common::telemetry::init(name, "info", std::io::stdout) {
         Ok(g) => g,
         Err(e) => {
@@ -161,10 +177,10 @@ pub async fn main(name: &'static str, kind: AgencyKind, routes: impl FnOnce(&Age
     };
     let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config").join(name), PathBuf::from);
     let run = async {
-        let cfg: ServiceConfig = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
-        let running = start(name, kind, cfg, routes, shutdown::on_signal()).await?;
-        println!("{name} listening on {}", running.addr);
-        running.handle.await.context("supervisor")?
+        let cfg: C = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
+        let (addr, handle) = start(cfg, shutdown::on_signal()).await?;
+        println!("{name} listening on {addr}");
+        handle.await.context("supervisor")?
     };
     match run.await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -112,18 +112,17 @@ impl AuditApi {
             "SELECT {CASE_COLUMNS}, {} AS allowed FROM audit_cases c WHERE {cond} ORDER BY allowed DESC, c.received_at DESC LIMIT 1",
             visible(who)
         );
-        let row: Option<(bool, CaseRowAllowed)> = sqlx::query_as::<_, CaseRowAllowed>(sqlx::AssertSqlSafe(sql))
+        let row: Option<CaseRowAllowed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(who.kind.as_str())
             .bind(&who.code)
             .bind(&arg)
             .fetch_optional(&self.pool)
             .await
-            .context("looking up the case")?
-            .map(|r| (r.allowed, r));
+            .context("looking up the case")?;
         match row {
             None => Err(ApiError::NotFound(format!("no case {arg} in the audit store"))),
-            Some((false, _)) => Err(ApiError::PermissionDenied(format!("{who} may not read case {arg}"))),
-            Some((true, r)) => Ok(r.row),
+            Some(r) if !r.allowed => Err(ApiError::PermissionDenied(format!("{who} may not read case {arg}"))),
+            Some(r) => Ok(r.row),
         }
     }
 }

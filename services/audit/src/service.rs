@@ -1,7 +1,6 @@
 //! Running the audit service: migrations and partitions, the tap consumer, the deadline
 //! notices and their relay, retention, and the gRPC server, under one supervisor.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -160,26 +159,9 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
 /// The whole `duijie-audit` process (configuration from `DUIJIE_CONFIG_DIR`, default
 /// `config/audit`).
 pub async fn main() -> std::process::ExitCode {
-    let _telemetry = match duijie_common::telemetry::init("audit", "info", std::io::stdout) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("audit: telemetry: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config/audit"), PathBuf::from);
-    let run = async {
-        let cfg: AuditServiceConfig = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
-        let running = start(cfg, shutdown::on_signal()).await?;
-        println!("audit listening on {}", running.addr);
-        running.handle.await.context("supervisor")?
-    };
-    match run.await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "audit stopped");
-            eprintln!("audit: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    duijie_agency::service::run_process("audit", |cfg: AuditServiceConfig, shutdown| async move {
+        let running = start(cfg, shutdown).await?;
+        Ok((running.addr, running.handle))
+    })
+    .await
 }
