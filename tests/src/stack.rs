@@ -175,6 +175,37 @@ impl Stack {
         Ok(duijie_proto::v1::audit_client::AuditClient::new(ch))
     }
 
+    /// Where this stack's services listen, for the console and the command line.
+    pub fn endpoints(&self) -> anyhow::Result<duijie_common::client::Endpoints> {
+        let addr = |kind| self.service(kind).map(|s| s.addr.to_string());
+        Ok(duijie_common::client::Endpoints {
+            court: addr(AgencyKind::Court)?,
+            procuratorate: addr(AgencyKind::Procuratorate)?,
+            police: addr(AgencyKind::Police)?,
+            petition: addr(AgencyKind::Petition)?,
+            mediation: addr(AgencyKind::Mediation)?,
+            audit: self.audit.as_ref().map(|a| a.addr.to_string()).ok_or_else(|| anyhow::anyhow!("the audit service is stopped"))?,
+            tls_domain: "localhost".into(),
+        })
+    }
+
+    /// A certificate directory (as `duijie-bus certs` writes it) with the demo agencies and the
+    /// district supervisor, for the console and the command line.
+    pub fn pki(&self) -> anyhow::Result<duijie_common::client::Pki> {
+        let pki = duijie_common::client::Pki::new(self.dir.join("pki"));
+        let mut who = demo_nodes();
+        who.push(node(AgencyKind::Supervisor, "431003"));
+        for n in &who {
+            pki.write(self.ca.cert_pem(), n, &self.ca.agency(n)?)?;
+        }
+        Ok(pki)
+    }
+
+    /// This test's topology prefix (exchange and queue names).
+    pub fn prefix(&self) -> &str {
+        &self.bus.prefix
+    }
+
     /// The service of agency `kind`.
     pub fn service(&self, kind: AgencyKind) -> anyhow::Result<&Running> {
         self.services.iter().find(|(k, _)| *k == kind).map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("no {kind:?} service"))

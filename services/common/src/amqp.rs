@@ -26,6 +26,8 @@ pub const DEAD_REASON: &str = "x-duijie-dead-reason";
 pub const DEAD_CONSUMER: &str = "x-duijie-dead-consumer";
 /// Header keeping the routing key the message originally had.
 pub const ORIGINAL_ROUTING_KEY: &str = "x-duijie-original-routing-key";
+/// Header naming the queue a consumer dead-lettered a message from (where a replay puts it back).
+pub const DEAD_QUEUE: &str = "x-duijie-dead-queue";
 
 /// Opens connections to the broker.
 #[derive(Debug, Clone)]

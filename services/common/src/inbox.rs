@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::amqp::{AgencyNode, Connector, DEAD_CONSUMER, DEAD_REASON, ORIGINAL_ROUTING_KEY, Topology};
+use crate::amqp::{AgencyNode, Connector, DEAD_CONSUMER, DEAD_QUEUE, DEAD_REASON, ORIGINAL_ROUTING_KEY, Topology};
 use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::db::is_transient;
@@ -426,6 +426,7 @@ impl<H: Handler> Consumer<H> {
         headers.insert(DEAD_REASON.into(), AMQPValue::LongString(reason.to_owned().into()));
         headers.insert(DEAD_CONSUMER.into(), AMQPValue::LongString(self.name.clone().into()));
         headers.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(delivery.routing_key.as_str().to_owned().into()));
+        headers.insert(DEAD_QUEUE.into(), AMQPValue::LongString(self.queue.clone().into()));
         let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
         let confirm = dead_ch
             .basic_publish(

@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod backoff;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod envelope;
