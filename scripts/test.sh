@@ -5,6 +5,8 @@
 #   2. clippy with warnings as errors;
 #   3. every test of the workspace with cargo-nextest (one build, tests in parallel; fault tests
 #      serialised in their own group, see .config/nextest.toml);
+#   (Chromium, ChromeDriver and a CJK font are installed first when missing: the console's
+#   browser tests need them; their screenshots land in target/artifacts/browser/)
 #   4. the README's run command as a smoke test: the five services start from their config
 #      files and listen, then stop gracefully (skipped when nextest arguments select tests).
 # Extra arguments go to nextest (e.g. scripts/test.sh -E 'binary(handoff)').
@@ -19,6 +21,19 @@ cd "$ROOT_DIR"
 "$SCRIPT_DIR/deps.sh" --fault >/dev/null
 # shellcheck source=/dev/null
 . "$ROOT_DIR/target/duijie-env.sh"
+
+# The browser tests drive Debian's Chromium through ChromeDriver; a CJK font makes their
+# screenshots readable.
+browser_pkgs=()
+have chromium || browser_pkgs+=(chromium)
+have chromedriver || browser_pkgs+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || browser_pkgs+=(fonts-wqy-microhei)
+if [ "${#browser_pkgs[@]}" -gt 0 ]; then
+	log "installing ${browser_pkgs[*]} for the browser tests"
+	quiet as_root apt-get update -q || die "apt-get update failed"
+	quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${browser_pkgs[@]}" ||
+		die "apt-get install ${browser_pkgs[*]} failed"
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
 	log "cargo-nextest missing; installing it"

@@ -21,6 +21,7 @@ use secrecy::SecretString;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use uuid::Uuid;
 
+pub mod browser;
 pub mod stack;
 
 pub use duijie_common;

@@ -1,0 +1,179 @@
+//! duijie's web console: the screens the people at the desks work in, in Simplified Chinese.
+//!
+//! Server-rendered pages (axum + maud, no front-end build) that call the agency and audit
+//! services over gRPC with **the signed-in agency's own certificate**, so every right the
+//! services enforce applies to the person at the desk; the console holds no case data.
+//!
+//! * Sign-in: `demo` mode lists the identities of the PKI directory to choose from (local
+//!   stack); `client_certificate` mode serves HTTPS, requires a browser certificate of the
+//!   agencies' CA and takes the agency from its common name (`<kind>:<code>`), as the services do.
+//! * Pages: `/cases` (a referrer's cases or a mediation body's inbox), `/cases/new` (send a
+//!   referral), `/cases/{id}` (the case with its audit timeline and the actions its state
+//!   allows), `/search?code=`, `/dashboard` (statistics with charts and the overdue list).
+
+mod backend;
+mod charts;
+mod forms;
+mod labels;
+mod pages;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::{get, post};
+use duijie_common::amqp::AgencyNode;
+use duijie_common::client::{Endpoints, Pki};
+use duijie_common::config::duration_ms;
+use duijie_common::CancellationToken;
+use serde::Deserialize;
+
+pub use backend::UiError;
+
+/// How people sign in to the console.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignIn {
+    /// Pick any identity of the PKI directory (the local stack and demonstrations).
+    #[default]
+    Demo,
+    /// HTTPS with a required browser certificate; its common name is the agency.
+    ClientCertificate,
+}
+
+/// HTTPS settings for `client_certificate` sign-in.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ConsoleTls {
+    /// The console's own certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that issues the agencies' browser certificates.
+    pub client_ca: PathBuf,
+}
+
+/// A display name for an agency, and the agency directory the referral form offers.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AgencyName {
+    /// `<kind>:<code>`, e.g. `mediation:431003`.
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ConsoleConfig {
+    /// Where the console listens, e.g. `127.0.0.1:8080` (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where the agency and audit services listen.
+    #[serde(default)]
+    pub endpoints: Endpoints,
+    /// The certificates the console presents on behalf of each agency (`ca.pem`,
+    /// `<kind>-<code>.pem`, `<kind>-<code>-key.pem`).
+    pub pki: PathBuf,
+    #[serde(default)]
+    pub sign_in: SignIn,
+    /// Required for `client_certificate` sign-in.
+    #[serde(default)]
+    pub tls: Option<ConsoleTls>,
+    /// Agency names; mediation bodies listed here are the referral form's choices.
+    #[serde(default)]
+    pub agencies: Vec<AgencyName>,
+    /// How long requests in flight get to finish on shutdown.
+    #[serde(default = "default_grace", with = "duration_ms")]
+    pub grace_ms: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What every page handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub backend: backend::Backend,
+    pub sign_in: SignIn,
+    pub names: Arc<Vec<(AgencyNode, String)>>,
+}
+
+impl AppState {
+    /// The display name of an agency, or its kind and code.
+    pub fn name_of(&self, node: &AgencyNode) -> String {
+        self.names
+            .iter()
+            .find(|(n, _)| n == node)
+            .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind), node.code), |(_, name)| name.clone())
+    }
+
+    /// The mediation bodies a case can be sent or handed to.
+    pub fn mediation_bodies(&self) -> Vec<(AgencyNode, String)> {
+        self.names.iter().filter(|(n, _)| n.kind == duijie_proto::v1::AgencyKind::Mediation).cloned().collect()
+    }
+}
+
+/// A running console.
+pub struct Running {
+    /// The bound address (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    /// Ends when the console stopped; an error says why.
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(pages::home))
+        .route("/signin", get(pages::signin_page).post(pages::signin))
+        .route("/signout", post(pages::signout))
+        .route("/cases", get(pages::list))
+        .route("/cases/new", get(pages::new_referral).post(pages::submit_referral))
+        .route("/cases/{id}", get(pages::case_page))
+        .route("/cases/{id}/act", post(pages::act))
+        .route("/search", get(pages::search))
+        .route("/dashboard", get(pages::dashboard))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(pages::not_found)
+        .with_state(state)
+}
+
+/// Binds the listener and serves until `shutdown` is cancelled.
+pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let pki = Pki::new(&cfg.pki);
+    let names = cfg
+        .agencies
+        .iter()
+        .map(|a| {
+            duijie_proto::v1::AgencyRef::parse(&a.id)
+                .and_then(|r| duijie_proto::v1::AgencyKind::try_from(r.kind).ok().map(|k| (k, r.code)))
+                .and_then(|(k, code)| AgencyNode::new(k, code).ok())
+                .map(|n| (n, a.name.clone()))
+                .with_context(|| format!("agencies: {:?} is not <kind>:<code>", a.id))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let state = AppState { backend: backend::Backend::new(cfg.endpoints.clone(), pki), sign_in: cfg.sign_in, names: Arc::new(names) };
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let handle = match cfg.sign_in {
+        SignIn::Demo => {
+            let grace = cfg.grace_ms;
+            tokio::spawn(async move {
+                let stop = shutdown.clone();
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+                let mut serve = std::pin::pin!(serve.into_future());
+                tokio::select! {
+                    r = &mut serve => r.context("serving the console"),
+                    () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => Ok(()),
+                }
+            })
+        }
+        SignIn::ClientCertificate => {
+            let tls_cfg = cfg.tls.as_ref().context("sign_in client_certificate needs tls (cert, key, client_ca)")?;
+            let acceptor = tls::acceptor(tls_cfg)?;
+            tokio::spawn(tls::serve(listener, acceptor, app, shutdown, cfg.grace_ms))
+        }
+    };
+    tracing::info!(%addr, sign_in = ?cfg.sign_in, "console listening");
+    Ok(Running { addr, handle })
+}

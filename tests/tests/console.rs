@@ -1,0 +1,220 @@
+//! The web console in real headless Chromium, in front of the five services and the audit store:
+//! what the people at the desks see and do. Screenshots of every step are saved under
+//! `target/artifacts/browser/<test>/`.
+
+use duijie_proto::v1::*;
+use duijie_tests::browser::{self, Browser};
+use duijie_tests::stack::{self, Stack};
+
+const BAD_ID: &str = "110105194912310021"; // check digit should be X
+const GOOD_ID: &str = "11010519491231002X";
+
+/// Fills the new-referral form as a court clerk would (pre-filing mediation of a neighbour
+/// dispute) with the applicant's identity number `id_number`.
+async fn fill_referral(b: &Browser, code: &str, id_number: &str) -> anyhow::Result<()> {
+    b.select("#to", "mediation:431003").await?;
+    b.fill("#case_code", code).await?;
+    b.select("#mode", &(ReferralMode::PreLitigation as i32).to_string()).await?;
+    b.select("#clock_policy", &(ClockPolicyKind::CourtPreFiling as i32).to_string()).await?;
+    b.select("#category", &(DisputeCategory::Neighbour as i32).to_string()).await?;
+    b.fill("#cause_of_action", "相邻关系纠纷").await?;
+    b.fill("#facts", "双方因院墙排水问题发生争执，协商未果。").await?;
+    b.fill("#claims", "排除妨碍\n赔偿损失").await?;
+    b.fill("#amount", "3000").await?;
+    b.select("#p0_role", &(PartyRole::Applicant as i32).to_string()).await?;
+    b.fill("#p0_name", "张三").await?;
+    b.select("#p0_id_type", &(IdDocumentType::ResidentIdCard as i32).to_string()).await?;
+    b.fill("#p0_id_number", id_number).await?;
+    b.select("#p1_role", &(PartyRole::Respondent as i32).to_string()).await?;
+    b.fill("#p1_name", "李四").await?;
+    b.select("#p1_id_type", &(IdDocumentType::ResidentIdCard as i32).to_string()).await?;
+    b.fill("#p1_id_number", "440524188001010014").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn court_refers_centre_settles_court_sees_outcome_and_whole_timeline() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let console = browser::start_console(&stack).await?;
+    let mut b = Browser::start(&format!("http://{}", console.addr), "court_to_centre").await?;
+    let code = format!("JF-431003-2026-B{}", &stack.prefix()[stack.prefix().len().saturating_sub(6)..]);
+
+    // Not signed in: the console asks who you are.
+    b.goto("/cases").await?;
+    assert!(b.exists("#signin-court-431003").await?, "the sign-in page lists the demo agencies");
+    b.shot("signin").await?;
+
+    // A court clerk sends a referral; the first try has a wrong identity number.
+    b.sign_in(&stack::court()).await?;
+    b.click("#nav-new").await?;
+    fill_referral(&b, &code, BAD_ID).await?;
+    b.click("#submit-referral").await?;
+    let error = b.text("#error").await?;
+    assert!(error.contains("当事人1证件号码") && error.contains("校验码"), "the clerk is told which field is wrong, in Chinese: {error}");
+    let at_field = b.text("p.err[data-field=p0_id_number]").await?;
+    assert!(at_field.contains("证件号码"), "{at_field}");
+    assert_eq!(b.value("#facts").await?, "双方因院墙排水问题发生争执，协商未果。", "what the clerk typed is still there");
+    assert_eq!(b.value("#p1_name").await?, "李四");
+    b.no_script_errors().await?;
+    b.shot("referral-bad-identity-number").await?;
+
+    b.fill("#p0_id_number", GOOD_ID).await?;
+    b.click("#submit-referral").await?;
+    let ok = b.text("#ok").await?;
+    assert!(ok.contains("移送成功"), "{ok}");
+    assert_eq!(b.text("#case-code").await?, code);
+    let case_url = b.client.current_url().await?;
+    let case_path = case_url.path().to_owned();
+    b.shot("referral-sent").await?;
+
+    // The case is in the court's list with its state and holder.
+    b.goto("/cases").await?;
+    let row = b.text("#cases tbody tr").await?;
+    assert!(row.contains(&code) && row.contains("苏仙区矛盾纠纷调解中心"), "{row}");
+
+    // The mediation centre finds it in its inbox, signs, accepts and reports a settlement.
+    b.sign_in(&stack::centre()).await?;
+    let case_id = case_path.trim_start_matches("/cases/").to_owned();
+    b.reload_until("/cases", &format!("#cases tr[data-case='{case_id}']")).await?;
+    let inbox_row = b.text(&format!("#cases tr[data-case='{case_id}']")).await?;
+    assert!(inbox_row.contains("诉调") && inbox_row.contains("苏仙区人民法院"), "{inbox_row}");
+    b.shot("centre-inbox").await?;
+    b.click(&format!("#cases tr[data-case='{case_id}'] a")).await?;
+    // The centre must reach the parties: it sees the identity number in full.
+    assert!(b.client.source().await?.contains(GOOD_ID), "the holder sees identity numbers unmasked");
+    b.fill("#sign_for-signed_by", "王明").await?;
+    b.click("#do-sign_for").await?;
+    assert!(b.text("#ok").await?.contains("签收"));
+    assert_eq!(b.client.find(fantoccini::Locator::Css("#case-state")).await?.attr("data-state").await?.as_deref(), Some("RECEIVED"));
+    b.fill("#accept-accepted_by", "王明").await?;
+    b.click("#do-accept").await?;
+    assert!(b.text("#ok").await?.contains("受理"));
+    // An outcome without its agreement is refused on the page, the choice kept.
+    b.select("#outcome-result", "1").await?;
+    b.click("#do-outcome").await?;
+    assert!(b.text("#error").await?.contains("协议内容"), "a settlement needs its terms");
+    assert_eq!(b.value("#outcome-result").await?, "1");
+    b.fill("#outcome-terms", "李四于三十日内修复排水沟\n张三放弃其他请求").await?;
+    b.click("#do-outcome").await?;
+    assert!(b.text("#ok").await?.contains("调解结果"));
+    assert_eq!(b.client.find(fantoccini::Locator::Css("#case-state")).await?.attr("data-state").await?.as_deref(), Some("SETTLED"));
+    b.shot("centre-settled").await?;
+
+    // The court sees the outcome, and the timeline from the audit store shows every step,
+    // each delivered. It finds the case by its code.
+    b.sign_in(&stack::court()).await?;
+    let wanted = ["REFERRAL", "RECEIPT", "ACCEPT", "OUTCOME"];
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    loop {
+        b.goto(&format!("/search?code={code}")).await?;
+        let state = b.client.find(fantoccini::Locator::Css("#case-state")).await?.attr("data-state").await?;
+        let html = b.client.source().await?;
+        let all_there = wanted.iter().all(|k| html.contains(&format!("data-kind=\"MESSAGE_KIND_{k}\"")));
+        let all_delivered = !html.contains("待送达");
+        if state.as_deref() == Some("SETTLED") && all_there && all_delivered {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the court never saw the whole settled case: {state:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(b.client.current_url().await?.path(), case_path, "search by code opens the case");
+    let timeline = b.text("#timeline").await?;
+    for step in ["移送调解", "签收", "受理", "调解结果", "送达回证"] {
+        assert!(timeline.contains(step), "the timeline shows {step}: {timeline}");
+    }
+    assert!(timeline.contains("已送达"), "delivery evidence is shown");
+    assert!(!b.client.source().await?.contains(GOOD_ID), "the court sees identity numbers masked");
+    let shot = b.shot("court-case-page").await?;
+    // The README shows this page.
+    std::fs::copy(&shot, shot.with_file_name("case-page.png"))?;
+
+    // A police station cannot open the court's case, neither by link nor by code.
+    b.sign_in(&stack::police()).await?;
+    b.goto(&case_path).await?;
+    let refused = b.text("#error").await?;
+    assert!(refused.contains("未找到该案件") || refused.contains("无权"), "{refused}");
+    assert!(!b.client.source().await?.contains("张三"), "nothing of the case is shown");
+    b.shot("police-refused").await?;
+    b.goto(&format!("/search?code={code}")).await?;
+    assert!(b.exists("#error").await?);
+    assert!(!b.client.source().await?.contains("张三"));
+
+    // The supervisor's dashboard counts the case, with its charts.
+    b.sign_in(&duijie_tests::node(AgencyKind::Supervisor, "431003")).await?;
+    b.goto("/dashboard").await?;
+    let received = b.text("#stat-received b").await?;
+    assert_eq!(received, "1", "one case received in the district this year");
+    assert_eq!(b.text("#stat-settled b").await?, "1");
+    assert_eq!(b.client.find_all(fantoccini::Locator::Css("#charts svg")).await?.len(), 3);
+    b.shot("supervisor-dashboard").await?;
+
+    b.close().await?;
+    console.handle.abort();
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_survive_a_reload_and_pages_refuse_bad_input_plainly() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let console = browser::start_console(&stack).await?;
+    let mut b = Browser::start(&format!("http://{}", console.addr), "forms_and_errors").await?;
+
+    b.sign_in(&stack::police()).await?;
+    b.goto("/cases/new").await?;
+    // The police station chooses among its own clock policies only.
+    let clocks = b.text("#clock_policy").await?;
+    assert!(clocks.contains("治安调解") && !clocks.contains("诉前调解"), "{clocks}");
+    b.fill("#facts", "两户村民因宅基地界址发生口角。").await?;
+    b.fill("#p0_name", "王五").await?;
+    b.client.refresh().await?;
+    b.no_script_errors().await?;
+    assert_eq!(b.value("#facts").await?, "两户村民因宅基地界址发生口角。", "typed text survives a reload");
+    assert_eq!(b.value("#p0_name").await?, "王五");
+    b.shot("form-after-reload").await?;
+
+    // Submitting with the required fields missing names each one in Chinese.
+    b.click("#submit-referral").await?;
+    let error = b.text("#error").await?;
+    for field in ["接收调解组织", "案由", "计时规则"] {
+        assert!(error.contains(field), "{field} is named: {error}");
+    }
+    b.shot("form-missing-fields").await?;
+
+    // Garbage in a URL or a case that does not exist: a plain message, never internals.
+    b.goto("/cases/not-a-case").await?;
+    let e = b.text("#error").await?;
+    assert!(!e.is_empty() && !e.contains("src/") && !e.contains("panicked"), "{e}");
+    b.goto("/cases/0190a4c8-0000-7000-8000-000000000000").await?;
+    assert!(b.text("#error").await?.contains("未找到该案件"));
+    b.goto("/no/such/page").await?;
+    assert!(b.text("#error").await?.contains("页面不存在"));
+    b.goto("/dashboard?from=2026-13-01").await?;
+    assert!(b.text("#error").await?.contains("起始日期"));
+
+    // With the audit store down, a new referral is refused with the reason, in Chinese.
+    let mut stack = stack;
+    stack.stop_audit().await?;
+    let clerk = stack.clerk(&stack::police()).await?;
+    duijie_tests::wait_until("the police service to close its audit gate", stack::WAIT, || {
+        let agency = stack.service(AgencyKind::Police).map(|s| s.agency.clone());
+        async move { Ok(!agency?.gate_open()) }
+    })
+    .await?;
+    drop(clerk);
+    b.goto("/cases/new").await?;
+    b.select("#to", "mediation:431003").await?;
+    b.fill("#case_code", "JF-431003-01-2026-G0001").await?;
+    b.select("#mode", &(ReferralMode::PoliceTransfer as i32).to_string()).await?;
+    b.select("#clock_policy", &(ClockPolicyKind::Police as i32).to_string()).await?;
+    b.select("#category", &(DisputeCategory::Land as i32).to_string()).await?;
+    b.fill("#cause_of_action", "宅基地纠纷").await?;
+    b.fill("#p0_id_number", GOOD_ID).await?;
+    b.click("#submit-referral").await?;
+    let unavailable = b.text("#error").await?;
+    assert!(unavailable.contains("暂不可用") && unavailable.contains("稍后重试"), "{unavailable}");
+    b.shot("audit-down").await?;
+
+    b.close().await?;
+    console.handle.abort();
+    stack.stop().await
+}
