@@ -218,3 +218,75 @@ async fn forms_survive_a_reload_and_pages_refuse_bad_input_plainly() -> anyhow::
     console.handle.abort();
     stack.stop().await
 }
+
+/// One HTTP/1.1 GET over TLS to the console, presenting `client` (certificate, key PEM) or no
+/// certificate; the raw response, or the TLS error.
+async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, client: Option<(&[u8], &[u8])>, path: &str) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => builder.with_client_auth_cert(
+            CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_slice(key)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(ServerName::try_from("localhost")?, tcp).await?;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let pki = stack.pki()?;
+    let dir = pki.dir().join("console-tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = stack.ca.issue("duijie-console", &["localhost", "127.0.0.1"])?;
+    std::fs::write(dir.join("console.pem"), cert)?;
+    std::fs::write(dir.join("console-key.pem"), key)?;
+    let cfg = duijie_console::ConsoleConfig {
+        listen: "127.0.0.1:0".parse()?,
+        endpoints: stack.endpoints()?,
+        pki: pki.dir().to_path_buf(),
+        sign_in: duijie_console::SignIn::ClientCertificate,
+        tls: Some(duijie_console::ConsoleTls { cert: dir.join("console.pem"), key: dir.join("console-key.pem"), client_ca: pki.dir().join("ca.pem") }),
+        agencies: browser::demo_names(),
+        grace_ms: std::time::Duration::from_secs(2),
+    };
+    let console = duijie_console::start(cfg, stack.bus.shutdown.child_token()).await?;
+    let ca = stack.ca.cert_pem().to_owned();
+
+    // The court's browser certificate: the court's list, no sign-in page.
+    let court = stack.ca.agency(&stack::court())?;
+    let page = https_get(console.addr, &ca, Some((&court.cert, &court.key)), "/cases").await?;
+    assert!(page.starts_with("HTTP/1.1 200"), "{}", &page[..page.len().min(300)]);
+    assert!(page.contains("苏仙区人民法院") && page.contains("court:431003") && page.contains("我移送的案件"));
+    assert!(!page.contains("切换身份"), "no switching identity in production");
+    // A demo sign-in cookie does not change who you are.
+    let page = https_get(console.addr, &ca, Some((&court.cert, &court.key)), "/signin").await?;
+    assert!(page.starts_with("HTTP/1.1 303"), "{}", &page[..page.len().min(200)]);
+
+    // An agency of the CA the console holds no credential for is refused, in Chinese.
+    let stranger = stack.ca.agency(&duijie_tests::node(AgencyKind::Court, "999999"))?;
+    let page = https_get(console.addr, &ca, Some((&stranger.cert, &stranger.key)), "/cases").await?;
+    assert!(page.starts_with("HTTP/1.1 403") && page.contains("没有该机构的访问证书"), "{}", &page[..page.len().min(400)]);
+
+    // No certificate, or one of another CA: no page at all.
+    assert!(https_get(console.addr, &ca, None, "/cases").await.is_err_and(|e| !e.to_string().is_empty()), "a browser without a certificate is refused");
+    let foreign = duijie_common::certs::DevCa::generate("foreign CA")?.agency(&stack::court())?;
+    assert!(https_get(console.addr, &ca, Some((&foreign.cert, &foreign.key)), "/cases").await.is_err(), "a certificate of another CA is refused");
+
+    console.handle.abort();
+    stack.stop().await
+}
