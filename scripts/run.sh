@@ -5,7 +5,10 @@
 #   3. the five agency services (court, procuratorate, police, petition, mediation) for the demo
 #      agencies, each with its own database, in the background (logs and pids in target/run);
 #      services already running from an earlier run are restarted on the fresh build;
-#   4. prints what runs where and how to reach it.
+#   4. the web console (http://127.0.0.1:8080), signing in as any demo agency;
+#   5. a small demo data set (36 cases in different states across the four channels, sent and
+#      handled through the services by `duijie demo`; a rerun adds nothing twice);
+#   6. prints what runs where and how to reach it.
 # `scripts/run.sh stop` stops the services (RabbitMQ and PostgreSQL keep running).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,7 +21,7 @@ cd "$ROOT_DIR"
 redact_url() { sed -E 's#//([^:/]+):[^@]+@#//\1:***@#' <<<"$1"; }
 
 # The audit service first: agency services take new referrals only while it records.
-SERVICES=(audit court procuratorate police petition mediation)
+SERVICES=(audit court procuratorate police petition mediation console)
 RUN_DIR="$ROOT_DIR/target/run"
 mkdir -p "$RUN_DIR"
 
@@ -52,8 +55,9 @@ fi
 DEMO_NODES=(court:431003 procuratorate:431003 police:431003-01 petition:431003
 	mediation:431003 mediation:431003-102 mediation:431003-102-05)
 
-log "building the bus tools, the audit service and the five agency services"
-cargo build --quiet -p duijie-busctl -p duijie-audit -p duijie-court -p duijie-procuratorate -p duijie-police -p duijie-petition -p duijie-mediation
+log "building the bus tools, the audit service, the five agency services, the console and the CLI"
+cargo build --quiet -p duijie-busctl -p duijie-audit -p duijie-court -p duijie-procuratorate -p duijie-police -p duijie-petition -p duijie-mediation \
+	-p duijie-console -p duijie-cli
 BUS="$ROOT_DIR/target/debug/duijie-bus"
 
 "$BUS" migrate --database-url "$DUIJIE_DATABASE_URL" >&2
@@ -74,7 +78,9 @@ DB_BASE=${DUIJIE_DATABASE_URL%/*}
 export DUIJIE_AMQP__URL="$DUIJIE_AMQP_URL"
 export DUIJIE_DATABASE__PASSWORD=duijie
 for svc in "${SERVICES[@]}"; do
-	"$BUS" migrate --database-url "$DB_BASE/duijie_$svc" >/dev/null # creates the database if missing
+	if [ "$svc" != console ]; then
+		"$BUS" migrate --database-url "$DB_BASE/duijie_$svc" >/dev/null # creates the database if missing
+	fi
 	DUIJIE_CONFIG_DIR="$ROOT_DIR/config/$svc" nohup "$ROOT_DIR/target/debug/duijie-$svc" \
 		>"$RUN_DIR/$svc.log" 2>&1 </dev/null &
 	echo $! >"$RUN_DIR/$svc.pid"
@@ -90,7 +96,15 @@ for svc in "${SERVICES[@]}"; do
 		die "duijie-$svc did not start; log: $RUN_DIR/$svc.log"
 	fi
 done
-log "the audit service and the five agency services are up"
+log "the audit service, the five agency services and the console are up"
+
+# Demo data through the real services (same seed, same cases: a rerun adds nothing twice).
+DUIJIE="$ROOT_DIR/target/debug/duijie"
+log "loading the demo data set (36 cases across the four channels)"
+"$DUIJIE" demo --cases 36 --mixed --seed 1 >"$RUN_DIR/demo.log" 2>&1 || {
+	tail -20 "$RUN_DIR/demo.log" >&2
+	die "loading the demo data failed; log: $RUN_DIR/demo.log"
+}
 
 cat <<INFO
 
@@ -100,6 +114,20 @@ duijie bus is up.
   exchanges   duijie.handoff (topic, routing key <kind>.<code>.<message>), duijie.dead (fanout)
   queues      duijie.audit.tap, duijie.dead, duijie.inbox.<kind>.<code> per demo agency
   mTLS        development CA and agency certificates in target/pki (CN <kind>:<code>)
+
+Web console:  http://127.0.0.1:$(port_of console)/   (Simplified Chinese; pick an identity to sign in)
+  Demo identities (each backed by its certificate in target/pki):
+    court:431003              苏仙区人民法院 (court filing desk, 诉调)
+    procuratorate:431003      苏仙区人民检察院 (检调)
+    police:431003-01          苏仙公安分局城南派出所 (警调)
+    petition:431003           苏仙区信访局 (访调)
+    mediation:431003          苏仙区矛盾纠纷调解中心 (district mediation centre: inbox of all channels)
+    mediation:431003-102      白露塘镇人民调解委员会 (town committee)
+    mediation:431003-102-05   塘溪村人民调解委员会 (village committee)
+    supervisor:431003         苏仙区综治中心 (supervisor: statistics dashboard)
+  Demo data: 36 cases in different states ($RUN_DIR/demo.log)
+
+Command line: target/debug/duijie --help   (send, watch, timeline, overdue, stats, verify, dead, demo)
 
 Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
   audit          127.0.0.1:$(port_of audit)   the audit store (log of every handoff)    Audit
@@ -112,6 +140,7 @@ Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
   Call as an agency with its certificate, e.g. with grpcurl:
     grpcurl -cacert target/pki/ca.pem -cert target/pki/court-431003.pem -key target/pki/court-431003-key.pem
             127.0.0.1:$(port_of court) duijie.v1.Cases/ListCases          (one command line)
+  console        127.0.0.1:$(port_of console)    the web console (HTTP; calls the services with each agency's certificate)
   Logs: target/run/<service>.log   Stop: scripts/run.sh stop
 
 Audit store from the command line (as the district supervisor, supervisor:431003):

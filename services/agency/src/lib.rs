@@ -457,17 +457,21 @@ impl Agency {
         if !self.serves(caller) {
             return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
         }
+        // One snapshot for the row and its timeline, so a view never shows a message without
+        // the state it led to.
+        let mut tx = self.snapshot().await?;
         let row: Option<CaseRowWithTime> = sqlx::query_as(CASE_BY_OWNER)
             .bind(caller.kind.as_str())
             .bind(&caller.code)
             .bind(case_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .context("reading the case")?;
         let Some(CaseRowWithTime { row, updated_at }) = row else {
             return Err(self.not_owned(caller, case_id).await);
         };
-        let events = self.events(caller, &[case_id]).await?;
+        let events = self.events(&mut tx, caller, &[case_id]).await?;
+        drop(tx); // read-only: rolling back is ending it
         let mut timeline = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
         for ev in events {
@@ -522,6 +526,7 @@ impl Agency {
             return Err(ApiError::PermissionDenied(format!("this service does not act for {caller}")));
         }
         let limit = i64::from(filter.page_size.clamp(1, 500));
+        let mut tx = self.snapshot().await?;
         let rows: Vec<CaseRowWithTime> = sqlx::query_as(
             "SELECT case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
                     state, before_cancel, clock_policy, referral, updated_at
@@ -542,12 +547,14 @@ impl Agency {
         .bind(filter.after.map(|(t, _)| t))
         .bind(filter.after.map(|(_, id)| id))
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .context("listing cases")?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.row.case_id).collect();
         let mut by_case: std::collections::HashMap<Uuid, Vec<(DateTime<Utc>, Payload)>> = std::collections::HashMap::new();
-        for ev in self.events(caller, &ids).await? {
+        let events = self.events(&mut tx, caller, &ids).await?;
+        drop(tx);
+        for ev in events {
             let env = Envelope::decode(ev.envelope.as_slice()).context("decoding a stored envelope")?;
             if let Some(p) = env.payload {
                 by_case.entry(ev.case_id).or_default().push((ev.occurred_at, p));
@@ -582,7 +589,14 @@ impl Agency {
             .map_err(ApiError::from)
     }
 
-    async fn events(&self, owner: &AgencyNode, cases: &[Uuid]) -> anyhow::Result<Vec<EventRow>> {
+    /// A read-only transaction that sees one snapshot of the database for all its statements.
+    async fn snapshot(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await.context("starting a read")?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("starting a read")?;
+        Ok(tx)
+    }
+
+    async fn events(&self, conn: &mut PgConnection, owner: &AgencyNode, cases: &[Uuid]) -> anyhow::Result<Vec<EventRow>> {
         sqlx::query_as(
             "SELECT case_id, envelope, kind, direction, state_after, occurred_at FROM case_events
              WHERE owner_kind = $1 AND owner_code = $2 AND case_id = ANY($3) ORDER BY seq",
@@ -590,7 +604,7 @@ impl Agency {
         .bind(owner.kind.as_str())
         .bind(&owner.code)
         .bind(cases)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await
         .context("reading the timeline")
     }
@@ -654,8 +668,16 @@ impl Agency {
     /// The refusal for a case `who` does not have: `PERMISSION_DENIED` if another agency of this
     /// service has it, `NOT_FOUND` if none has.
     async fn not_owned(&self, who: &AgencyNode, case_id: Uuid) -> ApiError {
-        let elsewhere: Result<bool, _> =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1)").bind(case_id).fetch_one(&self.pool).await;
+        // Another agency's case is refused; a case that has just arrived for `who` (after the
+        // caller's lookup) is still "not found", which a retry resolves.
+        let elsewhere: Result<bool, _> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1 AND (owner_kind, owner_code) <> ($2, $3))",
+        )
+        .bind(case_id)
+        .bind(who.kind.as_str())
+        .bind(&who.code)
+        .fetch_one(&self.pool)
+        .await;
         match elsewhere {
             Ok(true) => ApiError::PermissionDenied(format!("case {case_id} is not one of {who}'s cases")),
             Ok(false) => ApiError::NotFound(format!("no case {case_id} for {who}")),

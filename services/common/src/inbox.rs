@@ -200,13 +200,28 @@ fn refusal_as_outcome(r: Result<Applied, HandleError>) -> anyhow::Result<Applied
     }
 }
 
+/// The routing key the message was first published with: a dead letter replayed onto its queue
+/// (through the default exchange) keeps it in a header.
+fn original_routing_key(delivery: &Delivery) -> String {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ORIGINAL_ROUTING_KEY))
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned())
+}
+
 /// Decodes a delivery into an [`Inbound`], or says why it is poison.
 pub fn decode(delivery: &Delivery) -> Result<Inbound, String> {
     let envelope = Envelope::decode(delivery.data.as_slice()).map_err(|e| format!("undecodable envelope: {e}"))?;
     envelope.check().map_err(|e| format!("envelope breaks the contract: {e}"))?;
     Ok(Inbound {
         envelope,
-        routing_key: delivery.routing_key.as_str().to_owned(),
+        routing_key: original_routing_key(delivery),
         redelivered: delivery.redelivered,
         trace: W3cContext::from_headers(delivery.properties.headers().as_ref()),
     })
@@ -425,7 +440,7 @@ impl<H: Handler> Consumer<H> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(DEAD_REASON.into(), AMQPValue::LongString(reason.to_owned().into()));
         headers.insert(DEAD_CONSUMER.into(), AMQPValue::LongString(self.name.clone().into()));
-        headers.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(delivery.routing_key.as_str().to_owned().into()));
+        headers.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(original_routing_key(delivery).into()));
         headers.insert(DEAD_QUEUE.into(), AMQPValue::LongString(self.queue.clone().into()));
         let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
         let confirm = dead_ch

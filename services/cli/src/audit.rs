@@ -1,0 +1,410 @@
+//! Reading the audit store (the `Audit` gRPC service): `timeline`, `watch`, `open`, `overdue`,
+//! `stats`, `verify`. Adapted from `duijie-bus audit`, with JSON output and exit codes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{Datelike as _, NaiveDate};
+use clap::Args;
+use duijie_proto::v1::{
+    AgencyRef, AuditCase, AuditRecord, AuditTimeline, Channel, GetTimelineRequest, ListOpenHandoffsRequest, ListOverdueRequest,
+    StatisticsRequest, VerifyRequest,
+};
+use serde_json::{Value, json};
+
+use crate::error::{CliError, CliResult, StatusContext as _};
+use crate::{Ctx, output, parse_node};
+
+/// `duijie watch`.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// A case id (UUID) or a case code.
+    pub case: String,
+    /// How often to ask the audit store (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Stop (exit 0) once the case is in this state, e.g. SETTLED; `closed` = CLOSED. Without it,
+    /// watch until interrupted or timed out.
+    #[arg(long, value_name = "STATE")]
+    pub until: Option<String>,
+    /// Give up after this many seconds (exit 4).
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `duijie stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// First day of the period (China time); default 1 January of this year.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub from: Option<NaiveDate>,
+    /// Day after the period (exclusive); default 1 January of next year.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub to: Option<NaiveDate>,
+    /// Agency code prefix, e.g. 431003 (地区).
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// court, police, petition or procuratorate (渠道).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// One agency, as referrer or holder (kind:code) (机构).
+    #[arg(long, value_parser = parse_node, value_name = "KIND:CODE")]
+    pub agency: Option<duijie_common::amqp::AgencyNode>,
+}
+
+fn timeline_request(case: &str) -> GetTimelineRequest {
+    if output::is_case_id(case) {
+        GetTimelineRequest { case_id: case.trim().to_owned(), ..Default::default() }
+    } else {
+        GetTimelineRequest { case_code: case.trim().to_owned(), ..Default::default() }
+    }
+}
+
+fn case_json(c: &AuditCase) -> Value {
+    json!({
+        "case_id": c.case_id,
+        "case_code": c.case_code,
+        "channel": output::channel(c.channel),
+        "referrer": output::agency(c.referrer.as_ref()),
+        "holder": output::agency(c.holder.as_ref()),
+        "state": c.state,
+        "state_since": output::time_json(c.state_since.as_ref()),
+        "received_at": output::time_json(c.received_at.as_ref()),
+        "closed_at": output::time_json(c.closed_at.as_ref()),
+        "overdue": c.overdue,
+        "deadlines": c.deadlines.iter().map(|d| json!({
+            "limit": d.limit().as_str_name(),
+            "legal_basis": d.legal_basis,
+            "started_at": output::time_json(d.started_at.as_ref()),
+            "due_at": output::time_json(d.due_at.as_ref()),
+            "met_at": output::time_json(d.met_at.as_ref()),
+            "overdue": d.overdue,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn record_json(r: &AuditRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "case_seq": r.case_seq,
+        "message_id": r.message_id,
+        "kind": output::kind(r.kind),
+        "sender": output::agency(r.sender.as_ref()),
+        "recipient": output::agency(r.recipient.as_ref()),
+        "occurred_at": output::time_json(r.occurred_at.as_ref()),
+        "recorded_at": output::time_json(r.recorded_at.as_ref()),
+        "delivered_at": output::time_json(r.delivered_at.as_ref()),
+        "causation_id": r.causation_id,
+        "trace_id": r.trace_id,
+        "state_after": r.state_after,
+        "summary": r.summary,
+        "hash": r.hash_hex,
+    })
+}
+
+fn print_case_header(c: &AuditCase) {
+    println!("案件 case    {} ({})", c.case_code, c.case_id);
+    println!("渠道 channel {} {}   移送 referrer {}   承办 holder {}", output::channel_zh(c.channel), output::channel(c.channel), output::agency(c.referrer.as_ref()), output::agency(c.holder.as_ref()));
+    println!(
+        "状态 state   {} since {}   收案 received {}   结案 closed {}",
+        c.state,
+        output::time(c.state_since.as_ref()),
+        output::time(c.received_at.as_ref()),
+        output::time(c.closed_at.as_ref())
+    );
+    for d in &c.deadlines {
+        let status = if d.overdue { "超期 OVERDUE" } else if d.met_at.is_some() { "met" } else { "running" };
+        println!("期限 limit   {:<42} due {}  {status}", d.limit().as_str_name(), output::time(d.due_at.as_ref()));
+    }
+}
+
+fn print_record_heading() {
+    println!("{:>6} {:>4}  {:<19}  {:<24} {:<24} {:<24} {:<19}  state after / summary", "seq", "#", "occurred", "from", "to", "message", "delivered");
+}
+
+fn print_record(r: &AuditRecord) {
+    println!(
+        "{:>6} {:>4}  {:<19}  {:<24} {:<24} {:<24} {:<19}  {}  {}",
+        r.seq,
+        r.case_seq,
+        output::time(r.occurred_at.as_ref()),
+        output::agency(r.sender.as_ref()),
+        output::agency(r.recipient.as_ref()),
+        output::kind(r.kind),
+        output::time(r.delivered_at.as_ref()),
+        r.state_after,
+        r.summary
+    );
+}
+
+/// `duijie timeline CASE`.
+pub async fn timeline(ctx: &Ctx, case: &str) -> CliResult<()> {
+    let t = ctx.audit()?.get_timeline(timeline_request(case)).await.or_refused(&format!("reading the timeline of {case}"))?.into_inner();
+    if ctx.json {
+        output::print_json(&json!({
+            "case": t.case.as_ref().map(case_json),
+            "records": t.records.iter().map(record_json).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    if let Some(c) = &t.case {
+        print_case_header(c);
+    }
+    print_record_heading();
+    for r in &t.records {
+        print_record(r);
+    }
+    Ok(())
+}
+
+/// The state `--until` names, as the services write states (`closed` → `CLOSED`).
+pub fn until_state(s: &str) -> String {
+    s.trim().to_ascii_uppercase().replace(['-', ' '], "_")
+}
+
+/// `duijie watch CASE`: polls the timeline and prints what is new. Exit 0 when the case reaches
+/// `--until`, exit 4 on `--timeout-secs`.
+pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
+    let mut client = ctx.audit()?;
+    let until = args.until.as_deref().map(until_state);
+    let deadline = args.timeout_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let interval = Duration::from_millis(args.interval_ms.max(50));
+    let mut printed: BTreeSet<u64> = BTreeSet::new();
+    let mut header_done = false;
+    let mut last_state: Option<String> = None;
+    let mut said_waiting = false;
+    loop {
+        match client.get_timeline(timeline_request(&args.case)).await {
+            Ok(t) => {
+                let t: AuditTimeline = t.into_inner();
+                if let Some(c) = &t.case {
+                    if !header_done {
+                        if ctx.json {
+                            println!("{}", json!({ "case": case_json(c) }));
+                        } else {
+                            print_case_header(c);
+                            print_record_heading();
+                        }
+                        header_done = true;
+                    }
+                    for r in &t.records {
+                        // insert() is false for a record printed before
+                        if !printed.insert(r.seq) {
+                            continue;
+                        }
+                        if ctx.json {
+                            println!("{}", json!({ "record": record_json(r) }));
+                        } else {
+                            print_record(r);
+                        }
+                    }
+                    if last_state.as_deref().is_some_and(|s| s != c.state) {
+                        if ctx.json {
+                            println!("{}", json!({ "state": c.state, "holder": output::agency(c.holder.as_ref()) }));
+                        } else {
+                            println!("── state {} → {}  (holder {})", last_state.as_deref().unwrap_or("-"), c.state, output::agency(c.holder.as_ref()));
+                        }
+                    }
+                    last_state = Some(c.state.clone());
+                    if until.as_deref() == Some(c.state.as_str()) {
+                        return Ok(());
+                    }
+                }
+            }
+            // Not recorded yet (a watch may start before the referral reaches the audit store),
+            // or the audit service restarting: keep watching.
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unavailable) => {
+                if !said_waiting {
+                    eprintln!("duijie: waiting for case {}: {}", args.case, s.message());
+                    said_waiting = true;
+                }
+            }
+            Err(s) => return Err(CliError::from_status(&format!("watching {}", args.case), &s)),
+        }
+        if let Some(d) = deadline {
+            let now = tokio::time::Instant::now();
+            if now >= d {
+                let state = last_state.as_deref().unwrap_or("not recorded");
+                let goal = until.as_deref().map(|u| format!(", not {u}")).unwrap_or_default();
+                return Err(CliError::Unavailable(format!("timed out after {} s watching {}: state {state}{goal}", args.timeout_secs.unwrap_or(0), args.case)));
+            }
+            tokio::time::sleep(interval.min(d - now)).await;
+        } else {
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+/// `duijie overdue`.
+pub async fn overdue(ctx: &Ctx) -> CliResult<()> {
+    let r = ctx.audit()?.list_overdue(ListOverdueRequest { limit: 1000 }).await.or_refused("listing overdue cases")?.into_inner();
+    if ctx.json {
+        output::print_json(&Value::Array(r.cases.iter().map(case_json).collect()));
+        return Ok(());
+    }
+    println!("{:<26} {:<16} {:<26} {:<22} 超期期限 overdue limits", "案件 case", "渠道 channel", "承办 holder", "状态 state");
+    for case in &r.cases {
+        let late: Vec<&str> = case.deadlines.iter().filter(|d| d.overdue).map(|d| d.limit().as_str_name()).collect();
+        println!("{:<28} {:<18} {:<29} {:<25} {}", case.case_code, output::channel(case.channel), output::agency(case.holder.as_ref()), case.state, late.join(", "));
+    }
+    println!("{} overdue", r.cases.len());
+    Ok(())
+}
+
+/// `duijie open`.
+pub async fn open(ctx: &Ctx, min_hours: u64) -> CliResult<()> {
+    let r = ctx
+        .audit()?
+        .list_open_handoffs(ListOpenHandoffsRequest { min_age_seconds: min_hours.saturating_mul(3600), limit: 1000 })
+        .await
+        .or_refused("listing open handoffs")?
+        .into_inner();
+    if ctx.json {
+        let rows: Vec<Value> = r
+            .handoffs
+            .iter()
+            .map(|h| {
+                json!({
+                    "case_id": h.case_id, "case_code": h.case_code, "channel": output::channel(h.channel),
+                    "from": output::agency(h.from.as_ref()), "to": output::agency(h.to.as_ref()),
+                    "waiting_for": h.waiting_for, "since": output::time_json(h.since.as_ref()), "age_seconds": h.age_seconds,
+                })
+            })
+            .collect();
+        output::print_json(&Value::Array(rows));
+        return Ok(());
+    }
+    println!("{:<26} {:<24} {:<24} {:<22} {:>8}", "case", "from", "to", "waiting for", "hours");
+    for h in &r.handoffs {
+        println!(
+            "{:<26} {:<24} {:<24} {:<22} {:>8.1}",
+            h.case_code,
+            output::agency(h.from.as_ref()),
+            output::agency(h.to.as_ref()),
+            h.waiting_for,
+            h.age_seconds as f64 / 3600.0
+        );
+    }
+    println!("{} open handoffs", r.handoffs.len());
+    Ok(())
+}
+
+fn parse_channel(s: Option<&str>) -> CliResult<Channel> {
+    Ok(match s.map(str::trim) {
+        None | Some("") => Channel::Unspecified,
+        Some("court") => Channel::Court,
+        Some("police") => Channel::Police,
+        Some("petition") => Channel::Petition,
+        Some("procuratorate") => Channel::Procuratorate,
+        Some(other) => return Err(CliError::Usage(format!("--channel: unknown channel {other:?} (court, police, petition, procuratorate)"))),
+    })
+}
+
+/// `duijie stats`.
+pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
+    let today = chrono::Utc::now().with_timezone(&output::china()).date_naive();
+    let jan1 = |y| NaiveDate::from_ymd_opt(y, 1, 1).ok_or_else(|| CliError::Usage(format!("year {y}")));
+    let from = match args.from {
+        Some(d) => d,
+        None => jan1(today.year())?,
+    };
+    let to = match args.to {
+        Some(d) => d,
+        None => jan1(today.year() + 1)?,
+    };
+    if to <= from {
+        return Err(CliError::Usage(format!("--to {to} must be after --from {from}")));
+    }
+    let channel = parse_channel(args.channel.as_deref())?;
+    let req = StatisticsRequest {
+        from: Some(output::china_midnight(from)?),
+        to: Some(output::china_midnight(to)?),
+        region: args.region.clone(),
+        channel: channel as i32,
+        agency: args.agency.as_ref().map(AgencyRef::from),
+    };
+    let s = ctx.audit()?.get_statistics(req).await.or_refused("reading the statistics")?.into_inner();
+    if ctx.json {
+        output::print_json(&json!({
+            "from": from.to_string(), "to": to.to_string(), "region": args.region, "channel": channel.as_str(),
+            "received": s.received, "received_court": s.received_court, "received_police": s.received_police,
+            "received_petition": s.received_petition, "received_procuratorate": s.received_procuratorate,
+            "received_self_accepted": s.received_self_accepted,
+            "signed_for": s.signed_for, "accepted": s.accepted, "rejected": s.rejected,
+            "mediated": s.mediated, "settled": s.settled, "failed": s.failed,
+            "mediation_rate": s.mediation_rate, "success_rate": s.success_rate,
+            "confirmations_requested": s.confirmations_requested, "confirmations_granted": s.confirmations_granted,
+            "overdue": s.overdue, "closed": s.closed,
+            "median_days_to_closure": s.median_days_to_closure, "p90_days_to_closure": s.p90_days_to_closure,
+        }));
+        return Ok(());
+    }
+    let scope = [
+        (!args.region.is_empty()).then(|| format!("region {}", args.region)),
+        (channel != Channel::Unspecified).then(|| format!("channel {}", channel.as_str())),
+        args.agency.as_ref().map(|a| format!("agency {a}")),
+    ];
+    let scope: Vec<String> = scope.into_iter().flatten().collect();
+    println!("统计期间 period            {from} .. {to} (exclusive){}", if scope.is_empty() { String::new() } else { format!("   {}", scope.join(", ")) });
+    println!("收案数 received            {:>8}   法院 court {}  公安 police {}  信访 petition {}  检察 procuratorate {}  自行受理 self {}", s.received, s.received_court, s.received_police, s.received_petition, s.received_procuratorate, s.received_self_accepted);
+    println!("签收 signed for            {:>8}", s.signed_for);
+    println!("受理 accepted              {:>8}", s.accepted);
+    println!("不予受理 rejected          {:>8}", s.rejected);
+    println!("调解结案 mediated          {:>8}   成功 settled {}  不成 failed {}", s.mediated, s.settled, s.failed);
+    println!("调解率 mediation rate      {:>7.1} %", s.mediation_rate * 100.0);
+    println!("调解成功率 success rate    {:>7.1} %", s.success_rate * 100.0);
+    println!("司法确认 confirmations     {:>8}   确认有效 granted {}", s.confirmations_requested, s.confirmations_granted);
+    println!("超期 overdue               {:>8}", s.overdue);
+    println!("结案 closed                {:>8}   结案天数 days to closure: median {:.1}, p90 {:.1}", s.closed, s.median_days_to_closure, s.p90_days_to_closure);
+    Ok(())
+}
+
+/// `duijie verify [--case CASE]`: exit 5 when the chain is broken.
+pub async fn verify(ctx: &Ctx, case: Option<&str>) -> CliResult<()> {
+    let mut client = ctx.audit()?;
+    let case_id = match case {
+        None => String::new(),
+        Some(c) if output::is_case_id(c) => c.trim().to_owned(),
+        // Verify takes a case id: resolve a case code through the timeline.
+        Some(c) => client
+            .get_timeline(timeline_request(c))
+            .await
+            .or_refused(&format!("looking up case {c}"))?
+            .into_inner()
+            .case
+            .map(|c| c.case_id)
+            .ok_or_else(|| CliError::Refused(format!("no case {c}")))?,
+    };
+    let r = client.verify(VerifyRequest { case_id: case_id.clone() }).await.or_refused("verifying the audit chain")?.into_inner();
+    if ctx.json {
+        output::print_json(&json!({
+            "ok": r.ok, "records_checked": r.records_checked, "first_broken_seq": r.first_broken_seq, "problem": r.problem,
+            "case_id": if case_id.is_empty() { Value::Null } else { Value::String(case_id.clone()) },
+        }));
+    }
+    if r.ok {
+        if !ctx.json {
+            println!("完整 ok: {} records verified{}", r.records_checked, if case_id.is_empty() { String::new() } else { format!(" (case {case_id})") });
+        }
+        Ok(())
+    } else {
+        Err(CliError::Broken(format!("BROKEN at record {}: {} ({} records checked)", r.first_broken_seq, r.problem, r.records_checked)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_names_a_state() {
+        assert_eq!(until_state("closed"), "CLOSED");
+        assert_eq!(until_state("in-mediation"), "IN_MEDIATION");
+    }
+
+    #[test]
+    fn ids_and_codes_are_told_apart() {
+        assert!(timeline_request("0190f2a4-7c1e-7a55-9c1e-6a1f2b3c4d5e").case_code.is_empty());
+        assert_eq!(timeline_request("JF-431003-2026-000123").case_code, "JF-431003-2026-000123");
+    }
+}
