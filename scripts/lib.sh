@@ -100,3 +100,15 @@ port_listening() {
 
 # port_free PORT: true if nothing listens on TCP PORT.
 port_free() { ! port_listening "$1"; }
+
+# http_get HOST PORT PATH [HEADER]: the body of one HTTP/1.1 GET, with bash's /dev/tcp only
+# (no curl on a fresh machine).
+http_get() {
+	local host=$1 port=$2 path=$3 extra=""
+	[ -n "${4:-}" ] && extra="$4"$'\r\n'
+	exec 3<>"/dev/tcp/$host/$port" || return 1
+	printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n' "$path" "$host" "$extra" >&3
+	# The body comes after the blank line; print it alone.
+	sed '1,/^\r$/d' <&3
+	exec 3<&-
+}

@@ -143,10 +143,10 @@ Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
   console        127.0.0.1:$(port_of console)    the web console (HTTP; calls the services with each agency's certificate)
   Logs: target/run/<service>.log   Stop: scripts/run.sh stop
 
-Audit store from the command line (as the district supervisor, supervisor:431003):
-  target/debug/duijie-bus audit timeline <case id or code>
-  target/debug/duijie-bus audit stats --from 2026-01-01 --to 2027-01-01 --region 431003
-  target/debug/duijie-bus audit open | overdue | verify
+Audit store and dead letters from the command line (as the district supervisor by default):
+  target/debug/duijie timeline JF-431003-2026-D1M-0001      target/debug/duijie watch <case> --until closed
+  target/debug/duijie stats --region 431003                 target/debug/duijie overdue | open | verify
+  target/debug/duijie dead list                             target/debug/duijie dead replay --id <message id>
 
 Queue depths now:
 INFO

@@ -47,10 +47,17 @@ log "tests"
 cargo nextest run --workspace --profile ci "$@"
 
 if [ "$#" -eq 0 ]; then
-	log "smoke: scripts/run.sh brings the five services up"
+	log "smoke: scripts/run.sh brings the services and the console up with the demo data"
 	"$SCRIPT_DIR/run.sh" >/dev/null
-	# The README's audit commands answer against the running stack.
-	target/debug/duijie-bus audit verify >/dev/null
-	target/debug/duijie-bus audit stats --from 2026-01-01 --to 2027-01-01 --region 431003 >/dev/null
+	# The README's commands answer against the running stack.
+	DUIJIE=target/debug/duijie
+	"$DUIJIE" verify >/dev/null
+	"$DUIJIE" stats --region 431003 | grep -q . || die "duijie stats printed nothing"
+	"$DUIJIE" timeline JF-431003-2026-D1M-0001 >/dev/null
+	"$DUIJIE" dead list >/dev/null
+	# The console answers, and the centre's inbox already shows demo cases.
+	http_get 127.0.0.1 8080 /healthz | grep -q '^ok' || die "the console does not answer /healthz"
+	http_get 127.0.0.1 8080 /cases 'Cookie: duijie_as=mediation:431003' | grep -q 'D1M-' ||
+		die "the console shows no demo cases in the centre's inbox"
 	"$SCRIPT_DIR/run.sh" stop
 fi

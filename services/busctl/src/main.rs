@@ -5,11 +5,11 @@
 //!   for the given agency nodes; idempotent;
 //! * `status`   — queue depths and consumers of the tap, the dead-letter queue and each node's
 //!   inbox, and unsent outbox rows of a database;
-//! * `audit`    — read the audit store over gRPC: `timeline`, `open`, `overdue`, `stats`, `verify`.
+//!
+//! Reading the audit store (timeline, statistics, verify) and dead letters are the operators'
+//! CLI, `duijie` (`services/cli`).
 //!
 //! Exit codes: 0 success, 1 failure (message on stderr), 2 bad arguments.
-
-mod audit;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -57,8 +57,6 @@ enum Command {
         #[arg(required = true, value_parser = parse_node)]
         nodes: Vec<AgencyNode>,
     },
-    /// Read the audit store: timeline, open handoffs, overdue cases, statistics, verify.
-    Audit(audit::AuditArgs),
     /// Show queue depths (tap, dead letters, and the inboxes of the given nodes).
     Status {
         #[arg(value_parser = parse_node)]
@@ -87,11 +85,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let topology = Topology::new(TopologyConfig { prefix: cli.prefix.clone(), ..Default::default() });
     let connector = Connector::new(AmqpConfig { url: cli.amqp_url.clone().into(), connection_name: "duijie-bus".into() });
-    if let Command::Audit(args) = cli.command {
-        return audit::run(args).await;
-    }
     match cli.command {
-        Command::Audit(_) => {}
         Command::Migrate { database_url } => {
             let cfg = DatabaseConfig::from_url(&database_url)?;
             create_database_if_missing(&cfg).await?;
