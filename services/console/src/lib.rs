@@ -101,6 +101,9 @@ pub(crate) struct AppState {
 impl AppState {
     /// The display name of an agency, or its kind and code.
     pub fn name_of(&self, node: &AgencyNode) -> String {
+        if node.kind == duijie_proto::v1::AgencyKind::Bus {
+            return "对接平台".into(); // delivery evidence and deadline notices
+        }
         self.names
             .iter()
             .find(|(n, _)| n == node)
