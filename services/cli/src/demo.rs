@@ -495,21 +495,13 @@ async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<Ca
     let sent: Vec<&str> = view.timeline.iter().filter(|e| e.direction == "out").map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
     let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.map(tonic::Response::into_inner) };
-    let mut denied_once = false;
     loop {
         match read().await {
-            Ok(v) if sent.iter().all(|id| v.timeline.iter().any(|e| e.message_id == *id)) => {
-                // A view reads the case's state and its timeline in two statements, so it can
-                // show a message whose state change it does not show yet: read it again now
-                // that the message is known to be there.
-                return read().await.map_err(|s| CliError::from_status(&what(), &s));
-            }
+            // A view is one snapshot: the state shown is the one after those messages.
+            Ok(v) if sent.iter().all(|id| v.timeline.iter().any(|e| e.message_id == *id)) => return Ok(v),
             Ok(_) => {}
             // Not arrived yet, or the service restarting.
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unavailable) => {}
-            // A case arriving between the service's two lookups reads as someone else's
-            // (PERMISSION_DENIED) once; a second answer the same is meant.
-            Err(s) if s.code() == tonic::Code::PermissionDenied && !denied_once => denied_once = true,
             Err(s) => return Err(CliError::from_status(&what(), &s)),
         }
         if Instant::now() >= deadline {
