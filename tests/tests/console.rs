@@ -89,6 +89,13 @@ async fn court_refers_centre_settles_court_sees_outcome_and_whole_timeline() -> 
     b.fill("#accept-accepted_by", "王明").await?;
     b.click("#do-accept").await?;
     assert!(b.text("#ok").await?.contains("受理"));
+    // A progress report goes through; its form comes back empty for the next one (the draft
+    // kept across reloads is cleared once the server took it).
+    b.select("#progress-stage", &(ProgressStage::SessionHeld as i32).to_string()).await?;
+    b.fill("#progress-summary", "已组织双方现场调解一次").await?;
+    b.click("#do-progress").await?;
+    assert!(b.text("#ok").await?.contains("调解进展"));
+    assert_eq!(b.value("#progress-summary").await?, "", "the sent report is not offered again");
     // An outcome without its agreement is refused on the page, the choice kept.
     b.select("#outcome-result", "1").await?;
     b.click("#do-outcome").await?;
@@ -240,7 +247,9 @@ async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, client: Option<(&[u
     };
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(ServerName::try_from("localhost")?, tcp).await?;
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    // `path` may carry header lines after a CRLF.
+    let (path, extra) = path.split_once("\r\n").map_or((path, String::new()), |(p, h)| (p, format!("{h}\r\n")));
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n").as_bytes()).await?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
@@ -273,7 +282,9 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
     assert!(page.starts_with("HTTP/1.1 200"), "{}", &page[..page.len().min(300)]);
     assert!(page.contains("苏仙区人民法院") && page.contains("court:431003") && page.contains("我移送的案件"));
     assert!(!page.contains("切换身份"), "no switching identity in production");
-    // A demo sign-in cookie does not change who you are.
+    // A demo sign-in cookie does not change who you are, and there is no sign-in page.
+    let page = https_get(console.addr, &ca, Some((&court.cert, &court.key)), "/cases\r\nCookie: duijie_as=police:431003-01").await?;
+    assert!(page.contains("court:431003") && !page.contains("police:431003-01"), "{}", &page[..page.len().min(300)]);
     let page = https_get(console.addr, &ca, Some((&court.cert, &court.key)), "/signin").await?;
     assert!(page.starts_with("HTTP/1.1 303"), "{}", &page[..page.len().min(200)]);
 
@@ -286,6 +297,113 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
     assert!(https_get(console.addr, &ca, None, "/cases").await.is_err_and(|e| !e.to_string().is_empty()), "a browser without a certificate is refused");
     let foreign = duijie_common::certs::DevCa::generate("foreign CA")?.agency(&stack::court())?;
     assert!(https_get(console.addr, &ca, Some((&foreign.cert, &foreign.key)), "/cases").await.is_err(), "a certificate of another CA is refused");
+
+    console.handle.abort();
+    stack.stop().await
+}
+
+/// One HTTP/1.1 request to the demo console: (status, headers and body as text).
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if method == "POST" {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    tcp.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text))
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{k}={}", v.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>())).collect::<Vec<_>>().join("&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_act_once_cross_site_posts_are_refused_and_the_petition_office_can_dispose() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let console = browser::start_console(&stack).await?;
+    let court = stack.clerk(&stack::court()).await?;
+    let centre = stack.clerk(&stack::centre()).await?;
+    let view = court
+        .referrals()
+        .submit_referral(SubmitReferralRequest {
+            to: Some(stack::agency_ref(&stack::centre())),
+            case_code: "JF-431003-2026-C0001".into(),
+            referral: Some(stack::referral("console-once", ClockPolicyKind::CourtPreFiling)),
+        })
+        .await?
+        .into_inner();
+    let id = view.case_id;
+    centre.wait_for(&id, "DELIVERED").await?;
+    let as_centre = [("Cookie", "duijie_as=mediation:431003")];
+    let origin = format!("http://{}", console.addr);
+    let sign = form(&[("action", "sign_for"), ("idempotency_key", "page-key-1"), ("signed_by", "王明")]);
+
+    // A form posted from another site is refused and changes nothing.
+    let (status, body) = http(console.addr, "POST", &format!("/cases/{id}/act"), &[as_centre[0], ("Origin", "http://evil.example")], &sign).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("其他网站"));
+    let (status, _) = http(console.addr, "POST", &format!("/cases/{id}/act"), &[as_centre[0], ("Sec-Fetch-Site", "cross-site")], &sign).await?;
+    assert_eq!(status, 403);
+    assert_eq!(centre.case(&id).await?.state, "DELIVERED", "nothing was done");
+    // Pages may not be framed elsewhere.
+    let (_, page) = http(console.addr, "GET", &format!("/cases/{id}"), &as_centre, "").await?;
+    assert!(page.to_ascii_lowercase().contains("x-frame-options: deny"));
+
+    // The clerk's double click: the same form twice acts once, and both answers say it is done.
+    for _ in 0..2 {
+        let (status, resp) = http(console.addr, "POST", &format!("/cases/{id}/act"), &[as_centre[0], ("Origin", &origin)], &sign).await?;
+        assert_eq!(status, 303, "{resp}");
+        assert!(resp.contains(&format!("/cases/{id}?ok=sign_for")), "{resp}");
+    }
+    let seen = centre.case(&id).await?;
+    assert_eq!(seen.timeline.iter().filter(|e| e.kind() == MessageKind::Receipt).count(), 1, "signed for once");
+
+    // A case code in a path that is not a case id: a plain page, nothing reaches a service.
+    let (status, body) = http(console.addr, "GET", "/cases/%0Aabc", &as_centre, "").await?;
+    assert_eq!(status, 404, "{body}");
+
+    // The petition office: a case the village committee returned is disposed of (告知处理结果),
+    // not 办结 (which follows a closure), and only once.
+    let petition = stack.clerk(&stack::petition()).await?;
+    let village = stack.clerk(&stack::village()).await?;
+    let pid = petition
+        .referrals()
+        .submit_referral(SubmitReferralRequest {
+            to: Some(stack::agency_ref(&stack::village())),
+            case_code: "JF-431003-2026-P0001".into(),
+            referral: Some(stack::referral("console-petition", ClockPolicyKind::Petition)),
+        })
+        .await?
+        .into_inner()
+        .case_id;
+    village.wait_for(&pid, "DELIVERED").await?;
+    village
+        .mediation()
+        .sign_for(SignForRequest { case_id: pid.clone(), receipt: Some(Receipt { signed_by: "赵村".into(), ..Default::default() }) })
+        .await?;
+    village
+        .mediation()
+        .reject(RejectRequest { case_id: pid.clone(), reject: Some(Reject { reason: RejectReason::NotCompetent as i32, explanation: "涉及多村土地权属".into() }) })
+        .await?;
+    petition.wait_for(&pid, "REJECTED").await?;
+    let as_petition = [("Cookie", "duijie_as=petition:431003")];
+    let (_, page) = http(console.addr, "GET", &format!("/cases/{pid}"), &as_petition, "").await?;
+    assert!(page.contains("id=\"act-dispose\"") && !page.contains("act-close_petition"), "a returned petition case is disposed of");
+    let dispose = form(&[("action", "dispose"), ("idempotency_key", "page-key-2"), ("disposition", &(DispositionKind::Other as i32).to_string()), ("summary", "转交自然资源部门处理")]);
+    let (status, resp) = http(console.addr, "POST", &format!("/cases/{pid}/act"), &[as_petition[0], ("Origin", &origin)], &dispose).await?;
+    assert_eq!(status, 303, "{resp}");
+    let (_, page) = http(console.addr, "GET", &format!("/cases/{pid}"), &as_petition, "").await?;
+    assert!(!page.contains("id=\"act-dispose\""), "told once, the disposition is not offered again");
 
     console.handle.abort();
     stack.stop().await

@@ -537,6 +537,16 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(again.case_id, first);
+    // Another referral under the same case code is refused: the code names one case.
+    let reused = court
+        .referrals()
+        .submit_referral(SubmitReferralRequest {
+            to: Some(agency_ref(&stack::centre())),
+            case_code: "JF-431003-2026-000008".into(),
+            referral: Some(referral("court-other", ClockPolicyKind::CourtPreFiling)),
+        })
+        .await;
+    assert!(matches!(&reused, Err(s) if s.code() == Code::InvalidArgument && field_of(s) == ["case_code"]), "{reused:?}");
     centre.wait_for(&first, "DELIVERED").await?;
     let inbox = centre.cases().list_cases(ListCasesRequest::default()).await?.into_inner();
     assert_eq!(inbox.cases.len(), 1, "one referral: {inbox:?}");

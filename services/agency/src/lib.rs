@@ -292,9 +292,14 @@ impl Agency {
         .bind(&referral.client_request_id)
         .bind(referral.encode_to_vec())
         .execute(&mut *tx)
-        .await
-        .context("creating the case")?
-        .rows_affected();
+        .await;
+        let inserted = match inserted {
+            Ok(r) => r.rows_affected(),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("cases_sent_case_code") => {
+                return Err(ApiError::invalid("case_code", format!("{case_code} is already used by another case of {caller}")));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("creating the case").into()),
+        };
         if inserted == 0 {
             // A retry (or a concurrent duplicate) of a submit that already created the case.
             drop(tx);

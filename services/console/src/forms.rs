@@ -57,15 +57,24 @@ fn enum_value<E: TryFrom<i32>>(f: &Fields, name: &str, check: &mut Check, label:
     }
 }
 
-/// A date as midnight China time (UTC+8), the way the agencies write dates.
+/// A date as the start of that day, China time (UTC+8), the way the agencies write dates.
 fn date(f: &Fields, name: &str, check: &mut Check, label: &str) -> Option<prost_types::Timestamp> {
+    date_at(f, name, check, label, (0, 0, 0))
+}
+
+/// A date by which something is due: the end of that day, China time.
+fn due_date(f: &Fields, name: &str, check: &mut Check, label: &str) -> Option<prost_types::Timestamp> {
+    date_at(f, name, check, label, (23, 59, 59))
+}
+
+fn date_at(f: &Fields, name: &str, check: &mut Check, label: &str, (h, m, sec): (u32, u32, u32)) -> Option<prost_types::Timestamp> {
     let v = f.get(name);
     if v.is_empty() {
         return None;
     }
     let parsed = NaiveDate::parse_from_str(v, "%Y-%m-%d")
         .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|d| d.and_hms_opt(h, m, sec))
         .and_then(|d| chrono::FixedOffset::east_opt(8 * 3600).and_then(|tz| tz.from_local_datetime(&d).single()));
     match parsed {
         Some(t) => Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 }),
@@ -211,6 +220,8 @@ pub enum Input {
     Date,
     Number,
     Select(Vec<(i32, &'static str)>),
+    /// A choice whose labels come from the case (its parties).
+    Named(Vec<(i32, String)>),
     /// A choice of agencies (value `<kind>:<code>`).
     Agency(Vec<(String, String)>),
     Check,
@@ -240,6 +251,22 @@ pub struct ActionSpec {
     pub fields: Vec<FieldSpec>,
 }
 
+/// The action `key` as `me` may take it on this case whatever the state now (for a submitted
+/// form: the service decides whether the state still allows it, or answers a retry).
+pub fn action_by_key(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)], key: &str) -> Option<ActionSpec> {
+    let mut any_state = view.clone();
+    any_state.allowed_next = (1..=26).collect();
+    any_state.timeline.retain(|e| e.kind() != MessageKind::DispositionNotice);
+    // Either form of the petition office's last step.
+    for state in ["CLOSED", "FAILED"] {
+        any_state.state = state.into();
+        if let Some(spec) = actions_for(me, &any_state, bodies).into_iter().find(|a| a.key == key) {
+            return Some(spec);
+        }
+    }
+    None
+}
+
 /// What `me` may do with the case, given what its state allows.
 pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)]) -> Vec<ActionSpec> {
     use MessageKind as K;
@@ -248,6 +275,13 @@ pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, Stri
     let referrer = view.referrer.as_ref().is_some_and(|r| r.kind == me.kind as i32 && r.code == me.code);
     let others: Vec<(String, String)> =
         bodies.iter().filter(|(n, _)| n != me).map(|(n, name)| (n.to_string(), name.clone())).collect();
+    let parties: Vec<(i32, String)> = view
+        .referral
+        .as_ref()
+        .map(|r| r.parties.iter().enumerate().map(|(i, p)| (i as i32 + 1, format!("{}（{}）", p.name, labels::party_role(p.role())))).collect())
+        .unwrap_or_default();
+    // A referrer tells its final disposition once.
+    let disposed = view.timeline.iter().any(|e| e.direction == "out" && e.kind() == K::DispositionNotice);
     let running_limits: Vec<(i32, &'static str)> = view
         .deadlines
         .iter()
@@ -299,8 +333,8 @@ pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, Stri
                 kind,
                 title: "上报上一级调解组织",
                 fields: vec![
-                    field("from_tier", "本级", options(&labels::TIERS, labels::tier), true),
-                    field("to_tier", "上报至层级", options(&labels::TIERS, labels::tier), true),
+                    field("from_tier", "本级", options(&labels::TIERS[..4], labels::tier), false),
+                    field("to_tier", "上报至层级", options(&labels::TIERS[1..4], labels::tier), true),
                     field("to_agency", "接收组织", Input::Agency(others.clone()), false),
                     field("reason", "上报理由", Input::Area, true),
                 ],
@@ -341,6 +375,7 @@ pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, Stri
                     field("terms", "协议内容（每行一条；调解成功时必填）", Input::Area, false),
                     field("confirmation_intended", "当事人拟申请司法确认", Input::Check, false),
                     field("failure_reason", "调解不成的原因", options(&[FailureReason::NoAgreement, FailureReason::PartyAbsent, FailureReason::PartyRefused, FailureReason::TimeLimitExpired, FailureReason::Other], labels::failure_reason), false),
+                    field("withdrawing_party", "撤回申请的当事人（撤回时）", Input::Named(parties.clone()), false),
                     field("explanation", "说明", Input::Area, false),
                 ],
             },
@@ -415,13 +450,15 @@ pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, Stri
                     field("supervisor", "督办人", Input::Text, false),
                 ],
             },
-            K::DispositionNotice if referrer && me.kind == AgencyKind::Petition => ActionSpec {
+            // 办结 follows the centre's closure; before that (a returned case) the office tells
+            // its disposition like the other referrers.
+            K::DispositionNotice if referrer && me.kind == AgencyKind::Petition && view.state == "CLOSED" && !disposed => ActionSpec {
                 key: "close_petition",
                 kind,
                 title: "信访事项办结",
                 fields: vec![field("document_number", "办结意见书文号", Input::Text, true), field("summary", "办结情况", Input::Area, false)],
             },
-            K::DispositionNotice if referrer => ActionSpec {
+            K::DispositionNotice if referrer && !disposed && !(me.kind == AgencyKind::Petition && view.state == "CLOSED") => ActionSpec {
                 key: "dispose",
                 kind,
                 title: "告知处理结果",
@@ -436,7 +473,12 @@ pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, Stri
                 kind,
                 title: "司法确认",
                 fields: vec![
-                    field("decision", "决定", options(&[ConfirmationDecisionKind::Accepted, ConfirmationDecisionKind::NotAccepted, ConfirmationDecisionKind::Granted, ConfirmationDecisionKind::Denied], labels::confirmation_decision), true),
+                    // First whether to accept the application, then (accepted) the decision.
+                    field("decision", "决定", if view.state == "CONFIRMATION_ACCEPTED" {
+                        options(&[ConfirmationDecisionKind::Granted, ConfirmationDecisionKind::Denied], labels::confirmation_decision)
+                    } else {
+                        options(&[ConfirmationDecisionKind::Accepted, ConfirmationDecisionKind::NotAccepted], labels::confirmation_decision)
+                    }, true),
                     field("document_number", "裁定书文号（确认或驳回时必填）", Input::Text, false),
                     field("reason", "理由", Input::Area, false),
                 ],
@@ -620,7 +662,13 @@ pub async fn perform(ch: GrpcChannel, case_id: &str, key: &str, f: &Fields, spec
                     let reason = enum_value::<FailureReason>(f, "failure_reason", &mut c, "调解不成的原因");
                     outcome::Kind::Failed(outcome::Failed { reason, explanation: f.get("explanation").into() })
                 }
-                "3" => outcome::Kind::Withdrawn(outcome::Withdrawn { party_id: "p1".into(), reason: f.get("explanation").into() }),
+                "3" => {
+                    let party = f.get("withdrawing_party").parse::<usize>().ok().and_then(|i| party_ids(f).get(i.wrapping_sub(1)).cloned());
+                    if party.is_none() {
+                        c.fail("withdrawing_party", "请选择撤回申请的当事人".into());
+                    }
+                    outcome::Kind::Withdrawn(outcome::Withdrawn { party_id: party.unwrap_or_default(), reason: f.get("explanation").into() })
+                }
                 _ => {
                     c.fail("result", "请选择“结果”".into());
                     outcome::Kind::Withdrawn(outcome::Withdrawn::default())
@@ -694,7 +742,7 @@ pub async fn perform(ch: GrpcChannel, case_id: &str, key: &str, f: &Fields, spec
         }
         "supervise" => {
             let level = enum_value::<SupervisionLevel>(f, "level", &mut c, "督办级别");
-            let respond_by = date(f, "respond_by", &mut c, "回复期限");
+            let respond_by = due_date(f, "respond_by", &mut c, "回复期限");
             c.done()?;
             r.supervise(with_key(
                 SuperviseRequest {
@@ -779,16 +827,20 @@ pub async fn perform(ch: GrpcChannel, case_id: &str, key: &str, f: &Fields, spec
     Ok(view.into_inner())
 }
 
+/// The case's party ids, as the page listed them.
+fn party_ids(f: &Fields) -> Vec<String> {
+    f.get("party_ids").split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect()
+}
+
 /// Every party of the case consented (the clerk ticked the box after asking them).
 fn all_consents(f: &Fields, name: &str) -> Vec<PartyConsent> {
     if !f.checked(name) {
         return Vec::new();
     }
-    f.get("party_ids")
-        .split(',')
-        .filter(|p| !p.is_empty())
+    party_ids(f)
+        .into_iter()
         .map(|p| PartyConsent {
-            party_id: p.to_owned(),
+            party_id: p,
             consented: true,
             method: ConsentMethod::Written as i32,
             consented_at: Some(duijie_common::envelope::timestamp(chrono::Utc::now())),

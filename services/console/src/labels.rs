@@ -257,7 +257,7 @@ pub fn dispositions(kind: AgencyKind) -> Vec<DispositionKind> {
         AgencyKind::Court => vec![D::FiledForTrial, D::SuitWithdrawn, D::Adjudicated],
         AgencyKind::Police => vec![D::Penalty, D::NoPenalty],
         AgencyKind::Procuratorate => vec![D::NonProsecution, D::Prosecuted],
-        AgencyKind::Petition => vec![D::PetitionClosed],
+        AgencyKind::Petition => vec![D::PetitionClosed, D::Other],
         _ => vec![],
     }
 }
@@ -438,10 +438,13 @@ pub fn field(path: &str) -> String {
         p if p.ends_with("applicant_party_ids") => "申请人",
         p if p.ends_with("status") => "履行情况",
         p if p.ends_with("days") => "延长天数",
+        p if p.ends_with("limit") => "期限",
+        p if p.ends_with("questions") => "需补充的内容",
+        p if p.ends_with("stage") => "阶段",
         p if p.ends_with("consents") => "当事人同意",
         p if p.ends_with("to_agency") || p.ends_with(".to") => "接收组织",
         p if p.ends_with("tier") => "调解层级",
-        _ => return format!("「{path}」"),
+        _ => "此项",
     }
     .to_owned()
 }
@@ -450,7 +453,7 @@ pub fn field(path: &str) -> String {
 pub fn problem(path: &str, description: &str) -> String {
     let d = description.to_ascii_lowercase();
     if path.ends_with("identity.number") {
-        return "无效，请核对（居民身份证号码为18位，末位校验码须正确）".into();
+        return "无效，请核对证件类型与号码（居民身份证号码为18位，末位校验码须正确）".into();
     }
     if d.contains("required") {
         "为必填项".into()
@@ -481,7 +484,7 @@ mod tests {
         assert_eq!(field("referral.parties[1].name"), "当事人2姓名/名称");
         assert_eq!(field("decision.document_number"), "文书编号");
         assert_eq!(field("referral.facts"), "基本事实");
-        assert_eq!(problem("referral.parties[0].identity.number", "check digit mismatch"), "无效，请核对（居民身份证号码为18位，末位校验码须正确）");
+        assert_eq!(problem("referral.parties[0].identity.number", "check digit mismatch"), "无效，请核对证件类型与号码（居民身份证号码为18位，末位校验码须正确）");
         assert_eq!(problem("receipt.signed_by", "is required"), "为必填项");
     }
 

@@ -34,12 +34,12 @@ use serde::Deserialize;
 
 pub use backend::UiError;
 
-/// How people sign in to the console.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+/// How people sign in to the console (no default: a deployment says which).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SignIn {
-    /// Pick any identity of the PKI directory (the local stack and demonstrations).
-    #[default]
+    /// Pick any identity of the PKI directory: the local stack and demonstrations only, so
+    /// the console refuses it on anything but a loopback address.
     Demo,
     /// HTTPS with a required browser certificate; its common name is the agency.
     ClientCertificate,
@@ -73,7 +73,6 @@ pub struct ConsoleConfig {
     /// The certificates the console presents on behalf of each agency (`ca.pem`,
     /// `<kind>-<code>.pem`, `<kind>-<code>-key.pem`).
     pub pki: PathBuf,
-    #[serde(default)]
     pub sign_in: SignIn,
     /// Required for `client_certificate` sign-in.
     #[serde(default)]
@@ -137,11 +136,49 @@ fn router(state: AppState) -> Router {
         .route("/dashboard", get(pages::dashboard))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn(guard))
         .with_state(state)
+}
+
+/// Cross-site requests may not act: a browser presents the agency's certificate (or the
+/// sign-in cookie) to any site that posts a form here, so a POST must come from the console's
+/// own pages (`Origin` / `Sec-Fetch-Site`; browsers send them, other clients hold no
+/// credential of the clerk's). No page may be framed by another site.
+async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{HeaderValue, Method, StatusCode, header};
+    use axum::response::IntoResponse as _;
+    if req.method() == Method::POST {
+        let h = req.headers();
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let site_ok = text("sec-fetch-site").is_none_or(|v| v == "same-origin" || v == "none");
+        let origin_ok = match (text("origin"), text("host")) {
+            (None, _) => true,
+            (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, authority)| authority == host),
+            (Some(_), None) => false,
+        };
+        if !(site_ok && origin_ok) {
+            tracing::warn!(origin = text("origin").unwrap_or(""), site = text("sec-fetch-site").unwrap_or(""), "cross-site form refused");
+            return (StatusCode::FORBIDDEN, axum::response::Html("<!DOCTYPE html><html lang=\"zh-CN\"><meta charset=\"utf-8\"><title>已拒绝</title><p id=\"error\">来自其他网站的提交已被拒绝。请在本控制台页面中操作。</p></html>")).into_response();
+        }
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    // Case pages carry parties' data: not kept in shared caches or the back-forward cache.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Binds the listener and serves until `shutdown` is cancelled.
 pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    anyhow::ensure!(
+        cfg.sign_in != SignIn::Demo || cfg.listen.ip().is_loopback(),
+        "sign_in demo lets anyone act as any agency: it listens on loopback only (listen is {}); use client_certificate",
+        cfg.listen
+    );
     let pki = Pki::new(&cfg.pki);
     let names = cfg
         .agencies

@@ -57,7 +57,8 @@ impl FromRequestParts<AppState> for Me {
             SignIn::ClientCertificate => match parts.extensions.get::<crate::tls::PeerAgency>() {
                 Some(crate::tls::PeerAgency(Ok(n))) => Ok(Me(n.clone())),
                 Some(crate::tls::PeerAgency(Err(e))) => {
-                    Err(error_page(None, StatusCode::FORBIDDEN, &format!("无法识别您的机构证书：{e}")).into_response())
+                    tracing::info!(error = %e, "browser certificate names no agency");
+                    Err(error_page(None, StatusCode::FORBIDDEN, "无法识别您的机构证书：证书主题须为“机构类型:机构代码”。").into_response())
                 }
                 None => Err(error_page(None, StatusCode::FORBIDDEN, "请使用机构数字证书访问本控制台。").into_response()),
             },
@@ -92,24 +93,26 @@ figcaption{font-weight:bold;margin-bottom:6px}.filters{display:flex;gap:10px;ali
 "#;
 
 /// Keeps what a clerk typed into a marked form across a reload (sessionStorage, this tab
-/// only); cleared once the server says the form went through.
+/// only, keyed by agency); cleared once the server says the form went through. Hidden fields
+/// marked `data-keep-field` (the referral's request id) are kept too, so a referral resubmitted
+/// from a restored draft is the same referral, not a second one.
 const KEEP_FORMS: &str = r#"
 (function(){
+  Array.prototype.forEach.call(document.querySelectorAll('[data-clear]'),function(el){
+    try{sessionStorage.removeItem('duijie:'+el.getAttribute('data-clear'));}catch(e){}
+  });
   var forms=document.querySelectorAll('form[data-keep]');
   Array.prototype.forEach.call(forms,function(f){
     var key='duijie:'+f.getAttribute('data-keep'),saved={};
     try{saved=JSON.parse(sessionStorage.getItem(key)||'{}')||{};}catch(e){saved={};}
     {Object.keys(saved).forEach(function(n){
-      var el=f.elements.namedItem(n);if(!el||el.type==='hidden')return;
+      var el=f.elements.namedItem(n);if(!el||(el.type==='hidden'&&!el.hasAttribute('data-keep-field')))return;
       if(el.type==='checkbox'){el.checked=!!saved[n];}else{el.value=saved[n];}
     });}
     var save=function(){var o={};Array.prototype.forEach.call(f.elements,function(el){
-      if(!el.name||el.type==='hidden'||el.type==='submit')return;o[el.name]=el.type==='checkbox'?el.checked:el.value;});
+      if(!el.name||el.type==='submit'||(el.type==='hidden'&&!el.hasAttribute('data-keep-field')))return;o[el.name]=el.type==='checkbox'?el.checked:el.value;});
       try{sessionStorage.setItem(key,JSON.stringify(o));}catch(e){}};
     f.addEventListener('input',save);f.addEventListener('change',save);
-  });
-  Array.prototype.forEach.call(document.querySelectorAll('[data-clear]'),function(el){
-    try{sessionStorage.removeItem('duijie:'+el.getAttribute('data-clear'));}catch(e){}
   });
 })();
 "#;
@@ -191,6 +194,8 @@ fn countdown(due: Option<&prost_types::Timestamp>, overdue: bool) -> (String, &'
     if overdue || left < 0 {
         let days = (-left).max(0) / 86_400;
         (if days == 0 { "已超期".into() } else { format!("已超期 {days} 天") }, "overdue")
+    } else if left < 3600 {
+        ("不足 1 小时".into(), "soon")
     } else if left < 2 * 86_400 {
         (format!("剩余 {} 小时", left / 3600), "soon")
     } else {
@@ -217,7 +222,10 @@ pub async fn signin_page(State(st): State<AppState>) -> Response {
     }
     let ids = match st.backend.pki().identities() {
         Ok(ids) => ids,
-        Err(e) => return error_page(None, StatusCode::INTERNAL_SERVER_ERROR, &format!("读取证书目录失败：{e}")).into_response(),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "reading the PKI directory");
+            return error_page(None, StatusCode::INTERNAL_SERVER_ERROR, "读取机构证书目录失败，请联系管理员。").into_response();
+        }
     };
     let body = html! {
         h1 { "选择登录身份" }
@@ -261,7 +269,7 @@ pub async fn signout() -> Response {
 }
 
 pub async fn not_found(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let me = cookie_identity(&headers);
+    let me = if st.sign_in == SignIn::Demo { cookie_identity(&headers) } else { None };
     error_page(me.as_ref().map(|m| (&st, m)), StatusCode::NOT_FOUND, "页面不存在。").into_response()
 }
 
@@ -410,8 +418,8 @@ fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, 
     let id_types = opts((1..=7).filter_map(|i| IdDocumentType::try_from(i).ok()).map(|t| (t as i32, labels::id_type(t))).collect());
     html! {
         h1 { "新建移送" }
-        form #new-referral method="post" action="/cases/new" data-keep="new-referral" novalidate {
-            input type="hidden" name="client_request_id" value=(f.get("client_request_id"));
+        form #new-referral method="post" action="/cases/new" data-keep=(format!("{me}:new-referral")) novalidate {
+            input type="hidden" name="client_request_id" value=(f.get("client_request_id")) data-keep-field;
             div.grid {
                 div.card {
                     h2 { "移送信息" }
@@ -464,10 +472,11 @@ pub struct CaseQuery {
 }
 
 pub async fn case_page(State(st): State<AppState>, Me(me): Me, Path(id): Path<String>, Query(q): Query<CaseQuery>) -> Response {
+    let Some(id) = case_path(&id) else { return not_a_case(&st, &me) };
     let ok = match q.ok.as_str() {
         "" => None,
-        "submitted" => Some("移送成功，案件已进入对接平台。".to_owned()),
-        key => Some(format!("已办理：{}。", action_title(key))),
+        "submitted" => Some(("移送成功，案件已进入对接平台。".to_owned(), "new-referral".to_owned())),
+        key => Some((format!("已办理：{}。", action_title(key)), format!("{id}-{key}"))),
     };
     render_case(&st, &me, &id, ok, None).await
 }
@@ -508,7 +517,16 @@ struct Failed {
     error: UiError,
 }
 
-async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<String>, failed: Option<Failed>) -> Response {
+/// A case id from a path: only a UUID reaches the services and the redirects.
+fn case_path(id: &str) -> Option<String> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
+}
+
+fn not_a_case(st: &AppState, me: &AgencyNode) -> Response {
+    error_page(Some((st, me)), StatusCode::NOT_FOUND, "未找到该案件，或本机构无权查看。").into_response()
+}
+
+async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(String, String)>, failed: Option<Failed>) -> Response {
     // The agency's own view (state, parties, allowed actions); a supervisor has only the audit.
     let view = if me.kind == AgencyKind::Supervisor {
         None
@@ -534,7 +552,7 @@ async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<String
     let status = failed.as_ref().map_or(StatusCode::OK, |f| f.error.http_status());
     let code = view.as_ref().map(|v| v.case_code.clone()).or_else(|| audit.as_ref().ok().and_then(|a| a.case.as_ref().map(|c| c.case_code.clone()))).unwrap_or_default();
     let body = html! {
-        @if let Some(m) = &ok { div.banner.ok #ok { (m) } @if m.starts_with("移送成功") { div data-clear="new-referral" {} } }
+        @if let Some((m, clear)) = &ok { div.banner.ok #ok { (m) } div data-clear=(format!("{me}:{clear}")) {} }
         @if let Some(f) = &failed { div.banner.error #error { (f.error.message()) } }
         h1 { "案件 " span #case-code { (code) } }
         @if let Some(v) = &view { (case_summary(st, me, v, failed.as_ref())) }
@@ -597,13 +615,13 @@ fn case_summary(st: &AppState, me: &AgencyNode, v: &CaseView, failed: Option<&Fa
         @if !actions.is_empty() {
             h2 { "可办理事项" }
             div.grid #actions {
-                @for a in &actions { (action_form(&v.case_id, a, &party_ids, failed.filter(|f| f.key == a.key))) }
+                @for a in &actions { (action_form(me, &v.case_id, a, &party_ids, failed.filter(|f| f.key == a.key))) }
             }
         }
     }
 }
 
-fn action_form(case_id: &str, spec: &ActionSpec, party_ids: &str, failed: Option<&Failed>) -> Markup {
+fn action_form(me: &AgencyNode, case_id: &str, spec: &ActionSpec, party_ids: &str, failed: Option<&Failed>) -> Markup {
     let empty = Fields::default();
     let values = failed.map_or(&empty, |f| &f.fields);
     let errors = failed.map(|f| f.error.field_errors().into_iter().map(|(p, m)| (forms::form_field(&p), m)).collect::<Vec<_>>()).unwrap_or_default();
@@ -611,7 +629,7 @@ fn action_form(case_id: &str, spec: &ActionSpec, party_ids: &str, failed: Option
         "" => uuid::Uuid::new_v4().to_string(),
         k => k.to_owned(),
     };
-    let keep = format!("{case_id}-{}", spec.key);
+    let keep = format!("{me}:{case_id}-{}", spec.key);
     html! {
         form.card id=(format!("act-{}", spec.key)) data-kind=(spec.kind.as_str_name()) method="post" action=(format!("/cases/{case_id}/act")) data-keep=(keep) {
             h2 { (spec.title) }
@@ -632,6 +650,13 @@ fn action_form(case_id: &str, spec: &ActionSpec, party_ids: &str, failed: Option
                         textarea id=(name) name=(fs.name) class=[err.as_ref().map(|_| "invalid")] { (values.get(fs.name)) }
                     }
                     Input::Select(opts) => {
+                        label for=(name) { (fs.label) @if fs.required { " *" } }
+                        select id=(name) name=(fs.name) class=[err.as_ref().map(|_| "invalid")] {
+                            option value="" { "请选择" }
+                            @for (v, l) in opts { option value=(v) selected[values.get(fs.name) == v.to_string()] { (l) } }
+                        }
+                    }
+                    Input::Named(opts) => {
                         label for=(name) { (fs.label) @if fs.required { " *" } }
                         select id=(name) name=(fs.name) class=[err.as_ref().map(|_| "invalid")] {
                             option value="" { "请选择" }
@@ -708,17 +733,18 @@ fn own_timeline(st: &AppState, v: &CaseView) -> Markup {
 }
 
 pub async fn act(State(st): State<AppState>, Me(me): Me, Path(id): Path<String>, Form(pairs): Form<Vec<(String, String)>>) -> Response {
+    let Some(id) = case_path(&id) else { return not_a_case(&st, &me) };
     let f = Fields(pairs);
     let key = f.get("action").to_owned();
     let result = async {
         let ch = st.backend.own(&me)?;
         let view = forms::read_case(ch.clone(), &id).await?;
-        let actions = forms::actions_for(&me, &view, &st.mediation_bodies());
-        let Some(spec) = actions.iter().find(|a| a.key == key) else {
-            // The state moved on since the page was drawn (another clerk, or a message).
-            return Err(UiError::Forbidden(format!("案件当前状态（{}）下不能“{}”，请查看最新状态。", labels::state(&view.state), action_title(&key))));
-        };
-        forms::perform(ch, &id, &key, &f, spec).await
+        // Found whatever the state now: a resubmitted form (same idempotency key) is answered
+        // by the service with the case as it is, and a step the state no longer allows is
+        // refused by the service with the reason.
+        let spec = forms::action_by_key(&me, &view, &st.mediation_bodies(), &key)
+            .ok_or_else(|| UiError::Forbidden(format!("本机构不能对该案件办理“{}”。", action_title(&key))))?;
+        forms::perform(ch, &id, &key, &f, &spec).await
     }
     .await;
     match result {
@@ -751,11 +777,12 @@ pub async fn search(State(st): State<AppState>, Me(me): Me, Query(q): Query<Sear
     }
     .await;
     match found {
-        Ok(t) => match t.case {
-            Some(c) => Redirect::to(&format!("/cases/{}", c.case_id)).into_response(),
-            None => error_page(Some((&st, &me)), StatusCode::NOT_FOUND, &format!("未找到解纷码为 {code} 的案件。")).into_response(),
+        Ok(t) => match t.case.and_then(|c| case_path(&c.case_id)) {
+            Some(id) => Redirect::to(&format!("/cases/{id}")).into_response(),
+            None => error_page(Some((&st, &me)), StatusCode::NOT_FOUND, &format!("未找到解纷码为 {code} 的案件，或本机构无权查看。")).into_response(),
         },
-        Err(UiError::Service(s)) if s.code() == tonic::Code::NotFound => {
+        // Not found and not permitted read the same: a code's existence is not disclosed.
+        Err(UiError::Service(s)) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
             error_page(Some((&st, &me)), StatusCode::NOT_FOUND, &format!("未找到解纷码为 {code} 的案件，或本机构无权查看。")).into_response()
         }
         Err(e) => fail(&st, &me, &e),
@@ -844,13 +871,17 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
     let total = stats(request(from, to, channel));
     let per_channel = futures::future::join_all(labels::CHANNELS.iter().map(|c| stats(request(from, to, *c as i32))));
     let trend = futures::future::join_all(months.iter().map(|(a, b)| stats(request(*a, *b, channel))));
+    const OVERDUE_LIMIT: u32 = 500;
     let overdue = {
         let mut c = client.clone();
-        async move { c.list_overdue(ListOverdueRequest { limit: 50 }).await.map(tonic::Response::into_inner) }
+        async move { c.list_overdue(ListOverdueRequest { limit: OVERDUE_LIMIT }).await.map(tonic::Response::into_inner) }
     };
     let (total, per_channel, trend, overdue) = tokio::join!(total, per_channel, trend, overdue);
     let total = match total {
         Ok(t) => t,
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {
+            return fail(&st, &me, &UiError::Forbidden(format!("无权查看区域 {region} 的统计：综治中心只能查看本辖区。")));
+        }
         Err(s) => return fail(&st, &me, &UiError::Service(s)),
     };
     let per_channel: Vec<Statistics> = per_channel.into_iter().map(Result::unwrap_or_default).collect();
@@ -862,7 +893,19 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
             (format!("{}月", a.month()), s.received as f64, s.closed as f64)
         })
         .collect();
-    let overdue = overdue.map(|o| o.cases).unwrap_or_default();
+    // The overdue list answers for everything the caller may read; the page shows the region
+    // and channel chosen above.
+    let (overdue, overdue_error) = match overdue {
+        Ok(o) => (o.cases, None),
+        Err(s) => (Vec::new(), Some(UiError::Service(s).message())),
+    };
+    let truncated = overdue.len() >= OVERDUE_LIMIT as usize;
+    let in_region = |r: Option<&AgencyRef>| r.is_some_and(|r| r.code.starts_with(&region));
+    let overdue: Vec<AuditCase> = overdue
+        .into_iter()
+        .filter(|c| channel == 0 || c.channel == channel)
+        .filter(|c| region.is_empty() || in_region(c.referrer.as_ref()) || in_region(c.holder.as_ref()))
+        .collect();
     let pct = |v: f64| format!("{:.1}%", v * 100.0);
     let by_channel = vec![
         ("诉调".to_owned(), total.received_court as f64),
@@ -904,7 +947,9 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
             (charts::bars("各渠道调解成功率", &success, pct))
             (charts::trend("逐月收案与结案", &trend, ("收案", "结案")))
         }
-        h2 { "超期案件" }
+        h2 { @if supervisor { "超期案件" } @else { "本机构参与的超期案件" } @if channel > 0 { "（" (labels::channel(Channel::try_from(channel).unwrap_or_default())) "）" } }
+        @if let Some(e) = &overdue_error { div.banner.error { "暂时无法读取超期案件：" (e) } }
+        @if truncated { p.muted { "超期案件较多，仅显示最早的 " (OVERDUE_LIMIT) " 件中符合条件的部分。" } }
         @if overdue.is_empty() { p.card.muted #no-overdue { "没有超期案件。" } } @else {
             table #overdue {
                 thead { tr { th { "解纷码" } th { "渠道" } th { "移送机构" } th { "当前承办" } th { "状态" } th { "超期期限" } } }

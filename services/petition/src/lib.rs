@@ -5,7 +5,7 @@
 //! Dispose), `Petition` (ClosePetition).
 
 use duijie_agency::Agency;
-use duijie_agency::api::{self, ReferrerRules, case_id};
+use duijie_agency::api::{self, ReferrerRules, case_id, idempotency_key};
 use duijie_common::server::{ApiError, caller};
 use duijie_domain::lifecycle::CaseState;
 use duijie_proto::v1::envelope::Payload;
@@ -37,6 +37,8 @@ struct PetitionApi {
 impl Petition for PetitionApi {
     async fn close_petition(&self, req: Request<ClosePetitionRequest>) -> Result<Response<CaseView>, Status> {
         let me = caller(&req)?;
+        // A retried 办结 (same key) answers with the case and sends no second notice.
+        let key = idempotency_key(&req)?;
         let r = req.into_inner();
         let case = case_id(&r.case_id)?;
         // 办结 follows the centre's closure (案结事了); before that the case is still being handled.
@@ -53,7 +55,7 @@ impl Petition for PetitionApi {
             summary: r.summary,
             ..Default::default()
         };
-        let view = self.agency.send(&me, case, Payload::DispositionNotice(notice)).await?;
+        let view = self.agency.send_once(&me, case, Payload::DispositionNotice(notice), key.as_deref()).await?;
         Ok(Response::new(api::case_view(&view)))
     }
 }
