@@ -18,18 +18,25 @@ use crate::{Ctx, output, parse_node};
 /// `duijie watch`.
 #[derive(Args, Debug)]
 pub struct WatchArgs {
-    /// A case id (UUID) or a case code.
+    /// A case id (UUID) or a case code. A case the audit store has not recorded within 10 s is
+    /// an error (exit 3, no such case).
     pub case: String,
     /// How often to ask the audit store (milliseconds).
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
-    /// Stop (exit 0) once the case is in this state, e.g. SETTLED; `closed` = CLOSED. Without it,
-    /// watch until interrupted or timed out.
-    #[arg(long, value_name = "STATE")]
+    /// Stop (exit 0) once the case is in this state, e.g. SETTLED; any case, `-` for `_`
+    /// (`closed` = CLOSED, `in-mediation` = IN_MEDIATION). A case that ends (CLOSED or CANCELLED)
+    /// in another state can no longer get there: exit 3. Without it, watch until interrupted or
+    /// timed out.
+    #[arg(long, value_name = "STATE", value_parser = parse_until)]
     pub until: Option<String>,
-    /// Give up after this many seconds (exit 4).
+    /// Give up after this many seconds while the case is still open (exit 4: retry later).
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// How long an unknown case may stay unknown before it is an error (a referral just sent may
+    /// not be recorded yet).
+    #[arg(long, default_value_t = 10, hide = true)]
+    pub not_found_grace_secs: u64,
 }
 
 /// `duijie stats`.
@@ -157,25 +164,68 @@ pub async fn timeline(ctx: &Ctx, case: &str) -> CliResult<()> {
     Ok(())
 }
 
+/// The states of a case, as the services write them (`duijie_domain::lifecycle::CaseState`).
+pub const CASE_STATES: [&str; 20] = [
+    "SUBMITTED",
+    "DELIVERED",
+    "RECEIVED",
+    "ACCEPTED",
+    "IN_MEDIATION",
+    "SETTLED",
+    "FAILED",
+    "WITHDRAWN",
+    "REJECTED",
+    "CONFIRMATION_REQUESTED",
+    "CONFIRMATION_ACCEPTED",
+    "CONFIRMED",
+    "CONFIRMATION_DENIED",
+    "PERFORMED",
+    "DEFAULTED",
+    "FOLLOWED_UP",
+    "DISPOSED",
+    "CLOSED",
+    "CANCEL_REQUESTED",
+    "CANCELLED",
+];
+
+/// The states after which nothing more happens to a case.
+pub const FINAL_STATES: [&str; 2] = ["CLOSED", "CANCELLED"];
+
 /// The state `--until` names, as the services write states (`closed` → `CLOSED`).
 pub fn until_state(s: &str) -> String {
     s.trim().to_ascii_uppercase().replace(['-', ' '], "_")
 }
 
+/// Parses `--until`: one of [`CASE_STATES`], in any case.
+pub fn parse_until(s: &str) -> Result<String, String> {
+    let state = until_state(s);
+    if CASE_STATES.contains(&state.as_str()) {
+        Ok(state)
+    } else {
+        Err(format!("no case state {s:?}; one of {} (lower case is fine, e.g. closed)", CASE_STATES.join(" ")))
+    }
+}
+
 /// `duijie watch CASE`: polls the timeline and prints what is new. Exit 0 when the case reaches
-/// `--until`, exit 4 on `--timeout-secs`.
+/// `--until`; exit 3 when it ended (CLOSED or CANCELLED) in another state, or when no such case
+/// is recorded within the grace period; exit 4 on `--timeout-secs` while it is still open.
 pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
     let mut client = ctx.audit()?;
-    let until = args.until.as_deref().map(until_state);
+    // Validated by clap already; again here for callers building WatchArgs themselves.
+    let until = args.until.as_deref().map(parse_until).transpose().map_err(|e| CliError::Usage(format!("--until: {e}")))?;
     let deadline = args.timeout_secs.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let grace = Duration::from_secs(args.not_found_grace_secs);
     let interval = Duration::from_millis(args.interval_ms.max(50));
     let mut printed: BTreeSet<u64> = BTreeSet::new();
     let mut header_done = false;
     let mut last_state: Option<String> = None;
     let mut said_waiting = false;
+    // Since when the audit store has answered NOT_FOUND without a break.
+    let mut not_found_since: Option<tokio::time::Instant> = None;
     loop {
         match client.get_timeline(timeline_request(&args.case)).await {
             Ok(t) => {
+                not_found_since = None;
                 let t: AuditTimeline = t.into_inner();
                 if let Some(c) = &t.case {
                     if !header_done {
@@ -206,14 +256,36 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
                         }
                     }
                     last_state = Some(c.state.clone());
-                    if until.as_deref() == Some(c.state.as_str()) {
-                        return Ok(());
+                    if let Some(u) = until.as_deref() {
+                        if u == c.state {
+                            return Ok(());
+                        }
+                        if FINAL_STATES.contains(&c.state.as_str()) {
+                            return Err(CliError::Refused(format!("case {} ended in {}: it can no longer reach {u}", args.case, c.state)));
+                        }
                     }
                 }
             }
-            // Not recorded yet (a watch may start before the referral reaches the audit store),
-            // or the audit service restarting: keep watching.
-            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unavailable) => {
+            // Not recorded yet (a watch may start before the referral reaches the audit store):
+            // keep watching for a while, then it is no such case.
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                let now = tokio::time::Instant::now();
+                let since = *not_found_since.get_or_insert(now);
+                if now.duration_since(since) >= grace {
+                    return Err(CliError::Refused(format!(
+                        "no such case {}: not recorded in the audit store after {} s ({})",
+                        args.case,
+                        grace.as_secs(),
+                        s.message()
+                    )));
+                }
+                if !said_waiting {
+                    eprintln!("duijie: waiting for case {}: {}", args.case, s.message());
+                    said_waiting = true;
+                }
+            }
+            // The audit service restarting: keep watching.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
                 if !said_waiting {
                     eprintln!("duijie: waiting for case {}: {}", args.case, s.message());
                     said_waiting = true;
@@ -400,6 +472,17 @@ mod tests {
     fn until_names_a_state() {
         assert_eq!(until_state("closed"), "CLOSED");
         assert_eq!(until_state("in-mediation"), "IN_MEDIATION");
+    }
+
+    #[test]
+    fn until_must_be_a_case_state() {
+        assert_eq!(parse_until("closed").as_deref(), Ok("CLOSED"));
+        assert_eq!(parse_until("In_Mediation").as_deref(), Ok("IN_MEDIATION"));
+        assert_eq!(parse_until("confirmation-denied").as_deref(), Ok("CONFIRMATION_DENIED"));
+        let err = parse_until("setled").err().unwrap_or_default();
+        assert!(err.contains("\"setled\"") && err.contains("SETTLED") && err.contains("CANCELLED"), "{err}");
+        assert!(parse_until("").is_err());
+        assert!(FINAL_STATES.iter().all(|s| CASE_STATES.contains(s)));
     }
 
     #[test]

@@ -100,6 +100,15 @@ fn first_death(headers: &FieldTable) -> Option<&FieldTable> {
     }
 }
 
+/// The routing key the message had before the broker dead-lettered it: `x-death[0]`'s first
+/// `routing-keys` entry.
+fn death_routing_key(death: Option<&FieldTable>) -> Option<String> {
+    match death?.inner().get("routing-keys")? {
+        AMQPValue::FieldArray(a) => a.as_slice().first().and_then(text),
+        _ => None,
+    }
+}
+
 /// What a dead message says about itself: our consumer's headers, else the broker's `x-death`.
 pub fn describe(m: &lapin::message::Delivery) -> DeadMessage {
     let headers = m.properties.headers().clone().unwrap_or_default();
@@ -121,16 +130,16 @@ pub fn describe(m: &lapin::message::Delivery) -> DeadMessage {
         queue: header(DEAD_QUEUE).or_else(|| death_field("queue")),
         consumer: header(DEAD_CONSUMER).unwrap_or_else(|| if death.is_some() { "(broker)".into() } else { "-".into() }),
         reason,
-        routing_key: header(ORIGINAL_ROUTING_KEY).unwrap_or_else(|| m.routing_key.as_str().to_owned()),
+        routing_key: header(ORIGINAL_ROUTING_KEY)
+            .or_else(|| death_routing_key(death))
+            .unwrap_or_else(|| m.routing_key.as_str().to_owned()),
     }
 }
 
 /// The properties to republish with: the original ones without what dead-lettering added.
 fn replay_properties(p: &BasicProperties) -> BasicProperties {
-    let kept: std::collections::BTreeMap<_, _> = p
-        .headers()
-        .clone()
-        .unwrap_or_default()
+    let headers = p.headers().clone().unwrap_or_default();
+    let mut kept: std::collections::BTreeMap<_, _> = headers
         .inner()
         .iter()
         .filter(|(k, _)| {
@@ -141,6 +150,14 @@ fn replay_properties(p: &BasicProperties) -> BasicProperties {
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Dead-lettered by the broker itself (delivery limit): the original routing key is only in
+    // x-death, which goes. Keep it in our header, as a consumer's dead-lettering does, or the
+    // consumer would see the dead-letter queue's name the replay is published with.
+    if !kept.contains_key(ORIGINAL_ROUTING_KEY)
+        && let Some(rk) = death_routing_key(first_death(&headers))
+    {
+        kept.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(rk.into()));
+    }
     p.clone().with_headers(FieldTable::from(kept)).with_delivery_mode(2)
 }
 
@@ -191,9 +208,23 @@ impl DeadQueue {
 /// Gives messages back to the dead-letter queue in the order they were read.
 async fn give_back(held: &[&BasicGetMessage]) -> CliResult<()> {
     for m in held {
-        m.delivery.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await.context("returning a message to the dead-letter queue")?;
+        // `false`: not sent, the channel is closed (the broker requeues what it held).
+        let sent = m.delivery.acker.nack(BasicNackOptions { multiple: false, requeue: true }).await.context("returning a message to the dead-letter queue")?;
+        if !sent {
+            return Err(CliError::Failure(anyhow::anyhow!("returning a message to the dead-letter queue: the channel is closed")));
+        }
     }
     Ok(())
+}
+
+/// Acks a replayed message off the dead-letter queue.
+async fn remove(m: &BasicGetMessage) -> Result<(), String> {
+    match m.delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => Ok(()),
+        // Not sent: the channel is closed (the broker requeues the message).
+        Ok(false) => Err("removing a replayed message from the dead-letter queue: the channel is closed".into()),
+        Err(e) => Err(format!("removing a replayed message from the dead-letter queue: {e}")),
+    }
 }
 
 /// Runs `duijie dead …`.
@@ -232,8 +263,97 @@ async fn list(ctx: &Ctx, dq: &DeadQueue) -> CliResult<()> {
 enum NotReplayed {
     /// No queue to put it back on, or the queue is gone: needs a fix first.
     Refused(String),
-    /// The broker did not confirm it: try again.
+    /// The broker did not confirm it, or it was not tried because the broker went away: try again.
     Unavailable(String),
+}
+
+impl NotReplayed {
+    fn reason(&self) -> &str {
+        match self {
+            NotReplayed::Refused(s) | NotReplayed::Unavailable(s) => s,
+        }
+    }
+}
+
+/// A message republished (the broker confirmed it on its queue).
+#[derive(Debug)]
+struct Replayed<'a> {
+    message: &'a DeadMessage,
+    queue: String,
+    /// Why it could not be removed from the dead-letter queue afterwards, if it could not: it is
+    /// then both replayed and still dead (replaying it again is harmless, the inbox drops the
+    /// duplicate).
+    not_removed: Option<String>,
+}
+
+/// What a replay did, message by message.
+#[derive(Debug, Default)]
+struct ReplayReport<'a> {
+    replayed: Vec<Replayed<'a>>,
+    failed: Vec<(&'a DeadMessage, NotReplayed)>,
+    /// Messages still in the dead-letter queue (not selected, not replayed, or not removed).
+    left: usize,
+    /// The broker went away midway (an ack or a nack failed): the replay stopped there.
+    broker_gone: Option<String>,
+}
+
+impl ReplayReport<'_> {
+    fn json(&self) -> Value {
+        json!({
+            "replayed": self.replayed.iter().map(|r| {
+                let mut v = r.message.json();
+                v["replayed_to"] = json!(r.queue);
+                v["removed_from_dead_queue"] = json!(r.not_removed.is_none());
+                if let Some(e) = &r.not_removed {
+                    v["error"] = json!(e);
+                }
+                v
+            }).collect::<Vec<_>>(),
+            "failed": self.failed.iter().map(|(d, e)| { let mut v = d.json(); v["error"] = json!(e.reason()); v }).collect::<Vec<_>>(),
+            "left_in_dead_queue": self.left,
+            "broker_error": self.broker_gone,
+        })
+    }
+
+    fn print_text(&self, dead_queue: &str) {
+        for r in &self.replayed {
+            let d = r.message;
+            println!("replayed {}  {}  {}  {} → {}  to {}", d.message_id, d.kind, d.case_code, d.sender, d.recipient, r.queue);
+            if let Some(e) = &r.not_removed {
+                eprintln!(
+                    "replayed but still dead {}: removing it from {dead_queue} failed ({e}); replaying it again is harmless (the inbox drops the duplicate)",
+                    d.message_id
+                );
+            }
+        }
+        for (d, e) in &self.failed {
+            eprintln!("not replayed {}  {}  {}: {}", d.message_id, d.kind, d.case_code, e.reason());
+        }
+        if let Some(e) = &self.broker_gone {
+            eprintln!("stopped: the broker went away ({e}); what was not removed stays in {dead_queue}");
+        }
+        println!("{} replayed, {} not replayed, {} left in {dead_queue}", self.replayed.len(), self.failed.len(), self.left);
+    }
+
+    /// The exit: 4 if the broker went away or a message was not confirmed, 3 if one needs a fix
+    /// first (no queue to put it back on).
+    fn outcome(&self) -> CliResult<()> {
+        let not_removed = self.replayed.iter().filter(|r| r.not_removed.is_some()).count();
+        if let Some(e) = &self.broker_gone {
+            return Err(CliError::Unavailable(format!(
+                "the broker went away midway ({e}): {} replayed ({not_removed} of them still in the dead-letter queue too), {} not replayed; try again",
+                self.replayed.len(),
+                self.failed.len()
+            )));
+        }
+        if self.failed.is_empty() {
+            Ok(())
+        } else if self.failed.iter().any(|(_, e)| matches!(e, NotReplayed::Refused(_))) {
+            Err(CliError::Refused(format!("{} message(s) not replayed", self.failed.len())))
+        } else {
+            Err(CliError::Unavailable(format!("{} message(s) not replayed; try again", self.failed.len())))
+        }
+    }
 }
 
 async fn republish(pub_ch: &Channel, m: &BasicGetMessage, queue: &str) -> Result<(), NotReplayed> {
@@ -268,58 +388,54 @@ async fn replay(ctx: &Ctx, dq: &DeadQueue, args: &ReplayArgs) -> CliResult<()> {
         give_back(&held.iter().collect::<Vec<_>>()).await?;
         return Err(CliError::Refused(format!("not in {}: {} (nothing replayed)", dq.queue, missing.join(", "))));
     }
-    let mut replayed: Vec<(&DeadMessage, String)> = Vec::new();
-    let mut failed: Vec<(&DeadMessage, NotReplayed)> = Vec::new();
+    let mut report = ReplayReport::default();
     let mut keep: Vec<&BasicGetMessage> = Vec::new();
     for (m, d) in held.iter().zip(&described) {
         if !(args.all || wanted.contains(d.message_id.as_str())) {
             keep.push(m);
             continue;
         }
+        if let Some(e) = &report.broker_gone {
+            // Held on a channel that is gone: the broker puts it back in the dead-letter queue.
+            report.failed.push((d, NotReplayed::Unavailable(format!("not tried: the broker went away ({e})"))));
+            continue;
+        }
         let Some(queue) = d.queue.clone() else {
-            failed.push((d, NotReplayed::Refused("no original queue recorded (neither x-duijie-dead-queue nor x-death)".into())));
+            report.failed.push((d, NotReplayed::Refused("no original queue recorded (neither x-duijie-dead-queue nor x-death)".into())));
             keep.push(m);
             continue;
         };
         match republish(&pub_ch, m, &queue).await {
-            Ok(()) => {
-                // Confirmed on its queue: only now does it leave the dead-letter queue.
-                m.delivery.acker.ack(BasicAckOptions::default()).await.context("removing a replayed message from the dead-letter queue")?;
-                replayed.push((d, queue));
-            }
+            // Confirmed on its queue: only now does it leave the dead-letter queue.
+            Ok(()) => match remove(m).await {
+                Ok(()) => report.replayed.push(Replayed { message: d, queue, not_removed: None }),
+                Err(e) => {
+                    report.replayed.push(Replayed { message: d, queue, not_removed: Some(e.clone()) });
+                    report.broker_gone = Some(e);
+                }
+            },
             Err(e) => {
-                failed.push((d, e));
+                report.failed.push((d, e));
                 keep.push(m);
             }
         }
     }
-    give_back(&keep).await?;
+    // After a failed ack the channel is gone and the broker requeues what it held; otherwise
+    // give the rest back in order. If that fails, the broker requeues them all the same.
+    if report.broker_gone.is_none()
+        && let Err(e) = give_back(&keep).await
+    {
+        report.broker_gone = Some(format!("{e}"));
+    }
     let _ = ch.close(200, "done".into()).await;
     let _ = pub_ch.close(200, "done".into()).await;
-    let reason = |e: &NotReplayed| match e {
-        NotReplayed::Refused(s) | NotReplayed::Unavailable(s) => s.clone(),
-    };
+    report.left = held.len() - report.replayed.iter().filter(|r| r.not_removed.is_none()).count();
     if ctx.json {
-        output::print_json(&json!({
-            "replayed": replayed.iter().map(|(d, q)| { let mut v = d.json(); v["replayed_to"] = json!(q); v }).collect::<Vec<_>>(),
-            "failed": failed.iter().map(|(d, e)| { let mut v = d.json(); v["error"] = json!(reason(e)); v }).collect::<Vec<_>>(),
-        }));
+        output::print_json(&report.json());
     } else {
-        for (d, q) in &replayed {
-            println!("replayed {}  {}  {}  {} → {}  to {q}", d.message_id, d.kind, d.case_code, d.sender, d.recipient);
-        }
-        for (d, e) in &failed {
-            eprintln!("not replayed {}  {}  {}: {}", d.message_id, d.kind, d.case_code, reason(e));
-        }
-        println!("{} replayed, {} not replayed, {} left in {}", replayed.len(), failed.len(), keep.len(), dq.queue);
+        report.print_text(&dq.queue);
     }
-    match failed.first() {
-        None => Ok(()),
-        Some(_) if failed.iter().any(|(_, e)| matches!(e, NotReplayed::Refused(_))) => {
-            Err(CliError::Refused(format!("{} message(s) not replayed", failed.len())))
-        }
-        Some(_) => Err(CliError::Unavailable(format!("{} message(s) not replayed; try again", failed.len()))),
-    }
+    report.outcome()
 }
 
 #[cfg(test)]
@@ -349,6 +465,85 @@ mod tests {
         let d = describe(&lapin::message::Delivery::mock(1, "p.dead".into(), "k".into(), false, vec![]).with_properties(h));
         assert_eq!(d.queue.as_deref(), Some("p.audit.tap"));
         assert!(d.reason.contains("delivery_limit"), "{d:?}");
+    }
+
+    fn broker_death(routing_key: &str) -> FieldTable {
+        let mut death = FieldTable::default();
+        death.insert("queue".into(), AMQPValue::LongString("p.inbox.mediation.431003".into()));
+        death.insert("reason".into(), AMQPValue::LongString("delivery_limit".into()));
+        death.insert("routing-keys".into(), AMQPValue::FieldArray(vec![AMQPValue::LongString(routing_key.into())].into()));
+        let mut h = FieldTable::default();
+        h.insert("x-death".into(), AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()));
+        h
+    }
+
+    fn header(p: &BasicProperties, k: &str) -> Option<String> {
+        p.headers().as_ref().and_then(|h| h.inner().get(k)).and_then(text)
+    }
+
+    #[test]
+    fn a_broker_dead_letter_replays_with_its_original_routing_key() {
+        let h = broker_death("mediation.431003.referral");
+        let d = describe(&lapin::message::Delivery::mock(1, "p.dead".into(), "p.inbox.mediation.431003".into(), false, vec![]).with_properties(h.clone()));
+        assert_eq!(d.routing_key, "mediation.431003.referral");
+        let p = replay_properties(&BasicProperties::default().with_headers(h));
+        assert_eq!(header(&p, ORIGINAL_ROUTING_KEY).as_deref(), Some("mediation.431003.referral"));
+        // As a long string: what the consumer reads (duijie_common::inbox).
+        assert!(matches!(p.headers().as_ref().and_then(|h| h.inner().get(ORIGINAL_ROUTING_KEY)), Some(AMQPValue::LongString(_))));
+        assert!(p.headers().as_ref().is_some_and(|h| !h.inner().contains_key("x-death")));
+    }
+
+    #[test]
+    fn an_original_routing_key_header_wins_over_x_death() {
+        // Replayed once (our header set, published to the queue by name), then dead-lettered by
+        // the broker: x-death names the queue, the header the original key.
+        let mut h = broker_death("p.inbox.mediation.431003");
+        h.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString("mediation.431003.referral".into()));
+        let p = replay_properties(&BasicProperties::default().with_headers(h));
+        assert_eq!(header(&p, ORIGINAL_ROUTING_KEY).as_deref(), Some("mediation.431003.referral"));
+        // Neither: nothing is made up.
+        let p = replay_properties(&BasicProperties::default().with_headers(FieldTable::default()));
+        assert_eq!(header(&p, ORIGINAL_ROUTING_KEY), None);
+    }
+
+    #[test]
+    fn a_replay_cut_short_says_what_was_replayed_and_exits_4() {
+        let msg = |id: &str| DeadMessage {
+            message_id: id.into(),
+            kind: "referral".into(),
+            case_id: String::new(),
+            case_code: "JF-1".into(),
+            sender: "court:431003".into(),
+            recipient: "mediation:431003".into(),
+            queue: Some("p.inbox.mediation.431003".into()),
+            consumer: "-".into(),
+            reason: "-".into(),
+            routing_key: "k".into(),
+        };
+        let (a, b, c) = (msg("a"), msg("b"), msg("c"));
+        let gone = "removing a replayed message from the dead-letter queue: channel closed".to_owned();
+        let report = ReplayReport {
+            replayed: vec![
+                Replayed { message: &a, queue: "q".into(), not_removed: None },
+                Replayed { message: &b, queue: "q".into(), not_removed: Some(gone.clone()) },
+            ],
+            failed: vec![(&c, NotReplayed::Unavailable("not tried: the broker went away".into()))],
+            left: 2,
+            broker_gone: Some(gone),
+        };
+        let v = report.json();
+        let ids = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|m| m["message_id"].as_str()).collect::<Vec<_>>()).unwrap_or_default();
+        assert_eq!((ids("replayed"), ids("failed")), (vec!["a", "b"], vec!["c"]));
+        assert_eq!(v["replayed"][0]["removed_from_dead_queue"], true);
+        assert_eq!(v["replayed"][1]["removed_from_dead_queue"], false);
+        assert!(v["broker_error"].as_str().is_some_and(|e| e.contains("channel closed")), "{v}");
+        assert_eq!(report.outcome().map_err(|e| e.exit_code()), Err(crate::error::exit::UNAVAILABLE));
+
+        // Without the broker going away: a message that needs a fix is exit 3, all done is 0.
+        let refused = ReplayReport { failed: vec![(&c, NotReplayed::Refused("no queue".into()))], ..Default::default() };
+        assert_eq!(refused.outcome().map_err(|e| e.exit_code()), Err(crate::error::exit::REFUSED));
+        let done = ReplayReport { replayed: vec![Replayed { message: &a, queue: "q".into(), not_removed: None }], ..Default::default() };
+        assert!(done.outcome().is_ok());
     }
 
     trait WithHeaders {

@@ -658,17 +658,9 @@ impl Agencies {
             };
             let key = format!("demo-{}-{}-{}-{}", plan.tag, plan.n, i + 1, step.label());
             let what = format!("{} of {} as {}", step.label(), plan.case_code, actor.who);
-            // ClosePetition takes no idempotency key: on a re-run, a petition already closed
-            // (its disposition sent) is not closed twice.
-            let already = step == Step::ClosePetition && {
-                let v = actor.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.map_err(|s| CliError::from_status(&what, &s))?;
-                v.into_inner().timeline.iter().any(|e| e.direction == "out" && e.kind() == MessageKind::DispositionNotice)
-            };
-            let acted = if already {
-                actor.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.map_err(|s| CliError::from_status(&what, &s))?.into_inner()
-            } else {
-                call(&what, deadline(), self.request(plan, step, &view.case_id, &key)?).await?
-            };
+            // Every step carries its key: a rerun of the seed is answered with the case as it
+            // is, nothing sent twice (the services keep the keys).
+            let acted = call(&what, deadline(), self.request(plan, step, &view.case_id, &key)?).await?;
             last = sync(&acted, other, deadline()).await?;
             report.steps_done = i + 1;
             report.state = Some(last.state.clone());

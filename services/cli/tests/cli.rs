@@ -2,6 +2,7 @@
 //! five agency services in-process (own databases, own queue prefix, real RabbitMQ and
 //! PostgreSQL) and runs the binary as an operator would.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -123,7 +124,39 @@ async fn every_command_has_help() -> anyhow::Result<()> {
     // Bad usage is exit 2, as clap's own errors are.
     bin.expect(&["dead", "replay"], 2).await?;
     bin.expect(&["stats", "--from", "yesterday"], 2).await?;
+    // A state no case has (a typo would otherwise wait forever): exit 2, naming the states.
+    let typo = bin.expect(&["watch", "JF-431003-2026-000123", "--until", "setled"], 2).await?;
+    assert!(typo.stderr.contains("setled") && typo.stderr.contains("SETTLED") && typo.stderr.contains("CANCEL_REQUESTED"), "{typo:?}");
+    let watch = bin.expect(&["watch", "--help"], 0).await?;
+    assert!(!watch.stdout.contains("grace-secs"), "the grace is not an operator's option: {watch:?}");
     Ok(())
+}
+
+/// The messages each agency that has the case sent in it (evidence and deadline notices, which
+/// the bus sends on its own schedule, left out), by case and agency.
+async fn sent_by_each(stack: &Stack, case_ids: &[String]) -> anyhow::Result<BTreeMap<(String, String), Vec<(MessageKind, String)>>> {
+    let mut out = BTreeMap::new();
+    for who in stack::demo_nodes() {
+        let clerk = stack.clerk(&who).await?;
+        for id in case_ids {
+            let view = match clerk.case(id).await {
+                Ok(v) => v,
+                // Not one of this agency's cases.
+                Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => continue,
+                Err(s) => anyhow::bail!("reading case {id} as {who}: {s}"),
+            };
+            let mut sent: Vec<(MessageKind, String)> = view
+                .timeline
+                .iter()
+                .filter(|e| e.direction == "out")
+                .filter(|e| !matches!(e.kind(), MessageKind::DeliveryEvidence | MessageKind::DeadlineWarning | MessageKind::DeadlineBreached))
+                .map(|e| (e.kind(), e.message_id.clone()))
+                .collect();
+            sent.sort();
+            out.insert((id.clone(), who.to_string()), sent);
+        }
+    }
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,15 +254,41 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     let channels: Vec<&str> = results.iter().filter_map(|r| r["channel"].as_str()).collect();
     assert_eq!(channels, ["court", "police", "petition", "procuratorate", "court", "police", "petition", "procuratorate"]);
 
-    // The same seed again: the same cases, answered without acting twice.
+    // The same seed again: the same cases, answered without acting twice — in every channel,
+    // the petition office's 办结 (ClosePetition) included.
+    let case_ids: Vec<String> = results.iter().filter_map(|r| r["case_id"].as_str().map(str::to_owned)).collect();
+    assert_eq!(case_ids.len(), 8, "{demo}");
+    let petition_closed = results.iter().filter(|r| r["channel"] == "petition" && r["plan"] == "supervised, settled, petition closed").count();
+    assert!(petition_closed >= 1, "the demo closes a petition (办结): {demo}");
+    let sent_before = sent_by_each(&stack, &case_ids).await?;
     let rerun = bin.expect(&["demo", "--cases", "8", "--seed", "7", "--json"], 0).await?.json()?;
     let ids = |v: &Value| v["results"].as_array().map(|a| a.iter().map(|r| r["case_id"].clone()).collect::<Vec<_>>()).unwrap_or_default();
     assert_eq!(ids(&rerun), ids(&demo));
     assert_eq!(rerun["by_state"]["CLOSED"], 8, "{rerun}");
-    let centre = stack.clerk(&stack::centre()).await?;
-    let at_centre = centre.cases().list_cases(ListCasesRequest::default()).await?.into_inner();
+    let sent_after = sent_by_each(&stack, &case_ids).await?;
+    let sent_again: Vec<String> = sent_after
+        .iter()
+        .filter(|(k, v)| sent_before.get(*k) != Some(*v))
+        .map(|((case, who), v)| format!("case {case} as {who}: before {:?}, after {v:?}", sent_before.get(&(case.clone(), who.clone()))))
+        .collect();
+    assert!(sent_again.is_empty() && sent_after.len() == sent_before.len(), "the rerun sent messages again:\n{}", sent_again.join("\n"));
+    // Each petition case was disposed of (办结 or handled by the office) exactly once.
+    for r in results.iter().filter(|r| r["channel"] == "petition") {
+        let id = r["case_id"].as_str().unwrap_or_default();
+        let sent = sent_after.get(&(id.to_owned(), stack::petition().to_string()));
+        let notices = sent.map_or(0, |m| m.iter().filter(|(k, _)| *k == MessageKind::DispositionNotice).count());
+        assert_eq!(notices, 1, "petition case {id}, sent by the petition office: {sent:?}");
+    }
+    // No referral was made twice: the centre holds the court, police and procuratorate cases,
+    // the town and the village committee the petition cases.
+    let count_at = |who: duijie_common::amqp::AgencyNode| {
+        let stack = &stack;
+        async move { anyhow::Ok(stack.clerk(&who).await?.cases().list_cases(ListCasesRequest::default()).await?.into_inner().cases.len()) }
+    };
     let court_and_police_and_proc = results.iter().filter(|r| r["channel"] != "petition").count();
-    assert_eq!(at_centre.cases.len(), court_and_police_and_proc, "no referral was made twice: {at_centre:?}");
+    assert_eq!(count_at(stack::centre()).await?, court_and_police_and_proc, "no referral was made twice");
+    let petitions = results.iter().filter(|r| r["channel"] == "petition").count();
+    assert_eq!(count_at(stack::town()).await? + count_at(stack::village()).await?, petitions, "no petition referral was made twice");
 
     // The audit store catches up with everything the demo did: this year's statistics.
     wait_until("the audit store to count the demo's referrals and closures", WAIT, || async {
@@ -260,11 +319,16 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "the case's chain in order");
     bin.expect(&["timeline", "JF-NO-SUCH-CASE"], 3).await?;
 
-    // A state the closed case will never reach: watch gives up after its timeout (exit 4).
+    // A state the closed case will never reach: exit 3 at once, not after the timeout.
     let t0 = Instant::now();
-    let gave_up = bin.expect(&["watch", &case_id, "--until", "in_mediation", "--interval-ms", "200", "--timeout-secs", "2"], 4).await?;
-    assert!(t0.elapsed() >= Duration::from_secs(2) && t0.elapsed() < Duration::from_secs(20), "{gave_up:?}");
-    assert!(gave_up.stderr.contains("timed out"), "{gave_up:?}");
+    let ended = bin.expect(&["watch", &case_id, "--until", "in_mediation", "--interval-ms", "200", "--timeout-secs", "20"], 3).await?;
+    assert!(t0.elapsed() < Duration::from_secs(10), "{ended:?}");
+    assert!(ended.stderr.contains("ended in CLOSED") && ended.stderr.contains("IN_MEDIATION"), "{ended:?}");
+    // A case code nobody sent: no such case (exit 3) once the grace for a just-sent one is over.
+    let t0 = Instant::now();
+    let unknown = bin.expect(&["watch", "JF-NO-SUCH-CASE", "--until", "closed", "--interval-ms", "200", "--not-found-grace-secs", "1"], 3).await?;
+    assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(10), "{unknown:?}");
+    assert!(unknown.stderr.contains("no such case JF-NO-SUCH-CASE"), "{unknown:?}");
 
     // Nothing is overdue (every limit was met within minutes); the chains verify.
     let overdue = bin.expect(&["overdue", "--json"], 0).await?.json()?;
@@ -286,6 +350,22 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     assert!(results.iter().all(|r| r["case_code"].as_str().is_some_and(|c| c.contains("-D3M-"))), "{mixed}");
     let states = mixed["by_state"].as_object().map(|m| m.len()).unwrap_or(0);
     assert!(states >= 3, "cases in several states: {mixed}");
+
+    // A case still open, which nobody moves on: watch --until closed gives up after its
+    // timeout (exit 4, retry later).
+    let open_case = results
+        .iter()
+        .find(|r| r["state"].as_str().is_some_and(|s| s != "CLOSED" && s != "CANCELLED"))
+        .ok_or_else(|| anyhow::anyhow!("no open case in {mixed}"))?;
+    let (code, state) = (open_case["case_code"].as_str().unwrap_or_default(), open_case["state"].as_str().unwrap_or_default());
+    wait_until("the audit store to record the open case", WAIT, || async {
+        Ok(bin.run(&["timeline", code, "--json"]).await?.json()?["case"]["state"] == state)
+    })
+    .await?;
+    let t0 = Instant::now();
+    let gave_up = bin.expect(&["watch", code, "--until", "closed", "--interval-ms", "200", "--timeout-secs", "2"], 4).await?;
+    assert!(t0.elapsed() >= Duration::from_secs(2) && t0.elapsed() < Duration::from_secs(20), "{gave_up:?}");
+    assert!(gave_up.stderr.contains("timed out") && gave_up.stderr.contains(&format!("state {state}, not CLOSED")), "{gave_up:?}");
     stack.stop().await
 }
 
