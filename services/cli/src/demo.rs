@@ -5,12 +5,17 @@
 //!
 //! * 诉调 court → district centre, clocks ordinary / simplified / pre-filing in turn;
 //! * 警调 police → district centre;
-//! * 访调 petition office → the village or the town committee;
-//! * 检调 procuratorate → district centre.
+//! * 访调 petition office → the village or the town committee; some village cases are escalated
+//!   to the town committee (上报), which continues the mediation;
+//! * 检调 procuratorate → district centre;
+//! * some 诉调 cases are redirected (转办) from the centre to the town committee, which signs
+//!   for them afresh.
 //!
 //! Everything is deterministic from the seed: case codes, client request ids (SubmitReferral is
 //! idempotent by them) and an `idempotency-key` per step, so running the same seed again
-//! re-answers every step without acting twice and ends in the same states. After each step the
+//! re-answers every step without acting twice and ends in the same states. The plans are part
+//! of what a seed means: a change to them must also change the case codes (the `D<seed>` tag),
+//! or a rerun against cases made by the old plans would try other steps on them. After each step the
 //! driver waits (polling `Cases.GetCase`, with a deadline) until the other side of the handoff
 //! received every message the acting side has sent — never a fixed sleep.
 
@@ -154,7 +159,13 @@ enum Step {
     Review,
     Dispose(DispositionKind),
     ClosePetition,
+    /// The holder hands the case to the town committee: escalation (上报, the town continues
+    /// the mediation) or redirect (转办, the town signs for it afresh).
+    HandOn { escalate: bool },
 }
+
+/// The committee cases are handed on to.
+const TOWN: &str = "mediation:431003-102";
 
 impl Step {
     fn side(self) -> Side {
@@ -187,6 +198,8 @@ impl Step {
             Step::Review => "review_reconciliation",
             Step::Dispose(_) => "dispose",
             Step::ClosePetition => "close_petition",
+            Step::HandOn { escalate: true } => "escalate",
+            Step::HandOn { escalate: false } => "redirect",
         }
     }
 }
@@ -329,11 +342,17 @@ fn plan_case(cfg: &DemoConfig, n: u32, year: i32) -> CasePlan {
             (10, ("rejected, filed for trial", vec![S::SignFor, S::Reject, S::Dispose(P::FiledForTrial)])),
             (10, ("withdrawn, suit withdrawn", with(&mediation_start, &[S::Withdraw, S::Dispose(P::SuitWithdrawn)]))),
             (10, ("confirmation denied, adjudicated", with(&mediation_start, &[S::Settle { confirmation: true }, S::RequestConfirmation, S::Decide(D::Accepted), S::Decide(D::Denied), S::Dispose(P::Adjudicated)]))),
+            (10, ("redirected to the town committee, settled, performed", vec![S::SignFor, S::HandOn { escalate: false }, S::SignFor, S::Accept, S::Assign, S::Settle { confirmation: false }, S::Perform, S::Close(B::Performed)])),
         ]),
         Channel::Police => weighted(&mut rng, &[
             (60, ("settled, performed, agreement recognised", with(&mediation_start, &[S::Settle { confirmation: false }, S::Perform, S::Recognize, S::Close(B::Performed)]))),
             (25, ("failed, penalty", with(&mediation_start, &[S::Fail, S::Dispose(P::Penalty)]))),
             (15, ("rejected, handled by the police", vec![S::SignFor, S::Reject, S::Dispose(P::Other)])),
+        ]),
+        Channel::Petition if holder == "mediation:431003-102-05" => weighted(&mut rng, &[
+            (40, ("supervised, settled, petition closed", with(&mediation_start, &[S::Supervise, S::Progress, S::Settle { confirmation: false }, S::Perform, S::FollowUp, S::Close(B::Performed), S::ClosePetition]))),
+            (35, ("escalated village → town, settled, petition closed", with(&mediation_start, &[S::Supervise, S::HandOn { escalate: true }, S::Progress, S::Settle { confirmation: false }, S::Perform, S::FollowUp, S::Close(B::Performed), S::ClosePetition]))),
+            (25, ("failed, handled by the petition office", with(&mediation_start, &[S::Supervise, S::Fail, S::Dispose(P::Other)]))),
         ]),
         Channel::Petition => weighted(&mut rng, &[
             (65, ("supervised, settled, petition closed", with(&mediation_start, &[S::Supervise, S::Progress, S::Settle { confirmation: false }, S::Perform, S::FollowUp, S::Close(B::Performed), S::ClosePetition]))),
@@ -492,7 +511,10 @@ async fn call(what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) 
 
 /// Waits until `other` has received every message `view`'s agency has sent in the case.
 async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<CaseView> {
-    let sent: Vec<&str> = view.timeline.iter().filter(|e| e.direction == "out").map(|e| e.message_id.as_str()).collect();
+    // Only what went to `other`: a hand-over also sends the case to the next committee.
+    let to_other = AgencyRef::from(&other.who);
+    let sent: Vec<&str> =
+        view.timeline.iter().filter(|e| e.direction == "out" && e.recipient.as_ref() == Some(&to_other)).map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
     let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.map(tonic::Response::into_inner) };
     loop {
@@ -511,6 +533,25 @@ async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<Ca
     }
 }
 
+/// Waits until `new_holder` holds the case handed to it.
+async fn held_by(view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliResult<CaseView> {
+    let what = format!("reading case {} as {}", view.case_code, new_holder.who);
+    loop {
+        match new_holder.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await {
+            Ok(v) if !v.get_ref().handed_on => return Ok(v.into_inner()),
+            Ok(_) => {}
+            // Until the hand-over arrives the case is the old holder's, which the same
+            // service (one process serves all three committees) answers as PERMISSION_DENIED.
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unavailable | tonic::Code::PermissionDenied) => {}
+            Err(s) => return Err(CliError::from_status(&what, &s)),
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Unavailable(format!("timed out waiting for {} to take case {}", new_holder.who, view.case_code)));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 impl Agencies {
     fn agent(&self, who: &AgencyNode) -> CliResult<&Agent> {
         [&self.court, &self.police, &self.petition, &self.procuratorate, &self.centre, &self.town, &self.village]
@@ -520,9 +561,9 @@ impl Agencies {
     }
 
     /// The call that performs `step` on case `id` (built anew for each retry).
-    fn request(&self, plan: &CasePlan, step: Step, id: &str, key: &str) -> CliResult<impl FnMut() -> CallFuture> {
+    fn request(&self, plan: &CasePlan, holder: &AgencyNode, step: Step, id: &str, key: &str) -> CliResult<impl FnMut() -> CallFuture> {
         let referrer = self.agent(&plan.referrer)?.clone();
-        let holder = self.agent(&plan.holder)?.clone();
+        let holder = self.agent(holder)?.clone();
         let (id, key, plan) = (id.to_owned(), key.to_owned(), plan.clone());
         Ok(move || -> CallFuture {
             let (id, key, p) = (id.clone(), key.clone(), &plan);
@@ -551,7 +592,7 @@ impl Agencies {
                     Box::pin(async move { m.reject(keyed(RejectRequest { case_id: id, reject: Some(reject) }, &key)).await })
                 }
                 Step::Assign => {
-                    let tier = match p.holder.code.matches('-').count() {
+                    let tier = match holder.who.code.matches('-').count() {
                         0 => MediationTier::District,
                         1 => MediationTier::Town,
                         _ => MediationTier::Village,
@@ -628,6 +669,21 @@ impl Agencies {
                     let d = DispositionNotice { disposition: kind as i32, document_number: doc("北处字"), summary: "依法处理完毕".into(), ..Default::default() };
                     Box::pin(async move { r.dispose(keyed(DisposeRequest { case_id: id, disposition: Some(d) }, &key)).await })
                 }
+                Step::HandOn { escalate } => {
+                    let town = AgencyRef::from(&node(TOWN));
+                    if escalate {
+                        let e = Escalation {
+                            from_tier: MediationTier::Village as i32,
+                            to_tier: MediationTier::Town as i32,
+                            to_agency: Some(town),
+                            reason: "涉及两村土地边界，需镇调委会组织联合调处".into(),
+                        };
+                        Box::pin(async move { m.escalate(keyed(EscalateRequest { case_id: id, escalation: Some(e) }, &key)).await })
+                    } else {
+                        let r = Redirect { to: Some(town), reason: "当事人均居住在白露塘镇，由镇调委会就近调解".into() };
+                        Box::pin(async move { m.redirect(keyed(RedirectRequest { case_id: id, redirect: Some(r) }, &key)).await })
+                    }
+                }
                 Step::ClosePetition => {
                     let req = ClosePetitionRequest { case_id: id, document_number: doc("北信办结"), summary: "矛盾化解，信访事项办结".into() };
                     let mut c = PetitionClient::new(ch);
@@ -640,7 +696,7 @@ impl Agencies {
     /// Drives one case; `report` is filled in as it goes, so a failure still says how far it got.
     async fn drive(&self, plan: &CasePlan, step_timeout: Duration, report: &mut CaseReport) -> CliResult<()> {
         let referrer = self.agent(&plan.referrer)?;
-        let holder = self.agent(&plan.holder)?;
+        let mut holder = self.agent(&plan.holder)?;
         let deadline = || Instant::now() + step_timeout;
         let submit = SubmitReferralRequest { to: Some(AgencyRef::from(&plan.holder)), case_code: plan.case_code.clone(), referral: Some(plan.referral.clone()) };
         let view = call(&format!("submitting {}", plan.case_code), deadline(), || {
@@ -660,8 +716,13 @@ impl Agencies {
             let what = format!("{} of {} as {}", step.label(), plan.case_code, actor.who);
             // Every step carries its key: a rerun of the seed is answered with the case as it
             // is, nothing sent twice (the services keep the keys).
-            let acted = call(&what, deadline(), self.request(plan, step, &view.case_id, &key)?).await?;
+            let acted = call(&what, deadline(), self.request(plan, &holder.who, step, &view.case_id, &key)?).await?;
             last = sync(&acted, other, deadline()).await?;
+            if let Step::HandOn { .. } = step {
+                // The town committee holds the case from now on, once the hand-over reached it.
+                holder = self.agent(&node(TOWN))?;
+                last = held_by(&acted, holder, deadline()).await?;
+            }
             report.steps_done = i + 1;
             report.state = Some(last.state.clone());
         }
