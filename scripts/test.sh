@@ -52,12 +52,15 @@ if [ "$#" -eq 0 ]; then
 	# The README's commands answer against the running stack.
 	DUIJIE=target/debug/duijie
 	"$DUIJIE" verify >/dev/null
-	"$DUIJIE" stats --region 431003 | grep -q . || die "duijie stats printed nothing"
+	stats=$("$DUIJIE" stats --region 431003)
+	grep -q 'received' <<<"$stats" || die "duijie stats printed no figures"
 	"$DUIJIE" timeline JF-431003-2026-D1M-0001 >/dev/null
 	"$DUIJIE" dead list >/dev/null
 	# The console answers, and the centre's inbox already shows demo cases.
-	http_get 127.0.0.1 8080 /healthz | grep -q '^ok' || die "the console does not answer /healthz"
-	http_get 127.0.0.1 8080 /cases 'Cookie: duijie_as=mediation:431003' | grep -q 'D1M-' ||
-		die "the console shows no demo cases in the centre's inbox"
+	# (Read whole before grep: grep -q stopping early would fail the pipe under pipefail.)
+	health=$(http_get 127.0.0.1 8080 /healthz) || die "the console does not answer"
+	grep -q '^ok' <<<"$health" || die "the console does not answer /healthz"
+	inbox=$(http_get 127.0.0.1 8080 /cases 'Cookie: duijie_as=mediation:431003') || die "the console does not answer"
+	grep -q 'data-case=' <<<"$inbox" || die "the console shows no demo cases in the centre's inbox"
 	"$SCRIPT_DIR/run.sh" stop
 fi

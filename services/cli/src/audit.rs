@@ -1,6 +1,7 @@
 //! Reading the audit store (the `Audit` gRPC service): `timeline`, `watch`, `open`, `overdue`,
 //! `stats`, `verify`. Adapted from `duijie-bus audit`, with JSON output and exit codes.
 
+use duijie_domain::lifecycle::CaseState;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -164,32 +165,15 @@ pub async fn timeline(ctx: &Ctx, case: &str) -> CliResult<()> {
     Ok(())
 }
 
-/// The states of a case, as the services write them (`duijie_domain::lifecycle::CaseState`).
-pub const CASE_STATES: [&str; 20] = [
-    "SUBMITTED",
-    "DELIVERED",
-    "RECEIVED",
-    "ACCEPTED",
-    "IN_MEDIATION",
-    "SETTLED",
-    "FAILED",
-    "WITHDRAWN",
-    "REJECTED",
-    "CONFIRMATION_REQUESTED",
-    "CONFIRMATION_ACCEPTED",
-    "CONFIRMED",
-    "CONFIRMATION_DENIED",
-    "PERFORMED",
-    "DEFAULTED",
-    "FOLLOWED_UP",
-    "DISPOSED",
-    "CLOSED",
-    "CANCEL_REQUESTED",
-    "CANCELLED",
-];
+/// The states of a case, as the services write them.
+fn case_states() -> impl Iterator<Item = &'static str> {
+    CaseState::ALL.into_iter().map(CaseState::as_str)
+}
 
-/// The states after which nothing more happens to a case.
-pub const FINAL_STATES: [&str; 2] = ["CLOSED", "CANCELLED"];
+/// After these nothing more happens to a case.
+fn is_final(state: &str) -> bool {
+    CaseState::parse(state).is_some_and(CaseState::is_final)
+}
 
 /// The state `--until` names, as the services write states (`closed` → `CLOSED`).
 pub fn until_state(s: &str) -> String {
@@ -199,10 +183,10 @@ pub fn until_state(s: &str) -> String {
 /// Parses `--until`: one of [`CASE_STATES`], in any case.
 pub fn parse_until(s: &str) -> Result<String, String> {
     let state = until_state(s);
-    if CASE_STATES.contains(&state.as_str()) {
+    if case_states().any(|s| s == state) {
         Ok(state)
     } else {
-        Err(format!("no case state {s:?}; one of {} (lower case is fine, e.g. closed)", CASE_STATES.join(" ")))
+        Err(format!("no case state {s:?}; one of {} (lower case is fine, e.g. closed)", case_states().collect::<Vec<_>>().join(" ")))
     }
 }
 
@@ -260,7 +244,7 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
                         if u == c.state {
                             return Ok(());
                         }
-                        if FINAL_STATES.contains(&c.state.as_str()) {
+                        if is_final(&c.state) {
                             return Err(CliError::Refused(format!("case {} ended in {}: it can no longer reach {u}", args.case, c.state)));
                         }
                     }
@@ -482,7 +466,7 @@ mod tests {
         let err = parse_until("setled").err().unwrap_or_default();
         assert!(err.contains("\"setled\"") && err.contains("SETTLED") && err.contains("CANCELLED"), "{err}");
         assert!(parse_until("").is_err());
-        assert!(FINAL_STATES.iter().all(|s| CASE_STATES.contains(s)));
+        assert!(is_final("CLOSED") && is_final("CANCELLED") && !is_final("SETTLED"));
     }
 
     #[test]

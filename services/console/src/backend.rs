@@ -149,9 +149,8 @@ impl UiError {
 
 /// The state named in a FAILED_PRECONDITION message (`… in state IN_MEDIATION …`), in Chinese.
 fn precondition_state(message: &str) -> String {
-    labels::STATES
-        .iter()
-        .find(|s| message.split(|c: char| !c.is_ascii_uppercase() && c != '_').any(|w| w == **s))
+    labels::states()
+        .find(|s| message.split(|c: char| !c.is_ascii_uppercase() && c != '_').any(|w| w == *s))
         .map_or_else(|| "状态已变化".to_owned(), |s| format!("当前为“{}”", labels::state(s)))
 }
 

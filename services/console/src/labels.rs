@@ -30,29 +30,10 @@ pub fn state(s: &str) -> &'static str {
     }
 }
 
-/// Every state, in lifecycle order, for the list filter.
-pub const STATES: [&str; 20] = [
-    "SUBMITTED",
-    "DELIVERED",
-    "RECEIVED",
-    "ACCEPTED",
-    "IN_MEDIATION",
-    "SETTLED",
-    "FAILED",
-    "WITHDRAWN",
-    "REJECTED",
-    "CONFIRMATION_REQUESTED",
-    "CONFIRMATION_ACCEPTED",
-    "CONFIRMED",
-    "CONFIRMATION_DENIED",
-    "PERFORMED",
-    "DEFAULTED",
-    "FOLLOWED_UP",
-    "DISPOSED",
-    "CLOSED",
-    "CANCEL_REQUESTED",
-    "CANCELLED",
-];
+/// Every state, in lifecycle order (the domain's list), for the list filter.
+pub fn states() -> impl Iterator<Item = &'static str> {
+    duijie_domain::lifecycle::CaseState::ALL.into_iter().map(|s| s.as_str())
+}
 
 pub fn channel(c: Channel) -> &'static str {
     match c {
@@ -490,7 +471,7 @@ mod tests {
 
     #[test]
     fn every_state_has_a_chinese_name() {
-        assert!(STATES.iter().all(|s| state(s) != "未知状态"));
+        assert!(states().all(|s| state(s) != "未知状态"));
     }
 }
 

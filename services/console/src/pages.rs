@@ -292,7 +292,7 @@ pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQu
         return Redirect::to("/dashboard").into_response();
     }
     let channel = q.channel.parse::<i32>().ok().filter(|c| Channel::try_from(*c).is_ok()).unwrap_or(0);
-    let state_filter = if labels::STATES.contains(&q.state.as_str()) { q.state.clone() } else { String::new() };
+    let state_filter = if labels::states().any(|s| s == q.state) { q.state.clone() } else { String::new() };
     let result = async {
         let ch = st.backend.own(&me)?;
         let req = ListCasesRequest { state: state_filter.clone(), channel, page_size: 100, page_token: q.page.clone() };
@@ -307,7 +307,7 @@ pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQu
     let body = html! {
         h1 { (title) }
         form.filters.card method="get" action="/cases" {
-            div { label for="f-state" { "状态" } select #f-state name="state" { option value="" { "全部" } @for s in labels::STATES { option value=(s) selected[state_filter == s] { (labels::state(s)) } } } }
+            div { label for="f-state" { "状态" } select #f-state name="state" { option value="" { "全部" } @for s in labels::states() { option value=(s) selected[state_filter == s] { (labels::state(s)) } } } }
             div { label for="f-channel" { "渠道" } select #f-channel name="channel" { option value="0" { "全部" } @for c in labels::CHANNELS { option value=(c as i32) selected[channel == c as i32] { (labels::channel(c)) } } } }
             button type="submit" { "筛选" }
         }
