@@ -178,18 +178,8 @@ fn enum_value(field: &str, value: &str, prefix: &str, name_of: impl Fn(i32) -> O
 
 /// Yuan (`"1234.5"`, `1234`) as fen. At most two decimals, not negative.
 pub fn parse_yuan(s: &str) -> Result<i64, String> {
-    let t = s.trim();
-    let bad = || format!("{s:?} is not an amount in yuan (e.g. \"3000.00\"; at most two decimals, not negative)");
-    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    if t.ends_with('.') {
-        return Err(bad());
-    }
-    let whole: i64 = whole.parse().map_err(|_| bad())?;
-    let cents: i64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
-    whole.checked_mul(100).and_then(|w| w.checked_add(cents)).ok_or_else(bad)
+    duijie_domain::money::yuan_to_fen(s)
+        .ok_or_else(|| format!("{s:?} is not an amount in yuan (e.g. \"3000.00\"; at most two decimals, not negative)"))
 }
 
 fn amount(a: &Amount) -> CliResult<i64> {

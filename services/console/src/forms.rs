@@ -85,15 +85,9 @@ fn date_at(f: &Fields, name: &str, check: &mut Check, label: &str, (h, m, sec): 
     }
 }
 
-/// Yuan as typed (`3000`, `3000.5`, `3,000.50`) to fen.
+/// Yuan as a clerk types them (`3000`, `3000.5`, `3,000.50`, full-width comma) to fen.
 pub fn yuan_to_fen(s: &str) -> Option<i64> {
-    let s = s.replace([',', '，', ' '], "");
-    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
-    if whole.is_empty() || !whole.chars().all(|c| c.is_ascii_digit()) || frac.len() > 2 || !frac.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let fen = format!("{frac:0<2}").parse::<i64>().ok()?;
-    whole.parse::<i64>().ok()?.checked_mul(100)?.checked_add(fen)
+    duijie_domain::money::yuan_to_fen(&s.replace([',', '，', ' '], ""))
 }
 
 /// The new-referral form for a referrer of `me`.

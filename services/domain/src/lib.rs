@@ -6,3 +6,4 @@ pub mod calendar;
 pub mod deadlines;
 pub mod identity;
 pub mod lifecycle;
+pub mod money;
