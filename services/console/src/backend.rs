@@ -25,10 +25,6 @@ impl Backend {
         Self { endpoints, pki, channels: Arc::default() }
     }
 
-    pub fn pki(&self) -> &Pki {
-        &self.pki
-    }
-
     fn channel(&self, addr: &str, who: &AgencyNode) -> Result<Channel, UiError> {
         let key = (addr.to_owned(), who.to_string());
         // A poisoned lock only means another request panicked while inserting; the map is

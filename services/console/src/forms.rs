@@ -534,8 +534,9 @@ fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
     req
 }
 
-/// Reads the form of action `key` and calls the service; the answer is the case as it is now.
-pub async fn perform(ch: GrpcChannel, case_id: &str, key: &str, f: &Fields, spec: &ActionSpec) -> Result<CaseView, UiError> {
+/// Reads the form of action `key` on the case `view` (as just read) and calls the service; the
+/// answer is the case as it is now.
+pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, spec: &ActionSpec) -> Result<CaseView, UiError> {
     use duijie_proto::v1::court_client::CourtClient;
     use duijie_proto::v1::mediation_client::MediationClient;
     use duijie_proto::v1::petition_client::PetitionClient;
@@ -550,7 +551,7 @@ pub async fn perform(ch: GrpcChannel, case_id: &str, key: &str, f: &Fields, spec
         }
     }
     let idem = f.get("idempotency_key").to_owned();
-    let id = case_id.to_owned();
+    let id = view.case_id.clone();
     let now = || Some(duijie_common::envelope::timestamp(chrono::Utc::now()));
     let num = |name: &str, c: &mut Check, label: &str| -> i32 {
         match f.get(name) {
@@ -673,7 +674,6 @@ pub async fn perform(ch: GrpcChannel, case_id: &str, key: &str, f: &Fields, spec
         }
         "request_confirmation" => {
             c.done()?;
-            let view = crate::forms::read_case(ch.clone(), case_id).await?;
             let applicants = view.referral.as_ref().map(|r| r.parties.iter().map(|p| p.party_id.clone()).collect()).unwrap_or_default();
             m.request_confirmation(with_key(
                 RequestConfirmationRequest {

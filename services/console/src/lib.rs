@@ -95,6 +95,9 @@ pub(crate) struct AppState {
     pub backend: backend::Backend,
     pub sign_in: SignIn,
     pub names: Arc<Vec<(AgencyNode, String)>>,
+    /// `demo` sign-in: the identities with a certificate in the PKI directory, read once at
+    /// start (empty otherwise).
+    pub demo_identities: Arc<Vec<AgencyNode>>,
 }
 
 impl AppState {
@@ -191,7 +194,16 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
                 .with_context(|| format!("agencies: {:?} is not <kind>:<code>", a.id))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let state = AppState { backend: backend::Backend::new(cfg.endpoints.clone(), pki), sign_in: cfg.sign_in, names: Arc::new(names) };
+    let demo_identities = match cfg.sign_in {
+        SignIn::Demo => pki.identities().with_context(|| format!("the demo identities in {}", pki.dir().display()))?,
+        SignIn::ClientCertificate => Vec::new(),
+    };
+    let state = AppState {
+        backend: backend::Backend::new(cfg.endpoints.clone(), pki),
+        sign_in: cfg.sign_in,
+        names: Arc::new(names),
+        demo_identities: Arc::new(demo_identities),
+    };
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;

@@ -51,7 +51,7 @@ impl FromRequestParts<AppState> for Me {
         match state.sign_in {
             SignIn::Demo => match cookie_identity(&parts.headers) {
                 // Only identities the console holds a certificate for.
-                Some(n) if state.backend.pki().identities().is_ok_and(|ids| ids.contains(&n)) => Ok(Me(n)),
+                Some(n) if state.demo_identities.contains(&n) => Ok(Me(n)),
                 _ => Err(Redirect::to("/signin").into_response()),
             },
             SignIn::ClientCertificate => match parts.extensions.get::<crate::tls::PeerAgency>() {
@@ -220,18 +220,12 @@ pub async fn signin_page(State(st): State<AppState>) -> Response {
     if st.sign_in == SignIn::ClientCertificate {
         return Redirect::to("/").into_response();
     }
-    let ids = match st.backend.pki().identities() {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "reading the PKI directory");
-            return error_page(None, StatusCode::INTERNAL_SERVER_ERROR, "读取机构证书目录失败，请联系管理员。").into_response();
-        }
-    };
+    let ids = &st.demo_identities;
     let body = html! {
         h1 { "选择登录身份" }
         p.muted { "演示环境：每个身份对应一张机构数字证书，控制台以该机构的证书调用各机构服务。生产环境中身份由浏览器出示的机构证书确定。" }
         div.grid {
-            @for n in &ids {
+            @for n in ids.iter() {
                 form.card method="post" action="/signin" {
                     input type="hidden" name="as" value=(n.to_string());
                     div { b { (st.name_of(n)) } }
@@ -251,7 +245,7 @@ pub struct SignInForm {
 }
 
 pub async fn signin(State(st): State<AppState>, Form(f): Form<SignInForm>) -> Response {
-    let Some(node) = parse_node(&f.who).filter(|n| st.backend.pki().identities().is_ok_and(|ids| ids.contains(n))) else {
+    let Some(node) = parse_node(&f.who).filter(|n| st.demo_identities.contains(n)) else {
         return error_page(None, StatusCode::BAD_REQUEST, "没有该身份的证书，请重新选择。").into_response();
     };
     let cookie = format!("{COOKIE}={node}; Path=/; HttpOnly; SameSite=Lax");
@@ -744,7 +738,7 @@ pub async fn act(State(st): State<AppState>, Me(me): Me, Path(id): Path<String>,
         // refused by the service with the reason.
         let spec = forms::action_by_key(&me, &view, &st.mediation_bodies(), &key)
             .ok_or_else(|| UiError::Forbidden(format!("本机构不能对该案件办理“{}”。", action_title(&key))))?;
-        forms::perform(ch, &id, &key, &f, &spec).await
+        forms::perform(ch, &view, &key, &f, &spec).await
     }
     .await;
     match result {
