@@ -196,7 +196,8 @@ pg_ensure_app() {
 	local ver=$1 name=$2 port=$3 state what="" hba
 	# one round trip: "<role ok>|<db owner or empty>"
 	state=$(pg_super "$port" -c "SELECT
-		coalesce((SELECT rolcanlogin AND rolcreatedb FROM pg_roles WHERE rolname = '$APP_USER'), false)::text
+		coalesce((SELECT rolcanlogin AND rolcreatedb AND pg_has_role(oid, 'pg_signal_backend', 'MEMBER')
+		          FROM pg_roles WHERE rolname = '$APP_USER'), false)::text
 		|| '|' || coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$APP_DB'), '')") ||
 		die "cannot query roles on PostgreSQL $ver/$name"
 	if [ "${state%%|*}" != true ]; then
@@ -205,7 +206,10 @@ pg_ensure_app() {
 				CREATE ROLE $APP_USER LOGIN CREATEDB PASSWORD '$APP_PASS';
 			ELSE
 				ALTER ROLE $APP_USER LOGIN CREATEDB PASSWORD '$APP_PASS';
-			END IF; END \$\$" || die "creating role $APP_USER on $ver/$name failed"
+			END IF;
+			-- Tests drop their databases WITH (FORCE), which must also end an autovacuum worker
+			-- that happens to be in one (not a process of $APP_USER's).
+			GRANT pg_signal_backend TO $APP_USER; END \$\$" || die "creating role $APP_USER on $ver/$name failed"
 		what="role created/updated, "
 	fi
 	case ${state#*|} in
