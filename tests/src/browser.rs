@@ -132,9 +132,21 @@ impl Browser {
         self.no_script_errors().await
     }
 
+    /// Clicks a link or a submit button and waits for the page it leads to: WebDriver's click
+    /// can return while the old page is still shown.
     pub async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.client.execute("window.__duijieOldPage = true;", vec![]).await?;
         self.client.find(Locator::Css(css)).await.with_context(|| format!("no {css}"))?.click().await?;
-        Ok(())
+        let client = self.client.clone();
+        wait_until(&format!("the page after clicking {css}"), Duration::from_secs(30), || {
+            let c = client.clone();
+            async move {
+                let loaded = c.execute("return !window.__duijieOldPage && document.readyState === 'complete';", vec![]).await?;
+                Ok(loaded == json!(true))
+            }
+        })
+        .await?;
+        self.no_script_errors().await
     }
 
     pub async fn text(&self, css: &str) -> anyhow::Result<String> {
