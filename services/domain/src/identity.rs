@@ -104,6 +104,16 @@ pub fn mask(number: &str) -> String {
         .collect()
 }
 
+/// `referral` as shown to an agency that does not need the parties' identity numbers.
+pub fn masked(mut referral: duijie_proto::v1::Referral) -> duijie_proto::v1::Referral {
+    for p in &mut referral.parties {
+        if let Some(id) = &mut p.identity {
+            id.number = mask(&id.number);
+        }
+    }
+    referral
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

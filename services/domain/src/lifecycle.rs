@@ -14,7 +14,9 @@
 //! ```
 
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::{AgencyRef, ConfirmationDecisionKind, MessageKind, PerformanceStatus, outcome};
+use duijie_proto::v1::{AgencyRef, ConfirmationDecisionKind, EvidenceType, MessageKind, PerformanceStatus, outcome};
+
+use crate::agency::AgencyNode;
 
 /// Where a case stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,7 +176,9 @@ impl std::fmt::Display for CaseState {
     }
 }
 
-/// Why a message was refused.
+/// Why a message about a case was refused: the one refusal of the case desk, for the send path
+/// (mapped to a gRPC status), the receive path (the dead-letter reason) and the audit store
+/// (recorded, state unchanged).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The state does not allow this kind.
@@ -186,6 +190,21 @@ pub enum Refusal {
     /// A referral for a case that already exists.
     #[error("the case already exists (state {0})")]
     AlreadyReferred(CaseState),
+    /// This kind of agency does not send this kind of message, or not from its side of the case.
+    #[error("{agency}: a {} may not send {kind}", .agency.kind.as_str())]
+    NotPermitted { agency: AgencyNode, kind: MessageKind },
+    /// Only the two ends of the handoff speak for a case.
+    #[error("{agency} is neither the referrer nor the holder of this case")]
+    NotAParty { agency: String },
+    /// A field names no agency that can take the case.
+    #[error("{field}: {reason}")]
+    BadAgency { field: &'static str, reason: String },
+    /// The message is allowed in this state, but not for this case.
+    #[error("{0}")]
+    NotForThisCase(String),
+    /// The message contradicts itself or its envelope (only another system's message can).
+    #[error("{0}")]
+    Malformed(String),
 }
 
 fn list(kinds: &[MessageKind]) -> String {
@@ -225,6 +244,27 @@ impl Lifecycle {
         self.clone().apply(payload)
     }
 
+    /// Follows a message the sender's own machine accepted (the history a handed-on case
+    /// carries): applied where this machine allows it, otherwise the state is left as it was.
+    pub fn follow(&mut self, payload: &Payload) {
+        // A refusal leaves the state as it was: the sender decided, and its record is kept.
+        let _ = self.apply(payload);
+    }
+
+    /// Applies a holder's message that crossed the referrer's cancel request (sent before the
+    /// holder saw it): it moves on the state the cancel interrupted, so both ends agree on where
+    /// a refused cancel returns to, and the case waits for the cancel's answer as before.
+    pub fn apply_crossing(&mut self, payload: &Payload) -> Result<Step, Refusal> {
+        let Some(before) = self.before_cancel else { return self.apply(payload) };
+        let mut interrupted = Lifecycle::at(before, None);
+        let step = interrupted.apply(payload).map_err(|r| match r {
+            Refusal::NotAllowed { kind, .. } => Refusal::NotAllowed { state: self.state, kind, allowed: self.state.allowed() },
+            other => other,
+        })?;
+        self.before_cancel = Some(interrupted.state);
+        Ok(Step { from: self.state, to: self.state, new_holder: step.new_holder })
+    }
+
     /// Applies `payload`, or says why the state does not allow it.
     pub fn apply(&mut self, payload: &Payload) -> Result<Step, Refusal> {
         use CaseState as S;
@@ -232,6 +272,12 @@ impl Lifecycle {
         let from = self.state;
         // Evidence and deadline notices are facts about the bus: recorded in any state.
         match payload {
+            // Evidence moves a case only when it says the referral itself was delivered.
+            Payload::DeliveryEvidence(ev)
+                if ev.evidence_type() != EvidenceType::Delivered || ev.message_kind() != MessageKind::Referral =>
+            {
+                return Ok(Step { from, to: from, new_holder: None });
+            }
             Payload::DeliveryEvidence(_) => {
                 if from == S::Submitted {
                     self.state = S::Delivered;
@@ -346,9 +392,17 @@ mod tests {
         Ok(lc)
     }
 
+    fn delivered() -> Payload {
+        Payload::DeliveryEvidence(DeliveryEvidence {
+            evidence_type: EvidenceType::Delivered as i32,
+            message_kind: MessageKind::Referral as i32,
+            ..Default::default()
+        })
+    }
+
     fn start() -> Vec<Payload> {
         vec![
-            Payload::DeliveryEvidence(DeliveryEvidence::default()),
+            delivered(),
             Payload::Receipt(Receipt::default()),
             Payload::Accept(Accept::default()),
             Payload::Assignment(Assignment::default()),
@@ -454,7 +508,7 @@ mod tests {
     fn evidence_arriving_during_a_cancel_request_is_kept_for_a_refusal() {
         let mut lc = Lifecycle::referred();
         lc.apply(&Payload::Cancellation(Cancellation::default())).ok();
-        lc.apply(&Payload::DeliveryEvidence(DeliveryEvidence::default())).ok();
+        lc.apply(&delivered()).ok();
         assert_eq!(lc.state, CaseState::CancelRequested);
         lc.apply(&Payload::CancellationConfirmation(CancellationConfirmation { confirmed: false, ..Default::default() })).ok();
         assert_eq!(lc.state, CaseState::Delivered);

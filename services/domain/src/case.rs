@@ -1,0 +1,526 @@
+//! The case desk: one case as one agency node keeps it, and the one place that decides what a
+//! message about it does — on the way out (an agency acts), on the way in (another agency's
+//! message arrives) and for the audit store (a message seen on the bus). Pure code: the
+//! lifecycle, the rights of the two ends, hand-over, crossing messages and the evidence rule,
+//! tested without servers. The services load a [`Case`], call [`Case::decide`], and store what
+//! the [`Effects`] say.
+
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::{AgencyKind, Channel, MessageKind, Referral};
+
+use crate::actions::Side;
+use crate::agency::{AgencyNode, ref_str};
+use crate::lifecycle::{CaseState, Lifecycle, Refusal};
+
+/// A case: who referred it, who holds it now, and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub channel: Channel,
+    /// The referring agency (court, police, petition office, procuratorate); the holder answers it.
+    pub referrer: AgencyNode,
+    /// The mediation body that has the case now.
+    pub holder: AgencyNode,
+    pub lifecycle: Lifecycle,
+}
+
+/// Where an agency stands to a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Referrer,
+    Holder,
+    /// Neither end: a body that handed the case on, or a stranger.
+    Other,
+}
+
+/// A message about the case, as the desk sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Message<'a> {
+    /// `sender`, an agency this service acts for, sends `payload` to the other end.
+    Outgoing { sender: &'a AgencyNode, payload: &'a Payload },
+    /// `owner`'s copy of the case receives `payload`, sent by `sender` (for delivery evidence:
+    /// the agency the evidence names as `delivered_to`, for whom the bus speaks).
+    Incoming { owner: &'a AgencyNode, sender: &'a AgencyNode, payload: &'a Payload },
+    /// The audit store saw `payload` from `sender` on the bus (whoever received it).
+    Observed { sender: &'a AgencyNode, payload: &'a Payload },
+}
+
+/// What a message does to the case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effects {
+    /// Send it: the case moves to `lifecycle` (and `new_holder`), the message goes to
+    /// `recipient`, and a case handed to another body goes there as a forwarded referral.
+    Send { lifecycle: Lifecycle, new_holder: Option<AgencyNode>, recipient: AgencyNode, hand_over: Option<AgencyNode> },
+    /// Apply it: the case moves to `lifecycle` (and `new_holder`); `evidence` says whether the
+    /// sender is owed delivery evidence.
+    Apply { lifecycle: Lifecycle, new_holder: Option<AgencyNode>, evidence: bool },
+    /// Record it in the timeline with no effect on the case (evidence from a body that handed
+    /// the case on; what still reaches a body that handed it on).
+    Record,
+    /// A body that handed the case on before the referrer heard of it passes the referrer's
+    /// message on to the current holder (a new message caused by the original), and owes the
+    /// referrer its evidence.
+    PassOn { to: AgencyNode },
+}
+
+/// Bus facts: recorded in any state, never acknowledged with evidence.
+fn bus_fact(p: &Payload) -> bool {
+    matches!(p, Payload::DeliveryEvidence(_) | Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_))
+}
+
+/// The channel a referring agency's referrals travel on (`None` for agencies that do not refer).
+pub fn channel_of(kind: AgencyKind) -> Option<Channel> {
+    match kind {
+        AgencyKind::Court => Some(Channel::Court),
+        AgencyKind::Police => Some(Channel::Police),
+        AgencyKind::Petition => Some(Channel::Petition),
+        AgencyKind::Procuratorate => Some(Channel::Procuratorate),
+        _ => None,
+    }
+}
+
+/// The field of a hand-over message that names the new holder.
+fn hand_over_field(p: &Payload) -> &'static str {
+    match p {
+        Payload::Redirect(_) => "redirect.to",
+        _ => "escalation.to_agency",
+    }
+}
+
+impl Case {
+    /// A case `referrer` just referred to `holder`.
+    pub fn referred(channel: Channel, referrer: AgencyNode, holder: AgencyNode) -> Self {
+        Self { channel, referrer, holder, lifecycle: Lifecycle::referred() }
+    }
+
+    /// How `agency` stands to the case.
+    pub fn role_of(&self, agency: &AgencyNode) -> Role {
+        if *agency == self.referrer {
+            Role::Referrer
+        } else if *agency == self.holder {
+            Role::Holder
+        } else {
+            Role::Other
+        }
+    }
+
+    /// What `owner` may send next: nothing once the case is over or handed on.
+    pub fn allowed_next(&self, owner: &AgencyNode) -> Vec<MessageKind> {
+        if self.lifecycle.state.is_final() || self.role_of(owner) == Role::Other {
+            Vec::new()
+        } else {
+            self.lifecycle.state.allowed()
+        }
+    }
+
+    /// Decides what `msg` does, or why the case refuses it. Nothing changes here: the caller
+    /// stores the effects (state, holder, timeline, outbox) in one transaction.
+    pub fn decide(&self, msg: Message<'_>) -> Result<Effects, Refusal> {
+        match msg {
+            Message::Outgoing { sender, payload } => self.outgoing(sender, payload),
+            Message::Incoming { owner, sender, payload } => self.incoming(Some(owner), sender, payload),
+            Message::Observed { sender, payload } => self.incoming(None, sender, payload),
+        }
+    }
+
+    fn outgoing(&self, sender: &AgencyNode, payload: &Payload) -> Result<Effects, Refusal> {
+        let kind = payload.kind();
+        if matches!(payload, Payload::Referral(_)) {
+            return Err(Refusal::AlreadyReferred(self.lifecycle.state));
+        }
+        let side = match self.role_of(sender) {
+            Role::Referrer => Side::Referrer,
+            Role::Holder => Side::Holder,
+            Role::Other => return Err(Refusal::NotAParty { agency: sender.to_string() }),
+        };
+        if !crate::actions::for_kind(kind).any(|a| a.taken_by(side, sender.kind)) {
+            return Err(Refusal::NotPermitted { agency: sender.clone(), kind });
+        }
+        if matches!(payload, Payload::ConfirmationRequest(_)) && self.referrer.kind != AgencyKind::Court {
+            return Err(Refusal::NotForThisCase(format!(
+                "a judicial confirmation request goes to the referring court, and this case's referrer is {}",
+                self.referrer
+            )));
+        }
+        let mut lifecycle = self.lifecycle.clone();
+        let step = lifecycle.apply(payload)?;
+        let new_holder = self.new_holder(payload, step.new_holder.as_ref())?;
+        // Handing the case to another body: only to a mediation body other than the holder.
+        let hand_over = new_holder.clone().filter(|h| *h != self.holder);
+        if let Some(to) = &hand_over
+            && to.kind != AgencyKind::Mediation
+        {
+            return Err(Refusal::BadAgency { field: hand_over_field(payload), reason: "a case is handed on only to a mediation body".into() });
+        }
+        // Referrers talk to the holder; the holder answers the referrer.
+        let recipient = if side == Side::Referrer { self.holder.clone() } else { self.referrer.clone() };
+        Ok(Effects::Send { lifecycle, new_holder, recipient, hand_over })
+    }
+
+    /// A message arriving at `owner`'s copy (`None`: seen by the audit store on the bus).
+    fn incoming(&self, owner: Option<&AgencyNode>, sender: &AgencyNode, payload: &Payload) -> Result<Effects, Refusal> {
+        if matches!(payload, Payload::Referral(_)) {
+            return Err(Refusal::AlreadyReferred(self.lifecycle.state));
+        }
+        let speaker = self.role_of(sender);
+        let notice = matches!(payload, Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_));
+        match speaker {
+            // Evidence from a body that handed the case on (it took a message and passed it on)
+            // is a fact to record; deadline notices come from the audit store for any copy.
+            Role::Other if matches!(payload, Payload::DeliveryEvidence(_)) => return Ok(Effects::Record),
+            Role::Other if !notice => return Err(Refusal::NotAParty { agency: sender.to_string() }),
+            Role::Other => {}
+            Role::Referrer | Role::Holder if bus_fact(payload) => {}
+            Role::Referrer | Role::Holder => {
+                let side = if speaker == Role::Referrer { Side::Referrer } else { Side::Holder };
+                if !crate::actions::for_kind(payload.kind()).any(|a| a.taken_by(side, sender.kind)) {
+                    return Err(Refusal::NotPermitted { agency: sender.clone(), kind: payload.kind() });
+                }
+            }
+        }
+        if owner.is_some_and(|o| self.role_of(o) == Role::Other) {
+            // This body handed the case on. The referrer's message goes on to the current holder
+            // instead of stopping at a body that no longer acts on the case; anything else (the
+            // new holder's evidence for the forwarded referral) is only recorded.
+            return Ok(if speaker == Role::Referrer && !bus_fact(payload) { Effects::PassOn { to: self.holder.clone() } } else { Effects::Record });
+        }
+        let mut lifecycle = self.lifecycle.clone();
+        let crossed = speaker == Role::Holder
+            && lifecycle.state == CaseState::CancelRequested
+            && !matches!(payload, Payload::CancellationConfirmation(_) | Payload::SupervisionNotice(_));
+        let step = if crossed { lifecycle.apply_crossing(payload)? } else { lifecycle.apply(payload)? };
+        let new_holder = self.new_holder(payload, step.new_holder.as_ref())?;
+        Ok(Effects::Apply { lifecycle, new_holder, evidence: owner.is_some() && !bus_fact(payload) })
+    }
+
+    fn new_holder(&self, payload: &Payload, named: Option<&duijie_proto::v1::AgencyRef>) -> Result<Option<AgencyNode>, Refusal> {
+        named
+            .map(|h| {
+                AgencyNode::from_ref(Some(h))
+                    .map_err(|e| Refusal::BadAgency { field: hand_over_field(payload), reason: format!("not a valid agency: {e}") })
+            })
+            .transpose()
+    }
+
+    /// The case `owner` takes on from a referral `sender` sent it: referred by a referring
+    /// agency, or handed on by a mediation body (then the referral names the original referrer
+    /// and how far the case had come). The history a handed-on case carries is replayed by the
+    /// caller with [`Lifecycle::follow`].
+    pub fn receive(owner: &AgencyNode, sender: &AgencyNode, channel: Channel, referral: &Referral) -> Result<Case, Refusal> {
+        let Some(f) = &referral.forwarded else {
+            if channel_of(sender.kind).is_none() {
+                return Err(Refusal::NotPermitted { agency: sender.clone(), kind: MessageKind::Referral });
+            }
+            return Ok(Case { lifecycle: Lifecycle::at(CaseState::Delivered, None), ..Case::referred(channel, sender.clone(), owner.clone()) });
+        };
+        // Only a mediation body hands a case on, in its own name, for a case a referring agency sent.
+        if sender.kind != AgencyKind::Mediation || !sender.is(f.forwarded_by.as_ref()) {
+            return Err(Refusal::Malformed(format!(
+                "a forwarded referral comes from the mediation body that hands the case on, not {} for {}",
+                sender,
+                ref_str(f.forwarded_by.as_ref())
+            )));
+        }
+        let original = AgencyNode::from_ref(f.original_referrer.as_ref())
+            .ok()
+            .filter(|n| channel_of(n.kind).is_some())
+            .ok_or_else(|| Refusal::Malformed("a forwarded referral names no referring agency as its original referrer".into()))?;
+        let state = match f.reason() {
+            MessageKind::Redirect => CaseState::Delivered,
+            MessageKind::Escalation => CaseState::InMediation,
+            other => return Err(Refusal::Malformed(format!("a case is not handed on by {other}"))),
+        };
+        Ok(Case { channel, referrer: original, holder: owner.clone(), lifecycle: Lifecycle::at(state, None) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duijie_proto::v1::*;
+
+    fn node(s: &str) -> AgencyNode {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+    fn court() -> AgencyNode {
+        node("court:431003")
+    }
+    fn centre() -> AgencyNode {
+        node("mediation:431003")
+    }
+    fn town() -> AgencyNode {
+        node("mediation:431003-102")
+    }
+    fn case_at(state: CaseState) -> Case {
+        Case { lifecycle: Lifecycle::at(state, None), ..Case::referred(Channel::Court, court(), centre()) }
+    }
+    fn delivered(kind: MessageKind) -> Payload {
+        Payload::DeliveryEvidence(DeliveryEvidence {
+            evidence_type: EvidenceType::Delivered as i32,
+            message_kind: kind as i32,
+            delivered_to: Some(AgencyRef::from(&centre())),
+            ..Default::default()
+        })
+    }
+    fn receipt() -> Payload {
+        Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() })
+    }
+    fn accept() -> Payload {
+        Payload::Accept(Accept::default())
+    }
+    fn cancel() -> Payload {
+        Payload::Cancellation(Cancellation::default())
+    }
+    fn answer(confirmed: bool) -> Payload {
+        Payload::CancellationConfirmation(CancellationConfirmation { confirmed, ..Default::default() })
+    }
+    fn redirect(to: &AgencyNode) -> Payload {
+        Payload::Redirect(Redirect { to: Some(AgencyRef::from(to)), reason: "labour dispute".into() })
+    }
+    fn escalate(to: &AgencyNode) -> Payload {
+        Payload::Escalation(Escalation { to_agency: Some(AgencyRef::from(to)), ..Default::default() })
+    }
+    fn settled() -> Payload {
+        Payload::Outcome(Outcome { kind: Some(outcome::Kind::Settled(outcome::Settled::default())) })
+    }
+    fn out(c: &Case, sender: &AgencyNode, payload: &Payload) -> Result<Effects, Refusal> {
+        c.decide(Message::Outgoing { sender, payload })
+    }
+    fn into(c: &Case, owner: &AgencyNode, sender: &AgencyNode, payload: &Payload) -> Result<Effects, Refusal> {
+        c.decide(Message::Incoming { owner, sender, payload })
+    }
+    /// Applies what the desk decided, as the services store it.
+    fn apply(c: &mut Case, e: &Effects) {
+        match e {
+            Effects::Send { lifecycle, new_holder, .. } | Effects::Apply { lifecycle, new_holder, .. } => {
+                c.lifecycle = lifecycle.clone();
+                if let Some(h) = new_holder {
+                    c.holder = h.clone();
+                }
+            }
+            Effects::Record | Effects::PassOn { .. } => {}
+        }
+    }
+    fn send(c: &mut Case, sender: &AgencyNode, p: &Payload) {
+        let e = out(c, sender, p).unwrap_or_else(|r| panic!("{sender} sending {}: {r}", p.kind()));
+        apply(c, &e);
+    }
+    fn take(c: &mut Case, owner: &AgencyNode, sender: &AgencyNode, p: &Payload) {
+        let e = into(c, owner, sender, p).unwrap_or_else(|r| panic!("{owner} receiving {}: {r}", p.kind()));
+        apply(c, &e);
+    }
+    /// Both ends run the desk over the same messages: the sender's copy decides `Send`, the
+    /// recipient's copy `Apply`; returns both after the message.
+    fn exchange(sent: &mut Case, got: &mut Case, from: &AgencyNode, to: &AgencyNode, p: &Payload) {
+        let e = out(sent, from, p).unwrap_or_else(|r| panic!("{from} sending {}: {r}", p.kind()));
+        apply(sent, &e);
+        let e = into(got, to, from, p).unwrap_or_else(|r| panic!("{to} receiving {}: {r}", p.kind()));
+        apply(got, &e);
+    }
+
+    #[test]
+    fn both_ends_agree_through_every_step_of_a_court_case() {
+        let mut at_court = Case::referred(Channel::Court, court(), centre());
+        let mut at_centre = Case::receive(&centre(), &court(), Channel::Court, &Referral::default()).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!((at_centre.referrer.clone(), at_centre.holder.clone(), at_centre.lifecycle.state), (court(), centre(), CaseState::Delivered));
+        let e = into(&at_court, &court(), &centre(), &delivered(MessageKind::Referral));
+        assert_eq!(e.as_ref().map(|e| matches!(e, Effects::Apply { evidence: false, .. })), Ok(true), "evidence earns no evidence");
+        apply(&mut at_court, &e.unwrap_or(Effects::Record));
+        for p in [receipt(), accept(), Payload::Assignment(Assignment::default()), settled(), Payload::ConfirmationRequest(ConfirmationRequest::default())] {
+            exchange(&mut at_centre, &mut at_court, &centre(), &court(), &p);
+            assert_eq!(at_centre.lifecycle, at_court.lifecycle, "after {}", p.kind());
+        }
+        for d in [ConfirmationDecisionKind::Accepted, ConfirmationDecisionKind::Granted] {
+            let p = Payload::ConfirmationDecision(ConfirmationDecision { decision: d as i32, ..Default::default() });
+            exchange(&mut at_court, &mut at_centre, &court(), &centre(), &p);
+        }
+        for p in [
+            Payload::Performance(Performance { status: PerformanceStatus::Performed as i32, ..Default::default() }),
+            Payload::FollowUp(FollowUp::default()),
+            Payload::Closure(Closure::default()),
+        ] {
+            exchange(&mut at_centre, &mut at_court, &centre(), &court(), &p);
+        }
+        assert_eq!((at_court.lifecycle.state, at_centre.lifecycle.state), (CaseState::Closed, CaseState::Closed));
+        assert!(at_centre.allowed_next(&centre()).is_empty(), "nothing more on a closed case");
+    }
+
+    #[test]
+    fn each_end_sends_only_its_own_steps() {
+        let c = case_at(CaseState::Received);
+        assert!(matches!(out(&c, &court(), &accept()), Err(Refusal::NotPermitted { .. })), "a court does not accept for the centre");
+        assert!(matches!(out(&c, &centre(), &cancel()), Err(Refusal::NotPermitted { .. })), "the centre does not cancel the court's referral");
+        assert!(matches!(out(&c, &town(), &accept()), Err(Refusal::NotAParty { .. })), "another committee has no say");
+        assert!(matches!(into(&c, &court(), &court(), &accept()), Err(Refusal::NotPermitted { .. })));
+        let police = node("police:431003-01");
+        let e = into(&c, &centre(), &police, &Payload::SupervisionNotice(SupervisionNotice::default()));
+        assert_eq!(e, Err(Refusal::NotAParty { agency: "police:431003-01".into() }));
+        assert!(e.err().is_some_and(|r| r.to_string().contains("neither the referrer nor the holder")));
+        // Only a court decides a confirmation, and only a court's case is confirmed by its referrer.
+        let settled_case = Case { channel: Channel::Police, referrer: police.clone(), ..case_at(CaseState::Settled) };
+        let refused = out(&settled_case, &centre(), &Payload::ConfirmationRequest(ConfirmationRequest::default()));
+        assert!(matches!(&refused, Err(Refusal::NotForThisCase(m)) if m.contains("police:431003-01")), "{refused:?}");
+        let p = Payload::ConfirmationDecision(ConfirmationDecision { decision: ConfirmationDecisionKind::Granted as i32, ..Default::default() });
+        assert!(matches!(out(&case_at(CaseState::ConfirmationAccepted), &police, &p), Err(Refusal::NotAParty { .. })));
+    }
+
+    #[test]
+    fn refusals_name_the_state_and_what_it_allows() {
+        let c = case_at(CaseState::Submitted);
+        let r = out(&c, &centre(), &settled());
+        let Err(Refusal::NotAllowed { state, kind, allowed }) = r.clone() else { panic!("{r:?}") };
+        assert_eq!((state, kind), (CaseState::Submitted, MessageKind::Outcome));
+        assert_eq!(allowed, CaseState::Submitted.allowed());
+        let text = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("case is SUBMITTED") && text.contains("receipt"), "{text}");
+        assert_eq!(out(&c, &court(), &Payload::Referral(Referral::default())), Err(Refusal::AlreadyReferred(CaseState::Submitted)));
+        assert_eq!(
+            out(&case_at(CaseState::Received), &centre(), &Payload::Redirect(Redirect::default())),
+            Err(Refusal::Incomplete { kind: MessageKind::Redirect, field: "to" })
+        );
+    }
+
+    #[test]
+    fn evidence_counts_only_for_a_delivered_referral() {
+        let c = case_at(CaseState::Submitted);
+        let moved = |p: &Payload| match into(&c, &court(), &centre(), p) {
+            Ok(Effects::Apply { lifecycle, .. }) => lifecycle.state,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(moved(&delivered(MessageKind::Referral)), CaseState::Delivered);
+        assert_eq!(moved(&delivered(MessageKind::Amendment)), CaseState::Submitted, "evidence for another message");
+        let not_delivered = Payload::DeliveryEvidence(DeliveryEvidence {
+            evidence_type: EvidenceType::NotDelivered as i32,
+            message_kind: MessageKind::Referral as i32,
+            ..Default::default()
+        });
+        assert_eq!(moved(&not_delivered), CaseState::Submitted);
+        // After delivery: recorded, no change; from a body that handed the case on: only recorded.
+        let later = case_at(CaseState::Accepted);
+        assert!(matches!(into(&later, &court(), &centre(), &delivered(MessageKind::Referral)), Ok(Effects::Apply { lifecycle, .. }) if lifecycle.state == CaseState::Accepted));
+        assert_eq!(into(&later, &court(), &town(), &delivered(MessageKind::Referral)), Ok(Effects::Record));
+        // Deadline notices come from the bus for either end.
+        let bus = node("bus:audit");
+        assert!(matches!(into(&later, &court(), &bus, &Payload::DeadlineBreached(DeadlineBreached::default())), Ok(Effects::Apply { evidence: false, .. })));
+    }
+
+    #[test]
+    fn redirect_hands_the_case_to_another_committee_which_answers_the_referrer() {
+        let mut at_centre = case_at(CaseState::Received);
+        let e = out(&at_centre, &centre(), &redirect(&town()));
+        let Ok(Effects::Send { lifecycle, new_holder, recipient, hand_over }) = e.clone() else { panic!("{e:?}") };
+        assert_eq!((lifecycle.state, new_holder, recipient, hand_over), (CaseState::Submitted, Some(town()), court(), Some(town())));
+        apply(&mut at_centre, &e.unwrap_or(Effects::Record));
+        assert_eq!(at_centre.role_of(&centre()), Role::Other, "the centre handed it on");
+        assert!(at_centre.allowed_next(&centre()).is_empty());
+        // The town committee takes it from the centre's forwarded referral, answering the court.
+        let forwarded = Referral {
+            forwarded: Some(ForwardedCase {
+                original_referrer: Some(AgencyRef::from(&court())),
+                forwarded_by: Some(AgencyRef::from(&centre())),
+                reason: MessageKind::Redirect as i32,
+                history: vec![],
+            }),
+            ..Default::default()
+        };
+        let at_town = Case::receive(&town(), &centre(), Channel::Court, &forwarded).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!((at_town.referrer.clone(), at_town.holder.clone(), at_town.lifecycle.state), (court(), town(), CaseState::Delivered));
+        assert!(matches!(out(&at_town, &town(), &receipt()), Ok(Effects::Send { recipient, .. }) if recipient == court()));
+        // Only the body handing on forwards a case, and only a referring agency's case.
+        assert!(matches!(Case::receive(&town(), &court(), Channel::Court, &forwarded), Err(Refusal::Malformed(_))));
+        let mut not_referrer = forwarded.clone();
+        if let Some(f) = &mut not_referrer.forwarded {
+            f.original_referrer = Some(AgencyRef::from(&node("mediation:9")));
+        }
+        assert!(matches!(Case::receive(&town(), &centre(), Channel::Court, &not_referrer), Err(Refusal::Malformed(_))));
+        assert!(matches!(Case::receive(&town(), &centre(), Channel::Court, &Referral::default()), Err(Refusal::NotPermitted { .. })), "a committee refers nothing itself");
+        // Handing on goes to a mediation body only.
+        let to_court = out(&case_at(CaseState::Received), &centre(), &redirect(&node("court:1")));
+        assert!(matches!(to_court, Err(Refusal::BadAgency { field: "redirect.to", .. })), "{to_court:?}");
+    }
+
+    #[test]
+    fn escalation_moves_the_case_up_and_the_referrer_follows() {
+        let village = node("mediation:431003-102-05");
+        let mut at_village = Case { holder: village.clone(), ..case_at(CaseState::InMediation) };
+        let mut at_court = at_village.clone();
+        exchange(&mut at_village, &mut at_court, &village, &court(), &escalate(&town()));
+        assert_eq!((at_village.holder.clone(), at_court.holder.clone()), (town(), town()));
+        assert_eq!(at_court.lifecycle.state, CaseState::InMediation);
+        // Escalating within the same body names no new holder to forward to.
+        let same = out(&case_at(CaseState::InMediation), &centre(), &escalate(&centre()));
+        assert!(matches!(same, Ok(Effects::Send { hand_over: None, .. })), "{same:?}");
+    }
+
+    #[test]
+    fn a_referrers_message_crossing_a_hand_over_is_passed_on_to_the_new_holder() {
+        // The centre redirected to the town committee; the court's 督办 was already on its way.
+        let mut at_centre = case_at(CaseState::Received);
+        send(&mut at_centre, &centre(), &redirect(&town()));
+        let notice = Payload::SupervisionNotice(SupervisionNotice::default());
+        assert_eq!(into(&at_centre, &centre(), &court(), &notice), Ok(Effects::PassOn { to: town() }));
+        // What else reaches the centre now is only recorded: the town's evidence for the forwarded referral.
+        let town_evidence = Payload::DeliveryEvidence(DeliveryEvidence {
+            evidence_type: EvidenceType::Delivered as i32,
+            message_kind: MessageKind::Referral as i32,
+            delivered_to: Some(AgencyRef::from(&town())),
+            ..Default::default()
+        });
+        assert_eq!(into(&at_centre, &centre(), &town(), &town_evidence), Ok(Effects::Record));
+        // The court, told of the redirect, takes the new holder's receipt.
+        let mut at_court = case_at(CaseState::Received);
+        take(&mut at_court, &court(), &centre(), &redirect(&town()));
+        assert!(matches!(into(&at_court, &court(), &town(), &receipt()), Ok(Effects::Apply { .. })));
+        assert!(matches!(into(&at_court, &court(), &centre(), &accept()), Err(Refusal::NotAParty { .. })), "the former holder no longer speaks");
+    }
+
+    #[test]
+    fn a_cancel_crossing_an_accept_leaves_both_ends_in_agreement() {
+        // The court asks to cancel while the centre, not yet aware, accepts the case.
+        let mut at_court = case_at(CaseState::Received);
+        let mut at_centre = case_at(CaseState::Received);
+        let sent_cancel = out(&at_court, &court(), &cancel()).unwrap_or(Effects::Record);
+        apply(&mut at_court, &sent_cancel);
+        let sent_accept = out(&at_centre, &centre(), &accept()).unwrap_or(Effects::Record);
+        apply(&mut at_centre, &sent_accept);
+        // Each receives the other's message.
+        let e = into(&at_court, &court(), &centre(), &accept());
+        assert!(matches!(&e, Ok(Effects::Apply { lifecycle, .. }) if lifecycle.state == CaseState::CancelRequested && lifecycle.before_cancel == Some(CaseState::Accepted)), "{e:?}");
+        apply(&mut at_court, &e.unwrap_or(Effects::Record));
+        take(&mut at_centre, &centre(), &court(), &cancel());
+        assert_eq!(at_court.lifecycle, at_centre.lifecycle, "both wait for the answer, interrupted at ACCEPTED");
+        // The centre refuses the cancel: both go back to ACCEPTED.
+        exchange(&mut at_centre, &mut at_court, &centre(), &court(), &answer(false));
+        assert_eq!((at_court.lifecycle.state, at_centre.lifecycle.state), (CaseState::Accepted, CaseState::Accepted));
+        // A holder's step the interrupted state does not allow is still refused, naming the wait.
+        let mut waiting = case_at(CaseState::Received);
+        send(&mut waiting, &court(), &cancel());
+        let r = into(&waiting, &court(), &centre(), &settled());
+        assert!(matches!(&r, Err(Refusal::NotAllowed { state: CaseState::CancelRequested, kind: MessageKind::Outcome, .. })), "{r:?}");
+        // The centre itself answers the cancel before it works on: its own accept waits.
+        let mut centre_waiting = case_at(CaseState::Received);
+        take(&mut centre_waiting, &centre(), &court(), &cancel());
+        assert!(matches!(out(&centre_waiting, &centre(), &accept()), Err(Refusal::NotAllowed { state: CaseState::CancelRequested, .. })));
+    }
+
+    #[test]
+    fn a_cancel_crossing_a_redirect_follows_the_case_to_its_new_holder() {
+        let mut at_court = case_at(CaseState::Received);
+        send(&mut at_court, &court(), &cancel());
+        let e = into(&at_court, &court(), &centre(), &redirect(&town()));
+        assert!(matches!(&e, Ok(Effects::Apply { new_holder: Some(h), lifecycle, .. }) if *h == town() && lifecycle.before_cancel == Some(CaseState::Submitted)), "{e:?}");
+        apply(&mut at_court, &e.unwrap_or(Effects::Record));
+        // The new holder answers the cancel, and the court takes its answer.
+        let e = into(&at_court, &court(), &town(), &answer(true));
+        assert!(matches!(&e, Ok(Effects::Apply { lifecycle, .. }) if lifecycle.state == CaseState::Cancelled), "{e:?}");
+    }
+
+    #[test]
+    fn the_audit_store_follows_the_same_desk() {
+        let c = case_at(CaseState::Received);
+        let seen = c.decide(Message::Observed { sender: &centre(), payload: &accept() });
+        assert!(matches!(seen, Ok(Effects::Apply { evidence: false, ref lifecycle, .. }) if lifecycle.state == CaseState::Accepted));
+        let refused = c.decide(Message::Observed { sender: &centre(), payload: &settled() });
+        assert!(matches!(refused, Err(Refusal::NotAllowed { .. })));
+        assert_eq!(c.decide(Message::Observed { sender: &town(), payload: &delivered(MessageKind::Referral) }), Ok(Effects::Record));
+    }
+}
