@@ -34,11 +34,7 @@ pub fn case_view(v: &CaseView) -> pb::CaseView {
         referral: Some(v.referral.clone()),
         deadlines: v.deadlines.iter().map(|d| deadline(d, now)).collect(),
         timeline: v.timeline.iter().map(timeline_entry).collect(),
-        allowed_next: if v.state.is_final() || v.handed_on {
-            Vec::new()
-        } else {
-            v.state.allowed().into_iter().map(|k| k as i32).collect()
-        },
+        allowed_next: v.allowed_next.iter().map(|k| *k as i32).collect(),
         handed_on: v.handed_on,
     }
 }
@@ -66,7 +62,7 @@ fn timeline_entry(t: &TimelineItem) -> pb::TimelineEntry {
         recipient: t.recipient.clone(),
         occurred_at: Some(ts(t.occurred_at)),
         state_after: t.state_after.as_str().to_owned(),
-        summary: t.summary.clone(),
+        summary: t.payload.as_ref().map(duijie_domain::summary::english).unwrap_or_default(),
         causation_id: t.causation_id.clone(),
     }
 }

@@ -55,9 +55,7 @@ fn default_grace() -> Duration {
 
 /// Parses `kind:code`.
 pub fn parse_node(s: &str) -> anyhow::Result<AgencyNode> {
-    let (kind, code) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("{s:?} is not kind:code, e.g. court:431003"))?;
-    let kind = AgencyKind::parse(kind).ok_or_else(|| anyhow::anyhow!("unknown agency kind {kind:?} in {s:?}"))?;
-    AgencyNode::new(kind, code)
+    Ok(s.parse()?)
 }
 
 /// A started service.

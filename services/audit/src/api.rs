@@ -188,7 +188,7 @@ impl Audit for AuditApi {
                 causation_id: r.causation_id.map(|c| c.to_string()).unwrap_or_default(),
                 trace_id: r.trace_id.clone(),
                 state_after: r.state_after.clone(),
-                summary: env.payload.as_ref().map(duijie_agency::summary).unwrap_or_default(),
+                summary: env.payload.as_ref().map(duijie_domain::summary::english).unwrap_or_default(),
                 delivered_at: None,
                 hash_hex: hex(&r.hash),
             });

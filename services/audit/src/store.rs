@@ -8,9 +8,10 @@ use duijie_common::inbox::{HandleError, Handler, Inbound};
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
 use duijie_domain::lifecycle::{CaseState, Lifecycle, Step};
+use duijie_domain::{AgencyNode, Case, Effects, Message};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
-    AgencyKind, AgencyRef, ClockPolicyKind, ConfirmationDecisionKind, Envelope, EvidenceType, MessageKind, outcome,
+    AgencyKind, AgencyRef, Channel, ClockPolicyKind, ConfirmationDecisionKind, Envelope, MessageKind, outcome,
 };
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -47,6 +48,33 @@ pub fn agency_str(a: Option<&AgencyRef>) -> String {
         .unwrap_or_default()
 }
 
+/// Where a message the log has seen leaves its case: the same desk the agencies run
+/// ([`Case::decide`]), so a message their desk refuses is recorded with the state unchanged
+/// (`None`: no step). A case whose referral never reached the log has no referrer to judge by:
+/// its lifecycle alone decides.
+fn observe(c: &CaseRow, lc: Lifecycle, env: &Envelope, payload: &Payload) -> (Lifecycle, Option<Step>) {
+    let from = lc.state;
+    let ends = AgencyNode::from_parts(&c.referrer_kind, &c.referrer_code).and_then(|r| Ok((r, AgencyNode::from_parts(&c.holder_kind, &c.holder_code)?)));
+    let Ok((referrer, holder)) = ends else {
+        let mut lc = lc;
+        let step = lc.apply(payload).ok();
+        return (lc, step);
+    };
+    // Delivery evidence speaks for the agency it names as `delivered_to`.
+    let speaker = match payload {
+        Payload::DeliveryEvidence(ev) => AgencyNode::from_ref(ev.delivered_to.as_ref()),
+        _ => AgencyNode::from_ref(env.sender.as_ref()),
+    };
+    let case = Case { channel: Channel::try_from(c.channel).unwrap_or(Channel::Unspecified), referrer, holder, lifecycle: lc.clone() };
+    match speaker.map(|s| case.decide(Message::Observed { sender: &s, payload })) {
+        Ok(Ok(Effects::Apply { lifecycle, new_holder, .. })) => {
+            let step = Step { from, to: lifecycle.state, new_holder: new_holder.as_ref().map(AgencyRef::from) };
+            (lifecycle, Some(step))
+        }
+        _ => (lc, None),
+    }
+}
+
 /// Microsecond precision, as PostgreSQL stores it (the hash must see what the table holds).
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
@@ -76,6 +104,11 @@ impl AuditStore {
 
 #[derive(sqlx::FromRow)]
 struct CaseRow {
+    channel: i32,
+    referrer_kind: String,
+    referrer_code: String,
+    holder_kind: String,
+    holder_code: String,
     state: String,
     before_cancel: Option<String>,
     clock_policy: i32,
@@ -97,7 +130,8 @@ impl AuditStore {
             return Ok(());
         }
         let case: Option<CaseRow> = sqlx::query_as(
-            "SELECT state, before_cancel, clock_policy, last_case_seq, last_hash
+            "SELECT channel, referrer_kind, referrer_code, holder_kind, holder_code, state, before_cancel, clock_policy,
+                    last_case_seq, last_hash
              FROM audit_cases WHERE case_id = $1 FOR UPDATE",
         )
         .bind(case_id)
@@ -121,15 +155,8 @@ impl AuditStore {
                 (Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?), None)
             }
             (Some(c), p) => {
-                let mut lc = Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?);
-                let counts = match p {
-                    Payload::DeliveryEvidence(ev) => {
-                        ev.evidence_type() == EvidenceType::Delivered && ev.message_kind() == MessageKind::Referral
-                    }
-                    _ => true,
-                };
-                let step = if counts { lc.apply(p).ok() } else { None };
-                (lc, step)
+                let lc = Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?);
+                observe(c, lc, env, p)
             }
         };
         let state_after = lc.state.as_str();

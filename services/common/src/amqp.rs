@@ -12,7 +12,6 @@
 //! instead of silently landing in the tap only (see ARCHITECTURE.md).
 
 use anyhow::Context as _;
-use duijie_proto::v1::AgencyKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -51,31 +50,7 @@ impl Connector {
     }
 }
 
-/// One agency node on the bus: its kind and code (e.g. `mediation` / `431003-102`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AgencyNode {
-    pub kind: AgencyKind,
-    pub code: String,
-}
-
-impl AgencyNode {
-    /// A node; the code must be usable as a routing-key segment.
-    pub fn new(kind: AgencyKind, code: impl Into<String>) -> anyhow::Result<Self> {
-        let code = code.into();
-        anyhow::ensure!(
-            !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-            "agency code {code:?} must be letters, digits and '-'"
-        );
-        Ok(Self { kind, code })
-    }
-}
-
-impl std::fmt::Display for AgencyNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // pad, not write!, so that width flags in callers' format strings apply
-        f.pad(&format!("{}:{}", self.kind.as_str(), self.code))
-    }
-}
+pub use duijie_domain::AgencyNode;
 
 /// Names and arguments of the bus topology for one prefix.
 #[derive(Debug, Clone)]

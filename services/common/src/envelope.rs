@@ -2,7 +2,7 @@
 //! service (fresh time-ordered message id, kind taken from the payload, schema version, time).
 
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::{AgencyRef, Channel, Envelope};
+use duijie_proto::v1::{Channel, Envelope};
 use uuid::Uuid;
 
 use crate::amqp::AgencyNode;
@@ -19,12 +19,6 @@ pub struct Header {
     pub recipient: AgencyNode,
     /// The message this one answers or was caused by; `None` for a first message.
     pub causation_id: Option<Uuid>,
-}
-
-impl From<&AgencyNode> for AgencyRef {
-    fn from(n: &AgencyNode) -> Self {
-        AgencyRef { kind: n.kind as i32, code: n.code.clone() }
-    }
 }
 
 /// `t` as a protobuf timestamp (nanosecond precision).

@@ -138,11 +138,10 @@ pub fn agency_of_certificate(der: &[u8]) -> anyhow::Result<AgencyNode> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .ok_or_else(|| anyhow::anyhow!("no subject common name"))?;
-    let (kind, code) = cn.split_once(':').ok_or_else(|| anyhow::anyhow!("common name {cn:?} is not <kind>:<code>"))?;
-    let kind = AgencyKind::parse(kind)
-        .filter(|k| *k != AgencyKind::Unspecified && *k != AgencyKind::Bus)
-        .ok_or_else(|| anyhow::anyhow!("unknown agency kind {kind:?}"))?;
-    AgencyNode::new(kind, code)
+    let node: AgencyNode = cn.parse().map_err(|e| anyhow::anyhow!("common name: {e}"))?;
+    // The bus signs only its own evidence and notices; no caller speaks as the bus.
+    anyhow::ensure!(node.kind != AgencyKind::Bus, "unknown agency kind \"bus\"");
+    Ok(node)
 }
 
 struct SessionService {

@@ -53,7 +53,7 @@ struct Args {
 }
 
 fn node(kind: AgencyKind, code: &str) -> anyhow::Result<AgencyNode> {
-    AgencyNode::new(kind, code)
+    Ok(AgencyNode::new(kind, code)?)
 }
 
 /// Encoded envelopes of typical size for the kinds a case goes through; the generated records

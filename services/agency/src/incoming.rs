@@ -1,0 +1,163 @@
+//! What reaches an agency over the bus: [`Agency`] is the inbox [`Handler`] of the nodes it
+//! serves. A referral opens the node's copy of a case; every other message is decided by the
+//! desk ([`Case::decide`]) — applied, recorded, or passed on to the current holder — and what
+//! the node durably took is acknowledged with delivery evidence, all in the inbox's transaction.
+
+use chrono::Utc;
+use duijie_common::envelope::{self, Header};
+use duijie_common::inbox::{HandleError, Handler, Inbound};
+use duijie_common::outbox;
+use duijie_domain::agency::ref_str;
+use duijie_domain::{AgencyNode, Case, CaseState, Effects, Lifecycle, Message};
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::{AgencyKind, AgencyRef, ClockPolicyKind, DeliveryEvidence, Envelope, EvidenceType, Referral};
+use prost::Message as _;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::Agency;
+use crate::rules::{self, rejected};
+use crate::store::{self, Direction};
+
+fn malformed(e: impl std::fmt::Display) -> HandleError {
+    HandleError::Rejected(e.to_string())
+}
+
+/// A database error of the store: about the data (dead-letter the message), or transient (hold
+/// the batch and retry), as [`duijie_common::db::is_transient`] tells.
+fn db(e: anyhow::Error) -> HandleError {
+    match e.downcast_ref::<sqlx::Error>() {
+        Some(se) if !duijie_common::db::is_transient(se) => HandleError::Rejected(format!("database refused: {se}")),
+        _ => HandleError::Transient(e),
+    }
+}
+
+impl Agency {
+    /// Opens `owner`'s copy of the case a referral brings (or takes back a case this body handed
+    /// on, coming back from its holder), with the history a handed-on case carries.
+    async fn take_referral(
+        &self,
+        conn: &mut PgConnection,
+        owner: &AgencyNode,
+        sender: &AgencyNode,
+        env: &Envelope,
+        referral: &Referral,
+    ) -> Result<CaseState, HandleError> {
+        let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
+        let case = Case::receive(owner, sender, env.channel(), referral).map_err(rejected)?;
+        let clock = referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
+        let forwarded_by = referral.forwarded.as_ref().map(|_| sender);
+        let taken = store::insert_received(conn, owner, case_id, &env.case_code, &case, clock, &referral.encode_to_vec(), forwarded_by).await?;
+        if !taken {
+            return Err(HandleError::Rejected(format!("case {case_id} already exists here")));
+        }
+        if let Some(f) = &referral.forwarded {
+            let mut lc = Lifecycle::referred();
+            for bytes in &f.history {
+                let prior = Envelope::decode(bytes.as_slice()).map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
+                prior.check().map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
+                if prior.case_id != env.case_id {
+                    return Err(HandleError::Rejected("history: a message of another case".into()));
+                }
+                if let Some(p) = &prior.payload
+                    && !matches!(p, Payload::Referral(_))
+                {
+                    lc.follow(p);
+                }
+                store::insert_event(conn, owner, &prior, Direction::Prior, lc.state).await.map_err(db)?;
+            }
+        }
+        Ok(case.lifecycle.state)
+    }
+
+    /// Delivery evidence back to the sender for what `owner` durably took.
+    async fn evidence(&self, conn: &mut PgConnection, owner: &AgencyNode, env: &Envelope) -> Result<(), HandleError> {
+        let kind = env.kind();
+        let to = AgencyNode::from_ref(env.sender.as_ref()).map_err(malformed)?;
+        let header = Header {
+            case_id: Uuid::parse_str(&env.case_id).map_err(malformed)?,
+            case_code: env.case_code.clone(),
+            channel: env.channel(),
+            sender: AgencyNode::new(AgencyKind::Bus, owner.code.as_str()).map_err(malformed)?,
+            recipient: to,
+            causation_id: Uuid::parse_str(&env.message_id).ok(),
+        };
+        let now = Utc::now();
+        let mut evidence = envelope::build(
+            &header,
+            Payload::DeliveryEvidence(DeliveryEvidence {
+                evidence_type: EvidenceType::Delivered as i32,
+                message_id: env.message_id.clone(),
+                message_kind: kind as i32,
+                delivered_to: Some(AgencyRef::from(owner)),
+                consumer: format!("{owner}"),
+                delivered_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+                ..Default::default()
+            }),
+        );
+        outbox::stage(conn, &self.topology, &mut evidence).await.map_err(|e| HandleError::Transient(e.into()))?;
+        Ok(())
+    }
+}
+
+impl Handler for Agency {
+    async fn handle(&self, conn: &mut PgConnection, msg: &Inbound) -> Result<(), HandleError> {
+        let env = &msg.envelope;
+        let owner = AgencyNode::from_ref(env.recipient.as_ref())
+            .ok()
+            .filter(|n| self.serves(n))
+            .ok_or_else(|| HandleError::Rejected(format!("this service does not serve {}", ref_str(env.recipient.as_ref()))))?;
+        env.check_sender_kind().map_err(malformed)?;
+        let sender = AgencyNode::from_ref(env.sender.as_ref()).map_err(malformed)?;
+        let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
+        let payload = env.payload.as_ref().ok_or_else(|| HandleError::Rejected("no payload".into()))?;
+        if let Payload::Referral(referral) = payload {
+            let state = self.take_referral(conn, &owner, &sender, env, referral).await?;
+            store::insert_event(conn, &owner, env, Direction::In, state).await.map_err(db)?;
+            return self.evidence(conn, &owner, env).await;
+        }
+        let stored = store::case(conn, &owner, case_id, true)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| HandleError::Rejected(format!("unknown case {case_id}")))?;
+        // Delivery evidence is signed by the bus; it speaks for the agency it names as
+        // `delivered_to` (agency codes are unique per kind only).
+        let speaker = match payload {
+            Payload::DeliveryEvidence(ev) => AgencyNode::from_ref(ev.delivered_to.as_ref()).map_err(malformed)?,
+            _ => sender,
+        };
+        let current = stored.case.lifecycle.state;
+        match stored.case.decide(Message::Incoming { owner: &owner, sender: &speaker, payload }).map_err(rejected)? {
+            Effects::Record => {
+                store::insert_event(conn, &owner, env, Direction::In, current).await.map_err(db)?;
+                Ok(())
+            }
+            Effects::PassOn { to } => {
+                // A new message that names the original as its cause.
+                let mut passed = env.clone();
+                passed.message_id = Uuid::now_v7().to_string();
+                passed.causation_id.clone_from(&env.message_id);
+                passed.recipient = Some(AgencyRef::from(&to));
+                store::insert_event(conn, &owner, env, Direction::In, current).await.map_err(db)?;
+                outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
+                tracing::info!(case = %case_id, kind = %env.kind(), %to, "passed a referrer's message on to the current holder");
+                // This body did take it: the referrer gets its evidence, then the holder's.
+                self.evidence(conn, &owner, env).await
+            }
+            Effects::Apply { lifecycle, new_holder, evidence } => {
+                let revised = match payload {
+                    Payload::Amendment(a) => a.revised.as_ref().map(|r| rules::amended(&stored.referral, r)).transpose().map_err(malformed)?,
+                    _ => None,
+                };
+                store::update(conn, &owner, case_id, &lifecycle, new_holder.as_ref(), revised.as_ref()).await.map_err(db)?;
+                store::insert_event(conn, &owner, env, Direction::In, lifecycle.state).await.map_err(db)?;
+                if evidence { self.evidence(conn, &owner, env).await } else { Ok(()) }
+            }
+            Effects::Send { .. } => Err(HandleError::Rejected(format!("{} arrived as a message to send", env.kind()))),
+        }
+    }
+
+    fn committed(&self, _msg: &Inbound) {
+        self.wake(); // the delivery evidence staged with it can go out at once
+    }
+}

@@ -1,0 +1,189 @@
+//! What an agency sends: a new referral, or a step on a case it is one end of. The desk
+//! ([`Case::decide`]) says whether the step is allowed and what it does; here the case row, the
+//! timeline and the outbox change in one transaction.
+
+use anyhow::Context as _;
+use duijie_common::envelope::{self, Header};
+use duijie_common::outbox;
+use duijie_common::server::ApiError;
+use duijie_domain::case::channel_of;
+use duijie_domain::{AgencyNode, Case, CaseState, Effects, Message, Role};
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::{AgencyKind, AgencyRef, ClockPolicyKind, Envelope, ForwardedCase, MessageKind, Referral};
+use prost::Message as _;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::idempotency::{self, Claim};
+use crate::rules::{self, refused};
+use crate::store::{self, Direction, NewReferral, StoredCase};
+use crate::view::CaseView;
+use crate::Agency;
+
+impl Agency {
+    /// Sends a referral from `caller` to a mediation body. A retried submit (same
+    /// `client_request_id`) returns the case of the first one.
+    pub async fn submit_referral(&self, caller: &AgencyNode, to: &AgencyNode, case_code: &str, referral: Referral) -> Result<CaseView, ApiError> {
+        self.check_serves(caller)?;
+        if !MessageKind::Referral.allowed_senders().contains(&caller.kind) {
+            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send referrals", caller.kind.as_str())));
+        }
+        if to.kind != AgencyKind::Mediation {
+            return Err(ApiError::invalid("to", "referrals go to a mediation body"));
+        }
+        self.check_known(to, "to")?;
+        if case_code.trim().is_empty() {
+            return Err(ApiError::invalid("case_code", "is required"));
+        }
+        if referral.forwarded.is_some() {
+            return Err(ApiError::invalid("referral.forwarded", "is set only by a mediation body handing a case on"));
+        }
+        rules::validate_referral(&referral)?;
+        if let Some(g) = &self.gate {
+            g.check()?;
+        }
+        let channel = channel_of(caller.kind).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
+        let case = Case::referred(channel, caller.clone(), to.clone());
+        let case_id = Uuid::now_v7();
+        let header = Header { case_id, case_code: case_code.to_owned(), channel, sender: caller.clone(), recipient: to.clone(), causation_id: None };
+        let mut env = envelope::build(&header, Payload::Referral(referral.clone()));
+        let new = NewReferral {
+            case_id,
+            case_code,
+            case: &case,
+            clock_policy: referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind()),
+            client_request_id: &referral.client_request_id,
+            referral: referral.encode_to_vec(),
+        };
+        let mut tx = self.pool.begin().await.context("beginning")?;
+        let inserted = match store::insert_referred(&mut tx, &new).await {
+            Ok(inserted) => inserted,
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("cases_sent_case_code") => {
+                return Err(ApiError::invalid("case_code", format!("{case_code} is already used by another case of {caller}")));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("creating the case").into()),
+        };
+        if !inserted {
+            // A retry (or a concurrent duplicate) of a submit that already created the case.
+            drop(tx);
+            let existing = store::referred_by_request(&self.pool, caller, &referral.client_request_id).await?;
+            return self.view(caller, existing).await;
+        }
+        self.record_out(&mut tx, caller, &mut env, CaseState::Submitted).await?;
+        tx.commit().await.context("committing the referral")?;
+        self.wake();
+        self.view(caller, case_id).await
+    }
+
+    /// Sends `payload` about `case_id` from `caller` to the other side of the handoff, if the
+    /// caller may send it and the case's state allows it.
+    pub async fn send(&self, caller: &AgencyNode, case_id: Uuid, payload: Payload) -> Result<CaseView, ApiError> {
+        self.send_once(caller, case_id, payload, None).await
+    }
+
+    /// [`send`](Self::send), at most once per `request_id` (an idempotency key of the caller):
+    /// a retry with the same key answers with the case as it is now, without acting again.
+    pub async fn send_once(&self, caller: &AgencyNode, case_id: Uuid, payload: Payload, request_id: Option<&str>) -> Result<CaseView, ApiError> {
+        let kind = payload.kind();
+        self.check_serves(caller)?;
+        if !kind.allowed_senders().contains(&caller.kind) {
+            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind.as_str())));
+        }
+        let mut tx = self.pool.begin().await.context("beginning")?;
+        let Some(stored) = store::case(&mut tx, caller, case_id, true).await? else {
+            drop(tx); // one connection at a time: never wait for a second while holding one
+            return Err(self.not_owned(caller, case_id).await);
+        };
+        if let Some(key) = request_id.filter(|k| !k.is_empty())
+            && let Claim::Retry { case_id: earlier } = idempotency::claim(&mut tx, caller, key, case_id).await?
+        {
+            drop(tx);
+            if earlier != case_id {
+                return Err(ApiError::invalid("idempotency-key", format!("already used for case {earlier}")));
+            }
+            return self.view(caller, case_id).await;
+        }
+        // Only the two ends of the handoff act on a case; a committee that handed it on is out.
+        if stored.case.role_of(caller) == Role::Other {
+            return Err(ApiError::PermissionDenied(format!("{caller} no longer holds case {case_id}")));
+        }
+        let revised = rules::check_payload(&payload, &stored.referral)?;
+        let Effects::Send { lifecycle, new_holder, recipient, hand_over } =
+            stored.case.decide(Message::Outgoing { sender: caller, payload: &payload }).map_err(refused)?
+        else {
+            return Err(anyhow::anyhow!("the desk answered a message to send with something else").into());
+        };
+        if let Some(to) = &hand_over {
+            self.check_known(to, if kind == MessageKind::Redirect { "redirect.to" } else { "escalation.to_agency" })?;
+        }
+        let header = Header {
+            case_id,
+            case_code: stored.case_code.clone(),
+            channel: stored.case.channel,
+            sender: caller.clone(),
+            recipient,
+            causation_id: store::last_inbound(&mut tx, caller, case_id).await?,
+        };
+        let mut env = envelope::build(&header, payload);
+        store::update(&mut tx, caller, case_id, &lifecycle, new_holder.as_ref(), revised.as_ref()).await?;
+        self.record_out(&mut tx, caller, &mut env, lifecycle.state).await?;
+        if let Some(to) = &hand_over {
+            self.forward(&mut tx, caller, &stored, to, &env, lifecycle.state).await?;
+        }
+        tx.commit().await.context("committing")?;
+        self.wake();
+        self.view(caller, case_id).await
+    }
+
+    /// Hands the case to `to`: a referral carrying the original referrer, why it moves, and the
+    /// case's history, so `to` answers the referrer directly and its clocks keep running.
+    async fn forward(
+        &self,
+        tx: &mut PgConnection,
+        caller: &AgencyNode,
+        stored: &StoredCase,
+        to: &AgencyNode,
+        handoff: &Envelope,
+        state_after: CaseState,
+    ) -> Result<(), ApiError> {
+        let events = store::events(tx, caller, &[stored.case_id]).await.context("reading the case's history")?;
+        // A referral forwarded before carries its own history: keep each message once.
+        let history = events
+            .into_iter()
+            .map(|ev| {
+                let mut env = Envelope::decode(ev.envelope.as_slice()).context("decoding a stored envelope")?;
+                if let Some(Payload::Referral(r)) = &mut env.payload
+                    && let Some(f) = &mut r.forwarded
+                {
+                    f.history.clear();
+                    return Ok(env.encode_to_vec());
+                }
+                Ok(ev.envelope)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut referral = Referral::decode(stored.referral.as_slice()).context("decoding the stored referral")?;
+        referral.forwarded = Some(ForwardedCase {
+            original_referrer: Some(AgencyRef::from(&stored.case.referrer)),
+            forwarded_by: Some(AgencyRef::from(caller)),
+            reason: handoff.kind,
+            history,
+        });
+        let header = Header {
+            case_id: stored.case_id,
+            case_code: stored.case_code.clone(),
+            channel: stored.case.channel,
+            sender: caller.clone(),
+            recipient: to.clone(),
+            causation_id: Uuid::parse_str(&handoff.message_id).ok(),
+        };
+        let mut env = envelope::build(&header, Payload::Referral(referral));
+        self.record_out(tx, caller, &mut env, state_after).await?;
+        Ok(())
+    }
+
+    /// Stages `env` and records it in the owner's timeline.
+    async fn record_out(&self, tx: &mut PgConnection, owner: &AgencyNode, env: &mut Envelope, state_after: CaseState) -> anyhow::Result<()> {
+        outbox::stage(tx, &self.topology, env).await.context("staging the envelope")?;
+        store::insert_event(tx, owner, env, Direction::Out, state_after).await
+    }
+}

@@ -1,0 +1,112 @@
+//! Input rules of what an agency sends (a referral's content, an extension's consents, an
+//! amendment), and the one mapping of the desk's refusals onto each edge: a gRPC error for the
+//! caller, a dead-letter reason for a message received.
+
+use anyhow::Context as _;
+use duijie_common::inbox::HandleError;
+use duijie_common::server::ApiError;
+use duijie_domain::Refusal;
+use duijie_proto::v1::envelope::Payload;
+use duijie_proto::v1::{ClockPolicyKind, ExtensionRequest, Referral, TimeLimit};
+use prost::Message as _;
+
+/// The longest extension one request may ask for (the legal caps are 10 to 30 days; a year is
+/// a sanity bound, not a legal rule).
+pub const MAX_EXTENSION_DAYS: u32 = 365;
+
+/// A refusal of the desk as the caller's gRPC error.
+pub fn refused(r: Refusal) -> ApiError {
+    match r {
+        Refusal::Incomplete { kind, field } => ApiError::invalid(format!("{}.{field}", kind.routing_segment()), "is required"),
+        Refusal::BadAgency { field, reason } => ApiError::invalid(field, reason),
+        Refusal::NotPermitted { .. } | Refusal::NotAParty { .. } => ApiError::PermissionDenied(r.to_string()),
+        Refusal::NotAllowed { .. } | Refusal::AlreadyReferred(_) | Refusal::NotForThisCase(_) | Refusal::Malformed(_) => {
+            ApiError::FailedPrecondition(r.to_string())
+        }
+    }
+}
+
+/// A refusal of the desk as the reason a received message is dead-lettered.
+pub fn rejected(r: Refusal) -> HandleError {
+    HandleError::Rejected(format!("refused: {r}"))
+}
+
+/// Input checks of a referral, naming the field at fault.
+pub fn validate_referral(r: &Referral) -> Result<(), ApiError> {
+    if r.parties.is_empty() {
+        return Err(ApiError::invalid("parties", "at least one party is required"));
+    }
+    for (i, p) in r.parties.iter().enumerate() {
+        if p.name.trim().is_empty() {
+            return Err(ApiError::invalid(format!("parties[{i}].name"), "is required"));
+        }
+        if let Some(id) = &p.identity {
+            duijie_domain::identity::validate(id.document_type(), &id.number)
+                .map_err(|e| ApiError::invalid(format!("parties[{i}].identity.number"), e.to_string()))?;
+        }
+    }
+    if let Some(m) = &r.amount
+        && m.minor_units < 0
+    {
+        return Err(ApiError::invalid("amount", "must not be negative"));
+    }
+    if r.clock_policy.as_ref().is_none_or(|c| c.kind() == ClockPolicyKind::Unspecified) {
+        return Err(ApiError::invalid("clock_policy", "is required"));
+    }
+    if r.facts.trim().is_empty() {
+        return Err(ApiError::invalid("facts", "are required"));
+    }
+    Ok(())
+}
+
+/// Checks what `payload` carries against the case's stored referral; for an amendment, returns
+/// the referral (and clock policy) as amended.
+pub fn check_payload(payload: &Payload, stored: &[u8]) -> Result<Option<(Vec<u8>, i32)>, ApiError> {
+    match payload {
+        Payload::ExtensionRequest(x) => {
+            if !(1..=MAX_EXTENSION_DAYS).contains(&x.days) {
+                return Err(ApiError::invalid("extension.days", format!("must be 1 to {MAX_EXTENSION_DAYS}")));
+            }
+            if x.limit() == TimeLimit::Unspecified {
+                return Err(ApiError::invalid("extension.limit", "name the time limit to extend"));
+            }
+            match missing_consent(stored, x)? {
+                Some(p) => Err(ApiError::invalid("extension.consents", format!("party {p} has not consented"))),
+                None => Ok(None),
+            }
+        }
+        Payload::Amendment(a) => match &a.revised {
+            Some(revised) => {
+                validate_referral(revised).map_err(|e| e.within("amendment.revised"))?;
+                Ok(Some(amended(stored, revised)?))
+            }
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// The first party of the stored referral that has not consented to extension `x`, if any
+/// (an extension needs every party's consent).
+fn missing_consent(stored: &[u8], x: &ExtensionRequest) -> anyhow::Result<Option<String>> {
+    let parties = Referral::decode(stored).context("decoding the stored referral")?.parties;
+    Ok(parties
+        .into_iter()
+        .find(|p| !x.consents.iter().any(|c| c.party_id == p.party_id && c.consented))
+        .map(|p| p.party_id))
+}
+
+/// The stored referral after an amendment, and its clock policy: the revised content, keeping
+/// what the referrer cannot change by amending (its request id, the forwarding of a handed-on
+/// case, and the clock policy when the revision names none).
+pub fn amended(stored: &[u8], revised: &Referral) -> anyhow::Result<(Vec<u8>, i32)> {
+    let old = Referral::decode(stored).context("decoding the stored referral")?;
+    let mut new = revised.clone();
+    new.client_request_id = old.client_request_id;
+    new.forwarded = old.forwarded;
+    if new.clock_policy.as_ref().is_none_or(|c| c.kind() == ClockPolicyKind::Unspecified) {
+        new.clock_policy = old.clock_policy;
+    }
+    let clock = new.clock_policy.as_ref().map_or(0, |c| c.kind);
+    Ok((new.encode_to_vec(), clock))
+}

@@ -1,0 +1,337 @@
+//! The agency database: each node's copy of its cases and their timelines. Every statement of
+//! the crate is here, so the desk's rules ([`duijie_domain::Case`]) never wait on SQL and the
+//! SQL never decides a rule.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use duijie_domain::{AgencyNode, Case, CaseState, Lifecycle};
+use duijie_proto::v1::{Channel, ClockPolicyKind, Envelope};
+use prost::Message as _;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::view::ListFilter;
+
+/// One case as one node keeps it.
+pub struct StoredCase {
+    pub case_id: Uuid,
+    pub case_code: String,
+    pub case: Case,
+    pub clock_policy: ClockPolicyKind,
+    /// protobuf-encoded `Referral` (as amended)
+    pub referral: Vec<u8>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CaseRow {
+    case_id: Uuid,
+    case_code: String,
+    channel: i32,
+    referrer_kind: String,
+    referrer_code: String,
+    holder_kind: String,
+    holder_code: String,
+    state: String,
+    before_cancel: Option<String>,
+    clock_policy: i32,
+    referral: Vec<u8>,
+    updated_at: DateTime<Utc>,
+}
+
+fn state(s: &str) -> anyhow::Result<CaseState> {
+    CaseState::parse(s).ok_or_else(|| anyhow::anyhow!("unknown case state {s:?} in the database"))
+}
+
+impl TryFrom<CaseRow> for StoredCase {
+    type Error = anyhow::Error;
+
+    fn try_from(r: CaseRow) -> anyhow::Result<Self> {
+        let lifecycle = Lifecycle::at(state(&r.state)?, r.before_cancel.as_deref().map(state).transpose()?);
+        Ok(Self {
+            case_id: r.case_id,
+            case_code: r.case_code,
+            case: Case {
+                channel: Channel::try_from(r.channel).unwrap_or(Channel::Unspecified),
+                referrer: AgencyNode::from_parts(&r.referrer_kind, &r.referrer_code).context("the case's referrer")?,
+                holder: AgencyNode::from_parts(&r.holder_kind, &r.holder_code).context("the case's holder")?,
+                lifecycle,
+            },
+            clock_policy: ClockPolicyKind::try_from(r.clock_policy).unwrap_or(ClockPolicyKind::Unspecified),
+            referral: r.referral,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
+        state, before_cancel, clock_policy, referral, updated_at";
+
+/// `owner`'s copy of the case, locked for a state change when `lock`.
+pub async fn case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lock: bool) -> anyhow::Result<Option<StoredCase>> {
+    let sql = format!(
+        "SELECT {CASE_COLUMNS} FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: Option<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(owner.kind_str())
+        .bind(&owner.code)
+        .bind(case_id)
+        .fetch_optional(conn)
+        .await
+        .context("reading the case")?;
+    row.map(StoredCase::try_from).transpose()
+}
+
+/// `owner`'s cases, most recently changed first.
+pub async fn list(conn: &mut PgConnection, owner: &AgencyNode, filter: &ListFilter) -> anyhow::Result<Vec<StoredCase>> {
+    let sql = format!(
+        "SELECT {CASE_COLUMNS} FROM cases
+         WHERE owner_kind = $1 AND owner_code = $2
+           -- a state filter asks for cases this agency acts on: not those it handed on
+           AND ($3::text IS NULL OR (state = $3 AND ((holder_kind = owner_kind AND holder_code = owner_code)
+                                                  OR (referrer_kind = owner_kind AND referrer_code = owner_code))))
+           AND ($4::int IS NULL OR channel = $4)
+           AND ($5::timestamptz IS NULL OR (updated_at, case_id) < ($5, $6))
+         ORDER BY updated_at DESC, case_id DESC
+         LIMIT $7"
+    );
+    let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(owner.kind_str())
+        .bind(&owner.code)
+        .bind(filter.state.map(CaseState::as_str))
+        .bind(filter.channel.map(|c| c as i32))
+        .bind(filter.after.map(|(t, _)| t))
+        .bind(filter.after.map(|(_, id)| id))
+        .bind(i64::from(filter.page_size.clamp(1, 500)))
+        .fetch_all(conn)
+        .await
+        .context("listing cases")?;
+    rows.into_iter().map(StoredCase::try_from).collect()
+}
+
+/// What a referrer stores for a referral it sends.
+pub struct NewReferral<'a> {
+    pub case_id: Uuid,
+    pub case_code: &'a str,
+    pub case: &'a Case,
+    pub clock_policy: ClockPolicyKind,
+    pub client_request_id: &'a str,
+    pub referral: Vec<u8>,
+}
+
+/// Stores the referrer's copy of a new case; `false` if the referrer's request id was already
+/// used (a retried submit).
+pub async fn insert_referred(conn: &mut PgConnection, r: &NewReferral<'_>) -> Result<bool, sqlx::Error> {
+    let owner = &r.case.referrer;
+    Ok(sqlx::query(
+        "INSERT INTO cases (owner_kind, owner_code, case_id, case_code, channel, referrer_kind, referrer_code,
+                            holder_kind, holder_code, state, clock_policy, client_request_id, referral)
+         VALUES ($1, $2, $3, $4, $5, $1, $2, $6, $7, $8, $9, NULLIF($10, ''), $11)
+         ON CONFLICT (owner_kind, owner_code, client_request_id) WHERE client_request_id IS NOT NULL DO NOTHING",
+    )
+    .bind(owner.kind_str())
+    .bind(&owner.code)
+    .bind(r.case_id)
+    .bind(r.case_code)
+    .bind(r.case.channel as i32)
+    .bind(r.case.holder.kind_str())
+    .bind(&r.case.holder.code)
+    .bind(r.case.lifecycle.state.as_str())
+    .bind(r.clock_policy as i32)
+    .bind(r.client_request_id)
+    .bind(&r.referral)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// The case a referrer's earlier submit with `client_request_id` created.
+pub async fn referred_by_request(pool: &PgPool, owner: &AgencyNode, client_request_id: &str) -> anyhow::Result<Uuid> {
+    sqlx::query_scalar("SELECT case_id FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND client_request_id = $3")
+        .bind(owner.kind_str())
+        .bind(&owner.code)
+        .bind(client_request_id)
+        .fetch_one(pool)
+        .await
+        .context("looking up the earlier submit")
+}
+
+/// Stores the holder's copy of a case it received: new, or a case this body handed on before
+/// coming back from the body that holds it now (`forwarded` and `sender` is that holder).
+/// `false` if the case exists here otherwise.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_received(
+    conn: &mut PgConnection,
+    owner: &AgencyNode,
+    case_id: Uuid,
+    case_code: &str,
+    case: &Case,
+    clock_policy: ClockPolicyKind,
+    referral: &[u8],
+    forwarded_by: Option<&AgencyNode>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO cases (owner_kind, owner_code, case_id, case_code, channel, referrer_kind, referrer_code,
+                            holder_kind, holder_code, state, clock_policy, referral)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $1, $2, $8, $9, $10)
+         ON CONFLICT (owner_kind, owner_code, case_id) DO UPDATE
+            SET holder_kind = EXCLUDED.holder_kind, holder_code = EXCLUDED.holder_code, state = EXCLUDED.state,
+                before_cancel = NULL, referral = EXCLUDED.referral, clock_policy = EXCLUDED.clock_policy,
+                updated_at = now()
+            -- only a case this body handed on, coming back from the body that holds it now
+            WHERE $11 AND cases.holder_kind = $12 AND cases.holder_code = $13",
+    )
+    .bind(owner.kind_str())
+    .bind(&owner.code)
+    .bind(case_id)
+    .bind(case_code)
+    .bind(case.channel as i32)
+    .bind(case.referrer.kind_str())
+    .bind(&case.referrer.code)
+    .bind(case.lifecycle.state.as_str())
+    .bind(clock_policy as i32)
+    .bind(referral)
+    .bind(forwarded_by.is_some())
+    .bind(forwarded_by.map(AgencyNode::kind_str))
+    .bind(forwarded_by.map(|n| n.code.as_str()))
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+/// Stores a case's new position (and its new holder, when the step moved it; its amended
+/// referral and clock policy, when amended).
+pub async fn update(
+    conn: &mut PgConnection,
+    owner: &AgencyNode,
+    case_id: Uuid,
+    lc: &Lifecycle,
+    new_holder: Option<&AgencyNode>,
+    referral: Option<&(Vec<u8>, i32)>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE cases SET state = $4, before_cancel = $5,
+                holder_kind = COALESCE($6, holder_kind), holder_code = COALESCE($7, holder_code),
+                referral = COALESCE($8, referral), clock_policy = COALESCE($9, clock_policy), updated_at = now()
+         WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
+    )
+    .bind(owner.kind_str())
+    .bind(&owner.code)
+    .bind(case_id)
+    .bind(lc.state.as_str())
+    .bind(lc.before_cancel.map(CaseState::as_str))
+    .bind(new_holder.map(AgencyNode::kind_str))
+    .bind(new_holder.map(|h| h.code.as_str()))
+    .bind(referral.map(|(bytes, _)| bytes.as_slice()))
+    .bind(referral.map(|(_, clock)| *clock))
+    .execute(conn)
+    .await
+    .context("updating the case")?;
+    Ok(())
+}
+
+/// How a message came into a node's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Out,
+    In,
+    /// Before this node held the case (the history a handed-on case carries).
+    Prior,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+            Direction::Prior => "prior",
+        }
+    }
+}
+
+/// Adds `env` to `owner`'s timeline of its case (once per message).
+pub async fn insert_event(conn: &mut PgConnection, owner: &AgencyNode, env: &Envelope, direction: Direction, state_after: CaseState) -> anyhow::Result<()> {
+    let occurred = duijie_common::envelope::from_timestamp(env.occurred_at.as_ref()).unwrap_or_else(Utc::now);
+    sqlx::query(
+        "INSERT INTO case_events (owner_kind, owner_code, case_id, message_id, direction, kind, sender, recipient,
+                                  occurred_at, state_after, envelope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (owner_kind, owner_code, message_id) DO NOTHING",
+    )
+    .bind(owner.kind_str())
+    .bind(&owner.code)
+    .bind(Uuid::parse_str(&env.case_id)?)
+    .bind(Uuid::parse_str(&env.message_id)?)
+    .bind(direction.as_str())
+    .bind(env.kind().routing_segment())
+    .bind(duijie_domain::agency::ref_str(env.sender.as_ref()))
+    .bind(duijie_domain::agency::ref_str(env.recipient.as_ref()))
+    .bind(occurred)
+    .bind(state_after.as_str())
+    .bind(env.encode_to_vec())
+    .execute(conn)
+    .await
+    .context("recording the event")?;
+    Ok(())
+}
+
+/// One message of a timeline as stored.
+#[derive(sqlx::FromRow)]
+pub struct EventRow {
+    pub case_id: Uuid,
+    pub envelope: Vec<u8>,
+    pub kind: String,
+    pub direction: String,
+    pub state_after: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The timelines of `owner`'s `cases`, in order.
+pub async fn events(conn: &mut PgConnection, owner: &AgencyNode, cases: &[Uuid]) -> anyhow::Result<Vec<EventRow>> {
+    sqlx::query_as(
+        "SELECT case_id, envelope, kind, direction, state_after, occurred_at FROM case_events
+         WHERE owner_kind = $1 AND owner_code = $2 AND case_id = ANY($3) ORDER BY seq",
+    )
+    .bind(owner.kind_str())
+    .bind(&owner.code)
+    .bind(cases)
+    .fetch_all(conn)
+    .await
+    .context("reading the timeline")
+}
+
+/// The last message about the case that `owner` received from the other end (what its next
+/// message answers).
+pub async fn last_inbound(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT message_id FROM case_events WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3
+           AND direction = 'in' AND kind <> 'delivery_evidence' ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(owner.kind_str())
+    .bind(&owner.code)
+    .bind(case_id)
+    .fetch_optional(conn)
+    .await
+    .context("reading the last message received")
+}
+
+/// Whether a node other than `who` has the case (in this service's database).
+pub async fn held_elsewhere(pool: &PgPool, who: &AgencyNode, case_id: Uuid) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1 AND (owner_kind, owner_code) <> ($2, $3))")
+        .bind(case_id)
+        .bind(who.kind_str())
+        .bind(&who.code)
+        .fetch_one(pool)
+        .await
+        .context("looking for the case")
+}
+
+/// A read-only transaction that sees one snapshot of the database for all its statements.
+pub async fn snapshot(pool: &PgPool) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await.context("starting a read")?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("starting a read")?;
+    Ok(tx)
+}
