@@ -131,10 +131,12 @@ pub async fn start(
         let task = format!("inbox {node}");
         tasks.spawn(async move { (task, consumer.run(t).await) });
     }
+    // One pruner for the process, however many nodes it serves: their consumers share the
+    // database's inbox table.
     tasks.spawn({
         let (pool, t, retention) = (pool.clone(), token.clone(), cfg.bus.consumer.inbox_retention);
         async move {
-            db::prune_inbox_periodically(pool, retention, Duration::from_secs(3600), t).await;
+            db::prune_inbox_periodically(pool, retention, db::INBOX_PRUNE_INTERVAL, t).await;
             ("inbox pruning".to_owned(), Ok(()))
         }
     });

@@ -145,7 +145,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     });
     let (p, t, retention) = (pool.clone(), token.clone(), cfg.bus.consumer.inbox_retention);
     tasks.spawn(async move {
-        db::prune_inbox_periodically(p, retention, Duration::from_secs(3600), t).await;
+        db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
     let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pool.clone()));

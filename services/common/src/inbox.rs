@@ -273,14 +273,10 @@ impl<H: Handler> Consumer<H> {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown`, reconnecting after broker restarts ([`run_sessions`]).
+    /// Runs until `shutdown`, reconnecting after broker restarts ([`run_sessions`]). It does not
+    /// prune the inbox: the table is shared by every consumer on the database, so the process
+    /// runs one [`crate::db::prune_inbox_periodically`] for all of them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let pruner = tokio::spawn(crate::db::prune_inbox_periodically(
-            self.pool.clone(),
-            self.cfg.inbox_retention,
-            std::time::Duration::from_secs(600),
-            shutdown.clone(),
-        ));
         let (consumer, token) = (&self, &shutdown);
         run_sessions(&format!("consumer {}", self.name), token, Backoff::reconnect(), move |_| async move {
             let session = consumer.session(token).await;
@@ -290,7 +286,6 @@ impl<H: Handler> Consumer<H> {
             session
         })
         .await;
-        pruner.abort();
         Ok(())
     }
 
