@@ -11,6 +11,7 @@ pub mod db;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod process;
 pub mod reconnect;
 pub mod server;
 pub mod shutdown;
