@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use duijie_agency::gate::GateConfig;
-use duijie_agency::service::{self, GrpcConfig, Running, ServiceConfig};
+use duijie_agency::service::{self, Running, ServiceConfig};
 use duijie_common::amqp::AgencyNode;
 use duijie_common::certs::DevCa;
 use duijie_common::config::{BusConfig, ConsumerConfig, TopologyConfig};
-use duijie_common::server::{TlsFiles, TlsPem};
+use duijie_common::server::{GrpcConfig, TlsFiles, TlsPem};
 use duijie_proto::v1::cases_client::CasesClient;
 use duijie_proto::v1::court_client::CourtClient;
 use duijie_proto::v1::mediation_client::MediationClient;

@@ -346,7 +346,7 @@ async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir:
             relay: TestBus::relay_config(),
             consumer: Default::default(),
         },
-        grpc: duijie_agency::service::GrpcConfig {
+        grpc: duijie_common::server::GrpcConfig {
             listen: "127.0.0.1:0".parse()?,
             tls: duijie_common::server::TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("audit.pem"), key: dir.join("audit-key.pem") },
             grace_ms: Duration::from_secs(5),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use duijie_common::CancellationToken;
 use duijie_common::amqp::{Connector, Topology};
+use duijie_common::backoff::Backoff;
+use duijie_common::reconnect::run_sessions;
 use duijie_common::server::ApiError;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -69,37 +71,50 @@ impl AuditGate {
         Err(ApiError::Unavailable(format!("new referrals are paused because the audit store cannot record ({reason}); retry later")))
     }
 
-    /// Looks at the tap every `cfg.interval_ms` until `shutdown`.
+    /// Looks at the tap every `cfg.interval_ms` until `shutdown`. The connection to RabbitMQ is
+    /// a session of the shared reconnect loop ([`run_sessions`]); its backoff starts at 100 ms
+    /// and grows no further than the interval, so a dropped connection is replaced within a
+    /// moment and an unreachable broker is tried once per interval, as before the loop was shared.
     pub async fn watch(self, connector: Connector, topology: Topology, cfg: GateConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut conn: Option<(lapin::Connection, lapin::Channel)> = None;
-        loop {
-            if conn.as_ref().is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected()) {
-                conn = match connector.connect("audit gate").await {
-                    Ok(c) => match c.create_channel().await {
-                        Ok(ch) => Some((c, ch)),
-                        Err(e) => {
-                            self.set(false, format!("no channel to RabbitMQ: {e}"));
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        self.set(false, format!("RabbitMQ unreachable: {e:#}"));
-                        None
-                    }
-                };
+        let backoff = Backoff::new(Duration::from_millis(100).min(cfg.interval_ms), cfg.interval_ms);
+        let (gate, connector, topology, cfg, token) = (&self, &connector, &topology, &cfg, &shutdown);
+        run_sessions("audit gate", token, backoff, move |_| gate.session(connector, topology, cfg, token)).await;
+        Ok(())
+    }
+
+    /// One connection's lifetime: opens a channel and looks at the tap every interval. Ends with
+    /// an error when the connection fails (the gate is closed, except for a connection found
+    /// dropped between two looks: the next session decides) and `Ok` on shutdown.
+    async fn session(&self, connector: &Connector, topology: &Topology, cfg: &GateConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let conn = match connector.connect("audit gate").await {
+            Ok(c) => c,
+            Err(e) => {
+                self.set(false, format!("RabbitMQ unreachable: {e:#}"));
+                return Err(e);
             }
-            if let Some((_, ch)) = &conn {
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                match ch.queue_declare(topology.tap_queue().into(), passive, FieldTable::default()).await {
-                    Ok(q) if q.consumer_count() == 0 => self.set(false, "the audit service is not consuming the tap".into()),
-                    Ok(q) if q.message_count() > cfg.max_backlog => {
-                        self.set(false, format!("the audit service is {} messages behind", q.message_count()));
-                    }
-                    Ok(_) => self.set(true, String::new()),
-                    Err(e) => {
-                        self.set(false, format!("cannot see the audit tap: {e}"));
-                        conn = None; // a failed passive declare closes the channel
-                    }
+        };
+        let ch = match conn.create_channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.set(false, format!("no channel to RabbitMQ: {e}"));
+                return Err(anyhow::Error::new(e).context("opening the audit gate channel"));
+            }
+        };
+        loop {
+            if !conn.status().connected() || !ch.status().connected() {
+                anyhow::bail!("the connection to RabbitMQ was lost");
+            }
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            match ch.queue_declare(topology.tap_queue().into(), passive, FieldTable::default()).await {
+                Ok(q) if q.consumer_count() == 0 => self.set(false, "the audit service is not consuming the tap".into()),
+                Ok(q) if q.message_count() > cfg.max_backlog => {
+                    self.set(false, format!("the audit service is {} messages behind", q.message_count()));
+                }
+                Ok(_) => self.set(true, String::new()),
+                Err(e) => {
+                    self.set(false, format!("cannot see the audit tap: {e}"));
+                    // A failed passive declare closes the channel: start over on a new connection.
+                    return Err(anyhow::Error::new(e).context("looking at the audit tap"));
                 }
             }
             tokio::select! {

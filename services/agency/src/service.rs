@@ -4,15 +4,14 @@
 //! differ only in their kind and their gRPC routes.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use duijie_common::amqp::{AgencyNode, Connector, Topology};
-use duijie_common::config::{self, BusConfig};
+use duijie_common::config::BusConfig;
 use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::{Relay, RelayStats};
-use duijie_common::server::{self, TlsFiles};
+use duijie_common::process::run_process;
+use duijie_common::server::{self, GrpcConfig};
 use duijie_common::{CancellationToken, db, shutdown};
 use duijie_proto::v1::AgencyKind;
 use serde::Deserialize;
@@ -37,20 +36,6 @@ pub struct ServiceConfig {
     /// Pause new referrals while the audit store cannot record.
     #[serde(default)]
     pub audit_gate: crate::gate::GateConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GrpcConfig {
-    /// Address to listen on, e.g. `127.0.0.1:50051` (port 0: any free port).
-    pub listen: SocketAddr,
-    pub tls: TlsFiles,
-    /// How long in-flight calls and tasks get to finish on shutdown.
-    #[serde(default = "default_grace", with = "config::duration_ms")]
-    pub grace_ms: Duration,
-}
-
-fn default_grace() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// Parses `kind:code`.
@@ -129,10 +114,12 @@ pub async fn start(
         let task = format!("inbox {node}");
         tasks.spawn(async move { (task, consumer.run(t).await) });
     }
+    // One pruner for the process, however many nodes it serves: their consumers share the
+    // database's inbox table.
     tasks.spawn({
         let (pool, t, retention) = (pool.clone(), token.clone(), cfg.bus.consumer.inbox_retention);
         async move {
-            db::prune_inbox_periodically(pool, retention, Duration::from_secs(3600), t).await;
+            db::prune_inbox_periodically(pool, retention, db::INBOX_PRUNE_INTERVAL, t).await;
             ("inbox pruning".to_owned(), Ok(()))
         }
     });
@@ -155,37 +142,4 @@ pub async fn main(name: &'static str, kind: AgencyKind, routes: impl FnOnce(&Age
         Ok((running.addr, running.handle))
     })
     .await
-}
-
-/// The process around any duijie service: telemetry, its configuration `C` from
-/// `DUIJIE_CONFIG_DIR` (default `config/<name>`), `start` with a token cancelled on SIGINT or
-/// SIGTERM, then waiting for the service's supervisor; exit status 1 with the reason on failure.
-pub async fn run_process<C, F, Fut>(name: &'static str, start: F) -> std::process::ExitCode
-where
-    C: serde::de::DeserializeOwned,
-    F: FnOnce(C, CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)>>,
-{
-    let _telemetry = match duijie_common::telemetry::init(name, "info", std::io::stdout) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("{name}: telemetry: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config").join(name), PathBuf::from);
-    let run = async {
-        let cfg: C = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
-        let (addr, handle) = start(cfg, shutdown::on_signal()).await?;
-        println!("{name} listening on {addr}");
-        handle.await.context("supervisor")?
-    };
-    match run.await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "{name} stopped");
-            eprintln!("{name}: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use duijie_agency::service::GrpcConfig;
 use duijie_common::amqp::{Connector, Topology};
 use duijie_common::config::{self, BusConfig};
 use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::Relay;
-use duijie_common::{CancellationToken, db, server, shutdown};
+use duijie_common::process::run_process;
+use duijie_common::server::{self, GrpcConfig};
+use duijie_common::{CancellationToken, db, shutdown};
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -145,7 +146,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     });
     let (p, t, retention) = (pool.clone(), token.clone(), cfg.bus.consumer.inbox_retention);
     tasks.spawn(async move {
-        db::prune_inbox_periodically(p, retention, Duration::from_secs(3600), t).await;
+        db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
     let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pool.clone()));
@@ -159,7 +160,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
 /// The whole `duijie-audit` process (configuration from `DUIJIE_CONFIG_DIR`, default
 /// `config/audit`).
 pub async fn main() -> std::process::ExitCode {
-    duijie_agency::service::run_process("audit", |cfg: AuditServiceConfig, shutdown| async move {
+    run_process("audit", |cfg: AuditServiceConfig, shutdown| async move {
         let running = start(cfg, shutdown).await?;
         Ok((running.addr, running.handle))
     })

@@ -65,9 +65,13 @@ pub fn is_outage(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How often a service prunes its inbox.
+pub const INBOX_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// Deletes inbox records older than `retention` every `every`, until `shutdown`. The records
 /// only have to outlive redeliveries (minutes), so a retention of days is generous. Failures
-/// (database down) are logged and retried at the next turn.
+/// (database down) are logged and retried at the next turn. It prunes the records of every
+/// consumer on the database: run one per service process (database), not one per consumer.
 pub async fn prune_inbox_periodically(pool: PgPool, retention: Duration, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {

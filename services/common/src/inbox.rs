@@ -27,6 +27,7 @@ use crate::amqp::{AgencyNode, Connector, DEAD_CONSUMER, DEAD_QUEUE, DEAD_REASON,
 use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::db::is_transient;
+use crate::reconnect::run_sessions;
 use crate::trace::W3cContext;
 
 /// How long dead-lettering waits for the broker's confirm before giving up on the connection.
@@ -272,32 +273,19 @@ impl<H: Handler> Consumer<H> {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown`, reconnecting after broker restarts.
+    /// Runs until `shutdown`, reconnecting after broker restarts ([`run_sessions`]). It does not
+    /// prune the inbox: the table is shared by every consumer on the database, so the process
+    /// runs one [`crate::db::prune_inbox_periodically`] for all of them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let pruner = tokio::spawn(crate::db::prune_inbox_periodically(
-            self.pool.clone(),
-            self.cfg.inbox_retention,
-            std::time::Duration::from_secs(600),
-            shutdown.clone(),
-        ));
-        let mut backoff = Backoff::reconnect();
-        while !shutdown.is_cancelled() {
-            let started = std::time::Instant::now();
-            match self.session(&shutdown).await {
-                Ok(()) => break,
-                Err(e) => {
-                    if started.elapsed() > crate::backoff::HEALTHY_SESSION {
-                        backoff.reset();
-                    }
-                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(consumer = %self.name, error = format!("{e:#}"), "consumer lost the broker; reconnecting");
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                }
+        let (consumer, token) = (&self, &shutdown);
+        run_sessions(&format!("consumer {}", self.name), token, Backoff::reconnect(), move |_| async move {
+            let session = consumer.session(token).await;
+            if session.is_err() {
+                consumer.stats.restarts.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        pruner.abort();
+            session
+        })
+        .await;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! What every duijie service needs: configuration, telemetry, shutdown, the database pool and
-//! bus migrations, the AMQP topology, and reliable handoff (transactional outbox + relay,
-//! idempotent inbox consumer with dead-lettering). See ARCHITECTURE.md for the flow.
+//! What every duijie service needs: configuration, telemetry, shutdown and the process around
+//! a service binary, the database pool and bus migrations, the AMQP topology, reliable handoff
+//! (transactional outbox + relay, idempotent inbox consumer with dead-lettering) and the one
+//! reconnect loop they run in. See ARCHITECTURE.md for the flow.
 
 pub mod amqp;
 pub mod backoff;
@@ -11,6 +12,8 @@ pub mod db;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod process;
+pub mod reconnect;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::amqp::{Connector, Topology};
 use crate::backoff::{Backoff, retry_delay};
 use crate::config::RelayConfig;
+use crate::reconnect::run_sessions;
 use crate::trace::W3cContext;
 
 /// Why an envelope could not be staged.
@@ -188,27 +189,18 @@ impl Relay {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown`: reconnects to the broker and waits out database outages itself.
+    /// Runs until `shutdown`: reconnects to the broker ([`run_sessions`]) and waits out database
+    /// outages itself.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::reconnect();
-        while !shutdown.is_cancelled() {
-            let started = std::time::Instant::now();
-            match self.session(&shutdown).await {
-                Ok(()) => break,
-                Err(e) => {
-                    // Only a session that lasted counts as recovery; a broker that accepts the
-                    // connection and then fails every publish must not be retried in a tight loop.
-                    if started.elapsed() > crate::backoff::HEALTHY_SESSION {
-                        backoff.reset();
-                    }
-                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay lost the broker; reconnecting");
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                }
+        let (relay, token) = (&self, &shutdown);
+        run_sessions(&format!("outbox relay {}", self.name), token, Backoff::reconnect(), move |_| async move {
+            let session = relay.session(token).await;
+            if session.is_err() {
+                relay.stats.restarts.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            session
+        })
+        .await;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! calling agency), health and reflection, the `Session` service, one mapping from errors to
 //! `tonic::Status`, and graceful shutdown (health goes NOT_SERVING first).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +18,21 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::amqp::AgencyNode;
+
+/// A gRPC service's listener (`grpc:` in its configuration, e.g. `DUIJIE_GRPC__LISTEN`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcConfig {
+    /// Address to listen on, e.g. `127.0.0.1:50051` (port 0: any free port).
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    /// How long in-flight calls and tasks get to finish on shutdown.
+    #[serde(default = "default_grace", with = "crate::config::duration_ms")]
+    pub grace_ms: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// Where a service finds its TLS material (PEM files).
 #[derive(Debug, Clone, Deserialize)]

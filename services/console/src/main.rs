@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    duijie_agency::service::run_process("console", |cfg: duijie_console::ConsoleConfig, shutdown| async move {
+    duijie_common::process::run_process("console", |cfg: duijie_console::ConsoleConfig, shutdown| async move {
         let running = duijie_console::start(cfg, shutdown).await?;
         Ok((running.addr, running.handle))
     })

@@ -1,0 +1,43 @@
+//! The process around any duijie service binary: telemetry, configuration, a shutdown token
+//! cancelled on SIGINT or SIGTERM, and the exit status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config, shutdown, telemetry};
+
+/// The process around any duijie service: telemetry, its configuration `C` from
+/// `DUIJIE_CONFIG_DIR` (default `config/<name>`), `start` with a token cancelled on SIGINT or
+/// SIGTERM, then waiting for the service's supervisor; exit status 1 with the reason on failure.
+pub async fn run_process<C, F, Fut>(name: &'static str, start: F) -> std::process::ExitCode
+where
+    C: serde::de::DeserializeOwned,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)>>,
+{
+    let _telemetry = match telemetry::init(name, "info", std::io::stdout) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{name}: telemetry: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config").join(name), PathBuf::from);
+    let run = async {
+        let cfg: C = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
+        let (addr, handle) = start(cfg, shutdown::on_signal()).await?;
+        println!("{name} listening on {addr}");
+        handle.await.context("supervisor")?
+    };
+    match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} stopped");
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
