@@ -129,17 +129,17 @@ Web console:  http://127.0.0.1:$(port_of console)/   (Simplified Chinese; pick a
 
 Command line: target/debug/duijie --help   (send, watch, timeline, overdue, stats, verify, dead, demo)
 
-Services (gRPC over mTLS; health, reflection and duijie.v1.Session on each):
-  audit          127.0.0.1:$(port_of audit)   the audit store (log of every handoff)    Audit
-  court          127.0.0.1:$(port_of court)   court:431003                      Cases, Referrals, Court
-  procuratorate  127.0.0.1:$(port_of procuratorate)   procuratorate:431003              Cases, Referrals, Procuratorate
-  police         127.0.0.1:$(port_of police)   police:431003-01                  Cases, Referrals, Police
-  petition       127.0.0.1:$(port_of petition)   petition:431003                   Cases, Referrals, Petition
+Services (gRPC over mTLS; health, reflection and duijie.v1.SessionService on each):
+  audit          127.0.0.1:$(port_of audit)   the audit store (log of every handoff)    AuditService
+  court          127.0.0.1:$(port_of court)   court:431003                      CasesService, ReferralsService, CourtService
+  procuratorate  127.0.0.1:$(port_of procuratorate)   procuratorate:431003              CasesService, ReferralsService, ProcuratorateService
+  police         127.0.0.1:$(port_of police)   police:431003-01                  CasesService, ReferralsService, PoliceService
+  petition       127.0.0.1:$(port_of petition)   petition:431003                   CasesService, ReferralsService, PetitionService
   mediation      127.0.0.1:$(port_of mediation)   mediation:431003 (district centre), :431003-102 (town),
-                                   :431003-102-05 (village)          Cases, Mediation
+                                   :431003-102-05 (village)          CasesService, MediationService
   Call as an agency with its certificate, e.g. with grpcurl:
     grpcurl -cacert target/pki/ca.pem -cert target/pki/court-431003.pem -key target/pki/court-431003-key.pem
-            127.0.0.1:$(port_of court) duijie.v1.Cases/ListCases          (one command line)
+            127.0.0.1:$(port_of court) duijie.v1.CasesService/ListCases   (one command line)
   console        127.0.0.1:$(port_of console)    the web console (HTTP; calls the services with each agency's certificate)
   Logs: target/run/<service>.log   Stop: scripts/run.sh stop
 

@@ -2,12 +2,15 @@
 # Runs every test of duijie against real servers, on a fresh Debian machine or this one:
 #   1. scripts/deps.sh --fault: installs/starts RabbitMQ and PostgreSQL, plus the fault servers
 #      (second RabbitMQ node on 5673, second PostgreSQL cluster on 5433) that fault tests restart;
-#   2. clippy with warnings as errors;
-#   3. every test of the workspace with cargo-nextest (one build, tests in parallel; fault tests
+#   2. the contract (proto/) as other agencies' tooling checks it: `buf lint` with buf's STANDARD
+#      rules and `buf breaking` against the last release, contract/released.binpb (buf is
+#      installed into target/tools with npm when missing, and npm from Debian if need be);
+#   3. clippy with warnings as errors;
+#   4. every test of the workspace with cargo-nextest (one build, tests in parallel; fault tests
 #      serialised in their own group, see .config/nextest.toml);
 #   (Chromium, ChromeDriver and a CJK font are installed first when missing: the console's
 #   browser tests need them; their screenshots land in target/artifacts/browser/)
-#   4. the README's run command as a smoke test: the five services start from their config
+#   5. the README's run command as a smoke test: the five services start from their config
 #      files and listen, then stop gracefully (skipped when nextest arguments select tests).
 # Extra arguments go to nextest (e.g. scripts/test.sh -E 'binary(handoff)').
 set -euo pipefail
@@ -39,6 +42,24 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 	log "cargo-nextest missing; installing it"
 	cargo install cargo-nextest --locked
 fi
+
+# buf, pinned: its STANDARD rules are what other agencies' tooling checks the contract with.
+BUF_VERSION=1.75.0
+BUF=$ROOT_DIR/target/tools/node_modules/.bin/buf
+if [ "$("$BUF" --version 2>/dev/null)" != "$BUF_VERSION" ]; then
+	if ! have npm; then
+		log "installing npm (Debian package) to install buf"
+		quiet as_root apt-get update -q || die "apt-get update failed"
+		quiet as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm || die "apt-get install npm failed"
+	fi
+	log "installing buf $BUF_VERSION (npm package @bufbuild/buf) into target/tools"
+	quiet npm install --prefix "$ROOT_DIR/target/tools" --no-audit --no-fund --loglevel=error "@bufbuild/buf@$BUF_VERSION" ||
+		die "npm install @bufbuild/buf@$BUF_VERSION failed"
+fi
+log "contract: buf lint (STANDARD), buf breaking against contract/released.binpb"
+"$BUF" lint || die "buf lint: the contract breaks buf's STANDARD rules (see buf.yaml)"
+"$BUF" breaking --against contract/released.binpb ||
+	die "buf breaking: the contract breaks clients of the last release (README, Contract changes)"
 
 log "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

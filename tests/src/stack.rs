@@ -12,13 +12,14 @@ use duijie_common::amqp::AgencyNode;
 use duijie_common::certs::DevCa;
 use duijie_common::config::{BusConfig, ConsumerConfig, TopologyConfig};
 use duijie_common::server::{GrpcConfig, TlsFiles, TlsPem};
-use duijie_proto::v1::cases_client::CasesClient;
-use duijie_proto::v1::court_client::CourtClient;
-use duijie_proto::v1::mediation_client::MediationClient;
-use duijie_proto::v1::petition_client::PetitionClient;
-use duijie_proto::v1::police_client::PoliceClient;
-use duijie_proto::v1::procuratorate_client::ProcuratorateClient;
-use duijie_proto::v1::referrals_client::ReferralsClient;
+use duijie_proto::answered_case;
+use duijie_proto::v1::cases_service_client::CasesServiceClient;
+use duijie_proto::v1::court_service_client::CourtServiceClient;
+use duijie_proto::v1::mediation_service_client::MediationServiceClient;
+use duijie_proto::v1::petition_service_client::PetitionServiceClient;
+use duijie_proto::v1::police_service_client::PoliceServiceClient;
+use duijie_proto::v1::procuratorate_service_client::ProcuratorateServiceClient;
+use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -164,7 +165,7 @@ impl Stack {
     }
 
     /// A connection to the audit service as `who` (an agency or `supervisor:<region>`).
-    pub async fn auditor(&self, who: &AgencyNode) -> anyhow::Result<duijie_proto::v1::audit_client::AuditClient<Channel>> {
+    pub async fn auditor(&self, who: &AgencyNode) -> anyhow::Result<duijie_proto::v1::audit_service_client::AuditServiceClient<Channel>> {
         let addr = self.audit.as_ref().map(|a| a.addr).ok_or_else(|| anyhow::anyhow!("the audit service is stopped"))?;
         let cert = self.ca.agency(who)?;
         let tls = ClientTlsConfig::new()
@@ -172,7 +173,7 @@ impl Stack {
             .domain_name("localhost")
             .identity(Identity::from_pem(&cert.cert, &cert.key));
         let ch = Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
-        Ok(duijie_proto::v1::audit_client::AuditClient::new(ch))
+        Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(ch))
     }
 
     /// Where this stack's services listen, for the console and the command line.
@@ -257,31 +258,31 @@ pub struct Clerk {
 }
 
 impl Clerk {
-    pub fn cases(&self) -> CasesClient<Channel> {
-        CasesClient::new(self.ch.clone())
+    pub fn cases(&self) -> CasesServiceClient<Channel> {
+        CasesServiceClient::new(self.ch.clone())
     }
-    pub fn referrals(&self) -> ReferralsClient<Channel> {
-        ReferralsClient::new(self.ch.clone())
+    pub fn referrals(&self) -> ReferralsServiceClient<Channel> {
+        ReferralsServiceClient::new(self.ch.clone())
     }
-    pub fn mediation(&self) -> MediationClient<Channel> {
-        MediationClient::new(self.ch.clone())
+    pub fn mediation(&self) -> MediationServiceClient<Channel> {
+        MediationServiceClient::new(self.ch.clone())
     }
-    pub fn court(&self) -> CourtClient<Channel> {
-        CourtClient::new(self.ch.clone())
+    pub fn court(&self) -> CourtServiceClient<Channel> {
+        CourtServiceClient::new(self.ch.clone())
     }
-    pub fn police(&self) -> PoliceClient<Channel> {
-        PoliceClient::new(self.ch.clone())
+    pub fn police(&self) -> PoliceServiceClient<Channel> {
+        PoliceServiceClient::new(self.ch.clone())
     }
-    pub fn procuratorate(&self) -> ProcuratorateClient<Channel> {
-        ProcuratorateClient::new(self.ch.clone())
+    pub fn procuratorate(&self) -> ProcuratorateServiceClient<Channel> {
+        ProcuratorateServiceClient::new(self.ch.clone())
     }
-    pub fn petition(&self) -> PetitionClient<Channel> {
-        PetitionClient::new(self.ch.clone())
+    pub fn petition(&self) -> PetitionServiceClient<Channel> {
+        PetitionServiceClient::new(self.ch.clone())
     }
 
     /// The case as this agency sees it.
     pub async fn case(&self, case_id: &str) -> Result<CaseView, tonic::Status> {
-        Ok(self.cases().get_case(GetCaseRequest { case_id: case_id.to_owned() }).await?.into_inner())
+        self.cases().get_case(GetCaseRequest { case_id: case_id.to_owned() }).await.and_then(answered_case)
     }
 
     /// Waits until this agency sees `case_id` in `state`, and returns that view.

@@ -11,6 +11,7 @@ use duijie_audit::{stats, verify};
 use duijie_common::amqp::AgencyNode;
 use duijie_common::config::BusConfig;
 use duijie_common::envelope::{self, Header};
+use duijie_proto::answered_case;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::*;
 use duijie_tests::stack::{self, Stack, agency_ref, referral, settled};
@@ -408,7 +409,7 @@ async fn an_overdue_case_sends_a_breach_notice_to_the_referring_agency() -> anyh
                 .domain_name("localhost")
                 .identity(tonic::transport::Identity::from_pem(&cert.cert, &cert.key));
             let ch = tonic::transport::Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
-            anyhow::Ok(audit_client::AuditClient::new(ch))
+            anyhow::Ok(audit_service_client::AuditServiceClient::new(ch))
         }
     };
     let overdue = client(court.clone()).await?.list_overdue(ListOverdueRequest::default()).await?.into_inner();
@@ -448,7 +449,7 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
     };
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(submit(i).await?.into_inner().case_id);
+        ids.push(submit(i).await.and_then(answered_case)?.case_id);
     }
     // The audit service goes away while the centre signs for the cases.
     let signing = {
@@ -520,7 +521,7 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
     let verified = audit.verify(VerifyRequest::default()).await?.into_inner();
     assert!(verified.ok, "{verified:?}");
     // The live figures, through the API: today's referrals and receipts, and who may read them.
-    let today = StatisticsRequest {
+    let today = GetStatisticsRequest {
         from: Some(prost_types::Timestamp { seconds: Utc::now().timestamp() - 86_400, nanos: 0 }),
         to: Some(prost_types::Timestamp { seconds: Utc::now().timestamp() + 60, nanos: 0 }),
         ..Default::default()
@@ -540,7 +541,7 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
     let elsewhere = stack
         .auditor(&node(AgencyKind::Supervisor, "431004"))
         .await?
-        .get_statistics(StatisticsRequest { region: "431003".into(), ..today })
+        .get_statistics(GetStatisticsRequest { region: "431003".into(), ..today })
         .await;
     assert_eq!(elsewhere.map(|_| ()).map_err(|s| s.code()), Err(Code::PermissionDenied));
     stack.stop().await

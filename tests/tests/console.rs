@@ -2,6 +2,7 @@
 //! what the people at the desks see and do. Screenshots of every step are saved under
 //! `target/artifacts/browser/<test>/`.
 
+use duijie_proto::answered_case;
 use duijie_proto::v1::*;
 use duijie_tests::browser::{self, Browser};
 use duijie_tests::stack::{self, Stack};
@@ -340,8 +341,8 @@ async fn actions_act_once_cross_site_posts_are_refused_and_the_petition_office_c
             case_code: "JF-431003-2026-C0001".into(),
             referral: Some(stack::referral("console-once", ClockPolicyKind::CourtPreFiling)),
         })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     let id = view.case_id;
     centre.wait_for(&id, "DELIVERED").await?;
     let as_centre = [("Cookie", "duijie_as=mediation:431003")];
@@ -383,8 +384,8 @@ async fn actions_act_once_cross_site_posts_are_refused_and_the_petition_office_c
             case_code: "JF-431003-2026-P0001".into(),
             referral: Some(stack::referral("console-petition", ClockPolicyKind::Petition)),
         })
-        .await?
-        .into_inner()
+        .await
+        .and_then(answered_case)?
         .case_id;
     village.wait_for(&pid, "DELIVERED").await?;
     village

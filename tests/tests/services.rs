@@ -1,6 +1,7 @@
 //! The five agency services end to end over gRPC (mTLS) and the bus: a full run to closure for
 //! every channel, checking what each agency sees at each step, and the refusals a clerk meets.
 
+use duijie_proto::answered_case;
 use duijie_proto::v1::*;
 use duijie_tests::stack::{self, Clerk, Stack, agency_ref, referral, settled};
 use tonic::Code;
@@ -83,8 +84,8 @@ async fn submit(clerk: &Clerk, to: &duijie_common::amqp::AgencyNode, code: &str,
     let view = clerk
         .referrals()
         .submit_referral(SubmitReferralRequest { to: Some(agency_ref(to)), case_code: code.into(), referral: Some(r) })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     // The answer is read after the commit: the delivery evidence may already be back.
     assert!(["SUBMITTED", "DELIVERED"].contains(&view.state.as_str()), "{view:?}");
     assert_eq!(view.timeline.first().map(|t| t.kind()), Some(MessageKind::Referral));
@@ -128,8 +129,8 @@ async fn close(centre: &Clerk, id: &str, basis: ClosureBasis) -> anyhow::Result<
     Ok(centre
         .mediation()
         .close(CloseRequest { case_id: id.into(), closure: Some(Closure { basis: basis as i32, summary: "案结事了".into(), closed_by: "王明".into() }) })
-        .await?
-        .into_inner())
+        .await
+        .and_then(answered_case)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +232,7 @@ async fn court_channel_failed_returned_filed_for_trial_closed() -> anyhow::Resul
     };
     let wrong = court.referrals().dispose(dispose(DispositionKind::Penalty)).await;
     assert!(matches!(&wrong, Err(s) if s.code() == Code::InvalidArgument && field_of(s) == ["disposition.disposition"]), "{wrong:?}");
-    let filed = court.referrals().dispose(dispose(DispositionKind::FiledForTrial)).await?.into_inner();
+    let filed = court.referrals().dispose(dispose(DispositionKind::FiledForTrial)).await.and_then(answered_case)?;
     assert_eq!(filed.state, "CLOSED");
     let at_centre = centre.wait_for(&id, "CLOSED").await?;
     assert!(kinds(&at_centre).contains(&MessageKind::DispositionNotice));
@@ -262,8 +263,8 @@ async fn police_channel_settled_agreement_recognised_closed() -> anyhow::Result<
             case_id: id.clone(),
             recognition: Some(AgreementRecognition { recognised_by: "刘警官".into(), document_number: "湘公(城)调确字〔2026〕18号".into(), ..Default::default() }),
         })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     assert_eq!(recognise.state, "PERFORMED");
     duijie_tests::wait_until("the recognition reaches the centre", stack::WAIT, || {
         let c = centre.clone();
@@ -398,8 +399,8 @@ async fn petition_channel_supervised_escalated_village_to_town_settled_petition_
     let closed = petition
         .petition()
         .close_petition(ClosePetitionRequest { case_id: id.clone(), document_number: "湘信办结〔2026〕7号".into(), summary: "矛盾化解，信访事项办结".into() })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     assert_eq!(closed.state, "CLOSED");
     assert!(kinds(&closed).contains(&MessageKind::DispositionNotice));
     duijie_tests::wait_until("the town hears the petition is closed", stack::WAIT, || {
@@ -438,8 +439,8 @@ async fn procuratorate_channel_settled_reviewed_non_prosecution_closed() -> anyh
             case_id: id.clone(),
             disposition: Some(DispositionNotice { disposition: DispositionKind::NonProsecution as i32, document_number: "湘城检刑不诉〔2026〕3号".into(), ..Default::default() }),
         })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     assert_eq!(disposed.state, "DISPOSED");
     let at_centre = centre.wait_for(&id, "DISPOSED").await?;
     assert!(kinds(&at_centre).contains(&MessageKind::ReconciliationReview));
@@ -534,8 +535,8 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
             case_code: "JF-431003-2026-000008".into(),
             referral: Some(referral("court-retry", ClockPolicyKind::CourtPreFiling)),
         })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     assert_eq!(again.case_id, first);
     // Another referral under the same case code is refused: the code names one case.
     let reused = court
@@ -592,7 +593,7 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
         req
     };
     court.referrals().supervise(notice()).await?;
-    let retried = court.referrals().supervise(notice()).await?.into_inner();
+    let retried = court.referrals().supervise(notice()).await.and_then(answered_case)?;
     assert_eq!(count(&retried, MessageKind::SupervisionNotice), 1, "{:?}", kinds(&retried));
 
     // An amendment that changes the clock policy changes it on both sides.
@@ -601,8 +602,8 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
     let amended = court
         .referrals()
         .amend(AmendRequest { case_id: first.clone(), amendment: Some(Amendment { reason: "适用简易程序".into(), revised: Some(revised), ..Default::default() }) })
-        .await?
-        .into_inner();
+        .await
+        .and_then(answered_case)?;
     assert_eq!(amended.clock_policy(), ClockPolicyKind::CourtSimplified);
     duijie_tests::wait_until("the centre applies the amendment", stack::WAIT, || {
         let c = centre.clone();
@@ -628,14 +629,14 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
     let anonymous = stack.channel(AgencyKind::Court, None).await;
     let refused = match anonymous {
         Err(_) => true,
-        Ok(ch) => duijie_proto::v1::cases_client::CasesClient::new(ch).get_case(GetCaseRequest { case_id: first.clone() }).await.is_err(),
+        Ok(ch) => duijie_proto::v1::cases_service_client::CasesServiceClient::new(ch).get_case(GetCaseRequest { case_id: first.clone() }).await.is_err(),
     };
     assert!(refused, "a call without a client certificate is refused");
     let other_ca = duijie_common::certs::DevCa::generate("someone else's CA")?;
     let forged = other_ca.agency(&stack::court())?;
     let forged_call = match stack.channel(AgencyKind::Court, Some(&forged)).await {
         Err(_) => None,
-        Ok(ch) => Some(duijie_proto::v1::cases_client::CasesClient::new(ch).get_case(GetCaseRequest { case_id: first.clone() }).await),
+        Ok(ch) => Some(duijie_proto::v1::cases_service_client::CasesServiceClient::new(ch).get_case(GetCaseRequest { case_id: first.clone() }).await),
     };
     assert!(forged_call.is_none_or(|r| r.is_err()), "a certificate from another CA is refused");
     stack.stop().await

@@ -1,5 +1,5 @@
 //! The gRPC runtime every agency service shares: mutual TLS names the calling agency, health
-//! and `Session.WhoAmI` answer, callers without a certificate from the duijie CA are refused,
+//! and `SessionService.WhoAmI` answer, callers without a certificate from the duijie CA are refused,
 //! and shutdown drains.
 
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use duijie_common::CancellationToken;
 use duijie_common::certs::DevCa;
 use duijie_common::server::{self, TlsPem};
-use duijie_proto::v1::session_client::SessionClient;
+use duijie_proto::v1::session_service_client::SessionServiceClient;
 use duijie_proto::v1::{AgencyKind, WhoAmIRequest};
 use duijie_tests::node;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -48,7 +48,7 @@ async fn the_client_certificate_names_the_calling_agency() -> anyhow::Result<()>
     let police = ca.agency(&node(AgencyKind::Police, "431003-01"))?;
     let ch = channel(served.addr, ca.cert_pem(), Some(&police)).await?;
 
-    let me = SessionClient::new(ch.clone()).who_am_i(WhoAmIRequest {}).await?.into_inner();
+    let me = SessionServiceClient::new(ch.clone()).who_am_i(WhoAmIRequest {}).await?.into_inner();
     let agency = me.agency.ok_or_else(|| anyhow::anyhow!("no agency in the answer"))?;
     assert_eq!((agency.kind(), agency.code.as_str(), me.service.as_str()), (AgencyKind::Police, "431003-01", "court"));
 
@@ -68,7 +68,7 @@ async fn callers_without_a_certificate_from_the_duijie_ca_are_refused() -> anyho
     // No client certificate: the TLS handshake or the first call fails.
     let refused = match channel(served.addr, ca.cert_pem(), None).await {
         Err(_) => true,
-        Ok(ch) => SessionClient::new(ch).who_am_i(WhoAmIRequest {}).await.is_err(),
+        Ok(ch) => SessionServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.is_err(),
     };
     assert!(refused, "a caller without a certificate was served");
 
@@ -76,7 +76,7 @@ async fn callers_without_a_certificate_from_the_duijie_ca_are_refused() -> anyho
     let rogue = DevCa::generate("rogue CA")?.agency(&node(AgencyKind::Court, "431003"))?;
     let refused = match channel(served.addr, ca.cert_pem(), Some(&rogue)).await {
         Err(_) => true,
-        Ok(ch) => SessionClient::new(ch).who_am_i(WhoAmIRequest {}).await.is_err(),
+        Ok(ch) => SessionServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.is_err(),
     };
     assert!(refused, "a certificate from another CA was accepted");
 
@@ -84,7 +84,7 @@ async fn callers_without_a_certificate_from_the_duijie_ca_are_refused() -> anyho
     let (cert, key) = ca.issue("someone", &["localhost"])?;
     let odd = TlsPem { ca: ca.cert_pem().as_bytes().to_vec(), cert: cert.into_bytes(), key: key.into_bytes() };
     let ch = channel(served.addr, ca.cert_pem(), Some(&odd)).await?;
-    let status = SessionClient::new(ch).who_am_i(WhoAmIRequest {}).await.err().ok_or_else(|| anyhow::anyhow!("served"))?;
+    let status = SessionServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.err().ok_or_else(|| anyhow::anyhow!("served"))?;
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
     served.shutdown.cancel();

@@ -1,5 +1,5 @@
-//! The gRPC side of the agency core: the `Cases` service every agency serves, the `Referrals`
-//! service of the four referring agencies (with each agency's own rules), and the helpers the
+//! The gRPC side of the agency core: the `CasesService` every agency serves, the
+//! `ReferralsService` of the four referring agencies (with each agency's own rules), and the helpers the
 //! five service crates use for their own methods.
 
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use duijie_common::envelope::timestamp as ts;
 use duijie_common::server::{ApiError, caller};
 use duijie_domain::deadlines::DeadlineStatus;
 use duijie_domain::lifecycle::CaseState;
+use duijie_proto::CaseAnswer;
 use duijie_proto::v1 as pb;
-use duijie_proto::v1::cases_server::{Cases, CasesServer};
+use duijie_proto::v1::cases_service_server::{CasesService, CasesServiceServer};
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::referrals_server::{Referrals, ReferralsServer};
+use duijie_proto::v1::referrals_service_server::{ReferralsService, ReferralsServiceServer};
 use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, DispositionKind, Referral};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -103,17 +104,18 @@ pub fn agency(r: Option<&AgencyRef>, field: &str) -> Result<AgencyNode, ApiError
 }
 
 /// Runs one case action for the calling agency: `build` turns the request into the case and
-/// the message to send; the answer is the case as the caller sees it afterwards.
-pub async fn act<T>(
+/// the message to send; the answer (the method's own `<Method>Response`) carries the case as
+/// the caller sees it afterwards.
+pub async fn act<T, R: CaseAnswer>(
     agency: &Agency,
     req: Request<T>,
     build: impl FnOnce(&AgencyNode, T) -> Result<(Uuid, Payload), ApiError>,
-) -> Result<Response<pb::CaseView>, Status> {
+) -> Result<Response<R>, Status> {
     let me = caller(&req)?;
     let key = idempotency_key(&req)?;
     let (case, payload) = build(&me, req.into_inner())?;
     let view = agency.send_once(&me, case, payload, key.as_deref()).await?;
-    Ok(Response::new(case_view(&view)))
+    Ok(Response::new(case_view(&view).into()))
 }
 
 /// The caller's `idempotency-key` metadata (1–128 printable ASCII characters), if any.
@@ -126,14 +128,14 @@ pub fn idempotency_key<T>(req: &Request<T>) -> Result<Option<String>, ApiError> 
     Ok(Some(key.to_owned()))
 }
 
-/// `Cases`: reading the calling agency's cases.
+/// `CasesService`: reading the calling agency's cases.
 pub struct CasesApi {
     agency: Agency,
 }
 
 impl CasesApi {
-    pub fn server(agency: Agency) -> CasesServer<Self> {
-        CasesServer::new(Self { agency })
+    pub fn server(agency: Agency) -> CasesServiceServer<Self> {
+        CasesServiceServer::new(Self { agency })
     }
 }
 
@@ -153,11 +155,11 @@ fn parse_page_token(t: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> 
 }
 
 #[tonic::async_trait]
-impl Cases for CasesApi {
-    async fn get_case(&self, req: Request<pb::GetCaseRequest>) -> Result<Response<pb::CaseView>, Status> {
+impl CasesService for CasesApi {
+    async fn get_case(&self, req: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         let me = caller(&req)?;
         let id = case_id(&req.get_ref().case_id)?;
-        Ok(Response::new(case_view(&self.agency.view(&me, id).await?)))
+        Ok(Response::new(case_view(&self.agency.view(&me, id).await?).into()))
     }
 
     async fn list_cases(&self, req: Request<pb::ListCasesRequest>) -> Result<Response<pb::ListCasesResponse>, Status> {
@@ -198,20 +200,21 @@ pub trait ReferrerRules: Send + Sync + 'static {
     }
 }
 
-/// The routes every referring agency serves: `Cases` and `Referrals` with its `rules`.
+/// The routes every referring agency serves: `CasesService` and `ReferralsService` with its
+/// `rules`.
 pub fn referrer_routes(agency: &Agency, rules: impl ReferrerRules) -> tonic::service::Routes {
     tonic::service::Routes::new(CasesApi::server(agency.clone())).add_service(ReferralsApi::server(agency.clone(), rules))
 }
 
-/// `Referrals`: a referring agency sends a referral and acts on it.
+/// `ReferralsService`: a referring agency sends a referral and acts on it.
 pub struct ReferralsApi {
     agency: Agency,
     rules: Arc<dyn ReferrerRules>,
 }
 
 impl ReferralsApi {
-    pub fn server(agency: Agency, rules: impl ReferrerRules) -> ReferralsServer<Self> {
-        ReferralsServer::new(Self { agency, rules: Arc::new(rules) })
+    pub fn server(agency: Agency, rules: impl ReferrerRules) -> ReferralsServiceServer<Self> {
+        ReferralsServiceServer::new(Self { agency, rules: Arc::new(rules) })
     }
 
     fn check_referral(&self, r: &Referral, prefix: &str) -> Result<(), ApiError> {
@@ -228,8 +231,8 @@ impl ReferralsApi {
 }
 
 #[tonic::async_trait]
-impl Referrals for ReferralsApi {
-    async fn submit_referral(&self, req: Request<pb::SubmitReferralRequest>) -> Result<Response<pb::CaseView>, Status> {
+impl ReferralsService for ReferralsApi {
+    async fn submit_referral(&self, req: Request<pb::SubmitReferralRequest>) -> Result<Response<pb::SubmitReferralResponse>, Status> {
         let me = caller(&req)?;
         let r = req.into_inner();
         let to = agency(r.to.as_ref(), "to")?;
@@ -240,10 +243,10 @@ impl Referrals for ReferralsApi {
         crate::validate_referral(&referral).map_err(|e| e.within("referral"))?;
         self.check_referral(&referral, "referral")?;
         let view = self.agency.submit_referral(&me, &to, &r.case_code, referral).await?;
-        Ok(Response::new(case_view(&view)))
+        Ok(Response::new(case_view(&view).into()))
     }
 
-    async fn amend(&self, req: Request<pb::AmendRequest>) -> Result<Response<pb::CaseView>, Status> {
+    async fn amend(&self, req: Request<pb::AmendRequest>) -> Result<Response<pb::AmendResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let amendment = required(r.amendment, "amendment")?;
             if let Some(revised) = &amendment.revised {
@@ -254,7 +257,7 @@ impl Referrals for ReferralsApi {
         .await
     }
 
-    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CaseView>, Status> {
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let c = required(r.cancellation, "cancellation")?;
             if c.reason() == pb::CancellationReason::Unspecified {
@@ -265,7 +268,7 @@ impl Referrals for ReferralsApi {
         .await
     }
 
-    async fn supervise(&self, req: Request<pb::SuperviseRequest>) -> Result<Response<pb::CaseView>, Status> {
+    async fn supervise(&self, req: Request<pb::SuperviseRequest>) -> Result<Response<pb::SuperviseResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let n = required(r.notice, "notice")?;
             if n.instructions.trim().is_empty() {
@@ -276,7 +279,7 @@ impl Referrals for ReferralsApi {
         .await
     }
 
-    async fn dispose(&self, req: Request<pb::DisposeRequest>) -> Result<Response<pb::CaseView>, Status> {
+    async fn dispose(&self, req: Request<pb::DisposeRequest>) -> Result<Response<pb::DisposeResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let d = required(r.disposition, "disposition")?;
             if !self.rules.dispositions().contains(&d.disposition()) {

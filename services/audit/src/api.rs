@@ -1,4 +1,4 @@
-//! The `Audit` gRPC service. An agency reads the cases it took part in (sent or received a
+//! The `AuditService` gRPC service. An agency reads the cases it took part in (sent or received a
 //! message of); a supervisor (`supervisor:<region>`) reads every case whose referrer or holder
 //! code starts with its region, the statistics of its region, and runs Verify.
 
@@ -12,7 +12,7 @@ use duijie_common::server::{ApiError, caller};
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
 use duijie_proto::v1 as pb;
-use duijie_proto::v1::audit_server::{Audit, AuditServer};
+use duijie_proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope};
 use prost::Message as _;
@@ -22,15 +22,15 @@ use uuid::Uuid;
 
 use crate::{stats, verify};
 
-/// The `Audit` service over the audit database.
+/// The `AuditService` over the audit database.
 pub struct AuditApi {
     pool: PgPool,
     calendar: WorkCalendar,
 }
 
 impl AuditApi {
-    pub fn server(pool: PgPool) -> AuditServer<Self> {
-        AuditServer::new(Self { pool, calendar: WorkCalendar::bundled() })
+    pub fn server(pool: PgPool) -> AuditServiceServer<Self> {
+        AuditServiceServer::new(Self { pool, calendar: WorkCalendar::bundled() })
     }
 }
 
@@ -153,8 +153,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[tonic::async_trait]
-impl Audit for AuditApi {
-    async fn get_timeline(&self, req: Request<pb::GetTimelineRequest>) -> Result<Response<pb::AuditTimeline>, Status> {
+impl AuditService for AuditApi {
+    async fn get_timeline(&self, req: Request<pb::GetTimelineRequest>) -> Result<Response<pb::GetTimelineResponse>, Status> {
         let who = caller(&req)?;
         let case = self.find_case(&who, req.get_ref()).await?;
         let rows: Vec<RecordRow> = sqlx::query_as(
@@ -198,7 +198,7 @@ impl Audit for AuditApi {
         }
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
         let case = self.case_view_from(&case, &refs);
-        Ok(Response::new(pb::AuditTimeline { case: Some(case), records }))
+        Ok(Response::new(pb::GetTimelineResponse { case: Some(case), records }))
     }
 
     async fn list_open_handoffs(
@@ -278,7 +278,7 @@ impl Audit for AuditApi {
         Ok(Response::new(pb::ListOverdueResponse { cases }))
     }
 
-    async fn get_statistics(&self, req: Request<pb::StatisticsRequest>) -> Result<Response<pb::Statistics>, Status> {
+    async fn get_statistics(&self, req: Request<pb::GetStatisticsRequest>) -> Result<Response<pb::GetStatisticsResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
         let from = from_ts(r.from.as_ref(), "from")?;
@@ -318,7 +318,7 @@ impl Audit for AuditApi {
         };
         let f = stats::statistics(&self.pool, &sel).await.map_err(ApiError::Unexpected)?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok(Response::new(pb::Statistics {
+        Ok(Response::new(pb::GetStatisticsResponse {
             received: n(f.received),
             received_self_accepted: n(f.received_self_accepted),
             received_court: n(f.received_court),

@@ -2,7 +2,7 @@
 //! appended to an append-only, hash-chained log in the service's own database (`store`), with
 //! projections moved in the same transaction — where each case stands, who took part, its legal
 //! time limits. `watch` sends DeadlineWarning/DeadlineBreached notices through the outbox;
-//! `stats` defines the supervisors' statistics; `verify` walks the chains; `api` is the `Audit`
+//! `stats` defines the supervisors' statistics; `verify` walks the chains; `api` is the `AuditService`
 //! gRPC service; `service` runs it all.
 
 pub mod api;

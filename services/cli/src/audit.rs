@@ -1,4 +1,4 @@
-//! Reading the audit store (the `Audit` gRPC service): `timeline`, `watch`, `open`, `overdue`,
+//! Reading the audit store (the `AuditService` gRPC service): `timeline`, `watch`, `open`, `overdue`,
 //! `stats`, `verify`. Adapted from `duijie-bus audit`, with JSON output and exit codes.
 
 use duijie_domain::lifecycle::CaseState;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{Datelike as _, NaiveDate};
 use clap::Args;
 use duijie_proto::v1::{
-    AgencyRef, AuditCase, AuditRecord, AuditTimeline, Channel, GetTimelineRequest, ListOpenHandoffsRequest, ListOverdueRequest,
-    StatisticsRequest, VerifyRequest,
+    AgencyRef, AuditCase, AuditRecord, GetTimelineResponse, Channel, GetTimelineRequest, ListOpenHandoffsRequest, ListOverdueRequest,
+    GetStatisticsRequest, VerifyRequest,
 };
 use serde_json::{Value, json};
 
@@ -210,7 +210,7 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
         match client.get_timeline(timeline_request(&args.case)).await {
             Ok(t) => {
                 not_found_since = None;
-                let t: AuditTimeline = t.into_inner();
+                let t: GetTimelineResponse = t.into_inner();
                 if let Some(c) = &t.case {
                     if !header_done {
                         if ctx.json {
@@ -372,7 +372,7 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
         return Err(CliError::Usage(format!("--to {to} must be after --from {from}")));
     }
     let channel = parse_channel(args.channel.as_deref())?;
-    let req = StatisticsRequest {
+    let req = GetStatisticsRequest {
         from: Some(output::china_midnight(from)?),
         to: Some(output::china_midnight(to)?),
         region: args.region.clone(),

@@ -16,7 +16,7 @@
 //! re-answers every step without acting twice and ends in the same states. The plans are part
 //! of what a seed means: a change to them must also change the case codes (the `D<seed>` tag),
 //! or a rerun against cases made by the old plans would try other steps on them. After each step the
-//! driver waits (polling `Cases.GetCase`, with a deadline) until the other side of the handoff
+//! driver waits (polling `CasesService.GetCase`, with a deadline) until the other side of the handoff
 //! received every message the acting side has sent — never a fixed sleep.
 
 use std::collections::BTreeMap;
@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 use chrono::Datelike as _;
 use clap::Args;
 use duijie_common::amqp::AgencyNode;
-use duijie_proto::v1::cases_client::CasesClient;
-use duijie_proto::v1::court_client::CourtClient;
-use duijie_proto::v1::mediation_client::MediationClient;
-use duijie_proto::v1::petition_client::PetitionClient;
-use duijie_proto::v1::police_client::PoliceClient;
-use duijie_proto::v1::procuratorate_client::ProcuratorateClient;
-use duijie_proto::v1::referrals_client::ReferralsClient;
+use duijie_proto::answered_case;
+use duijie_proto::v1::cases_service_client::CasesServiceClient;
+use duijie_proto::v1::court_service_client::CourtServiceClient;
+use duijie_proto::v1::mediation_service_client::MediationServiceClient;
+use duijie_proto::v1::petition_service_client::PetitionServiceClient;
+use duijie_proto::v1::police_service_client::PoliceServiceClient;
+use duijie_proto::v1::procuratorate_service_client::ProcuratorateServiceClient;
+use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::*;
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -89,14 +90,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn cases(&self) -> CasesClient<GrpcChannel> {
-        CasesClient::new(self.ch.clone())
+    fn cases(&self) -> CasesServiceClient<GrpcChannel> {
+        CasesServiceClient::new(self.ch.clone())
     }
-    fn referrals(&self) -> ReferralsClient<GrpcChannel> {
-        ReferralsClient::new(self.ch.clone())
+    fn referrals(&self) -> ReferralsServiceClient<GrpcChannel> {
+        ReferralsServiceClient::new(self.ch.clone())
     }
-    fn mediation(&self) -> MediationClient<GrpcChannel> {
-        MediationClient::new(self.ch.clone())
+    fn mediation(&self) -> MediationServiceClient<GrpcChannel> {
+        MediationServiceClient::new(self.ch.clone())
     }
 }
 
@@ -481,7 +482,7 @@ impl DemoReport {
     }
 }
 
-type CallResult = Result<tonic::Response<CaseView>, tonic::Status>;
+type CallResult = Result<CaseView, tonic::Status>;
 type CallFuture = Pin<Box<dyn Future<Output = CallResult> + Send>>;
 
 fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
@@ -497,7 +498,7 @@ fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
 async fn call(what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) -> CliResult<CaseView> {
     loop {
         match f().await {
-            Ok(r) => return Ok(r.into_inner()),
+            Ok(v) => return Ok(v),
             Err(s) => {
                 let e = CliError::from_status(what, &s);
                 if !e.is_transient() || Instant::now() >= deadline {
@@ -516,7 +517,7 @@ async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<Ca
     let sent: Vec<&str> =
         view.timeline.iter().filter(|e| e.direction == "out" && e.recipient.as_ref() == Some(&to_other)).map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
-    let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.map(tonic::Response::into_inner) };
+    let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) };
     loop {
         match read().await {
             // A view is one snapshot: the state shown is the one after those messages.
@@ -537,8 +538,8 @@ async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<Ca
 async fn held_by(view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliResult<CaseView> {
     let what = format!("reading case {} as {}", view.case_code, new_holder.who);
     loop {
-        match new_holder.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await {
-            Ok(v) if !v.get_ref().handed_on => return Ok(v.into_inner()),
+        match new_holder.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) {
+            Ok(v) if !v.handed_on => return Ok(v),
             Ok(_) => {}
             // Until the hand-over arrives the case is the old holder's, which the same
             // service (one process serves all three committees) answers as PERMISSION_DENIED.
@@ -581,15 +582,15 @@ impl Agencies {
             match step {
                 Step::SignFor => {
                     let receipt = Receipt { signed_by: p.clerk.clone(), signer_position: "收案员".into(), ..Default::default() };
-                    Box::pin(async move { m.sign_for(keyed(SignForRequest { case_id: id, receipt: Some(receipt) }, &key)).await })
+                    Box::pin(async move { m.sign_for(keyed(SignForRequest { case_id: id, receipt: Some(receipt) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Accept => {
                     let accept = Accept { accepted_by: p.clerk.clone(), local_reference: format!("{}-受", p.case_code), ..Default::default() };
-                    Box::pin(async move { m.accept(keyed(AcceptRequest { case_id: id, accept: Some(accept) }, &key)).await })
+                    Box::pin(async move { m.accept(keyed(AcceptRequest { case_id: id, accept: Some(accept) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Reject => {
                     let reject = Reject { reason: RejectReason::NotCompetent as i32, explanation: "涉及专业鉴定，本中心不宜调解，建议依法处理".into() };
-                    Box::pin(async move { m.reject(keyed(RejectRequest { case_id: id, reject: Some(reject) }, &key)).await })
+                    Box::pin(async move { m.reject(keyed(RejectRequest { case_id: id, reject: Some(reject) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Assign => {
                     let tier = match holder.who.code.matches('-').count() {
@@ -598,15 +599,15 @@ impl Agencies {
                         _ => MediationTier::Village,
                     };
                     let a = Assignment { mediator: Some(p.mediator.clone()), tier: tier as i32, ..Default::default() };
-                    Box::pin(async move { m.assign(keyed(AssignRequest { case_id: id, assignment: Some(a) }, &key)).await })
+                    Box::pin(async move { m.assign(keyed(AssignRequest { case_id: id, assignment: Some(a) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Progress => {
                     let pr = Progress { stage: ProgressStage::SessionHeld as i32, summary: "已组织双方面对面调解一次，分歧缩小".into(), sessions_held: 1, ..Default::default() };
-                    Box::pin(async move { m.report_progress(keyed(ReportProgressRequest { case_id: id, progress: Some(pr) }, &key)).await })
+                    Box::pin(async move { m.report_progress(keyed(ReportProgressRequest { case_id: id, progress: Some(pr) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Supervise => {
                     let notice = SupervisionNotice { level: SupervisionLevel::Ordinary as i32, instructions: "请加快调处进度，十日内反馈化解情况".into(), supervisor: "督查科".into(), ..Default::default() };
-                    Box::pin(async move { r.supervise(keyed(SuperviseRequest { case_id: id, notice: Some(notice) }, &key)).await })
+                    Box::pin(async move { r.supervise(keyed(SuperviseRequest { case_id: id, notice: Some(notice) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Settle { confirmation } => {
                     let o = Outcome {
@@ -618,19 +619,19 @@ impl Agencies {
                             ..Default::default()
                         })),
                     };
-                    Box::pin(async move { m.report_outcome(keyed(ReportOutcomeRequest { case_id: id, outcome: Some(o) }, &key)).await })
+                    Box::pin(async move { m.report_outcome(keyed(ReportOutcomeRequest { case_id: id, outcome: Some(o) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Fail => {
                     let o = Outcome { kind: Some(outcome::Kind::Failed(outcome::Failed { reason: FailureReason::NoAgreement as i32, explanation: "双方对赔偿数额分歧较大，未能达成协议".into() })) };
-                    Box::pin(async move { m.report_outcome(keyed(ReportOutcomeRequest { case_id: id, outcome: Some(o) }, &key)).await })
+                    Box::pin(async move { m.report_outcome(keyed(ReportOutcomeRequest { case_id: id, outcome: Some(o) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Withdraw => {
                     let o = Outcome { kind: Some(outcome::Kind::Withdrawn(outcome::Withdrawn { party_id: "p1".into(), reason: "原告申请撤回调解".into() })) };
-                    Box::pin(async move { m.report_outcome(keyed(ReportOutcomeRequest { case_id: id, outcome: Some(o) }, &key)).await })
+                    Box::pin(async move { m.report_outcome(keyed(ReportOutcomeRequest { case_id: id, outcome: Some(o) }, &key)).await.and_then(answered_case) })
                 }
                 Step::RequestConfirmation => {
                     let c = ConfirmationRequest { agreement: Some(digest()), applicant_party_ids: vec!["p1".into(), "p2".into()], ..Default::default() };
-                    Box::pin(async move { m.request_confirmation(keyed(RequestConfirmationRequest { case_id: id, request: Some(c) }, &key)).await })
+                    Box::pin(async move { m.request_confirmation(keyed(RequestConfirmationRequest { case_id: id, request: Some(c) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Decide(kind) => {
                     let numbered = matches!(kind, ConfirmationDecisionKind::Granted | ConfirmationDecisionKind::Denied);
@@ -640,34 +641,34 @@ impl Agencies {
                         reason: if kind == ConfirmationDecisionKind::Denied { "协议内容违反法律强制性规定".into() } else { String::new() },
                         ..Default::default()
                     };
-                    let mut c = CourtClient::new(ch);
-                    Box::pin(async move { c.decide_confirmation(keyed(DecideConfirmationRequest { case_id: id, decision: Some(d) }, &key)).await })
+                    let mut c = CourtServiceClient::new(ch);
+                    Box::pin(async move { c.decide_confirmation(keyed(DecideConfirmationRequest { case_id: id, decision: Some(d) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Perform => {
                     let perf = Performance { status: PerformanceStatus::Performed as i32, amount_performed: Some(Money::cny(p.settled_fen)), note: "已当场履行完毕".into() };
-                    Box::pin(async move { m.record_performance(keyed(RecordPerformanceRequest { case_id: id, performance: Some(perf) }, &key)).await })
+                    Box::pin(async move { m.record_performance(keyed(RecordPerformanceRequest { case_id: id, performance: Some(perf) }, &key)).await.and_then(answered_case) })
                 }
                 Step::FollowUp => {
                     let f = FollowUp { method: FollowUpMethod::Phone as i32, conducted_by: p.mediator.name.clone(), summary: "电话回访，双方表示满意，未再发生纠纷".into(), satisfaction: Satisfaction::Satisfied as i32, recurred: false };
-                    Box::pin(async move { m.record_follow_up(keyed(RecordFollowUpRequest { case_id: id, follow_up: Some(f) }, &key)).await })
+                    Box::pin(async move { m.record_follow_up(keyed(RecordFollowUpRequest { case_id: id, follow_up: Some(f) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Close(basis) => {
                     let c = Closure { basis: basis as i32, summary: "案结事了".into(), closed_by: p.clerk.clone() };
-                    Box::pin(async move { m.close(keyed(CloseRequest { case_id: id, closure: Some(c) }, &key)).await })
+                    Box::pin(async move { m.close(keyed(CloseRequest { case_id: id, closure: Some(c) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Recognize => {
                     let rec = AgreementRecognition { agreement: Some(digest()), document_number: doc("北公(治)调确字"), recognised_by: "刘警官".into(), ..Default::default() };
-                    let mut c = PoliceClient::new(ch);
-                    Box::pin(async move { c.recognize_agreement(keyed(RecognizeAgreementRequest { case_id: id, recognition: Some(rec) }, &key)).await })
+                    let mut c = PoliceServiceClient::new(ch);
+                    Box::pin(async move { c.recognize_agreement(keyed(RecognizeAgreementRequest { case_id: id, recognition: Some(rec) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Review => {
                     let rev = ReconciliationReview { conclusion: ReviewConclusion::VoluntaryAndLawful as i32, agreement: Some(digest()), reviewed_by: "陈检察官".into(), ..Default::default() };
-                    let mut c = ProcuratorateClient::new(ch);
-                    Box::pin(async move { c.review_reconciliation(keyed(ReviewReconciliationRequest { case_id: id, review: Some(rev) }, &key)).await })
+                    let mut c = ProcuratorateServiceClient::new(ch);
+                    Box::pin(async move { c.review_reconciliation(keyed(ReviewReconciliationRequest { case_id: id, review: Some(rev) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Dispose(kind) => {
                     let d = DispositionNotice { disposition: kind as i32, document_number: doc("北处字"), summary: "依法处理完毕".into(), ..Default::default() };
-                    Box::pin(async move { r.dispose(keyed(DisposeRequest { case_id: id, disposition: Some(d) }, &key)).await })
+                    Box::pin(async move { r.dispose(keyed(DisposeRequest { case_id: id, disposition: Some(d) }, &key)).await.and_then(answered_case) })
                 }
                 Step::HandOn { escalate } => {
                     let town = AgencyRef::from(&node(TOWN));
@@ -678,16 +679,16 @@ impl Agencies {
                             to_agency: Some(town),
                             reason: "涉及两村土地边界，需镇调委会组织联合调处".into(),
                         };
-                        Box::pin(async move { m.escalate(keyed(EscalateRequest { case_id: id, escalation: Some(e) }, &key)).await })
+                        Box::pin(async move { m.escalate(keyed(EscalateRequest { case_id: id, escalation: Some(e) }, &key)).await.and_then(answered_case) })
                     } else {
                         let r = Redirect { to: Some(town), reason: "当事人均居住在白露塘镇，由镇调委会就近调解".into() };
-                        Box::pin(async move { m.redirect(keyed(RedirectRequest { case_id: id, redirect: Some(r) }, &key)).await })
+                        Box::pin(async move { m.redirect(keyed(RedirectRequest { case_id: id, redirect: Some(r) }, &key)).await.and_then(answered_case) })
                     }
                 }
                 Step::ClosePetition => {
                     let req = ClosePetitionRequest { case_id: id, document_number: doc("北信办结"), summary: "矛盾化解，信访事项办结".into() };
-                    let mut c = PetitionClient::new(ch);
-                    Box::pin(async move { c.close_petition(keyed(req, &key)).await })
+                    let mut c = PetitionServiceClient::new(ch);
+                    Box::pin(async move { c.close_petition(keyed(req, &key)).await.and_then(answered_case) })
                 }
             }
         })
@@ -701,7 +702,7 @@ impl Agencies {
         let submit = SubmitReferralRequest { to: Some(AgencyRef::from(&plan.holder)), case_code: plan.case_code.clone(), referral: Some(plan.referral.clone()) };
         let view = call(&format!("submitting {}", plan.case_code), deadline(), || {
             let (mut r, req) = (referrer.referrals(), submit.clone());
-            Box::pin(async move { r.submit_referral(req).await })
+            Box::pin(async move { r.submit_referral(req).await.and_then(answered_case) })
         })
         .await?;
         report.case_id = Some(view.case_id.clone());

@@ -176,9 +176,9 @@ impl Ctx {
     }
 
     /// An Audit client as [`Ctx::audit_reader`].
-    pub fn audit(&self) -> CliResult<duijie_proto::v1::audit_client::AuditClient<Channel>> {
+    pub fn audit(&self) -> CliResult<duijie_proto::v1::audit_service_client::AuditServiceClient<Channel>> {
         let who = self.audit_reader()?;
-        Ok(duijie_proto::v1::audit_client::AuditClient::new(self.channel(&who, &self.endpoints.audit)?))
+        Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(self.channel(&who, &self.endpoints.audit)?))
     }
 }
 

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
 use duijie_common::amqp::AgencyNode;
-use duijie_proto::v1::referrals_client::ReferralsClient;
+use duijie_proto::answered_case;
+use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::{
     AgencyKind, AgencyRef, CaseView, ClockPolicy, ClockPolicyKind, DisputeCategory, IdDocumentType, IdentityDocument, Money,
     Party, PartyConsent, PartyRole, PartyType, Referral, ReferralMode, SubmitReferralRequest,
@@ -324,8 +325,8 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> CliResult<()> {
     {
         return Err(CliError::Usage(format!("--as {who} is not the file's sender {}", sub.from)));
     }
-    let mut client = ReferralsClient::new(ctx.agency_channel(&sub.from)?);
-    let view = client.submit_referral(sub.request).await.or_refused("submitting the referral")?.into_inner();
+    let mut client = ReferralsServiceClient::new(ctx.agency_channel(&sub.from)?);
+    let view = client.submit_referral(sub.request).await.and_then(answered_case).or_refused("submitting the referral")?;
     print_case(ctx, &view);
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The gRPC side every agency service shares: mutual TLS (the client certificate names the
-//! calling agency), health and reflection, the `Session` service, one mapping from errors to
+//! calling agency), health and reflection, the `SessionService`, one mapping from errors to
 //! `tonic::Status`, and graceful shutdown (health goes NOT_SERVING first).
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use duijie_proto::v1::session_server::{Session, SessionServer};
+use duijie_proto::v1::session_service_server::{SessionService, SessionServiceServer};
 use duijie_proto::v1::{AgencyKind, AgencyRef, WhoAmIRequest, WhoAmIResponse};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -160,19 +160,19 @@ pub fn agency_of_certificate(der: &[u8]) -> anyhow::Result<AgencyNode> {
     Ok(node)
 }
 
-struct SessionService {
+struct SessionApi {
     service: String,
 }
 
 #[tonic::async_trait]
-impl Session for SessionService {
+impl SessionService for SessionApi {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let me = caller(&req)?;
         Ok(Response::new(WhoAmIResponse { agency: Some(AgencyRef::from(&me)), service: self.service.clone() }))
     }
 }
 
-/// Serves `routes` plus health, reflection and `Session` on `listener` with mutual TLS until
+/// Serves `routes` plus health, reflection and `SessionService` on `listener` with mutual TLS until
 /// `shutdown`, then reports NOT_SERVING and drains in-flight calls for at most `grace`.
 pub async fn serve(
     service: &str,
@@ -192,7 +192,7 @@ pub async fn serve(
     let routes = routes
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(SessionServer::new(SessionService { service: service.to_owned() }));
+        .add_service(SessionServiceServer::new(SessionApi { service: service.to_owned() }));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert, &tls.key))
         .client_ca_root(Certificate::from_pem(&tls.ca));

@@ -4,6 +4,7 @@
 
 use chrono::{NaiveDate, TimeZone as _};
 use duijie_common::amqp::AgencyNode;
+use duijie_proto::answered_case;
 use duijie_proto::v1::*;
 use sha2::Digest as _;
 use tonic::transport::Channel as GrpcChannel;
@@ -537,12 +538,12 @@ fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
 /// Reads the form of action `key` on the case `view` (as just read) and calls the service; the
 /// answer is the case as it is now.
 pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, spec: &ActionSpec) -> Result<CaseView, UiError> {
-    use duijie_proto::v1::court_client::CourtClient;
-    use duijie_proto::v1::mediation_client::MediationClient;
-    use duijie_proto::v1::petition_client::PetitionClient;
-    use duijie_proto::v1::police_client::PoliceClient;
-    use duijie_proto::v1::procuratorate_client::ProcuratorateClient;
-    use duijie_proto::v1::referrals_client::ReferralsClient;
+    use duijie_proto::v1::court_service_client::CourtServiceClient;
+    use duijie_proto::v1::mediation_service_client::MediationServiceClient;
+    use duijie_proto::v1::petition_service_client::PetitionServiceClient;
+    use duijie_proto::v1::police_service_client::PoliceServiceClient;
+    use duijie_proto::v1::procuratorate_service_client::ProcuratorateServiceClient;
+    use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 
     let mut c = Check::default();
     for s in &spec.fields {
@@ -562,8 +563,8 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
             }),
         }
     };
-    let mut m = MediationClient::new(ch.clone());
-    let mut r = ReferralsClient::new(ch.clone());
+    let mut m = MediationServiceClient::new(ch.clone());
+    let mut r = ReferralsServiceClient::new(ch.clone());
     let view = match key {
         "sign_for" => {
             c.done()?;
@@ -571,7 +572,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 SignForRequest { case_id: id, receipt: Some(Receipt { signed_by: f.get("signed_by").into(), signer_position: f.get("signer_position").into(), signed_at: now() }) },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "accept" => {
             c.done()?;
@@ -579,12 +580,12 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 AcceptRequest { case_id: id, accept: Some(Accept { accepted_by: f.get("accepted_by").into(), local_reference: f.get("local_reference").into(), ..Default::default() }) },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "reject" => {
             let reason = enum_value::<RejectReason>(f, "reason", &mut c, "理由");
             c.done()?;
-            m.reject(with_key(RejectRequest { case_id: id, reject: Some(Reject { reason, explanation: f.get("explanation").into() }) }, &idem)).await?
+            m.reject(with_key(RejectRequest { case_id: id, reject: Some(Reject { reason, explanation: f.get("explanation").into() }) }, &idem)).await.and_then(answered_case)?
         }
         "redirect" => {
             let to = agency_ref(f.get("to"));
@@ -592,13 +593,13 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 c.fail("to", "请选择转至的调解组织".into());
             }
             c.done()?;
-            m.redirect(with_key(RedirectRequest { case_id: id, redirect: Some(Redirect { to, reason: f.get("reason").into() }) }, &idem)).await?
+            m.redirect(with_key(RedirectRequest { case_id: id, redirect: Some(Redirect { to, reason: f.get("reason").into() }) }, &idem)).await.and_then(answered_case)?
         }
         "assign" => {
             let tier = f.get("tier").parse::<i32>().unwrap_or(0);
             c.done()?;
             let mediator = Mediator { mediator_id: f.get("mediator_id").into(), name: f.get("mediator_name").into(), ..Default::default() };
-            m.assign(with_key(AssignRequest { case_id: id, assignment: Some(Assignment { mediator: Some(mediator), tier, ..Default::default() }) }, &idem)).await?
+            m.assign(with_key(AssignRequest { case_id: id, assignment: Some(Assignment { mediator: Some(mediator), tier, ..Default::default() }) }, &idem)).await.and_then(answered_case)?
         }
         "escalate" => {
             let from_tier = enum_value::<MediationTier>(f, "from_tier", &mut c, "本级");
@@ -608,7 +609,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 EscalateRequest { case_id: id, escalation: Some(Escalation { from_tier, to_tier, to_agency: agency_ref(f.get("to_agency")), reason: f.get("reason").into() }) },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "progress" => {
             let stage = enum_value::<ProgressStage>(f, "stage", &mut c, "阶段");
@@ -618,12 +619,12 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 ReportProgressRequest { case_id: id, progress: Some(Progress { stage, summary: f.get("summary").into(), sessions_held: sessions.max(0) as u32, ..Default::default() }) },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "request_info" => {
             c.done()?;
             m.request_information(with_key(RequestInformationRequest { case_id: id, request: Some(InfoRequest { questions: f.lines("questions"), respond_by: None }) }, &idem))
-                .await?
+                .await.and_then(answered_case)?
         }
         "extend" => {
             let limit = f.get("limit").parse::<i32>().unwrap_or(0);
@@ -636,7 +637,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "outcome" => {
             let outcome = match f.get("result") {
@@ -670,7 +671,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 }
             };
             c.done()?;
-            m.report_outcome(with_key(ReportOutcomeRequest { case_id: id, outcome: Some(Outcome { kind: Some(outcome) }) }, &idem)).await?
+            m.report_outcome(with_key(ReportOutcomeRequest { case_id: id, outcome: Some(Outcome { kind: Some(outcome) }) }, &idem)).await.and_then(answered_case)?
         }
         "request_confirmation" => {
             c.done()?;
@@ -682,7 +683,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "performance" => {
             let status = enum_value::<PerformanceStatus>(f, "status", &mut c, "履行情况");
@@ -691,7 +692,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 RecordPerformanceRequest { case_id: id, performance: Some(Performance { status, note: f.get("note").into(), ..Default::default() }) },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "follow_up" => {
             let method = enum_value::<FollowUpMethod>(f, "method", &mut c, "回访方式");
@@ -704,13 +705,13 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "close" => {
             let basis = enum_value::<ClosureBasis>(f, "basis", &mut c, "结案依据");
             c.done()?;
             m.close(with_key(CloseRequest { case_id: id, closure: Some(Closure { basis, summary: f.get("summary").into(), closed_by: f.get("closed_by").into() }) }, &idem))
-                .await?
+                .await.and_then(answered_case)?
         }
         "answer_cancel" => {
             let confirmed = f.get("confirmed") == "1";
@@ -722,17 +723,17 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 AnswerCancellationRequest { case_id: id, answer: Some(CancellationConfirmation { confirmed, reason: f.get("reason").into() }) },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "amend" => {
             c.done()?;
             r.amend(with_key(AmendRequest { case_id: id, amendment: Some(Amendment { reason: f.get("reason").into(), answer: f.get("reason").into(), ..Default::default() }) }, &idem))
-                .await?
+                .await.and_then(answered_case)?
         }
         "cancel" => {
             let reason = enum_value::<CancellationReason>(f, "reason", &mut c, "撤回原因");
             c.done()?;
-            r.cancel(with_key(CancelRequest { case_id: id, cancellation: Some(Cancellation { reason, explanation: f.get("explanation").into() }) }, &idem)).await?
+            r.cancel(with_key(CancelRequest { case_id: id, cancellation: Some(Cancellation { reason, explanation: f.get("explanation").into() }) }, &idem)).await.and_then(answered_case)?
         }
         "supervise" => {
             let level = enum_value::<SupervisionLevel>(f, "level", &mut c, "督办级别");
@@ -745,7 +746,7 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "dispose" => {
             let disposition = enum_value::<DispositionKind>(f, "disposition", &mut c, "处理结果");
@@ -757,21 +758,21 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                 },
                 &idem,
             ))
-            .await?
+            .await.and_then(answered_case)?
         }
         "close_petition" => {
             c.done()?;
-            PetitionClient::new(ch)
+            PetitionServiceClient::new(ch)
                 .close_petition(with_key(
                     ClosePetitionRequest { case_id: id, document_number: f.get("document_number").into(), summary: f.get("summary").into() },
                     &idem,
                 ))
-                .await?
+                .await.and_then(answered_case)?
         }
         "decide_confirmation" => {
             let decision = enum_value::<ConfirmationDecisionKind>(f, "decision", &mut c, "决定");
             c.done()?;
-            CourtClient::new(ch)
+            CourtServiceClient::new(ch)
                 .decide_confirmation(with_key(
                     DecideConfirmationRequest {
                         case_id: id,
@@ -779,11 +780,11 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                     },
                     &idem,
                 ))
-                .await?
+                .await.and_then(answered_case)?
         }
         "recognize" => {
             c.done()?;
-            PoliceClient::new(ch)
+            PoliceServiceClient::new(ch)
                 .recognize_agreement(with_key(
                     RecognizeAgreementRequest {
                         case_id: id,
@@ -796,12 +797,12 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                     },
                     &idem,
                 ))
-                .await?
+                .await.and_then(answered_case)?
         }
         "review" => {
             let conclusion = enum_value::<ReviewConclusion>(f, "conclusion", &mut c, "审查结论");
             c.done()?;
-            ProcuratorateClient::new(ch)
+            ProcuratorateServiceClient::new(ch)
                 .review_reconciliation(with_key(
                     ReviewReconciliationRequest {
                         case_id: id,
@@ -814,11 +815,11 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                     },
                     &idem,
                 ))
-                .await?
+                .await.and_then(answered_case)?
         }
         other => return Err(UiError::NotFound(format!("没有“{other}”这项操作"))),
     };
-    Ok(view.into_inner())
+    Ok(view)
 }
 
 /// The case's party ids, as the page listed them.
@@ -844,8 +845,8 @@ fn all_consents(f: &Fields, name: &str) -> Vec<PartyConsent> {
 
 /// The case as `ch`'s agency sees it.
 pub async fn read_case(ch: GrpcChannel, case_id: &str) -> Result<CaseView, UiError> {
-    use duijie_proto::v1::cases_client::CasesClient;
-    Ok(CasesClient::new(ch).get_case(GetCaseRequest { case_id: case_id.to_owned() }).await?.into_inner())
+    use duijie_proto::v1::cases_service_client::CasesServiceClient;
+    Ok(CasesServiceClient::new(ch).get_case(GetCaseRequest { case_id: case_id.to_owned() }).await.and_then(answered_case)?)
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use chrono::{DateTime, Datelike as _, NaiveDate, TimeZone as _, Utc};
 use duijie_common::amqp::AgencyNode;
-use duijie_proto::v1::audit_client::AuditClient;
-use duijie_proto::v1::cases_client::CasesClient;
-use duijie_proto::v1::referrals_client::ReferralsClient;
+use duijie_proto::answered_case;
+use duijie_proto::v1::audit_service_client::AuditServiceClient;
+use duijie_proto::v1::cases_service_client::CasesServiceClient;
+use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::*;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
@@ -290,7 +291,7 @@ pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQu
     let result = async {
         let ch = st.backend.own(&me)?;
         let req = ListCasesRequest { state: state_filter.clone(), channel, page_size: 100, page_token: q.page.clone() };
-        Ok::<_, UiError>(CasesClient::new(ch).list_cases(req).await?.into_inner())
+        Ok::<_, UiError>(CasesServiceClient::new(ch).list_cases(req).await?.into_inner())
     }
     .await;
     let resp = match result {
@@ -357,7 +358,7 @@ pub async fn submit_referral(State(st): State<AppState>, Me(me): Me, Form(pairs)
     let result = async {
         let req = forms::referral(&f, &me, &st.mediation_bodies())?;
         let ch = st.backend.own(&me)?;
-        Ok::<_, UiError>(ReferralsClient::new(ch).submit_referral(req).await?.into_inner())
+        Ok::<_, UiError>(ReferralsServiceClient::new(ch).submit_referral(req).await.and_then(answered_case)?)
     }
     .await;
     match result {
@@ -532,7 +533,7 @@ async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(Strin
     };
     let audit = async {
         let ch = st.backend.audit(me)?;
-        Ok::<_, UiError>(AuditClient::new(ch).get_timeline(GetTimelineRequest { case_id: id.to_owned(), case_code: String::new() }).await?.into_inner())
+        Ok::<_, UiError>(AuditServiceClient::new(ch).get_timeline(GetTimelineRequest { case_id: id.to_owned(), case_code: String::new() }).await?.into_inner())
     }
     .await;
     let audit = match (audit, &view) {
@@ -669,7 +670,7 @@ fn action_form(me: &AgencyNode, case_id: &str, spec: &ActionSpec, party_ids: &st
     }
 }
 
-fn audit_timeline(st: &AppState, t: &AuditTimeline) -> Markup {
+fn audit_timeline(st: &AppState, t: &GetTimelineResponse) -> Markup {
     html! {
         @if let Some(c) = &t.case {
             @if c.overdue { div.banner.error { "该案件有法定期限已超期。" } }
@@ -767,7 +768,7 @@ pub async fn search(State(st): State<AppState>, Me(me): Me, Query(q): Query<Sear
     }
     let found = async {
         let ch = st.backend.audit(&me)?;
-        Ok::<_, UiError>(AuditClient::new(ch).get_timeline(GetTimelineRequest { case_id: String::new(), case_code: code.clone() }).await?.into_inner())
+        Ok::<_, UiError>(AuditServiceClient::new(ch).get_timeline(GetTimelineRequest { case_id: String::new(), case_code: code.clone() }).await?.into_inner())
     }
     .await;
     match found {
@@ -837,7 +838,7 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
     let supervisor = me.kind == AgencyKind::Supervisor;
     let region = if supervisor { if q.region.trim().is_empty() { me.code.clone() } else { q.region.trim().to_owned() } } else { String::new() };
     let agency = (!supervisor).then(|| AgencyRef::from(&me));
-    let request = |from: NaiveDate, to: NaiveDate, channel: i32| StatisticsRequest {
+    let request = |from: NaiveDate, to: NaiveDate, channel: i32| GetStatisticsRequest {
         from: china_midnight(from).map(duijie_common::envelope::timestamp),
         to: china_midnight(to).map(duijie_common::envelope::timestamp),
         region: region.clone(),
@@ -848,7 +849,7 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         Ok(ch) => ch,
         Err(e) => return fail(&st, &me, &e),
     };
-    let client = AuditClient::new(ch);
+    let client = AuditServiceClient::new(ch);
     // The months of the period (at most the last twelve) for the trend.
     let mut months = Vec::new();
     let mut m = NaiveDate::from_ymd_opt(from.year(), from.month(), 1).unwrap_or(from);
@@ -858,7 +859,7 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         m = next;
     }
     let months: Vec<_> = months.into_iter().rev().take(12).rev().collect();
-    let stats = |req: StatisticsRequest| {
+    let stats = |req: GetStatisticsRequest| {
         let mut c = client.clone();
         async move { c.get_statistics(req).await.map(tonic::Response::into_inner) }
     };
@@ -878,7 +879,7 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         }
         Err(s) => return fail(&st, &me, &UiError::Service(s)),
     };
-    let per_channel: Vec<Statistics> = per_channel.into_iter().map(Result::unwrap_or_default).collect();
+    let per_channel: Vec<GetStatisticsResponse> = per_channel.into_iter().map(Result::unwrap_or_default).collect();
     let trend: Vec<(String, f64, f64)> = months
         .iter()
         .zip(trend)

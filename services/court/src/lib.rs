@@ -1,16 +1,16 @@
 //! The court service (人民法院立案庭): sends 诉调 referrals, decides judicial confirmation
 //! applications (司法确认), and disposes of cases mediation did not settle (立案/审判).
 //!
-//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
-//! Dispose), `Court` (DecideConfirmation).
+//! API: `CasesService` (GetCase, ListCases), `ReferralsService` (SubmitReferral, Amend, Cancel,
+//! Supervise, Dispose), `CourtService` (DecideConfirmation).
 
 use duijie_agency::Agency;
 use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
 use duijie_common::server::ApiError;
-use duijie_proto::v1::court_server::{Court, CourtServer};
+use duijie_proto::v1::court_service_server::{CourtService, CourtServiceServer};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
-    AgencyKind, CaseView, ClockPolicyKind, ConfirmationDecisionKind, DecideConfirmationRequest, DispositionKind, Referral,
+    AgencyKind, ClockPolicyKind, ConfirmationDecisionKind, DecideConfirmationRequest, DecideConfirmationResponse, DispositionKind, Referral,
 };
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
@@ -45,8 +45,8 @@ struct CourtApi {
 }
 
 #[tonic::async_trait]
-impl Court for CourtApi {
-    async fn decide_confirmation(&self, req: Request<DecideConfirmationRequest>) -> Result<Response<CaseView>, Status> {
+impl CourtService for CourtApi {
+    async fn decide_confirmation(&self, req: Request<DecideConfirmationRequest>) -> Result<Response<DecideConfirmationResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let d = required(r.decision, "decision")?;
             match d.decision() {
@@ -65,5 +65,5 @@ impl Court for CourtApi {
 
 /// The court service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    api::referrer_routes(agency, CourtRules).add_service(CourtServer::new(CourtApi { agency: agency.clone() }))
+    api::referrer_routes(agency, CourtRules).add_service(CourtServiceServer::new(CourtApi { agency: agency.clone() }))
 }

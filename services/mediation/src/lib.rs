@@ -1,8 +1,8 @@
 //! The mediation service (矛盾纠纷调处中心 and the town and village committees under it): an
 //! inbox of referrals from all four channels, and every step of handling a case to closure.
 //!
-//! API: `Cases` (GetCase, ListCases — the inbox), `Mediation` (SignFor, Accept, Reject,
-//! Redirect, Assign, Escalate, ReportProgress, RequestInformation, RequestExtension,
+//! API: `CasesService` (GetCase, ListCases — the inbox), `MediationService` (SignFor, Accept,
+//! Reject, Redirect, Assign, Escalate, ReportProgress, RequestInformation, RequestExtension,
 //! ReportOutcome, RequestConfirmation, RecordPerformance, RecordFollowUp, Close,
 //! AnswerCancellation).
 
@@ -11,8 +11,8 @@ use duijie_agency::api::{CasesApi, act, case_id, required};
 use duijie_common::server::ApiError;
 use duijie_proto::v1 as pb;
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::mediation_server::{Mediation, MediationServer};
-use duijie_proto::v1::{AgencyKind, CaseView, MediationTier, outcome};
+use duijie_proto::v1::mediation_service_server::{MediationService, MediationServiceServer};
+use duijie_proto::v1::{AgencyKind, MediationTier, outcome};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -60,8 +60,8 @@ struct MediationApi {
 }
 
 #[tonic::async_trait]
-impl Mediation for MediationApi {
-    async fn sign_for(&self, req: Request<pb::SignForRequest>) -> Result<Response<CaseView>, Status> {
+impl MediationService for MediationApi {
+    async fn sign_for(&self, req: Request<pb::SignForRequest>) -> Result<Response<pb::SignForResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let receipt = required(r.receipt, "receipt")?;
             non_empty(&receipt.signed_by, "receipt.signed_by")?; // a named person signs (签收人)
@@ -70,7 +70,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn accept(&self, req: Request<pb::AcceptRequest>) -> Result<Response<CaseView>, Status> {
+    async fn accept(&self, req: Request<pb::AcceptRequest>) -> Result<Response<pb::AcceptResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let accept = required(r.accept, "accept")?;
             non_empty(&accept.accepted_by, "accept.accepted_by")?;
@@ -79,7 +79,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn reject(&self, req: Request<pb::RejectRequest>) -> Result<Response<CaseView>, Status> {
+    async fn reject(&self, req: Request<pb::RejectRequest>) -> Result<Response<pb::RejectResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let reject = required(r.reject, "reject")?;
             if reject.reason() == pb::RejectReason::Unspecified {
@@ -90,7 +90,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn redirect(&self, req: Request<pb::RedirectRequest>) -> Result<Response<CaseView>, Status> {
+    async fn redirect(&self, req: Request<pb::RedirectRequest>) -> Result<Response<pb::RedirectResponse>, Status> {
         act(&self.agency, req, |me, r| {
             let redirect = required(r.redirect, "redirect")?;
             let to = duijie_agency::api::agency(redirect.to.as_ref(), "redirect.to")?;
@@ -103,7 +103,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn assign(&self, req: Request<pb::AssignRequest>) -> Result<Response<CaseView>, Status> {
+    async fn assign(&self, req: Request<pb::AssignRequest>) -> Result<Response<pb::AssignResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let a = required(r.assignment, "assignment")?;
             non_empty(a.mediator.as_ref().map_or("", |m| m.name.as_str()), "assignment.mediator.name")?;
@@ -112,7 +112,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn escalate(&self, req: Request<pb::EscalateRequest>) -> Result<Response<CaseView>, Status> {
+    async fn escalate(&self, req: Request<pb::EscalateRequest>) -> Result<Response<pb::EscalateResponse>, Status> {
         act(&self.agency, req, |me, r| {
             let e = required(r.escalation, "escalation")?;
             let (from, to) = (tier_rank(e.from_tier()), tier_rank(e.to_tier()));
@@ -134,7 +134,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn report_progress(&self, req: Request<pb::ReportProgressRequest>) -> Result<Response<CaseView>, Status> {
+    async fn report_progress(&self, req: Request<pb::ReportProgressRequest>) -> Result<Response<pb::ReportProgressResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let p = required(r.progress, "progress")?;
             non_empty(&p.summary, "progress.summary")?;
@@ -143,7 +143,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn request_information(&self, req: Request<pb::RequestInformationRequest>) -> Result<Response<CaseView>, Status> {
+    async fn request_information(&self, req: Request<pb::RequestInformationRequest>) -> Result<Response<pb::RequestInformationResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let q = required(r.request, "request")?;
             if q.questions.iter().all(|s| s.trim().is_empty()) {
@@ -154,12 +154,12 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn request_extension(&self, req: Request<pb::RequestExtensionRequest>) -> Result<Response<CaseView>, Status> {
+    async fn request_extension(&self, req: Request<pb::RequestExtensionRequest>) -> Result<Response<pb::RequestExtensionResponse>, Status> {
         act(&self.agency, req, |_, r| Ok((case_id(&r.case_id)?, Payload::ExtensionRequest(required(r.extension, "extension")?))))
             .await
     }
 
-    async fn report_outcome(&self, req: Request<pb::ReportOutcomeRequest>) -> Result<Response<CaseView>, Status> {
+    async fn report_outcome(&self, req: Request<pb::ReportOutcomeRequest>) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let o = required(r.outcome, "outcome")?;
             check_outcome(&o)?;
@@ -168,7 +168,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn request_confirmation(&self, req: Request<pb::RequestConfirmationRequest>) -> Result<Response<CaseView>, Status> {
+    async fn request_confirmation(&self, req: Request<pb::RequestConfirmationRequest>) -> Result<Response<pb::RequestConfirmationResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let c = required(r.request, "request")?;
             if c.agreement.as_ref().is_none_or(|a| a.sha256_hex.trim().is_empty()) {
@@ -182,7 +182,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn record_performance(&self, req: Request<pb::RecordPerformanceRequest>) -> Result<Response<CaseView>, Status> {
+    async fn record_performance(&self, req: Request<pb::RecordPerformanceRequest>) -> Result<Response<pb::RecordPerformanceResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let p = required(r.performance, "performance")?;
             if p.status() == pb::PerformanceStatus::Unspecified {
@@ -193,7 +193,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn record_follow_up(&self, req: Request<pb::RecordFollowUpRequest>) -> Result<Response<CaseView>, Status> {
+    async fn record_follow_up(&self, req: Request<pb::RecordFollowUpRequest>) -> Result<Response<pb::RecordFollowUpResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let f = required(r.follow_up, "follow_up")?;
             non_empty(&f.conducted_by, "follow_up.conducted_by")?;
@@ -202,7 +202,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn close(&self, req: Request<pb::CloseRequest>) -> Result<Response<CaseView>, Status> {
+    async fn close(&self, req: Request<pb::CloseRequest>) -> Result<Response<pb::CloseResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let c = required(r.closure, "closure")?;
             if c.basis() == pb::ClosureBasis::Unspecified {
@@ -213,7 +213,7 @@ impl Mediation for MediationApi {
         .await
     }
 
-    async fn answer_cancellation(&self, req: Request<pb::AnswerCancellationRequest>) -> Result<Response<CaseView>, Status> {
+    async fn answer_cancellation(&self, req: Request<pb::AnswerCancellationRequest>) -> Result<Response<pb::AnswerCancellationResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let a = required(r.answer, "answer")?;
             if !a.confirmed {
@@ -227,5 +227,5 @@ impl Mediation for MediationApi {
 
 /// The mediation service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    Routes::new(CasesApi::server(agency.clone())).add_service(MediationServer::new(MediationApi { agency: agency.clone() }))
+    Routes::new(CasesApi::server(agency.clone())).add_service(MediationServiceServer::new(MediationApi { agency: agency.clone() }))
 }

@@ -1,16 +1,16 @@
 //! The petition service (信访局/信访办): sends 访调 referrals, supervises them (督办), and
 //! closes the petition (办结) once the centre closed the case.
 //!
-//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
-//! Dispose), `Petition` (ClosePetition).
+//! API: `CasesService` (GetCase, ListCases), `ReferralsService` (SubmitReferral, Amend, Cancel,
+//! Supervise, Dispose), `PetitionService` (ClosePetition).
 
 use duijie_agency::Agency;
 use duijie_agency::api::{self, ReferrerRules, case_id, idempotency_key};
 use duijie_common::server::{ApiError, caller};
 use duijie_domain::lifecycle::CaseState;
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::petition_server::{Petition, PetitionServer};
-use duijie_proto::v1::{AgencyKind, CaseView, ClockPolicyKind, ClosePetitionRequest, DispositionKind, DispositionNotice};
+use duijie_proto::v1::petition_service_server::{PetitionService, PetitionServiceServer};
+use duijie_proto::v1::{AgencyKind, ClockPolicyKind, ClosePetitionRequest, ClosePetitionResponse, DispositionKind, DispositionNotice};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -34,8 +34,8 @@ struct PetitionApi {
 }
 
 #[tonic::async_trait]
-impl Petition for PetitionApi {
-    async fn close_petition(&self, req: Request<ClosePetitionRequest>) -> Result<Response<CaseView>, Status> {
+impl PetitionService for PetitionApi {
+    async fn close_petition(&self, req: Request<ClosePetitionRequest>) -> Result<Response<ClosePetitionResponse>, Status> {
         let me = caller(&req)?;
         // A retried 办结 (same key) answers with the case and sends no second notice.
         let key = idempotency_key(&req)?;
@@ -56,11 +56,11 @@ impl Petition for PetitionApi {
             ..Default::default()
         };
         let view = self.agency.send_once(&me, case, Payload::DispositionNotice(notice), key.as_deref()).await?;
-        Ok(Response::new(api::case_view(&view)))
+        Ok(Response::new(api::case_view(&view).into()))
     }
 }
 
 /// The petition service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    api::referrer_routes(agency, PetitionRules).add_service(PetitionServer::new(PetitionApi { agency: agency.clone() }))
+    api::referrer_routes(agency, PetitionRules).add_service(PetitionServiceServer::new(PetitionApi { agency: agency.clone() }))
 }

@@ -1,15 +1,15 @@
 //! The police service (公安机关/派出所): sends 警调 referrals of minor disputes and 治安 cases,
 //! recognises a performed agreement, and disposes (处罚/不予处罚).
 //!
-//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
-//! Dispose), `Police` (RecognizeAgreement).
+//! API: `CasesService` (GetCase, ListCases), `ReferralsService` (SubmitReferral, Amend, Cancel,
+//! Supervise, Dispose), `PoliceService` (RecognizeAgreement).
 
 use duijie_agency::Agency;
 use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
 use duijie_common::server::ApiError;
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::police_server::{Police, PoliceServer};
-use duijie_proto::v1::{AgencyKind, CaseView, ClockPolicyKind, DispositionKind, RecognizeAgreementRequest};
+use duijie_proto::v1::police_service_server::{PoliceService, PoliceServiceServer};
+use duijie_proto::v1::{AgencyKind, ClockPolicyKind, DispositionKind, RecognizeAgreementRequest, RecognizeAgreementResponse};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -34,8 +34,8 @@ struct PoliceApi {
 }
 
 #[tonic::async_trait]
-impl Police for PoliceApi {
-    async fn recognize_agreement(&self, req: Request<RecognizeAgreementRequest>) -> Result<Response<CaseView>, Status> {
+impl PoliceService for PoliceApi {
+    async fn recognize_agreement(&self, req: Request<RecognizeAgreementRequest>) -> Result<Response<RecognizeAgreementResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let rec = required(r.recognition, "recognition")?;
             if rec.recognised_by.trim().is_empty() {
@@ -49,5 +49,5 @@ impl Police for PoliceApi {
 
 /// The police service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    api::referrer_routes(agency, PoliceRules).add_service(PoliceServer::new(PoliceApi { agency: agency.clone() }))
+    api::referrer_routes(agency, PoliceRules).add_service(PoliceServiceServer::new(PoliceApi { agency: agency.clone() }))
 }

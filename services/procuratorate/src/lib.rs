@@ -1,15 +1,15 @@
 //! The procuratorate service (人民检察院): sends 检调 referrals for criminal reconciliation
 //! (刑事和解), reviews the reconciliation agreement, and disposes (不起诉 etc.).
 //!
-//! API: `Cases` (GetCase, ListCases), `Referrals` (SubmitReferral, Amend, Cancel, Supervise,
-//! Dispose), `Procuratorate` (ReviewReconciliation).
+//! API: `CasesService` (GetCase, ListCases), `ReferralsService` (SubmitReferral, Amend, Cancel,
+//! Supervise, Dispose), `ProcuratorateService` (ReviewReconciliation).
 
 use duijie_agency::Agency;
 use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
 use duijie_common::server::ApiError;
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::procuratorate_server::{Procuratorate, ProcuratorateServer};
-use duijie_proto::v1::{AgencyKind, CaseView, ClockPolicyKind, DispositionKind, ReviewConclusion, ReviewReconciliationRequest};
+use duijie_proto::v1::procuratorate_service_server::{ProcuratorateService, ProcuratorateServiceServer};
+use duijie_proto::v1::{AgencyKind, ClockPolicyKind, DispositionKind, ReviewConclusion, ReviewReconciliationRequest, ReviewReconciliationResponse};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -33,8 +33,8 @@ struct ProcuratorateApi {
 }
 
 #[tonic::async_trait]
-impl Procuratorate for ProcuratorateApi {
-    async fn review_reconciliation(&self, req: Request<ReviewReconciliationRequest>) -> Result<Response<CaseView>, Status> {
+impl ProcuratorateService for ProcuratorateApi {
+    async fn review_reconciliation(&self, req: Request<ReviewReconciliationRequest>) -> Result<Response<ReviewReconciliationResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let review = required(r.review, "review")?;
             if review.conclusion() == ReviewConclusion::Unspecified {
@@ -52,5 +52,5 @@ impl Procuratorate for ProcuratorateApi {
 /// The procuratorate service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
     api::referrer_routes(agency, ProcuratorateRules)
-        .add_service(ProcuratorateServer::new(ProcuratorateApi { agency: agency.clone() }))
+        .add_service(ProcuratorateServiceServer::new(ProcuratorateApi { agency: agency.clone() }))
 }

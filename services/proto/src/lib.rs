@@ -11,14 +11,18 @@
 //! * [`v1::Envelope::check`]: validation of the envelope header;
 //! * [`v1::Envelope::routing_key`]: the AMQP routing key
 //!   `<recipient kind>.<recipient code>.<message kind>`;
-//! * [`v1::Envelope::decode_checked`]: decode and check in one step.
+//! * [`v1::Envelope::decode_checked`]: decode and check in one step;
+//! * [`CaseAnswer`] / [`answered_case`]: the `<Method>Response` of every RPC that
+//!   answers with one case, built from and unwrapped to a [`v1::CaseView`].
 //!
 //! Identity document numbers are protected personal data: the `Debug` output
 //! of [`v1::IdentityDocument`] masks them (see
 //! [`v1::IdentityDocument::masked_number`]).
 
+mod answers;
 mod contract;
 
+pub use answers::{CaseAnswer, answered_case};
 pub use contract::{ContractError, RoutingKey, is_valid_agency_code};
 pub use prost;
 pub use prost_types;

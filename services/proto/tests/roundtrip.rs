@@ -1,5 +1,5 @@
 //! Round trip of one fully populated sample of every payload kind, and the
-//! ways an envelope is refused.
+//! ways an envelope is refused; the shape of the agency APIs' answers.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -9,7 +9,10 @@ use duijie_proto::v1::{
     self, AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope, MessageKind,
     envelope::Payload, outcome,
 };
-use duijie_proto::{ContractError, ENVELOPE_CONTENT_TYPE, RoutingKey, SCHEMA_VERSION};
+use duijie_proto::{
+    CaseAnswer as _, ContractError, ENVELOPE_CONTENT_TYPE, RoutingKey, SCHEMA_VERSION,
+    answered_case,
+};
 
 // ---------------------------------------------------------------------------
 // Sample builders
@@ -828,4 +831,53 @@ fn constants() {
         "application/x-protobuf; proto=duijie.v1.Envelope"
     );
     assert_eq!(SCHEMA_VERSION, 1);
+}
+
+// ---------------------------------------------------------------------------
+// The agency APIs' answers
+// ---------------------------------------------------------------------------
+
+/// Every RPC answers with its own `<Method>Response`; the 25 that read or act on one case
+/// carry it as `CaseView case = 1`, and nothing else.
+#[test]
+fn every_case_rpc_answers_with_its_own_response_wrapping_the_case() {
+    let set = prost_types::FileDescriptorSet::decode(duijie_proto::FILE_DESCRIPTOR_SET)
+        .unwrap_or_default();
+    let messages = descriptors();
+    let mut case_rpcs = Vec::new();
+    for file in set.file.iter().filter(|f| f.package() == "duijie.v1") {
+        for service in &file.service {
+            assert!(service.name().ends_with("Service"), "{}", service.name());
+            for method in &service.method {
+                let output = method.output_type();
+                assert_eq!(output, format!(".duijie.v1.{}Response", method.name()));
+                let fields = &messages[output].field;
+                if fields.iter().any(|f| f.type_name() == ".duijie.v1.CaseView") {
+                    assert_eq!(fields.len(), 1, "{output}");
+                    assert_eq!((fields[0].name(), fields[0].number()), ("case", 1), "{output}");
+                    case_rpcs.push(format!("{}.{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    assert_eq!(case_rpcs.len(), 25, "{case_rpcs:?}");
+}
+
+#[test]
+fn a_case_answer_is_the_view_in_field_1() {
+    let view = v1::CaseView {
+        case_id: CASE_ID.to_owned(),
+        case_code: "JF-431003-2026-000123".to_owned(),
+        state: "DELIVERED".to_owned(),
+        ..Default::default()
+    };
+    let answer = v1::SignForResponse::from(view.clone());
+    assert_eq!(answer.case(), Some(&view));
+    // On the wire: tag (field 1, length-delimited), length, the encoded view.
+    let mut expected = vec![0x0a];
+    expected.extend(view.encode_length_delimited_to_vec());
+    assert_eq!(answer.encode_to_vec(), expected);
+    assert_eq!(answered_case(tonic::Response::new(answer)).ok(), Some(view));
+    let empty = answered_case(tonic::Response::new(v1::GetCaseResponse::default()));
+    assert_eq!(empty.err().map(|s| s.code()), Some(tonic::Code::Internal));
 }

@@ -1,6 +1,6 @@
 //! `duijie-audit-bench`: fills an audit database with ≥ 10M generated log records (in SQL, over
 //! the 13 months up to now, one partition per month) and 1M cases with their projections, then
-//! measures through the real `Audit` gRPC service (mTLS, in process): case-timeline latency
+//! measures through the real `AuditService` gRPC service (mTLS, in process): case-timeline latency
 //! p50/p99 over random cases, and the time of a one-year statistics query. Targets: timeline
 //! p99 ≤ 10 ms, one-year statistics ≤ 1 s. The filled database is kept and reused by the next
 //! run with the same size (`--refill` to start over).
@@ -14,7 +14,7 @@ use duijie_common::amqp::AgencyNode;
 use duijie_common::certs::DevCa;
 use duijie_common::config::DatabaseConfig;
 use duijie_common::envelope::{self, Header};
-use duijie_proto::v1::audit_client::AuditClient;
+use duijie_proto::v1::audit_service_client::AuditServiceClient;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::*;
 use hdrhistogram::Histogram;
@@ -275,7 +275,7 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
 
-    // The real Audit service over mTLS, in this process.
+    // The real AuditService over mTLS, in this process.
     let ca = DevCa::generate("bench CA")?;
     let server_tls = ca.agency(&node(AgencyKind::Court, "bench")?)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -292,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         .domain_name("localhost")
         .identity(tonic::transport::Identity::from_pem(&supervisor.cert, &supervisor.key));
     let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
-    let mut client = AuditClient::new(channel);
+    let mut client = AuditServiceClient::new(channel);
 
     // Case timelines of random cases (a warm-up pass first, as a running service would be).
     let cases = args.records / args.per_case;
@@ -315,14 +315,14 @@ async fn main() -> anyhow::Result<()> {
 
     // One-year statistics for the whole region.
     let now = chrono::Utc::now();
-    let year = StatisticsRequest {
+    let year = GetStatisticsRequest {
         from: Some(prost_types::Timestamp { seconds: (now - chrono::Duration::days(365)).timestamp(), nanos: 0 }),
         to: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
         region: "4310".into(),
         ..Default::default()
     };
     let mut runs = Vec::new();
-    let mut figures = Statistics::default();
+    let mut figures = GetStatisticsResponse::default();
     for _ in 0..args.stats_runs.max(1) {
         let t = Instant::now();
         figures = client.get_statistics(year.clone()).await?.into_inner();
