@@ -7,15 +7,14 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use duijie_common::amqp::AgencyNode;
 use duijie_common::envelope::timestamp as ts;
-use duijie_common::server::{ApiError, caller};
-use duijie_domain::deadlines::DeadlineStatus;
+use duijie_common::server::{ApiError, agency_field, caller};
 use duijie_domain::lifecycle::CaseState;
 use duijie_proto::CaseAnswer;
 use duijie_proto::v1 as pb;
 use duijie_proto::v1::cases_service_server::{CasesService, CasesServiceServer};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::referrals_service_server::{ReferralsService, ReferralsServiceServer};
-use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, DispositionKind, Referral};
+use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Referral};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -33,24 +32,10 @@ pub fn case_view(v: &CaseView) -> pb::CaseView {
         state: v.state.as_str().to_owned(),
         clock_policy: v.clock_policy as i32,
         referral: Some(v.referral.clone()),
-        deadlines: v.deadlines.iter().map(|d| deadline(d, now)).collect(),
+        deadlines: v.deadlines.iter().map(|d| d.view(now)).collect(),
         timeline: v.timeline.iter().map(timeline_entry).collect(),
         allowed_next: v.allowed_next.iter().map(|k| *k as i32).collect(),
         handed_on: v.handed_on,
-    }
-}
-
-/// The proto form of one legal time limit's status as of `now`.
-pub fn deadline(d: &DeadlineStatus, now: DateTime<Utc>) -> pb::DeadlineView {
-    pb::DeadlineView {
-        limit: d.limit as i32,
-        legal_basis: d.legal_basis.to_owned(),
-        started_at: Some(ts(d.started_at)),
-        due_at: Some(ts(d.due_at)),
-        met_at: d.met_at.map(ts),
-        extended_days: d.extended_days,
-        working_days: d.working_days,
-        overdue: d.is_overdue(now),
     }
 }
 
@@ -63,8 +48,9 @@ fn timeline_entry(t: &TimelineItem) -> pb::TimelineEntry {
         recipient: t.recipient.clone(),
         occurred_at: Some(ts(t.occurred_at)),
         state_after: t.state_after.as_str().to_owned(),
-        summary: t.payload.as_ref().map(duijie_domain::summary::english).unwrap_or_default(),
+        summary: t.message.payload.as_ref().map(duijie_domain::summary::english).unwrap_or_default(),
         causation_id: t.causation_id.clone(),
+        message: Some(t.message.clone()),
     }
 }
 
@@ -91,16 +77,6 @@ pub fn case_id(s: &str) -> Result<Uuid, ApiError> {
 /// A required message field of a request.
 pub fn required<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
     value.ok_or_else(|| ApiError::invalid(field, "is required"))
-}
-
-/// An agency reference from a request (`field` names it in the error).
-pub fn agency(r: Option<&AgencyRef>, field: &str) -> Result<AgencyNode, ApiError> {
-    let r = r.ok_or_else(|| ApiError::invalid(field, "is required"))?;
-    let kind = AgencyKind::try_from(r.kind)
-        .ok()
-        .filter(|k| !matches!(k, AgencyKind::Unspecified | AgencyKind::Bus))
-        .ok_or_else(|| ApiError::invalid(format!("{field}.kind"), "must be an agency kind"))?;
-    AgencyNode::new(kind, &r.code).map_err(|e| ApiError::invalid(format!("{field}.code"), e.to_string()))
 }
 
 /// Runs one case action for the calling agency: `build` turns the request into the case and
@@ -188,12 +164,11 @@ impl CasesService for CasesApi {
     }
 }
 
-/// What differs between the four referring agencies.
+/// What a referring agency service checks beyond the rules of its kind
+/// ([`duijie_domain::referrers`]: clock policies, dispositions).
 pub trait ReferrerRules: Send + Sync + 'static {
-    /// The clock policies its referrals may carry.
-    fn clock_policies(&self) -> &'static [ClockPolicyKind];
-    /// The dispositions it may announce.
-    fn dispositions(&self) -> &'static [DispositionKind];
+    /// The kind of agency the service acts for.
+    fn kind(&self) -> AgencyKind;
     /// Further checks of a referral (e.g. a court's registration).
     fn check_referral(&self, _referral: &Referral) -> Result<(), ApiError> {
         Ok(())
@@ -217,10 +192,16 @@ impl ReferralsApi {
         ReferralsServiceServer::new(Self { agency, rules: Arc::new(rules) })
     }
 
+    fn kind_rules(&self) -> Result<&'static duijie_domain::referrers::ReferrerRules, ApiError> {
+        let kind = self.rules.kind();
+        duijie_domain::referrers::of(kind).ok_or_else(|| ApiError::PermissionDenied(format!("a {} does not refer cases", kind.as_str())))
+    }
+
     fn check_referral(&self, r: &Referral, prefix: &str) -> Result<(), ApiError> {
         let clock = r.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
-        if clock != ClockPolicyKind::Unspecified && !self.rules.clock_policies().contains(&clock) {
-            let allowed: Vec<&str> = self.rules.clock_policies().iter().map(|c| c.as_str_name()).collect();
+        let policies = self.kind_rules()?.clock_policies;
+        if clock != ClockPolicyKind::Unspecified && !policies.contains(&clock) {
+            let allowed: Vec<&str> = policies.iter().map(|c| c.as_str_name()).collect();
             return Err(ApiError::invalid(
                 format!("{prefix}.clock_policy.kind"),
                 format!("{} does not apply to this agency's referrals (allowed: {})", clock.as_str_name(), allowed.join(", ")),
@@ -235,7 +216,7 @@ impl ReferralsService for ReferralsApi {
     async fn submit_referral(&self, req: Request<pb::SubmitReferralRequest>) -> Result<Response<pb::SubmitReferralResponse>, Status> {
         let me = caller(&req)?;
         let r = req.into_inner();
-        let to = agency(r.to.as_ref(), "to")?;
+        let to = agency_field(r.to.as_ref(), "to")?;
         let referral = required(r.referral, "referral")?;
         if referral.client_request_id.trim().is_empty() {
             return Err(ApiError::invalid("referral.client_request_id", "is required so that a retried submit is not sent twice").into());
@@ -282,8 +263,9 @@ impl ReferralsService for ReferralsApi {
     async fn dispose(&self, req: Request<pb::DisposeRequest>) -> Result<Response<pb::DisposeResponse>, Status> {
         act(&self.agency, req, |_, r| {
             let d = required(r.disposition, "disposition")?;
-            if !self.rules.dispositions().contains(&d.disposition()) {
-                let allowed: Vec<&str> = self.rules.dispositions().iter().map(|k| k.as_str_name()).collect();
+            let dispositions = self.kind_rules()?.dispositions;
+            if !dispositions.contains(&d.disposition()) {
+                let allowed: Vec<&str> = dispositions.iter().map(|k| k.as_str_name()).collect();
                 return Err(ApiError::invalid(
                     "disposition.disposition",
                     format!("must be one of {}", allowed.join(", ")),

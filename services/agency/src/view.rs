@@ -50,9 +50,9 @@ pub struct TimelineItem {
     pub recipient: Option<AgencyRef>,
     pub occurred_at: DateTime<Utc>,
     pub state_after: CaseState,
-    /// The message itself (a referral's identity numbers masked, a forwarded history left out),
-    /// for the reader to render in its own language.
-    pub payload: Option<Payload>,
+    /// The message itself (a referral's identity numbers masked, a forwarded history left out:
+    /// [`duijie_domain::identity::shown`]), for the reader to render in its own language.
+    pub message: Envelope,
     pub causation_id: String,
 }
 
@@ -83,19 +83,6 @@ pub struct ListFilter {
     pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 
-/// A message as a timeline shows it to someone who need not see identity numbers.
-fn shown(payload: Payload) -> Payload {
-    match payload {
-        Payload::Referral(mut r) => {
-            if let Some(f) = &mut r.forwarded {
-                f.history.clear(); // shown as the timeline's `prior` entries
-            }
-            Payload::Referral(duijie_domain::identity::masked(r))
-        }
-        other => other,
-    }
-}
-
 impl Agency {
     /// The case as `caller` sees it. An agency reads only the cases it sent or received:
     /// `PERMISSION_DENIED` if another agency of this service has the case, `NOT_FOUND` if none
@@ -120,15 +107,15 @@ impl Agency {
                 payloads.push((ev.occurred_at, p.clone()));
             }
             timeline.push(TimelineItem {
-                message_id: env.message_id,
+                message_id: env.message_id.clone(),
                 kind: MessageKind::from_routing_segment(&ev.kind).unwrap_or_default(),
                 direction: ev.direction,
-                sender: env.sender,
-                recipient: env.recipient,
+                sender: env.sender.clone(),
+                recipient: env.recipient.clone(),
                 occurred_at: ev.occurred_at,
                 state_after: CaseState::parse(&ev.state_after).with_context(|| format!("unknown state {:?}", ev.state_after))?,
-                payload: env.payload.map(shown),
-                causation_id: env.causation_id,
+                causation_id: env.causation_id.clone(),
+                message: duijie_domain::identity::shown(env),
             });
         }
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();

@@ -95,7 +95,7 @@ impl AuditApi {
             received_at: Some(ts(c.received_at)),
             closed_at: c.closed_at.map(ts),
             overdue: limits.iter().any(|d| d.is_overdue(now)),
-            deadlines: limits.iter().map(|d| duijie_agency::api::deadline(d, now)).collect(),
+            deadlines: limits.iter().map(|d| d.view(now)).collect(),
         }
     }
 
@@ -191,6 +191,7 @@ impl AuditService for AuditApi {
                 summary: env.payload.as_ref().map(duijie_domain::summary::english).unwrap_or_default(),
                 delivered_at: None,
                 hash_hex: hex(&r.hash),
+                message: Some(duijie_domain::identity::shown(env)),
             });
         }
         for rec in &mut records {
@@ -291,7 +292,7 @@ impl AuditService for AuditApi {
             Err(_) => return Err(ApiError::invalid("channel", "unknown channel").into()),
         };
         let mut agency = match &r.agency {
-            Some(a) => Some(duijie_agency::api::agency(Some(a), "agency")?),
+            Some(a) => Some(duijie_common::server::agency_field(Some(a), "agency")?),
             None => None,
         };
         let mut region = r.region.trim().to_owned();

@@ -21,15 +21,7 @@ pub struct Header {
     pub causation_id: Option<Uuid>,
 }
 
-/// `t` as a protobuf timestamp (nanosecond precision).
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
-}
-
-/// A protobuf timestamp as a time; `None` if absent or out of range.
-pub fn from_timestamp(t: Option<&prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-}
+pub use duijie_domain::time::{from_timestamp, timestamp};
 
 /// A new envelope with a fresh message id (UUIDv7, so ids sort by creation), the payload's kind,
 /// and `occurred_at` now. The trace context is filled in when the envelope is staged.

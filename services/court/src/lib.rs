@@ -10,7 +10,7 @@ use duijie_common::server::ApiError;
 use duijie_proto::v1::court_service_server::{CourtService, CourtServiceServer};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
-    AgencyKind, ClockPolicyKind, ConfirmationDecisionKind, DecideConfirmationRequest, DecideConfirmationResponse, DispositionKind, Referral,
+    AgencyKind, ClockPolicyKind, ConfirmationDecisionKind, DecideConfirmationRequest, DecideConfirmationResponse, Referral,
 };
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
@@ -21,12 +21,8 @@ pub const KIND: AgencyKind = AgencyKind::Court;
 pub struct CourtRules;
 
 impl ReferrerRules for CourtRules {
-    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
-        &[ClockPolicyKind::CourtOrdinary, ClockPolicyKind::CourtSimplified, ClockPolicyKind::CourtPreFiling]
-    }
-
-    fn dispositions(&self) -> &'static [DispositionKind] {
-        &[DispositionKind::FiledForTrial, DispositionKind::SuitWithdrawn, DispositionKind::Adjudicated, DispositionKind::Other]
+    fn kind(&self) -> AgencyKind {
+        KIND
     }
 
     /// Since 2025-01-01 a case is registered first (先立案后调解) for the 15/7-day limits; only

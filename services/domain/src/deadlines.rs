@@ -32,6 +32,21 @@ pub struct DeadlineStatus {
 }
 
 impl DeadlineStatus {
+    /// The contract's form of this limit's status as of `now`.
+    pub fn view(&self, now: DateTime<Utc>) -> duijie_proto::v1::DeadlineView {
+        use crate::time::timestamp as ts;
+        duijie_proto::v1::DeadlineView {
+            limit: self.limit as i32,
+            legal_basis: self.legal_basis.to_owned(),
+            started_at: Some(ts(self.started_at)),
+            due_at: Some(ts(self.due_at)),
+            met_at: self.met_at.map(ts),
+            extended_days: self.extended_days,
+            working_days: self.working_days,
+            overdue: self.is_overdue(now),
+        }
+    }
+
     /// Past due and not met in time (as of `now`).
     pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
         match self.met_at {

@@ -104,6 +104,21 @@ pub fn mask(number: &str) -> String {
         .collect()
 }
 
+/// A message as a timeline shows it to a reader who need not see identity numbers: a
+/// referral's parties masked, the history a handed-on case carries left out (each of its
+/// messages has its own entry).
+pub fn shown(mut env: duijie_proto::v1::Envelope) -> duijie_proto::v1::Envelope {
+    use duijie_proto::v1::envelope::Payload;
+    if let Some(Payload::Referral(r)) = env.payload.take() {
+        let mut r = masked(r);
+        if let Some(f) = &mut r.forwarded {
+            f.history.clear();
+        }
+        env.payload = Some(Payload::Referral(r));
+    }
+    env
+}
+
 /// `referral` as shown to an agency that does not need the parties' identity numbers.
 pub fn masked(mut referral: duijie_proto::v1::Referral) -> duijie_proto::v1::Referral {
     for p in &mut referral.parties {

@@ -12,7 +12,9 @@ pub mod deadlines;
 pub mod identity;
 pub mod lifecycle;
 pub mod money;
+pub mod referrers;
 pub mod summary;
+pub mod time;
 
 pub use agency::AgencyNode;
 pub use case::{Case, Effects, Message, Role};

@@ -93,7 +93,7 @@ impl MediationService for MediationApi {
     async fn redirect(&self, req: Request<pb::RedirectRequest>) -> Result<Response<pb::RedirectResponse>, Status> {
         act(&self.agency, req, |me, r| {
             let redirect = required(r.redirect, "redirect")?;
-            let to = duijie_agency::api::agency(redirect.to.as_ref(), "redirect.to")?;
+            let to = duijie_common::server::agency_field(redirect.to.as_ref(), "redirect.to")?;
             if to == *me {
                 return Err(ApiError::invalid("redirect.to", "is this committee itself"));
             }
@@ -123,7 +123,7 @@ impl MediationService for MediationApi {
                 return Err(ApiError::invalid("escalation.to_tier", "must be above from_tier (escalation goes up)"));
             }
             if let Some(a) = &e.to_agency {
-                let node = duijie_agency::api::agency(Some(a), "escalation.to_agency")?;
+                let node = duijie_common::server::agency_field(Some(a), "escalation.to_agency")?;
                 if node == *me {
                     return Err(ApiError::invalid("escalation.to_agency", "is this committee itself"));
                 }

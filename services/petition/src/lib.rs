@@ -10,7 +10,7 @@ use duijie_common::server::{ApiError, caller};
 use duijie_domain::lifecycle::CaseState;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::petition_service_server::{PetitionService, PetitionServiceServer};
-use duijie_proto::v1::{AgencyKind, ClockPolicyKind, ClosePetitionRequest, ClosePetitionResponse, DispositionKind, DispositionNotice};
+use duijie_proto::v1::{AgencyKind, ClosePetitionRequest, ClosePetitionResponse, DispositionKind, DispositionNotice};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -20,12 +20,8 @@ pub const KIND: AgencyKind = AgencyKind::Petition;
 pub struct PetitionRules;
 
 impl ReferrerRules for PetitionRules {
-    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
-        &[ClockPolicyKind::Petition]
-    }
-
-    fn dispositions(&self) -> &'static [DispositionKind] {
-        &[DispositionKind::PetitionClosed, DispositionKind::Other]
+    fn kind(&self) -> AgencyKind {
+        KIND
     }
 }
 

@@ -9,7 +9,7 @@ use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
 use duijie_common::server::ApiError;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::police_service_server::{PoliceService, PoliceServiceServer};
-use duijie_proto::v1::{AgencyKind, ClockPolicyKind, DispositionKind, RecognizeAgreementRequest, RecognizeAgreementResponse};
+use duijie_proto::v1::{AgencyKind, RecognizeAgreementRequest, RecognizeAgreementResponse};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -20,12 +20,8 @@ pub const KIND: AgencyKind = AgencyKind::Police;
 pub struct PoliceRules;
 
 impl ReferrerRules for PoliceRules {
-    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
-        &[ClockPolicyKind::Police, ClockPolicyKind::PeoplesMediation]
-    }
-
-    fn dispositions(&self) -> &'static [DispositionKind] {
-        &[DispositionKind::Penalty, DispositionKind::NoPenalty, DispositionKind::Other]
+    fn kind(&self) -> AgencyKind {
+        KIND
     }
 }
 

@@ -9,7 +9,7 @@ use duijie_agency::api::{self, ReferrerRules, act, case_id, required};
 use duijie_common::server::ApiError;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::procuratorate_service_server::{ProcuratorateService, ProcuratorateServiceServer};
-use duijie_proto::v1::{AgencyKind, ClockPolicyKind, DispositionKind, ReviewConclusion, ReviewReconciliationRequest, ReviewReconciliationResponse};
+use duijie_proto::v1::{AgencyKind, ReviewConclusion, ReviewReconciliationRequest, ReviewReconciliationResponse};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
@@ -19,12 +19,8 @@ pub const KIND: AgencyKind = AgencyKind::Procuratorate;
 pub struct ProcuratorateRules;
 
 impl ReferrerRules for ProcuratorateRules {
-    fn clock_policies(&self) -> &'static [ClockPolicyKind] {
-        &[ClockPolicyKind::PeoplesMediation]
-    }
-
-    fn dispositions(&self) -> &'static [DispositionKind] {
-        &[DispositionKind::NonProsecution, DispositionKind::Prosecuted, DispositionKind::Other]
+    fn kind(&self) -> AgencyKind {
+        KIND
     }
 }
 
