@@ -224,6 +224,16 @@ pub async fn serve(
     }
 }
 
+/// The agency a request names in `field` (the field path in the error).
+pub fn agency_field(r: Option<&duijie_proto::v1::AgencyRef>, field: &str) -> Result<AgencyNode, ApiError> {
+    let r = r.ok_or_else(|| ApiError::invalid(field, "is required"))?;
+    let kind = AgencyKind::try_from(r.kind)
+        .ok()
+        .filter(|k| !matches!(k, AgencyKind::Unspecified | AgencyKind::Bus))
+        .ok_or_else(|| ApiError::invalid(format!("{field}.kind"), "must be an agency kind"))?;
+    AgencyNode::new(kind, r.code.as_str()).map_err(|e| ApiError::invalid(format!("{field}.code"), e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,14 +252,4 @@ mod tests {
         assert_eq!(internal.code(), Code::Internal);
         assert!(!internal.message().contains("secret"), "internals never reach the caller");
     }
-}
-
-/// The agency a request names in `field` (the field path in the error).
-pub fn agency_field(r: Option<&duijie_proto::v1::AgencyRef>, field: &str) -> Result<AgencyNode, ApiError> {
-    let r = r.ok_or_else(|| ApiError::invalid(field, "is required"))?;
-    let kind = AgencyKind::try_from(r.kind)
-        .ok()
-        .filter(|k| !matches!(k, AgencyKind::Unspecified | AgencyKind::Bus))
-        .ok_or_else(|| ApiError::invalid(format!("{field}.kind"), "must be an agency kind"))?;
-    AgencyNode::new(kind, r.code.as_str()).map_err(|e| ApiError::invalid(format!("{field}.code"), e.to_string()))
 }
