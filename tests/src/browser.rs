@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 

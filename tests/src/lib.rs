@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use duijie_common::amqp::{AgencyNode, Connector, Topology};
+use duijie_common::amqp::{Connector, Topology};
+use duijie_domain::AgencyNode;
 use duijie_common::config::{AmqpConfig, ConsumerConfig, DatabaseConfig, RelayConfig, TopologyConfig};
 use duijie_common::envelope::{self, Header};
 use duijie_common::inbox::{Consumer, ConsumerStats, HandleError, Handler, Inbound};

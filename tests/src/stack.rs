@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use duijie_agency::gate::GateConfig;
 use duijie_agency::service::{self, Running, ServiceConfig};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::certs::DevCa;
 use duijie_common::config::{BusConfig, ConsumerConfig, TopologyConfig};
 use duijie_common::server::{GrpcConfig, TlsFiles, TlsPem};
@@ -83,7 +83,10 @@ impl Stack {
         std::fs::write(&ca_path, ca.cert_pem())?;
         // Queues first, so the first referral is routable however the consumers race.
         bus.declare(&demo_nodes()).await?;
-        let directory: Vec<String> = demo_nodes().iter().map(ToString::to_string).collect();
+        // The agency directory, as a deployment writes it: one file every service reads.
+        let directory = dir.join("directory.yaml");
+        let entries: String = demo_nodes().iter().map(|n| format!("  - {{ id: \"{n}\", name: \"test {n}\" }}\n")).collect();
+        std::fs::write(&directory, format!("agencies:\n{entries}"))?;
         let (amqp_cfg, prefix) = (bus.amqp_cfg.clone(), bus.prefix.clone());
         let bus_cfg = |database| BusConfig {
             database,
@@ -119,7 +122,7 @@ impl Stack {
             let cfg = ServiceConfig {
                 bus: bus_cfg(bus.extra_database_config().await?),
                 grpc: grpc(name)?,
-                nodes: demo_nodes().iter().filter(|n| n.kind == kind).map(ToString::to_string).collect(),
+                nodes: demo_nodes().into_iter().filter(|n| n.kind == kind).collect(),
                 directory: directory.clone(),
                 audit_gate: test_gate(),
             };

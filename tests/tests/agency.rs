@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use duijie_agency::{Agency, CaseView, migrator};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::config::ConsumerConfig;
 use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::Relay;

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use duijie_audit::service::{AuditConfig, AuditServiceConfig};
 use duijie_audit::store::AuditStore;
 use duijie_audit::{stats, verify};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::config::BusConfig;
 use duijie_common::envelope::{self, Header};
 use duijie_proto::answered_case;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn nodes() -> (duijie_common::amqp::AgencyNode, duijie_common::amqp::AgencyNode) {
+fn nodes() -> (duijie_domain::AgencyNode, duijie_domain::AgencyNode) {
     (node(AgencyKind::Court, "431003"), node(AgencyKind::Mediation, "431003-102"))
 }
 

@@ -80,7 +80,7 @@ async fn audit_agrees(stack: &Stack, referrer: &Clerk, id: &str, final_state: &s
     Ok(own.records.iter().map(|r| r.kind()).collect())
 }
 
-async fn submit(clerk: &Clerk, to: &duijie_common::amqp::AgencyNode, code: &str, r: Referral) -> anyhow::Result<String> {
+async fn submit(clerk: &Clerk, to: &duijie_domain::AgencyNode, code: &str, r: Referral) -> anyhow::Result<String> {
     let view = clerk
         .referrals()
         .submit_referral(SubmitReferralRequest { to: Some(agency_ref(to)), case_code: code.into(), referral: Some(r) })

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::envelope::timestamp as ts;
 use duijie_common::server::{ApiError, agency_field, caller};
 use duijie_domain::lifecycle::CaseState;

@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use duijie_common::amqp::Topology;
+use duijie_common::directory::Directory;
 use duijie_common::outbox::RelayWaker;
 use duijie_common::server::ApiError;
 use duijie_domain::AgencyNode;
@@ -50,7 +51,7 @@ pub struct Agency {
     waker: Option<RelayWaker>,
     nodes: BTreeSet<AgencyNode>,
     /// Agencies a case may be sent or handed to; `None` accepts any well-formed agency.
-    directory: Option<Arc<BTreeSet<AgencyNode>>>,
+    directory: Option<Arc<Directory>>,
     /// Closed while the audit store cannot record: no new referrals then.
     gate: Option<gate::AuditGate>,
     calendar: WorkCalendar,
@@ -73,8 +74,8 @@ impl Agency {
     /// Only agencies in `known` may receive a case from this service (the agency directory of
     /// the deployment); any other recipient is refused as an unknown agency.
     #[must_use]
-    pub fn with_directory(mut self, known: &[AgencyNode]) -> Self {
-        self.directory = Some(Arc::new(known.iter().cloned().collect()));
+    pub fn with_directory(mut self, known: Directory) -> Self {
+        self.directory = Some(Arc::new(known));
         self
     }
 

@@ -4,9 +4,12 @@
 //! differ only in their kind and their gRPC routes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use duijie_common::amqp::{AgencyNode, Connector, Topology};
+use duijie_common::amqp::{Connector, Topology};
+use duijie_common::directory::Directory;
+use duijie_domain::AgencyNode;
 use duijie_common::config::BusConfig;
 use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::{Relay, RelayStats};
@@ -29,18 +32,13 @@ pub struct ServiceConfig {
     pub grpc: GrpcConfig,
     /// The agency nodes this process acts for, as `kind:code` (all of the service's kind),
     /// e.g. a district centre and its town and village committees.
-    pub nodes: Vec<String>,
-    /// Every agency a case may be sent or handed to (the deployment's agency directory), as
-    /// `kind:code`; a referral or redirect to anyone else is refused as an unknown agency.
-    pub directory: Vec<String>,
+    pub nodes: Vec<AgencyNode>,
+    /// The deployment's agency directory file ([`Directory`]): a referral or hand-over to an
+    /// agency not in it is refused as an unknown agency.
+    pub directory: PathBuf,
     /// Pause new referrals while the audit store cannot record.
     #[serde(default)]
     pub audit_gate: crate::gate::GateConfig,
-}
-
-/// Parses `kind:code`.
-pub fn parse_node(s: &str) -> anyhow::Result<AgencyNode> {
-    Ok(s.parse()?)
 }
 
 /// A started service.
@@ -64,14 +62,14 @@ pub async fn start(
     routes: impl FnOnce(&Agency) -> Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let nodes = cfg.nodes.iter().map(|s| parse_node(s)).collect::<anyhow::Result<Vec<_>>>().context("nodes")?;
+    let nodes = cfg.nodes.clone();
     if nodes.is_empty() {
         anyhow::bail!("nodes: the service must act for at least one {} agency", kind.as_str());
     }
     if let Some(n) = nodes.iter().find(|n| n.kind != kind) {
         anyhow::bail!("nodes: {n} is not a {} agency", kind.as_str());
     }
-    let directory = cfg.directory.iter().map(|s| parse_node(s)).collect::<anyhow::Result<Vec<_>>>().context("directory")?;
+    let directory = Directory::load(&cfg.directory)?;
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
     let pool = db::pool(&cfg.bus.database);
     crate::migrator().run(&pool).await.context("migrating the service database")?;
@@ -79,7 +77,7 @@ pub async fn start(
     let topology = Topology::new(cfg.bus.topology.clone());
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
     let relay_stats = relay.stats();
-    let mut agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(&directory);
+    let mut agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(directory);
     let gate = cfg.audit_gate.enabled.then(crate::gate::AuditGate::new);
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());
@@ -129,7 +127,7 @@ pub async fn start(
         let t = token.clone();
         async move { ("grpc".to_owned(), server::serve(name, listener, routes, &tls, t, grace).await) }
     });
-    tracing::info!(service = name, %addr, nodes = ?cfg.nodes, "serving");
+    tracing::info!(service = name, %addr, nodes = ?cfg.nodes.iter().map(ToString::to_string).collect::<Vec<_>>(), "serving");
     let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
     Ok(Running { addr, agency, relay: relay_stats, consumers, shutdown, handle })
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::envelope::{from_timestamp, timestamp as ts};
 use duijie_common::server::{ApiError, caller};
 use duijie_domain::calendar::WorkCalendar;

@@ -8,6 +8,7 @@ use duijie_common::inbox::{HandleError, Handler, Inbound};
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
 use duijie_domain::lifecycle::{CaseState, Lifecycle, Step};
+use duijie_domain::agency::ref_str;
 use duijie_domain::{AgencyNode, Case, Effects, Message};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
@@ -40,12 +41,6 @@ pub fn record_hash(
         h.update(part);
     }
     h.finalize().to_vec()
-}
-
-/// `kind:code` of an agency reference.
-pub fn agency_str(a: Option<&AgencyRef>) -> String {
-    a.map(|a| format!("{}:{}", AgencyKind::try_from(a.kind).map(|k| k.as_str()).unwrap_or("unspecified"), a.code))
-        .unwrap_or_default()
 }
 
 /// Where a message the log has seen leaves its case: the same desk the agencies run
@@ -184,8 +179,8 @@ impl AuditStore {
         .bind(message_id)
         .bind(env.kind().routing_segment())
         .bind(env.channel)
-        .bind(agency_str(env.sender.as_ref()))
-        .bind(agency_str(env.recipient.as_ref()))
+        .bind(ref_str(env.sender.as_ref()))
+        .bind(ref_str(env.recipient.as_ref()))
         .bind(occurred)
         .bind(causation)
         .bind(&trace_id)

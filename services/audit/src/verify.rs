@@ -13,7 +13,8 @@ use prost::Message as _;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::store::{agency_str, record_hash};
+use crate::store::record_hash;
+use duijie_domain::agency::ref_str;
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +59,8 @@ fn column_mismatch(row: &Row) -> Option<String> {
         ("message_id", env.message_id == row.message_id.to_string()),
         ("case_id", env.case_id == row.case_id.to_string()),
         ("kind", env.kind().routing_segment() == row.kind),
-        ("sender", agency_str(env.sender.as_ref()) == row.sender),
-        ("recipient", agency_str(env.recipient.as_ref()) == row.recipient),
+        ("sender", ref_str(env.sender.as_ref()) == row.sender),
+        ("recipient", ref_str(env.recipient.as_ref()) == row.recipient),
     ];
     checks.iter().find(|(_, ok)| !ok).map(|(col, _)| format!("column {col} differs from the recorded envelope"))
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use duijie_common::amqp::{AgencyNode, Topology};
+use duijie_common::amqp::Topology;
+use duijie_domain::AgencyNode;
 use duijie_common::envelope::{self, Header, timestamp as ts};
 use duijie_common::outbox::{self, RelayWaker};
 use duijie_common::CancellationToken;

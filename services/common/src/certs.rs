@@ -9,7 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use crate::server::TlsPem;
 
 /// A CA that issues agency certificates.

@@ -11,7 +11,7 @@ use duijie_proto::v1::AgencyKind;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use crate::server::TlsPem;
 
 /// Where the services listen (`host:port`); the defaults are the local stack's ports.

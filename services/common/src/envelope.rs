@@ -5,7 +5,7 @@ use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{Channel, Envelope};
 use uuid::Uuid;
 
-use crate::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 
 pub use duijie_proto::SCHEMA_VERSION;
 

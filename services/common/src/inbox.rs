@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::amqp::{AgencyNode, Connector, DEAD_CONSUMER, DEAD_QUEUE, DEAD_REASON, ORIGINAL_ROUTING_KEY, Topology};
+use crate::amqp::{Connector, DEAD_CONSUMER, DEAD_QUEUE, DEAD_REASON, ORIGINAL_ROUTING_KEY, Topology};
+use duijie_domain::AgencyNode;
 use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::db::is_transient;

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod directory;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;

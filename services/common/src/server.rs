@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 
 /// A gRPC service's listener (`grpc:` in its configuration, e.g. `DUIJIE_GRPC__LISTEN`).
 #[derive(Debug, Clone, Deserialize)]

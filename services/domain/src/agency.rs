@@ -98,9 +98,11 @@ impl TryFrom<&AgencyRef> for AgencyNode {
 }
 
 /// The text form of an optional wire reference, for logs and stored columns (`""` if none,
-/// `?` for an unknown kind).
+/// `unspecified` for a kind the contract does not know). The audit log's sender and recipient
+/// columns hold exactly this, and its verification compares them with it.
 pub fn ref_str(a: Option<&AgencyRef>) -> String {
-    a.map(|a| format!("{}:{}", AgencyKind::try_from(a.kind).map(|k| k.as_str()).unwrap_or("?"), a.code)).unwrap_or_default()
+    a.map(|a| format!("{}:{}", AgencyKind::try_from(a.kind).map(|k| k.as_str()).unwrap_or("unspecified"), a.code))
+        .unwrap_or_default()
 }
 
 impl serde::Serialize for AgencyNode {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use duijie_common::CancellationToken;
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::certs::DevCa;
 use duijie_common::config::DatabaseConfig;
 use duijie_common::envelope::{self, Header};
