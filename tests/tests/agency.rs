@@ -28,6 +28,18 @@ fn start(bus: &TestBus, pool: sqlx::PgPool, me: &AgencyNode) -> Side {
     let relay = Relay::new(pool.clone(), bus.connector.clone(), TestBus::relay_config(), format!("relay-{me}"));
     let agency = Agency::new(pool.clone(), bus.topology.clone(), std::slice::from_ref(me), Some(relay.waker()));
     tokio::spawn(relay.run(bus.shutdown.child_token()));
+    let (consumer, _) = consume(bus, pool, me, &agency, bus.shutdown.child_token());
+    Side { agency, consumer }
+}
+
+/// Starts `me`'s inbox consumer until `stop` is cancelled.
+fn consume(
+    bus: &TestBus,
+    pool: sqlx::PgPool,
+    me: &AgencyNode,
+    agency: &Agency,
+    stop: duijie_common::CancellationToken,
+) -> (std::sync::Arc<ConsumerStats>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let consumer = Consumer::new(
         format!("agency-{me}"),
         bus.topology.inbox_queue(me),
@@ -39,8 +51,7 @@ fn start(bus: &TestBus, pool: sqlx::PgPool, me: &AgencyNode) -> Side {
         agency.clone(),
     );
     let stats = consumer.stats();
-    tokio::spawn(consumer.run(bus.shutdown.child_token()));
-    Side { agency, consumer: stats }
+    (stats, tokio::spawn(consumer.run(stop)))
 }
 
 fn referral(request_id: &str, id_number: &str) -> Referral {
@@ -211,5 +222,54 @@ async fn concurrent_retries_of_a_submit_make_one_case_and_bad_steps_are_refused(
         .send(&centre_node, case, Payload::ExtensionRequest(ExtensionRequest { days: 4_000_000_000, ..Default::default() }))
         .await;
     assert!(matches!(&too_long, Err(ApiError::InvalidArgument { field, .. }) if field == "extension.days"), "{too_long:?}");
+    bus.cleanup(&[court_node, centre_node]).await
+}
+
+/// The court asks to cancel while the centre, not yet aware, accepts the case: the centre's
+/// accept reaches the court after its cancel left. Both ends then wait for the cancel's answer
+/// from ACCEPTED, and a refused cancel puts both back there: nothing is dead-lettered.
+#[tokio::test]
+async fn a_cancel_crossing_an_accept_leaves_both_sides_in_agreement() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let court_node = node(AgencyKind::Court, "431003");
+    let centre_node = node(AgencyKind::Mediation, "431003-102");
+    bus.declare(&[court_node.clone(), centre_node.clone()]).await?;
+    let court_db = bus.extra_database(&migrator()).await?;
+    let centre_db = bus.extra_database(&migrator()).await?;
+    let centre = start(&bus, centre_db, &centre_node);
+    let relay = Relay::new(court_db.clone(), bus.connector.clone(), TestBus::relay_config(), format!("relay-{court_node}"));
+    let court_agency = Agency::new(court_db.clone(), bus.topology.clone(), std::slice::from_ref(&court_node), Some(relay.waker()));
+    tokio::spawn(relay.run(bus.shutdown.child_token()));
+    let pause = bus.shutdown.child_token();
+    let (stats, running) = consume(&bus, court_db.clone(), &court_node, &court_agency, pause.clone());
+    let court = Side { agency: court_agency.clone(), consumer: stats };
+
+    let case = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000300", referral("req-cross", "11010519491231002X")).await?.case_id;
+    both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Delivered).await?;
+    centre.agency.send(&centre_node, case, Payload::Receipt(Receipt { signed_by: "王调解员".into(), ..Default::default() })).await?;
+    both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Received).await?;
+
+    // The court's inbox stops for a moment: the centre's accept waits in the queue while the
+    // court, still seeing RECEIVED, asks to cancel.
+    pause.cancel();
+    running.await??;
+    assert_eq!(centre.agency.send(&centre_node, case, Payload::Accept(Accept::default())).await?.state, CaseState::Accepted);
+    let cancel = Cancellation { reason: CancellationReason::SettledOutside as i32, ..Default::default() };
+    assert_eq!(court.agency.send(&court_node, case, Payload::Cancellation(cancel)).await?.state, CaseState::CancelRequested);
+    wait_until("the centre has the cancel request", WAIT, || async { Ok(state_of(&centre, &centre_node, case).await? == Some(CaseState::CancelRequested)) }).await?;
+    let (resumed, _) = consume(&bus, court_db, &court_node, &court_agency, bus.shutdown.child_token());
+    wait_until("the court took the crossed accept", WAIT, || async {
+        let t = court.agency.view(&court_node, case).await.map_err(|e| anyhow::anyhow!("{e}"))?.timeline;
+        Ok(t.iter().any(|e| e.kind == MessageKind::Accept && e.direction == "in"))
+    })
+    .await?;
+    assert_eq!(state_of(&court, &court_node, case).await?, Some(CaseState::CancelRequested), "still waiting for the answer");
+
+    // The centre refuses the cancel: both sides are back at ACCEPTED, where the centre was.
+    let refuse = CancellationConfirmation { confirmed: false, reason: "当事人要求继续调解".into(), ..Default::default() };
+    centre.agency.send(&centre_node, case, Payload::CancellationConfirmation(refuse)).await?;
+    both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Accepted).await?;
+    let dead = resumed.dead_lettered.load(Ordering::Relaxed) + court.consumer.dead_lettered.load(Ordering::Relaxed) + centre.consumer.dead_lettered.load(Ordering::Relaxed);
+    assert_eq!(dead, 0, "no message of the crossing was dead-lettered");
     bus.cleanup(&[court_node, centre_node]).await
 }
