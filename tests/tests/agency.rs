@@ -266,7 +266,7 @@ async fn a_cancel_crossing_an_accept_leaves_both_sides_in_agreement() -> anyhow:
     assert_eq!(state_of(&court, &court_node, case).await?, Some(CaseState::CancelRequested), "still waiting for the answer");
 
     // The centre refuses the cancel: both sides are back at ACCEPTED, where the centre was.
-    let refuse = CancellationConfirmation { confirmed: false, reason: "当事人要求继续调解".into(), ..Default::default() };
+    let refuse = CancellationConfirmation { confirmed: false, reason: "当事人要求继续调解".into() };
     centre.agency.send(&centre_node, case, Payload::CancellationConfirmation(refuse)).await?;
     both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Accepted).await?;
     let dead = resumed.dead_lettered.load(Ordering::Relaxed) + court.consumer.dead_lettered.load(Ordering::Relaxed) + centre.consumer.dead_lettered.load(Ordering::Relaxed);
