@@ -21,15 +21,20 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Side {
     agency: Agency,
+    pool: sqlx::PgPool,
     consumer: std::sync::Arc<ConsumerStats>,
+    /// Cancel to stop the inbox consumer; it ends with `inbox`.
+    pause: duijie_common::CancellationToken,
+    inbox: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 fn start(bus: &TestBus, pool: sqlx::PgPool, me: &AgencyNode) -> Side {
     let relay = Relay::new(pool.clone(), bus.connector.clone(), TestBus::relay_config(), format!("relay-{me}"));
     let agency = Agency::new(pool.clone(), bus.topology.clone(), std::slice::from_ref(me), Some(relay.waker()));
     tokio::spawn(relay.run(bus.shutdown.child_token()));
-    let (consumer, _) = consume(bus, pool, me, &agency, bus.shutdown.child_token());
-    Side { agency, consumer }
+    let pause = bus.shutdown.child_token();
+    let (consumer, inbox) = consume(bus, pool.clone(), me, &agency, pause.clone());
+    Side { agency, pool, consumer, pause, inbox }
 }
 
 /// Starts `me`'s inbox consumer until `stop` is cancelled.
@@ -230,20 +235,7 @@ async fn concurrent_retries_of_a_submit_make_one_case_and_bad_steps_are_refused(
 /// from ACCEPTED, and a refused cancel puts both back there: nothing is dead-lettered.
 #[tokio::test]
 async fn a_cancel_crossing_an_accept_leaves_both_sides_in_agreement() -> anyhow::Result<()> {
-    let mut bus = TestBus::new().await?;
-    let court_node = node(AgencyKind::Court, "431003");
-    let centre_node = node(AgencyKind::Mediation, "431003-102");
-    bus.declare(&[court_node.clone(), centre_node.clone()]).await?;
-    let court_db = bus.extra_database(&migrator()).await?;
-    let centre_db = bus.extra_database(&migrator()).await?;
-    let centre = start(&bus, centre_db, &centre_node);
-    let relay = Relay::new(court_db.clone(), bus.connector.clone(), TestBus::relay_config(), format!("relay-{court_node}"));
-    let court_agency = Agency::new(court_db.clone(), bus.topology.clone(), std::slice::from_ref(&court_node), Some(relay.waker()));
-    tokio::spawn(relay.run(bus.shutdown.child_token()));
-    let pause = bus.shutdown.child_token();
-    let (stats, running) = consume(&bus, court_db.clone(), &court_node, &court_agency, pause.clone());
-    let court = Side { agency: court_agency.clone(), consumer: stats };
-
+    let (bus, court_node, mut court, centre_node, centre) = court_and_centre().await?;
     let case = court.agency.submit_referral(&court_node, &centre_node, "JF-431003-2026-000300", referral("req-cross", "11010519491231002X")).await?.case_id;
     both_at(&court, &court_node, &centre, &centre_node, case, CaseState::Delivered).await?;
     centre.agency.send(&centre_node, case, Payload::Receipt(Receipt { signed_by: "王调解员".into(), ..Default::default() })).await?;
@@ -251,13 +243,13 @@ async fn a_cancel_crossing_an_accept_leaves_both_sides_in_agreement() -> anyhow:
 
     // The court's inbox stops for a moment: the centre's accept waits in the queue while the
     // court, still seeing RECEIVED, asks to cancel.
-    pause.cancel();
-    running.await??;
+    court.pause.cancel();
+    (&mut court.inbox).await??;
     assert_eq!(centre.agency.send(&centre_node, case, Payload::Accept(Accept::default())).await?.state, CaseState::Accepted);
     let cancel = Cancellation { reason: CancellationReason::SettledOutside as i32, ..Default::default() };
     assert_eq!(court.agency.send(&court_node, case, Payload::Cancellation(cancel)).await?.state, CaseState::CancelRequested);
     wait_until("the centre has the cancel request", WAIT, || async { Ok(state_of(&centre, &centre_node, case).await? == Some(CaseState::CancelRequested)) }).await?;
-    let (resumed, _) = consume(&bus, court_db, &court_node, &court_agency, bus.shutdown.child_token());
+    let (resumed, _) = consume(&bus, court.pool.clone(), &court_node, &court.agency, bus.shutdown.child_token());
     wait_until("the court took the crossed accept", WAIT, || async {
         let t = court.agency.view(&court_node, case).await.map_err(|e| anyhow::anyhow!("{e}"))?.timeline;
         Ok(t.iter().any(|e| e.kind == MessageKind::Accept && e.direction == "in"))
