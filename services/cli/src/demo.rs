@@ -555,9 +555,8 @@ async fn call(what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) 
 /// Waits until `other` has received every message `view`'s agency has sent in the case.
 async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<CaseView> {
     // Only what went to `other`: a hand-over also sends the case to the next committee.
-    let to_other = AgencyRef::from(&other.who);
     let sent: Vec<&str> =
-        view.timeline.iter().filter(|e| e.direction == "out" && e.recipient.as_ref() == Some(&to_other)).map(|e| e.message_id.as_str()).collect();
+        view.timeline.iter().filter(|e| e.direction == "out" && other.who.is(e.recipient.as_ref())).map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
     let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) };
     loop {
