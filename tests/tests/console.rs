@@ -131,6 +131,11 @@ async fn court_refers_centre_settles_court_sees_outcome_and_whole_timeline() -> 
         assert!(timeline.contains(step), "the timeline shows {step}: {timeline}");
     }
     assert!(timeline.contains("已送达"), "delivery evidence is shown");
+    // Each summary is rendered in Chinese from the typed message, never the services' English line.
+    for summary in ["当事人2名；相邻关系纠纷", "签收人：王明", "受理人：王明", "达成协议：李四于三十日内修复排水沟；张三放弃其他请求"] {
+        assert!(timeline.contains(summary), "the timeline reads {summary}: {timeline}");
+    }
+    assert!(!timeline.contains("EVIDENCE_TYPE") && !timeline.contains("signed for by"), "{timeline}");
     assert!(!b.client.source().await?.contains(GOOD_ID), "the court sees identity numbers masked");
     let shot = b.shot("court-case-page").await?;
     // The README shows this page.

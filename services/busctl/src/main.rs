@@ -13,9 +13,9 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use duijie_common::amqp::{AgencyNode, Connector, Topology};
+use duijie_common::amqp::{Connector, Topology};
 use duijie_common::config::{AmqpConfig, DatabaseConfig, TopologyConfig};
-use duijie_proto::v1::AgencyKind;
+use duijie_domain::AgencyNode;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
@@ -42,7 +42,7 @@ enum Command {
     },
     /// Declare the topology for agency nodes given as kind:code (e.g. court:431003).
     Declare {
-        #[arg(required = true, value_parser = parse_node)]
+        #[arg(required = true)]
         nodes: Vec<AgencyNode>,
     },
     /// Create a development CA and one certificate per agency node in DIR (kept if present):
@@ -54,20 +54,13 @@ enum Command {
         /// Services to issue a server certificate for (CN duijie-<name>, valid for localhost).
         #[arg(long = "service")]
         services: Vec<String>,
-        #[arg(required = true, value_parser = parse_node)]
+        #[arg(required = true)]
         nodes: Vec<AgencyNode>,
     },
     /// Show queue depths (tap, dead letters, and the inboxes of the given nodes).
     Status {
-        #[arg(value_parser = parse_node)]
         nodes: Vec<AgencyNode>,
     },
-}
-
-fn parse_node(s: &str) -> Result<AgencyNode, String> {
-    let (kind, code) = s.split_once(':').ok_or("expected kind:code, e.g. court:431003")?;
-    let kind = AgencyKind::parse(kind).ok_or_else(|| format!("unknown agency kind {kind:?}"))?;
-    AgencyNode::new(kind, code).map_err(|e| e.to_string())
 }
 
 #[tokio::main]

@@ -14,7 +14,7 @@ use duijie_proto::v1::{
 use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult, StatusContext as _};
-use crate::{Ctx, output, parse_node};
+use crate::{Ctx, output};
 
 /// `duijie watch`.
 #[derive(Args, Debug)]
@@ -56,8 +56,8 @@ pub struct StatsArgs {
     #[arg(long)]
     pub channel: Option<String>,
     /// One agency, as referrer or holder (kind:code) (机构).
-    #[arg(long, value_parser = parse_node, value_name = "KIND:CODE")]
-    pub agency: Option<duijie_common::amqp::AgencyNode>,
+    #[arg(long, value_name = "KIND:CODE")]
+    pub agency: Option<duijie_domain::AgencyNode>,
 }
 
 fn timeline_request(case: &str) -> GetTimelineRequest {
@@ -91,6 +91,15 @@ fn case_json(c: &AuditCase) -> Value {
     })
 }
 
+/// A record's one-line summary: rendered from its typed message, or the audit store's own line
+/// when it carries none.
+fn summary(r: &AuditRecord) -> String {
+    match r.message.as_ref().and_then(|m| m.payload.as_ref()) {
+        Some(p) => duijie_domain::summary::english(p),
+        None => r.summary.clone(),
+    }
+}
+
 fn record_json(r: &AuditRecord) -> Value {
     json!({
         "seq": r.seq,
@@ -105,7 +114,7 @@ fn record_json(r: &AuditRecord) -> Value {
         "causation_id": r.causation_id,
         "trace_id": r.trace_id,
         "state_after": r.state_after,
-        "summary": r.summary,
+        "summary": summary(r),
         "hash": r.hash_hex,
     })
 }
@@ -141,7 +150,7 @@ fn print_record(r: &AuditRecord) {
         output::kind(r.kind),
         output::time(r.delivered_at.as_ref()),
         r.state_after,
-        r.summary
+        summary(r)
     );
 }
 

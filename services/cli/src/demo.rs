@@ -11,6 +11,9 @@
 //! * some 诉调 cases are redirected (转办) from the centre to the town committee, which signs
 //!   for them afresh.
 //!
+//! Each step is an action of the domain's table (`duijie_domain::actions`): the table says which
+//! side takes it, and its key names the step.
+//!
 //! Everything is deterministic from the seed: case codes, client request ids (SubmitReferral is
 //! idempotent by them) and an `idempotency-key` per step, so running the same seed again
 //! re-answers every step without acting twice and ends in the same states. The plans are part
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Datelike as _;
 use clap::Args;
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
+use duijie_domain::actions::{self, Action, Side};
 use duijie_proto::answered_case;
 use duijie_proto::v1::cases_service_client::CasesServiceClient;
 use duijie_proto::v1::court_service_client::CourtServiceClient;
@@ -45,7 +49,7 @@ use serde_json::json;
 use tonic::transport::Channel as GrpcChannel;
 
 use crate::error::{CliError, CliResult};
-use crate::{Ctx, output, parse_node};
+use crate::{Ctx, output};
 
 /// How often the driver looks at the other side while waiting.
 const POLL: Duration = Duration::from_millis(100);
@@ -113,30 +117,70 @@ pub struct Agencies {
     pub village: Agent,
 }
 
-impl Agencies {
-    /// Channels for the demo agencies, with their certificates from the context's PKI.
-    pub fn from_ctx(ctx: &Ctx) -> CliResult<Self> {
-        let agent = |s: &str| -> CliResult<Agent> {
-            let who = parse_node(s).map_err(CliError::Usage)?;
-            Ok(Agent { ch: ctx.agency_channel(&who)?, who })
-        };
-        Ok(Self {
-            court: agent("court:431003")?,
-            police: agent("police:431003-01")?,
-            petition: agent("petition:431003")?,
-            procuratorate: agent("procuratorate:431003")?,
-            centre: agent("mediation:431003")?,
-            town: agent("mediation:431003-102")?,
-            village: agent("mediation:431003-102-05")?,
-        })
+/// One of the demo agencies, as the plans name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Desk {
+    Court,
+    Police,
+    Petition,
+    Procuratorate,
+    /// The district mediation centre.
+    Centre,
+    /// The town committee cases are handed on to.
+    Town,
+    /// A village committee under the town.
+    Village,
+}
+
+impl Desk {
+    /// Its kind and code.
+    fn parts(self) -> (AgencyKind, &'static str) {
+        match self {
+            Desk::Court => (AgencyKind::Court, "431003"),
+            Desk::Police => (AgencyKind::Police, "431003-01"),
+            Desk::Petition => (AgencyKind::Petition, "431003"),
+            Desk::Procuratorate => (AgencyKind::Procuratorate, "431003"),
+            Desk::Centre => (AgencyKind::Mediation, "431003"),
+            Desk::Town => (AgencyKind::Mediation, "431003-102"),
+            Desk::Village => (AgencyKind::Mediation, "431003-102-05"),
+        }
+    }
+
+    fn code(self) -> &'static str {
+        self.parts().1
     }
 }
 
-/// Who does a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Referrer,
-    Holder,
+impl Agencies {
+    /// Channels for the demo agencies, with their certificates from the context's PKI.
+    pub fn from_ctx(ctx: &Ctx) -> CliResult<Self> {
+        let agent = |desk: Desk| -> CliResult<Agent> {
+            let (kind, code) = desk.parts();
+            let who = AgencyNode::new(kind, code).map_err(|e| CliError::Usage(format!("demo agency {desk:?}: {e}")))?;
+            Ok(Agent { ch: ctx.agency_channel(&who)?, who })
+        };
+        Ok(Self {
+            court: agent(Desk::Court)?,
+            police: agent(Desk::Police)?,
+            petition: agent(Desk::Petition)?,
+            procuratorate: agent(Desk::Procuratorate)?,
+            centre: agent(Desk::Centre)?,
+            town: agent(Desk::Town)?,
+            village: agent(Desk::Village)?,
+        })
+    }
+
+    fn agent(&self, desk: Desk) -> &Agent {
+        match desk {
+            Desk::Court => &self.court,
+            Desk::Police => &self.police,
+            Desk::Petition => &self.petition,
+            Desk::Procuratorate => &self.procuratorate,
+            Desk::Centre => &self.centre,
+            Desk::Town => &self.town,
+            Desk::Village => &self.village,
+        }
+    }
 }
 
 /// One step of a case's handling.
@@ -165,43 +209,47 @@ enum Step {
     HandOn { escalate: bool },
 }
 
-/// The committee cases are handed on to.
-const TOWN: &str = "mediation:431003-102";
-
 impl Step {
-    fn side(self) -> Side {
-        match self {
-            Step::Supervise | Step::Decide(_) | Step::Recognize | Step::Review | Step::Dispose(_) | Step::ClosePetition => Side::Referrer,
-            _ => Side::Holder,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
+    /// The table's action this step takes (`duijie_domain::actions`).
+    fn action(self) -> CliResult<&'static Action> {
+        let key = match self {
             Step::SignFor => "sign_for",
             Step::Accept => "accept",
             Step::Reject => "reject",
             Step::Assign => "assign",
             Step::Progress => "progress",
             Step::Supervise => "supervise",
+            Step::Settle { .. } | Step::Fail | Step::Withdraw => "outcome",
+            Step::RequestConfirmation => "request_confirmation",
+            Step::Decide(_) => "decide_confirmation",
+            Step::Perform => "performance",
+            Step::FollowUp => "follow_up",
+            Step::Close(_) => "close",
+            Step::Recognize => "recognize",
+            Step::Review => "review",
+            Step::Dispose(_) => "dispose",
+            Step::ClosePetition => "close_petition",
+            Step::HandOn { escalate: true } => "escalate",
+            Step::HandOn { escalate: false } => "redirect",
+        };
+        actions::by_key(key).ok_or_else(|| CliError::Failure(anyhow::anyhow!("the demo step {self:?} names no action of the table ({key})")))
+    }
+
+    /// The step's name in its idempotency key and messages: the action's key, or for an action
+    /// taken in several forms (an outcome, a judicial confirmation decision, a performance) the
+    /// form, as earlier runs of a seed wrote them.
+    fn label(self) -> CliResult<&'static str> {
+        Ok(match self {
             Step::Settle { .. } => "settled",
             Step::Fail => "failed",
             Step::Withdraw => "withdrawn",
-            Step::RequestConfirmation => "request_confirmation",
             Step::Decide(ConfirmationDecisionKind::Accepted) => "confirmation_accepted",
             Step::Decide(ConfirmationDecisionKind::Granted) => "confirmation_granted",
             Step::Decide(ConfirmationDecisionKind::Denied) => "confirmation_denied",
             Step::Decide(_) => "confirmation_decision",
             Step::Perform => "performed",
-            Step::FollowUp => "follow_up",
-            Step::Close(_) => "close",
-            Step::Recognize => "recognize_agreement",
-            Step::Review => "review_reconciliation",
-            Step::Dispose(_) => "dispose",
-            Step::ClosePetition => "close_petition",
-            Step::HandOn { escalate: true } => "escalate",
-            Step::HandOn { escalate: false } => "redirect",
-        }
+            _ => self.action()?.key,
+        })
     }
 }
 
@@ -276,8 +324,8 @@ struct CasePlan {
     tag: String,
     case_code: String,
     channel: Channel,
-    referrer: AgencyNode,
-    holder: AgencyNode,
+    referrer: Desk,
+    holder: Desk,
     name: &'static str,
     steps: Vec<Step>,
     /// How many steps to take (all of them unless `mixed`).
@@ -289,11 +337,6 @@ struct CasePlan {
     clerk: String,
     doc_no: u32,
     year: i32,
-}
-
-fn node(s: &str) -> AgencyNode {
-    // Constants of this module, all valid; the fallback is never taken.
-    parse_node(s).unwrap_or_else(|_| AgencyNode { kind: AgencyKind::Unspecified, code: s.to_owned() })
 }
 
 /// Chooses by weight.
@@ -326,14 +369,14 @@ fn plan_case(cfg: &DemoConfig, n: u32, year: i32) -> CasePlan {
             } else {
                 (ReferralMode::Delegated, "最高人民法院《关于严格依法规范民事案件立案与调解工作的意见》")
             };
-            (Channel::Court, "court:431003", "mediation:431003", clock, COURT_SCENARIOS, mode, basis, (PartyRole::Plaintiff, PartyRole::Defendant))
+            (Channel::Court, Desk::Court, Desk::Centre, clock, COURT_SCENARIOS, mode, basis, (PartyRole::Plaintiff, PartyRole::Defendant))
         }
-        1 => (Channel::Police, "police:431003-01", "mediation:431003", ClockPolicyKind::Police, POLICE_SCENARIOS, ReferralMode::PoliceTransfer, "《治安管理处罚法》第九条；公通字〔2007〕81号", (PartyRole::Victim, PartyRole::Offender)),
+        1 => (Channel::Police, Desk::Police, Desk::Centre, ClockPolicyKind::Police, POLICE_SCENARIOS, ReferralMode::PoliceTransfer, "《治安管理处罚法》第九条；公通字〔2007〕81号", (PartyRole::Victim, PartyRole::Offender)),
         2 => {
-            let holder = if rng.random_bool(0.5) { "mediation:431003-102-05" } else { "mediation:431003-102" };
-            (Channel::Petition, "petition:431003", holder, ClockPolicyKind::Petition, PETITION_SCENARIOS, ReferralMode::PetitionTransfer, "《信访工作条例》第三十一条", (PartyRole::Petitioner, PartyRole::Respondent))
+            let holder = if rng.random_bool(0.5) { Desk::Village } else { Desk::Town };
+            (Channel::Petition, Desk::Petition, holder, ClockPolicyKind::Petition, PETITION_SCENARIOS, ReferralMode::PetitionTransfer, "《信访工作条例》第三十一条", (PartyRole::Petitioner, PartyRole::Respondent))
         }
-        _ => (Channel::Procuratorate, "procuratorate:431003", "mediation:431003", ClockPolicyKind::PeoplesMediation, PROCURATORATE_SCENARIOS, ReferralMode::CriminalReconciliation, "《刑事诉讼法》第二百八十八条", (PartyRole::Victim, PartyRole::Offender)),
+        _ => (Channel::Procuratorate, Desk::Procuratorate, Desk::Centre, ClockPolicyKind::PeoplesMediation, PROCURATORATE_SCENARIOS, ReferralMode::CriminalReconciliation, "《刑事诉讼法》第二百八十八条", (PartyRole::Victim, PartyRole::Offender)),
     };
     let (name, steps): (&'static str, Vec<Step>) = match channel {
         Channel::Court => weighted(&mut rng, &[
@@ -350,7 +393,7 @@ fn plan_case(cfg: &DemoConfig, n: u32, year: i32) -> CasePlan {
             (25, ("failed, penalty", with(&mediation_start, &[S::Fail, S::Dispose(P::Penalty)]))),
             (15, ("rejected, handled by the police", vec![S::SignFor, S::Reject, S::Dispose(P::Other)])),
         ]),
-        Channel::Petition if holder == "mediation:431003-102-05" => weighted(&mut rng, &[
+        Channel::Petition if holder == Desk::Village => weighted(&mut rng, &[
             (40, ("supervised, settled, petition closed", with(&mediation_start, &[S::Supervise, S::Progress, S::Settle { confirmation: false }, S::Perform, S::FollowUp, S::Close(B::Performed), S::ClosePetition]))),
             (35, ("escalated village → town, settled, petition closed", with(&mediation_start, &[S::Supervise, S::HandOn { escalate: true }, S::Progress, S::Settle { confirmation: false }, S::Perform, S::FollowUp, S::Close(B::Performed), S::ClosePetition]))),
             (25, ("failed, handled by the petition office", with(&mediation_start, &[S::Supervise, S::Fail, S::Dispose(P::Other)]))),
@@ -378,8 +421,7 @@ fn plan_case(cfg: &DemoConfig, n: u32, year: i32) -> CasePlan {
     };
     let parties = vec![party(&mut rng, "p1", roles.0), party(&mut rng, "p2", roles.1)];
     let tag = format!("{}{}", cfg.seed, if cfg.mixed { "M" } else { "" });
-    let referrer = node(referrer);
-    let case_code = format!("JF-{}-{year}-D{tag}-{n:04}", referrer.code);
+    let case_code = format!("JF-{}-{year}-D{tag}-{n:04}", referrer.code());
     let today = chrono::Utc::now().with_timezone(&output::china()).date_naive();
     let today_midnight = output::china_midnight(today).unwrap_or_default();
     let registered = matches!(clock, ClockPolicyKind::CourtOrdinary | ClockPolicyKind::CourtSimplified);
@@ -407,7 +449,7 @@ fn plan_case(cfg: &DemoConfig, n: u32, year: i32) -> CasePlan {
         case_code,
         channel,
         referrer,
-        holder: node(holder),
+        holder,
         name,
         steps,
         stop,
@@ -513,9 +555,8 @@ async fn call(what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) 
 /// Waits until `other` has received every message `view`'s agency has sent in the case.
 async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<CaseView> {
     // Only what went to `other`: a hand-over also sends the case to the next committee.
-    let to_other = AgencyRef::from(&other.who);
     let sent: Vec<&str> =
-        view.timeline.iter().filter(|e| e.direction == "out" && e.recipient.as_ref() == Some(&to_other)).map(|e| e.message_id.as_str()).collect();
+        view.timeline.iter().filter(|e| e.direction == "out" && other.who.is(e.recipient.as_ref())).map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
     let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) };
     loop {
@@ -554,19 +595,13 @@ async fn held_by(view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliR
 }
 
 impl Agencies {
-    fn agent(&self, who: &AgencyNode) -> CliResult<&Agent> {
-        [&self.court, &self.police, &self.petition, &self.procuratorate, &self.centre, &self.town, &self.village]
-            .into_iter()
-            .find(|a| a.who == *who)
-            .ok_or_else(|| CliError::Usage(format!("no demo agency {who}")))
-    }
-
     /// The call that performs `step` on case `id` (built anew for each retry).
-    fn request(&self, plan: &CasePlan, holder: &AgencyNode, step: Step, id: &str, key: &str) -> CliResult<impl FnMut() -> CallFuture> {
-        let referrer = self.agent(&plan.referrer)?.clone();
-        let holder = self.agent(holder)?.clone();
+    fn request(&self, plan: &CasePlan, holder: Desk, step: Step, id: &str, key: &str) -> impl FnMut() -> CallFuture + use<> {
+        let referrer = self.agent(plan.referrer).clone();
+        let holder = self.agent(holder).clone();
+        let town = AgencyRef::from(&self.town.who);
         let (id, key, plan) = (id.to_owned(), key.to_owned(), plan.clone());
-        Ok(move || -> CallFuture {
+        move || -> CallFuture {
             let (id, key, p) = (id.clone(), key.clone(), &plan);
             let digest = || AttachmentDigest {
                 name: "人民调解协议书.pdf".into(),
@@ -671,7 +706,7 @@ impl Agencies {
                     Box::pin(async move { r.dispose(keyed(DisposeRequest { case_id: id, disposition: Some(d) }, &key)).await.and_then(answered_case) })
                 }
                 Step::HandOn { escalate } => {
-                    let town = AgencyRef::from(&node(TOWN));
+                    let town = town.clone();
                     if escalate {
                         let e = Escalation {
                             from_tier: MediationTier::Village as i32,
@@ -691,15 +726,16 @@ impl Agencies {
                     Box::pin(async move { c.close_petition(keyed(req, &key)).await.and_then(answered_case) })
                 }
             }
-        })
+        }
     }
 
     /// Drives one case; `report` is filled in as it goes, so a failure still says how far it got.
     async fn drive(&self, plan: &CasePlan, step_timeout: Duration, report: &mut CaseReport) -> CliResult<()> {
-        let referrer = self.agent(&plan.referrer)?;
-        let mut holder = self.agent(&plan.holder)?;
+        let referrer = self.agent(plan.referrer);
+        let mut desk = plan.holder;
+        let mut holder = self.agent(desk);
         let deadline = || Instant::now() + step_timeout;
-        let submit = SubmitReferralRequest { to: Some(AgencyRef::from(&plan.holder)), case_code: plan.case_code.clone(), referral: Some(plan.referral.clone()) };
+        let submit = SubmitReferralRequest { to: Some(AgencyRef::from(&holder.who)), case_code: plan.case_code.clone(), referral: Some(plan.referral.clone()) };
         let view = call(&format!("submitting {}", plan.case_code), deadline(), || {
             let (mut r, req) = (referrer.referrals(), submit.clone());
             Box::pin(async move { r.submit_referral(req).await.and_then(answered_case) })
@@ -709,19 +745,21 @@ impl Agencies {
         let mut last = sync(&view, holder, deadline()).await?;
         report.state = Some(last.state.clone());
         for (i, step) in plan.steps.iter().copied().take(plan.stop).enumerate() {
-            let (actor, other) = match step.side() {
+            let (actor, other) = match step.action()?.side {
                 Side::Referrer => (referrer, holder),
                 Side::Holder => (holder, referrer),
             };
-            let key = format!("demo-{}-{}-{}-{}", plan.tag, plan.n, i + 1, step.label());
-            let what = format!("{} of {} as {}", step.label(), plan.case_code, actor.who);
+            let label = step.label()?;
+            let key = format!("demo-{}-{}-{}-{label}", plan.tag, plan.n, i + 1);
+            let what = format!("{label} of {} as {}", plan.case_code, actor.who);
             // Every step carries its key: a rerun of the seed is answered with the case as it
             // is, nothing sent twice (the services keep the keys).
-            let acted = call(&what, deadline(), self.request(plan, &holder.who, step, &view.case_id, &key)?).await?;
+            let acted = call(&what, deadline(), self.request(plan, desk, step, &view.case_id, &key)).await?;
             last = sync(&acted, other, deadline()).await?;
             if let Step::HandOn { .. } = step {
                 // The town committee holds the case from now on, once the hand-over reached it.
-                holder = self.agent(&node(TOWN))?;
+                desk = Desk::Town;
+                holder = self.agent(desk);
                 last = held_by(&acted, holder, deadline()).await?;
             }
             report.steps_done = i + 1;
@@ -870,5 +908,25 @@ mod tests {
         }
         let mixed: Vec<CasePlan> = (1..=12).map(|n| plan_case(&cfg(7, true), n, 2026)).collect();
         assert!(mixed.iter().all(|p| p.stop <= p.steps.len() && p.case_code.contains("D7M-")));
+    }
+
+    #[test]
+    fn every_step_is_an_action_of_the_table_taken_by_its_side() {
+        for seed in [1, 3, 7, 42] {
+            for p in (1..=48).map(|n| plan_case(&cfg(seed, false), n, 2026)) {
+                for step in &p.steps {
+                    let action = step.action().unwrap_or_else(|e| panic!("{step:?}: {e}"));
+                    let kind = match action.side {
+                        Side::Referrer => p.referrer.parts().0,
+                        Side::Holder => AgencyKind::Mediation,
+                    };
+                    assert!(action.taken_by(action.side, kind), "{step:?} by {kind} ({})", p.name);
+                    let label = step.label().unwrap_or_default();
+                    assert!(label == action.key || action.fields.iter().any(|f| f.input == duijie_domain::actions::Input::Choice), "{step:?}: {label}");
+                }
+            }
+        }
+        assert_eq!(Step::Recognize.label().ok(), Some("recognize"));
+        assert_eq!(Step::HandOn { escalate: true }.label().ok(), Some("escalate"));
     }
 }

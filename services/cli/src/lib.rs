@@ -16,9 +16,8 @@ pub mod send;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::client::{Endpoints, Pki};
-use duijie_proto::v1::AgencyKind;
 use tonic::transport::Channel;
 
 pub use error::{CliError, CliResult};
@@ -62,7 +61,7 @@ pub struct Global {
     pub endpoints: String,
     /// Act as this agency (kind:code), e.g. `supervisor:431003` (the default for audit reads)
     /// or `court:431003`; `send` defaults to the file's `from`.
-    #[arg(long = "as", global = true, env = "DUIJIE_AS", value_parser = parse_node, value_name = "KIND:CODE")]
+    #[arg(long = "as", global = true, env = "DUIJIE_AS", value_name = "KIND:CODE")]
     pub as_agency: Option<AgencyNode>,
     /// RabbitMQ URL (for `dead`).
     #[arg(
@@ -119,13 +118,6 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Parses `kind:code`, e.g. `court:431003`.
-pub fn parse_node(s: &str) -> Result<AgencyNode, String> {
-    let (kind, code) = s.trim().split_once(':').ok_or("expected kind:code, e.g. court:431003")?;
-    let kind = AgencyKind::parse(kind).ok_or_else(|| format!("unknown agency kind {kind:?} (court, procuratorate, police, petition, mediation, supervisor)"))?;
-    AgencyNode::new(kind, code).map_err(|e| e.to_string())
-}
-
 /// The district supervisor of the local stack: who reads the audit store unless `--as` says otherwise.
 pub const DEFAULT_AUDIT_READER: &str = "supervisor:431003";
 
@@ -171,7 +163,7 @@ impl Ctx {
     pub fn audit_reader(&self) -> CliResult<AgencyNode> {
         match &self.as_agency {
             Some(a) => Ok(a.clone()),
-            None => parse_node(DEFAULT_AUDIT_READER).map_err(CliError::Usage),
+            None => DEFAULT_AUDIT_READER.parse().map_err(|e: duijie_domain::agency::AgencyError| CliError::Usage(e.to_string())),
         }
     }
 
@@ -230,9 +222,12 @@ mod tests {
 
     #[test]
     fn agencies_parse_as_kind_and_code() {
-        assert_eq!(parse_node("mediation:431003-102").map(|n| n.to_string()), Ok("mediation:431003-102".to_owned()));
-        assert!(parse_node("judge:1").is_err());
-        assert!(parse_node("court").is_err());
-        assert!(parse_node("court:43.1").is_err());
+        let parse = |args: &[&str]| Cli::try_parse_from(["duijie"].iter().chain(args)).map(|c| c.global.as_agency.map(|n| n.to_string()));
+        assert_eq!(parse(&["--as", "mediation:431003-102", "overdue"]).ok(), Some(Some("mediation:431003-102".to_owned())));
+        for bad in ["judge:1", "court", "court:43.1"] {
+            let e = parse(&["--as", bad, "overdue"]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(bad), "--as {bad} is refused naming it: {e}");
+        }
+        assert!(Cli::try_parse_from(["duijie", "stats", "--agency", "police:431003-01"]).is_ok());
     }
 }

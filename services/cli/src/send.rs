@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_proto::answered_case;
 use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::{
@@ -18,7 +18,7 @@ use duijie_proto::v1::{
 use serde::Deserialize;
 
 use crate::error::{CliError, CliResult, StatusContext as _};
-use crate::{Ctx, output, parse_node};
+use crate::{Ctx, output};
 
 const FILE_HELP: &str = "\
 The file (JSON or YAML; `-` reads stdin; format by extension, else JSON then YAML):
@@ -207,7 +207,7 @@ pub fn parse_time(field: &str, s: &str) -> CliResult<prost_types::Timestamp> {
 }
 
 fn agency(field: &str, s: &str) -> CliResult<AgencyNode> {
-    parse_node(s).map_err(|e| CliError::Usage(format!("{field}: {e}")))
+    s.parse().map_err(|e| CliError::Usage(format!("{field}: {e}")))
 }
 
 impl ReferralFile {

@@ -281,7 +281,7 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     }
     // No referral was made twice: the centre holds the court, police and procuratorate cases,
     // the town and the village committee the petition cases.
-    let count_at = |who: duijie_common::amqp::AgencyNode| {
+    let count_at = |who: duijie_domain::AgencyNode| {
         let stack = &stack;
         async move { anyhow::Ok(stack.clerk(&who).await?.cases().list_cases(ListCasesRequest::default()).await?.into_inner().cases.len()) }
     };

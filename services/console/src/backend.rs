@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::client::{self, Endpoints, Pki};
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;

@@ -3,8 +3,15 @@
 //! mapped back onto the form's fields).
 
 use chrono::{NaiveDate, TimeZone as _};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::actions::{self, Action, Field, Input, Side, Situation};
+use duijie_domain::{AgencyNode, CaseState, referrers};
 use duijie_proto::answered_case;
+use duijie_proto::v1::court_service_client::CourtServiceClient;
+use duijie_proto::v1::mediation_service_client::MediationServiceClient;
+use duijie_proto::v1::petition_service_client::PetitionServiceClient;
+use duijie_proto::v1::police_service_client::PoliceServiceClient;
+use duijie_proto::v1::procuratorate_service_client::ProcuratorateServiceClient;
+use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::*;
 use sha2::Digest as _;
 use tonic::transport::Channel as GrpcChannel;
@@ -95,14 +102,14 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
 pub fn referral(f: &Fields, me: &AgencyNode, bodies: &[(AgencyNode, String)]) -> Result<SubmitReferralRequest, UiError> {
     let mut c = Check::default();
     let to = c.required(f, "to", "接收调解组织");
-    let to = bodies.iter().find(|(n, _)| n.to_string() == to).map(|(n, _)| AgencyRef::from(n));
+    let to = to.parse::<AgencyNode>().ok().filter(|n| bodies.iter().any(|(b, _)| b == n)).map(|n| AgencyRef::from(&n));
     if to.is_none() && !f.get("to").is_empty() {
         c.fail("to", "接收调解组织不在名录中".into());
     }
     let case_code = c.required(f, "case_code", "解纷码").to_owned();
     let mode = enum_value::<ReferralMode>(f, "mode", &mut c, "移送方式");
     let clock = enum_value::<ClockPolicyKind>(f, "clock_policy", &mut c, "计时规则");
-    if clock > 0 && !labels::clock_policies(me.kind).iter().any(|k| *k as i32 == clock) {
+    if clock > 0 && !referrers::of(me.kind).is_some_and(|r| r.clock_policies.iter().any(|k| *k as i32 == clock)) {
         c.fail("clock_policy", "本机构不能选择该计时规则".into());
     }
     let registered_at = date(f, "registered_at", &mut c, "立案时间");
@@ -208,302 +215,190 @@ pub fn form_field(path: &str) -> String {
 // Actions on a case
 // ---------------------------------------------------------------------------------------------
 
-/// How a field is entered.
-pub enum Input {
+// Which actions exist, who takes them, in which situation, their keys, titles and fields are
+// the domain's table (`duijie_domain::actions`), shared with the services and the CLI. The
+// console adds only what a browser needs: the choices of each choice field, and one arm per
+// action that turns the posted form into its request.
+
+/// How a field is drawn.
+pub enum Widget {
     Text,
     Area,
     Date,
     Number,
-    Select(Vec<(i32, &'static str)>),
-    /// A choice whose labels come from the case (its parties).
-    Named(Vec<(i32, String)>),
-    /// A choice of agencies (value `<kind>:<code>`).
-    Agency(Vec<(String, String)>),
     Check,
+    /// One of these (value, label).
+    Select(Vec<(String, String)>),
 }
 
+/// One field of an action's form, as drawn for this case.
 pub struct FieldSpec {
-    pub name: &'static str,
-    pub label: &'static str,
-    pub input: Input,
-    pub required: bool,
+    /// The table's field: name, label, required.
+    pub field: &'static Field,
+    pub widget: Widget,
 }
 
-fn field(name: &'static str, label: &'static str, input: Input, required: bool) -> FieldSpec {
-    FieldSpec { name, label, input, required }
-}
-
-fn options<E: Copy + Into<i32>>(all: &[E], label: fn(E) -> &'static str) -> Input {
-    Input::Select(all.iter().map(|e| ((*e).into(), label(*e))).collect())
-}
-
-/// One action a clerk can take on a case.
+/// One action a clerk can take on a case: the table's row with its form as drawn for this case.
 pub struct ActionSpec {
-    /// The form's `action` value.
-    pub key: &'static str,
-    pub kind: MessageKind,
-    pub title: &'static str,
+    pub action: &'static Action,
     pub fields: Vec<FieldSpec>,
 }
 
-/// The action `key` as `me` may take it on this case whatever the state now (for a submitted
-/// form: the service decides whether the state still allows it, or answers a retry).
-pub fn action_by_key(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)], key: &str) -> Option<ActionSpec> {
-    let mut any_state = view.clone();
-    any_state.allowed_next = (1..=26).collect();
-    any_state.timeline.retain(|e| e.kind() != MessageKind::DispositionNotice);
-    // Either form of the petition office's last step.
-    for state in ["CLOSED", "FAILED"] {
-        any_state.state = state.into();
-        if let Some(spec) = actions_for(me, &any_state, bodies).into_iter().find(|a| a.key == key) {
-            return Some(spec);
-        }
-    }
-    None
+/// `(value, label)` of each of `all`.
+fn options<E: Copy + Into<i32>>(all: &[E], label: fn(E) -> &'static str) -> Vec<(String, String)> {
+    all.iter().map(|e| ((*e).into().to_string(), label(*e).to_owned())).collect()
 }
 
-/// What `me` may do with the case, given what its state allows.
-pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)]) -> Vec<ActionSpec> {
-    use MessageKind as K;
-    let allowed: Vec<MessageKind> = view.allowed_next.iter().filter_map(|k| MessageKind::try_from(*k).ok()).collect();
-    let holder = view.holder.as_ref().is_some_and(|h| h.kind == me.kind as i32 && h.code == me.code);
-    let referrer = view.referrer.as_ref().is_some_and(|r| r.kind == me.kind as i32 && r.code == me.code);
-    let others: Vec<(String, String)> =
-        bodies.iter().filter(|(n, _)| n != me).map(|(n, name)| (n.to_string(), name.clone())).collect();
-    let parties: Vec<(i32, String)> = view
-        .referral
-        .as_ref()
-        .map(|r| r.parties.iter().enumerate().map(|(i, p)| (i as i32 + 1, format!("{}（{}）", p.name, labels::party_role(p.role())))).collect())
-        .unwrap_or_default();
-    // A referrer tells its final disposition once.
-    let disposed = view.timeline.iter().any(|e| e.direction == "out" && e.kind() == K::DispositionNotice);
-    let running_limits: Vec<(i32, &'static str)> = view
-        .deadlines
-        .iter()
-        .filter(|d| d.met_at.is_none())
-        .map(|d| (d.limit, labels::time_limit(d.limit())))
-        .collect();
-    let mut out = Vec::new();
-    for kind in allowed {
-        let spec = match kind {
-            K::Receipt if holder => ActionSpec {
-                key: "sign_for",
-                kind,
-                title: "签收",
-                fields: vec![field("signed_by", "签收人", Input::Text, true), field("signer_position", "职务", Input::Text, false)],
-            },
-            K::Accept if holder => ActionSpec {
-                key: "accept",
-                kind,
-                title: "受理",
-                fields: vec![field("accepted_by", "受理人", Input::Text, true), field("local_reference", "本组织案号", Input::Text, false)],
-            },
-            K::Reject if holder => ActionSpec {
-                key: "reject",
-                kind,
-                title: "不予受理（退回）",
-                fields: vec![
-                    field("reason", "理由", options(&[RejectReason::OutOfScope, RejectReason::PartyRefused, RejectReason::AlreadyHandled, RejectReason::Incomplete, RejectReason::NotCompetent, RejectReason::Other], labels::reject_reason), true),
-                    field("explanation", "说明", Input::Area, true),
-                ],
-            },
-            K::Redirect if holder && !others.is_empty() => ActionSpec {
-                key: "redirect",
-                kind,
-                title: "转办其他调解组织",
-                fields: vec![field("to", "转至", Input::Agency(others.clone()), true), field("reason", "转办理由", Input::Area, true)],
-            },
-            K::Assignment if holder => ActionSpec {
-                key: "assign",
-                kind,
-                title: "指派调解员",
-                fields: vec![
-                    field("mediator_name", "调解员姓名", Input::Text, true),
-                    field("mediator_id", "调解员编号", Input::Text, false),
-                    field("tier", "调解层级", options(&labels::TIERS, labels::tier), false),
-                ],
-            },
-            K::Escalation if holder && !others.is_empty() => ActionSpec {
-                key: "escalate",
-                kind,
-                title: "上报上一级调解组织",
-                fields: vec![
-                    field("from_tier", "本级", options(&labels::TIERS[..4], labels::tier), false),
-                    field("to_tier", "上报至层级", options(&labels::TIERS[1..4], labels::tier), true),
-                    field("to_agency", "接收组织", Input::Agency(others.clone()), false),
-                    field("reason", "上报理由", Input::Area, true),
-                ],
-            },
-            K::Progress if holder => ActionSpec {
-                key: "progress",
-                kind,
-                title: "报告调解进展",
-                fields: vec![
-                    field("stage", "阶段", options(&[ProgressStage::PartiesContacted, ProgressStage::Investigating, ProgressStage::SessionHeld, ProgressStage::AwaitingParty, ProgressStage::Appraisal, ProgressStage::Other], labels::progress_stage), true),
-                    field("summary", "进展情况", Input::Area, true),
-                    field("sessions_held", "已调解次数", Input::Number, false),
-                ],
-            },
-            K::InfoRequest if holder => ActionSpec {
-                key: "request_info",
-                kind,
-                title: "请移送机构补充材料",
-                fields: vec![field("questions", "需补充的内容（每行一项）", Input::Area, true)],
-            },
-            K::ExtensionRequest if holder && !running_limits.is_empty() => ActionSpec {
-                key: "extend",
-                kind,
-                title: "延长期限（须全体当事人同意）",
-                fields: vec![
-                    field("limit", "期限", Input::Select(running_limits.clone()), true),
-                    field("days", "延长天数", Input::Number, true),
-                    field("reason", "理由", Input::Area, true),
-                    field("all_consented", "全体当事人已同意延长", Input::Check, true),
-                ],
-            },
-            K::Outcome if holder => ActionSpec {
-                key: "outcome",
-                kind,
-                title: "报告调解结果",
-                fields: vec![
-                    field("result", "结果", Input::Select(vec![(1, "调解成功，达成协议"), (2, "调解不成"), (3, "当事人撤回调解申请")]), true),
-                    field("terms", "协议内容（每行一条；调解成功时必填）", Input::Area, false),
-                    field("confirmation_intended", "当事人拟申请司法确认", Input::Check, false),
-                    field("failure_reason", "调解不成的原因", options(&[FailureReason::NoAgreement, FailureReason::PartyAbsent, FailureReason::PartyRefused, FailureReason::TimeLimitExpired, FailureReason::Other], labels::failure_reason), false),
-                    field("withdrawing_party", "撤回申请的当事人（撤回时）", Input::Named(parties.clone()), false),
-                    field("explanation", "说明", Input::Area, false),
-                ],
-            },
-            K::ConfirmationRequest if holder && view.channel() == Channel::Court => ActionSpec {
-                key: "request_confirmation",
-                kind,
-                title: "申请司法确认",
-                fields: vec![field("terms", "调解协议内容（每行一条，与报告的协议一致）", Input::Area, true)],
-            },
-            K::Performance if holder => ActionSpec {
-                key: "performance",
-                kind,
-                title: "记录履行情况",
-                fields: vec![
-                    field("status", "履行情况", options(&[PerformanceStatus::Performed, PerformanceStatus::Defaulted], labels::performance), true),
-                    field("note", "说明", Input::Area, false),
-                ],
-            },
-            K::FollowUp if holder => ActionSpec {
-                key: "follow_up",
-                kind,
-                title: "记录回访",
-                fields: vec![
-                    field("method", "回访方式", options(&[FollowUpMethod::Visit, FollowUpMethod::Phone, FollowUpMethod::Online], labels::follow_up_method), true),
-                    field("conducted_by", "回访人", Input::Text, true),
-                    field("satisfaction", "当事人评价", options(&[Satisfaction::Satisfied, Satisfaction::BasicallySatisfied, Satisfaction::Dissatisfied], labels::satisfaction), true),
-                    field("summary", "回访情况", Input::Area, false),
-                ],
-            },
-            K::Closure if holder => ActionSpec {
-                key: "close",
-                kind,
-                title: "结案",
-                fields: vec![
-                    field("basis", "结案依据", options(&[ClosureBasis::Performed, ClosureBasis::Disposed, ClosureBasis::Cancelled, ClosureBasis::Other], labels::closure_basis), true),
-                    field("closed_by", "结案人", Input::Text, true),
-                    field("summary", "结案情况", Input::Area, false),
-                ],
-            },
-            K::CancellationConfirmation if holder => ActionSpec {
-                key: "answer_cancel",
-                kind,
-                title: "答复撤回申请",
-                fields: vec![
-                    field("confirmed", "答复", Input::Select(vec![(1, "同意撤回"), (2, "不同意撤回")]), true),
-                    field("reason", "理由（不同意时必填）", Input::Area, false),
-                ],
-            },
-            K::Amendment if referrer => ActionSpec {
-                key: "amend",
-                kind,
-                title: "补正 / 答复补充材料",
-                fields: vec![field("reason", "补正或答复内容", Input::Area, true)],
-            },
-            K::Cancellation if referrer => ActionSpec {
-                key: "cancel",
-                kind,
-                title: "申请撤回",
-                fields: vec![
-                    field("reason", "撤回原因", options(&[CancellationReason::SettledOutside, CancellationReason::ApplicantWithdrew, CancellationReason::SentInError, CancellationReason::Duplicate, CancellationReason::HandledBySender, CancellationReason::Other], labels::cancellation_reason), true),
-                    field("explanation", "说明", Input::Area, false),
-                ],
-            },
-            K::SupervisionNotice if referrer => ActionSpec {
-                key: "supervise",
-                kind,
-                title: "督办",
-                fields: vec![
-                    field("level", "督办级别", options(&[SupervisionLevel::Ordinary, SupervisionLevel::Listed], labels::supervision_level), true),
-                    field("instructions", "督办要求", Input::Area, true),
-                    field("respond_by", "回复期限", Input::Date, false),
-                    field("supervisor", "督办人", Input::Text, false),
-                ],
-            },
-            // 办结 follows the centre's closure; before that (a returned case) the office tells
-            // its disposition like the other referrers.
-            K::DispositionNotice if referrer && me.kind == AgencyKind::Petition && view.state == "CLOSED" && !disposed => ActionSpec {
-                key: "close_petition",
-                kind,
-                title: "信访事项办结",
-                fields: vec![field("document_number", "办结意见书文号", Input::Text, true), field("summary", "办结情况", Input::Area, false)],
-            },
-            K::DispositionNotice if referrer && !disposed && !(me.kind == AgencyKind::Petition && view.state == "CLOSED") => ActionSpec {
-                key: "dispose",
-                kind,
-                title: "告知处理结果",
-                fields: vec![
-                    field("disposition", "处理结果", options(&labels::dispositions(me.kind), labels::disposition), true),
-                    field("document_number", "文书编号", Input::Text, false),
-                    field("summary", "说明", Input::Area, false),
-                ],
-            },
-            K::ConfirmationDecision if referrer && me.kind == AgencyKind::Court => ActionSpec {
-                key: "decide_confirmation",
-                kind,
-                title: "司法确认",
-                fields: vec![
-                    // First whether to accept the application, then (accepted) the decision.
-                    field("decision", "决定", if view.state == "CONFIRMATION_ACCEPTED" {
-                        options(&[ConfirmationDecisionKind::Granted, ConfirmationDecisionKind::Denied], labels::confirmation_decision)
-                    } else {
-                        options(&[ConfirmationDecisionKind::Accepted, ConfirmationDecisionKind::NotAccepted], labels::confirmation_decision)
-                    }, true),
-                    field("document_number", "裁定书文号（确认或驳回时必填）", Input::Text, false),
-                    field("reason", "理由", Input::Area, false),
-                ],
-            },
-            K::AgreementRecognition if referrer && me.kind == AgencyKind::Police => ActionSpec {
-                key: "recognize",
-                kind,
-                title: "确认履行、不予处罚",
-                fields: vec![
-                    field("document_number", "文书编号", Input::Text, true),
-                    field("recognised_by", "承办民警", Input::Text, true),
-                    field("terms", "调解协议内容（每行一条）", Input::Area, true),
-                ],
-            },
-            K::ReconciliationReview if referrer && me.kind == AgencyKind::Procuratorate => ActionSpec {
-                key: "review",
-                kind,
-                title: "审查和解协议",
-                fields: vec![
-                    field("conclusion", "审查结论", options(&[ReviewConclusion::VoluntaryAndLawful, ReviewConclusion::NotVoluntary, ReviewConclusion::Unlawful], labels::review_conclusion), true),
-                    field("reviewed_by", "承办检察官", Input::Text, true),
-                    field("terms", "和解协议内容（每行一条）", Input::Area, true),
-                    field("reason", "理由", Input::Area, false),
-                ],
-            },
-            _ => continue,
-        };
-        out.push(spec);
+/// The choices of a choice field (`Input::Choice`) of action `key`, for an agency of `me` with
+/// the case in `state`; empty if the console has none (a test keeps that from happening).
+fn choices(key: &str, field: &str, me: AgencyKind, state: Option<CaseState>) -> Vec<(String, String)> {
+    use ConfirmationDecisionKind as D;
+    let fixed = |v: &[(i32, &str)]| v.iter().map(|(n, l)| (n.to_string(), (*l).to_owned())).collect();
+    match (key, field) {
+        ("reject", "reason") => options(
+            &[RejectReason::OutOfScope, RejectReason::PartyRefused, RejectReason::AlreadyHandled, RejectReason::Incomplete, RejectReason::NotCompetent, RejectReason::Other],
+            labels::reject_reason,
+        ),
+        ("assign", "tier") => options(&labels::TIERS, labels::tier),
+        ("escalate", "from_tier") => options(&labels::TIERS[..4], labels::tier),
+        ("escalate", "to_tier") => options(&labels::TIERS[1..4], labels::tier),
+        ("progress", "stage") => options(
+            &[ProgressStage::PartiesContacted, ProgressStage::Investigating, ProgressStage::SessionHeld, ProgressStage::AwaitingParty, ProgressStage::Appraisal, ProgressStage::Other],
+            labels::progress_stage,
+        ),
+        // The values `request` reads: 1 settled, 2 failed, 3 withdrawn.
+        ("outcome", "result") => fixed(&[(1, "调解成功，达成协议"), (2, "调解不成"), (3, "当事人撤回调解申请")]),
+        ("outcome", "failure_reason") => options(
+            &[FailureReason::NoAgreement, FailureReason::PartyAbsent, FailureReason::PartyRefused, FailureReason::TimeLimitExpired, FailureReason::Other],
+            labels::failure_reason,
+        ),
+        ("performance", "status") => options(&[PerformanceStatus::Performed, PerformanceStatus::Defaulted], labels::performance),
+        ("follow_up", "method") => options(&[FollowUpMethod::Visit, FollowUpMethod::Phone, FollowUpMethod::Online], labels::follow_up_method),
+        ("follow_up", "satisfaction") => {
+            options(&[Satisfaction::Satisfied, Satisfaction::BasicallySatisfied, Satisfaction::Dissatisfied], labels::satisfaction)
+        }
+        ("close", "basis") => options(&[ClosureBasis::Performed, ClosureBasis::Disposed, ClosureBasis::Cancelled, ClosureBasis::Other], labels::closure_basis),
+        // 1 confirms, anything else refuses (`request`).
+        ("answer_cancel", "confirmed") => fixed(&[(1, "同意撤回"), (2, "不同意撤回")]),
+        ("cancel", "reason") => options(
+            &[
+                CancellationReason::SettledOutside,
+                CancellationReason::ApplicantWithdrew,
+                CancellationReason::SentInError,
+                CancellationReason::Duplicate,
+                CancellationReason::HandledBySender,
+                CancellationReason::Other,
+            ],
+            labels::cancellation_reason,
+        ),
+        ("supervise", "level") => options(&[SupervisionLevel::Ordinary, SupervisionLevel::Listed], labels::supervision_level),
+        // The dispositions the services accept from this kind of referrer.
+        ("dispose", "disposition") => referrers::of(me).map(|r| options(r.dispositions, labels::disposition)).unwrap_or_default(),
+        // First whether to accept the application, then (accepted) the decision.
+        ("decide_confirmation", "decision") => match state {
+            Some(CaseState::ConfirmationAccepted) => options(&[D::Granted, D::Denied], labels::confirmation_decision),
+            _ => options(&[D::Accepted, D::NotAccepted], labels::confirmation_decision),
+        },
+        ("review", "conclusion") => options(
+            &[ReviewConclusion::VoluntaryAndLawful, ReviewConclusion::NotVoluntary, ReviewConclusion::Unlawful],
+            labels::review_conclusion,
+        ),
+        _ => Vec::new(),
     }
-    out
+}
+
+/// Which end of the case `me` is, if either.
+fn side_of(me: &AgencyNode, view: &CaseView) -> Option<Side> {
+    if me.is(view.referrer.as_ref()) {
+        Some(Side::Referrer)
+    } else if me.is(view.holder.as_ref()) {
+        Some(Side::Holder)
+    } else {
+        None
+    }
+}
+
+/// What the choices of one case's forms are made of.
+struct CaseChoices<'a> {
+    me: &'a AgencyNode,
+    state: Option<CaseState>,
+    /// The mediation bodies other than `me` (a case is handed on to one of them).
+    others: Vec<(String, String)>,
+    parties: Vec<(String, String)>,
+    /// The case's time limits still running (the ones an extension can be asked for).
+    running_limits: Vec<(String, String)>,
+}
+
+impl<'a> CaseChoices<'a> {
+    fn new(me: &'a AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)]) -> Self {
+        let parties = view
+            .referral
+            .as_ref()
+            .map(|r| r.parties.iter().enumerate().map(|(i, p)| ((i + 1).to_string(), format!("{}（{}）", p.name, labels::party_role(p.role())))).collect())
+            .unwrap_or_default();
+        Self {
+            me,
+            state: CaseState::parse(&view.state),
+            others: bodies.iter().filter(|(n, _)| n != me).map(|(n, name)| (n.to_string(), name.clone())).collect(),
+            parties,
+            running_limits: view.deadlines.iter().filter(|d| d.met_at.is_none()).map(|d| (d.limit.to_string(), labels::time_limit(d.limit()).to_owned())).collect(),
+        }
+    }
+
+    /// `action`'s form for this case; `None` when one of its choices has nothing to choose from
+    /// (no other body to hand the case to, no running limit to extend), so it cannot be taken.
+    fn form(&self, action: &'static Action) -> Option<ActionSpec> {
+        let mut fields = Vec::with_capacity(action.fields.len());
+        for field in action.fields {
+            let (widget, must_choose) = match field.input {
+                Input::Text => (Widget::Text, false),
+                Input::Area => (Widget::Area, false),
+                Input::Date => (Widget::Date, false),
+                Input::Number => (Widget::Number, false),
+                Input::Check => (Widget::Check, false),
+                Input::Choice => (Widget::Select(choices(action.key, field.name, self.me.kind, self.state)), true),
+                // Only a withdrawal names a party: the outcome form stands without one.
+                Input::Party => (Widget::Select(self.parties.clone()), false),
+                Input::Agency => (Widget::Select(self.others.clone()), true),
+                Input::RunningLimit => (Widget::Select(self.running_limits.clone()), true),
+            };
+            if must_choose && matches!(&widget, Widget::Select(o) if o.is_empty()) {
+                return None;
+            }
+            fields.push(FieldSpec { field, widget });
+        }
+        Some(ActionSpec { action, fields })
+    }
+}
+
+/// Whether `me`'s side of the case told its disposition already (a referrer tells it once).
+fn disposed(view: &CaseView) -> bool {
+    view.timeline.iter().any(|e| e.direction == "out" && e.kind() == MessageKind::DispositionNotice)
+}
+
+/// The action `key` if `me`'s side of the case takes it at all, whatever the state now (for a
+/// submitted form: the service decides whether the state still allows it, or answers a retry).
+pub fn action_by_key(me: &AgencyNode, view: &CaseView, key: &str) -> Option<&'static Action> {
+    let action = actions::by_key(key)?;
+    side_of(me, view).filter(|side| action.taken_by(*side, me.kind)).map(|_| action)
+}
+
+/// What `me` may do with the case now: the table's actions offered to its side and kind in the
+/// case's situation, in the table's order. While the case is open the service's `allowed_next`
+/// has the last word; on a closed case it offers nothing (the case is over for the centre), and
+/// the table's one step after closure, the petition office's 信访办结, stands on its own.
+pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)]) -> Vec<ActionSpec> {
+    let (Some(side), Some(state)) = (side_of(me, view), CaseState::parse(&view.state)) else {
+        return Vec::new();
+    };
+    let at = Situation { state, channel: view.channel(), disposed: disposed(view) };
+    let allowed: Vec<MessageKind> = view.allowed_next.iter().filter_map(|k| MessageKind::try_from(*k).ok()).collect();
+    let choices = CaseChoices::new(me, view, bodies);
+    actions::ACTIONS
+        .iter()
+        .filter(|a| a.offered(side, me.kind, at) && (state.is_final() || allowed.contains(&a.kind)))
+        .filter_map(|a| choices.form(a))
+        .collect()
 }
 
 /// The agreement as a document: the console keeps the text the clerk typed and sends its
@@ -523,8 +418,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The agency a choice names (`kind:code`).
 fn agency_ref(s: &str) -> Option<AgencyRef> {
-    AgencyRef::parse(s)
+    s.parse::<AgencyNode>().ok().map(|n| AgencyRef::from(&n))
 }
 
 fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
@@ -535,23 +431,77 @@ fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
     req
 }
 
-/// Reads the form of action `key` on the case `view` (as just read) and calls the service; the
-/// answer is the case as it is now.
-pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, spec: &ActionSpec) -> Result<CaseView, UiError> {
-    use duijie_proto::v1::court_service_client::CourtServiceClient;
-    use duijie_proto::v1::mediation_service_client::MediationServiceClient;
-    use duijie_proto::v1::petition_service_client::PetitionServiceClient;
-    use duijie_proto::v1::police_service_client::PoliceServiceClient;
-    use duijie_proto::v1::procuratorate_service_client::ProcuratorateServiceClient;
-    use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
-
-    let mut c = Check::default();
-    for s in &spec.fields {
-        if s.required {
-            c.required(f, s.name, s.label);
+/// Declares [`Call`]: one variant per RPC that takes a case action, named as the table's `rpc`,
+/// and how each is sent.
+macro_rules! calls {
+    ($($rpc:ident($request:ident) => $client:ident . $method:ident),* $(,)?) => {
+        /// The request of one case action, ready to send.
+        // One per request, sent at once: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
+        pub enum Call {
+            $($rpc($request),)*
         }
+
+        impl Call {
+            /// The gRPC method that takes it (the table's [`Action::rpc`]).
+            pub fn rpc(&self) -> &'static str {
+                match self {
+                    $(Call::$rpc(_) => stringify!($rpc),)*
+                }
+            }
+
+            /// Sends it as `ch`'s agency with the form's idempotency key; the answer is the case as
+            /// it is now.
+            async fn send(self, ch: GrpcChannel, key: &str) -> Result<CaseView, UiError> {
+                Ok(match self {
+                    $(Call::$rpc(r) => $client::new(ch).$method(with_key(r, key)).await.and_then(answered_case)?,)*
+                })
+            }
+        }
+    };
+}
+
+calls! {
+    SignFor(SignForRequest) => MediationServiceClient.sign_for,
+    Accept(AcceptRequest) => MediationServiceClient.accept,
+    Reject(RejectRequest) => MediationServiceClient.reject,
+    Redirect(RedirectRequest) => MediationServiceClient.redirect,
+    Assign(AssignRequest) => MediationServiceClient.assign,
+    Escalate(EscalateRequest) => MediationServiceClient.escalate,
+    ReportProgress(ReportProgressRequest) => MediationServiceClient.report_progress,
+    RequestInformation(RequestInformationRequest) => MediationServiceClient.request_information,
+    RequestExtension(RequestExtensionRequest) => MediationServiceClient.request_extension,
+    ReportOutcome(ReportOutcomeRequest) => MediationServiceClient.report_outcome,
+    RequestConfirmation(RequestConfirmationRequest) => MediationServiceClient.request_confirmation,
+    RecordPerformance(RecordPerformanceRequest) => MediationServiceClient.record_performance,
+    RecordFollowUp(RecordFollowUpRequest) => MediationServiceClient.record_follow_up,
+    Close(CloseRequest) => MediationServiceClient.close,
+    AnswerCancellation(AnswerCancellationRequest) => MediationServiceClient.answer_cancellation,
+    Amend(AmendRequest) => ReferralsServiceClient.amend,
+    Cancel(CancelRequest) => ReferralsServiceClient.cancel,
+    Supervise(SuperviseRequest) => ReferralsServiceClient.supervise,
+    Dispose(DisposeRequest) => ReferralsServiceClient.dispose,
+    ClosePetition(ClosePetitionRequest) => PetitionServiceClient.close_petition,
+    DecideConfirmation(DecideConfirmationRequest) => CourtServiceClient.decide_confirmation,
+    RecognizeAgreement(RecognizeAgreementRequest) => PoliceServiceClient.recognize_agreement,
+    ReviewReconciliation(ReviewReconciliationRequest) => ProcuratorateServiceClient.review_reconciliation,
+}
+
+/// Reads the form of `action` on the case `view` (as just read) and calls the service; the
+/// answer is the case as it is now.
+pub async fn perform(ch: GrpcChannel, view: &CaseView, action: &Action, f: &Fields) -> Result<CaseView, UiError> {
+    let call = request(view, action, f)?;
+    tracing::debug!(case_id = %view.case_id, action = action.key, rpc = call.rpc(), "acting on a case");
+    call.send(ch, f.get("idempotency_key")).await
+}
+
+/// The request the form of `action` asks for: the table's required fields first, then one arm
+/// per action (every key of the table has one; tested).
+fn request(view: &CaseView, action: &Action, f: &Fields) -> Result<Call, UiError> {
+    let mut c = Check::default();
+    for field in action.fields.iter().filter(|field| field.required) {
+        c.required(f, field.name, field.label);
     }
-    let idem = f.get("idempotency_key").to_owned();
     let id = view.case_id.clone();
     let now = || Some(duijie_common::envelope::timestamp(chrono::Utc::now()));
     let num = |name: &str, c: &mut Check, label: &str| -> i32 {
@@ -563,81 +513,58 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
             }),
         }
     };
-    let mut m = MediationServiceClient::new(ch.clone());
-    let mut r = ReferralsServiceClient::new(ch.clone());
-    let view = match key {
-        "sign_for" => {
-            c.done()?;
-            m.sign_for(with_key(
-                SignForRequest { case_id: id, receipt: Some(Receipt { signed_by: f.get("signed_by").into(), signer_position: f.get("signer_position").into(), signed_at: now() }) },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
-        }
-        "accept" => {
-            c.done()?;
-            m.accept(with_key(
-                AcceptRequest { case_id: id, accept: Some(Accept { accepted_by: f.get("accepted_by").into(), local_reference: f.get("local_reference").into(), ..Default::default() }) },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
-        }
+    let call = match action.key {
+        "sign_for" => Call::SignFor(SignForRequest {
+            case_id: id,
+            receipt: Some(Receipt { signed_by: f.get("signed_by").into(), signer_position: f.get("signer_position").into(), signed_at: now() }),
+        }),
+        "accept" => Call::Accept(AcceptRequest {
+            case_id: id,
+            accept: Some(Accept { accepted_by: f.get("accepted_by").into(), local_reference: f.get("local_reference").into(), ..Default::default() }),
+        }),
         "reject" => {
             let reason = enum_value::<RejectReason>(f, "reason", &mut c, "理由");
-            c.done()?;
-            m.reject(with_key(RejectRequest { case_id: id, reject: Some(Reject { reason, explanation: f.get("explanation").into() }) }, &idem)).await.and_then(answered_case)?
+            Call::Reject(RejectRequest { case_id: id, reject: Some(Reject { reason, explanation: f.get("explanation").into() }) })
         }
         "redirect" => {
             let to = agency_ref(f.get("to"));
             if to.is_none() {
                 c.fail("to", "请选择转至的调解组织".into());
             }
-            c.done()?;
-            m.redirect(with_key(RedirectRequest { case_id: id, redirect: Some(Redirect { to, reason: f.get("reason").into() }) }, &idem)).await.and_then(answered_case)?
+            Call::Redirect(RedirectRequest { case_id: id, redirect: Some(Redirect { to, reason: f.get("reason").into() }) })
         }
         "assign" => {
             let tier = f.get("tier").parse::<i32>().unwrap_or(0);
-            c.done()?;
             let mediator = Mediator { mediator_id: f.get("mediator_id").into(), name: f.get("mediator_name").into(), ..Default::default() };
-            m.assign(with_key(AssignRequest { case_id: id, assignment: Some(Assignment { mediator: Some(mediator), tier, ..Default::default() }) }, &idem)).await.and_then(answered_case)?
+            Call::Assign(AssignRequest { case_id: id, assignment: Some(Assignment { mediator: Some(mediator), tier, ..Default::default() }) })
         }
         "escalate" => {
             let from_tier = enum_value::<MediationTier>(f, "from_tier", &mut c, "本级");
             let to_tier = enum_value::<MediationTier>(f, "to_tier", &mut c, "上报至层级");
-            c.done()?;
-            m.escalate(with_key(
-                EscalateRequest { case_id: id, escalation: Some(Escalation { from_tier, to_tier, to_agency: agency_ref(f.get("to_agency")), reason: f.get("reason").into() }) },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::Escalate(EscalateRequest {
+                case_id: id,
+                escalation: Some(Escalation { from_tier, to_tier, to_agency: agency_ref(f.get("to_agency")), reason: f.get("reason").into() }),
+            })
         }
         "progress" => {
             let stage = enum_value::<ProgressStage>(f, "stage", &mut c, "阶段");
             let sessions = num("sessions_held", &mut c, "已调解次数");
-            c.done()?;
-            m.report_progress(with_key(
-                ReportProgressRequest { case_id: id, progress: Some(Progress { stage, summary: f.get("summary").into(), sessions_held: sessions.max(0) as u32, ..Default::default() }) },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::ReportProgress(ReportProgressRequest {
+                case_id: id,
+                progress: Some(Progress { stage, summary: f.get("summary").into(), sessions_held: sessions.max(0) as u32, ..Default::default() }),
+            })
         }
-        "request_info" => {
-            c.done()?;
-            m.request_information(with_key(RequestInformationRequest { case_id: id, request: Some(InfoRequest { questions: f.lines("questions"), respond_by: None }) }, &idem))
-                .await.and_then(answered_case)?
-        }
+        "request_info" => Call::RequestInformation(RequestInformationRequest {
+            case_id: id,
+            request: Some(InfoRequest { questions: f.lines("questions"), respond_by: None }),
+        }),
         "extend" => {
             let limit = f.get("limit").parse::<i32>().unwrap_or(0);
             let days = num("days", &mut c, "延长天数");
-            c.done()?;
-            m.request_extension(with_key(
-                RequestExtensionRequest {
-                    case_id: id,
-                    extension: Some(ExtensionRequest { limit, days: days.max(0) as u32, reason: f.get("reason").into(), consents: all_consents(f, "all_consented") }),
-                },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::RequestExtension(RequestExtensionRequest {
+                case_id: id,
+                extension: Some(ExtensionRequest { limit, days: days.max(0) as u32, reason: f.get("reason").into(), consents: all_consents(f, "all_consented") }),
+            })
         }
         "outcome" => {
             let outcome = match f.get("result") {
@@ -670,156 +597,104 @@ pub async fn perform(ch: GrpcChannel, view: &CaseView, key: &str, f: &Fields, sp
                     outcome::Kind::Withdrawn(outcome::Withdrawn::default())
                 }
             };
-            c.done()?;
-            m.report_outcome(with_key(ReportOutcomeRequest { case_id: id, outcome: Some(Outcome { kind: Some(outcome) }) }, &idem)).await.and_then(answered_case)?
+            Call::ReportOutcome(ReportOutcomeRequest { case_id: id, outcome: Some(Outcome { kind: Some(outcome) }) })
         }
         "request_confirmation" => {
-            c.done()?;
             let applicants = view.referral.as_ref().map(|r| r.parties.iter().map(|p| p.party_id.clone()).collect()).unwrap_or_default();
-            m.request_confirmation(with_key(
-                RequestConfirmationRequest {
-                    case_id: id,
-                    request: Some(ConfirmationRequest { agreement: Some(agreement(&f.lines("terms"))), applicant_party_ids: applicants, ..Default::default() }),
-                },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::RequestConfirmation(RequestConfirmationRequest {
+                case_id: id,
+                request: Some(ConfirmationRequest { agreement: Some(agreement(&f.lines("terms"))), applicant_party_ids: applicants, ..Default::default() }),
+            })
         }
         "performance" => {
             let status = enum_value::<PerformanceStatus>(f, "status", &mut c, "履行情况");
-            c.done()?;
-            m.record_performance(with_key(
-                RecordPerformanceRequest { case_id: id, performance: Some(Performance { status, note: f.get("note").into(), ..Default::default() }) },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::RecordPerformance(RecordPerformanceRequest {
+                case_id: id,
+                performance: Some(Performance { status, note: f.get("note").into(), ..Default::default() }),
+            })
         }
         "follow_up" => {
             let method = enum_value::<FollowUpMethod>(f, "method", &mut c, "回访方式");
             let satisfaction = enum_value::<Satisfaction>(f, "satisfaction", &mut c, "当事人评价");
-            c.done()?;
-            m.record_follow_up(with_key(
-                RecordFollowUpRequest {
-                    case_id: id,
-                    follow_up: Some(FollowUp { method, conducted_by: f.get("conducted_by").into(), summary: f.get("summary").into(), satisfaction, recurred: false }),
-                },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::RecordFollowUp(RecordFollowUpRequest {
+                case_id: id,
+                follow_up: Some(FollowUp { method, conducted_by: f.get("conducted_by").into(), summary: f.get("summary").into(), satisfaction, recurred: false }),
+            })
         }
         "close" => {
             let basis = enum_value::<ClosureBasis>(f, "basis", &mut c, "结案依据");
-            c.done()?;
-            m.close(with_key(CloseRequest { case_id: id, closure: Some(Closure { basis, summary: f.get("summary").into(), closed_by: f.get("closed_by").into() }) }, &idem))
-                .await.and_then(answered_case)?
+            Call::Close(CloseRequest { case_id: id, closure: Some(Closure { basis, summary: f.get("summary").into(), closed_by: f.get("closed_by").into() }) })
         }
         "answer_cancel" => {
             let confirmed = f.get("confirmed") == "1";
             if !confirmed && f.get("reason").is_empty() {
                 c.fail("reason", "不同意撤回时请填写理由".into());
             }
-            c.done()?;
-            m.answer_cancellation(with_key(
-                AnswerCancellationRequest { case_id: id, answer: Some(CancellationConfirmation { confirmed, reason: f.get("reason").into() }) },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::AnswerCancellation(AnswerCancellationRequest {
+                case_id: id,
+                answer: Some(CancellationConfirmation { confirmed, reason: f.get("reason").into() }),
+            })
         }
-        "amend" => {
-            c.done()?;
-            r.amend(with_key(AmendRequest { case_id: id, amendment: Some(Amendment { reason: f.get("reason").into(), answer: f.get("reason").into(), ..Default::default() }) }, &idem))
-                .await.and_then(answered_case)?
-        }
+        "amend" => Call::Amend(AmendRequest {
+            case_id: id,
+            amendment: Some(Amendment { reason: f.get("reason").into(), answer: f.get("reason").into(), ..Default::default() }),
+        }),
         "cancel" => {
             let reason = enum_value::<CancellationReason>(f, "reason", &mut c, "撤回原因");
-            c.done()?;
-            r.cancel(with_key(CancelRequest { case_id: id, cancellation: Some(Cancellation { reason, explanation: f.get("explanation").into() }) }, &idem)).await.and_then(answered_case)?
+            Call::Cancel(CancelRequest { case_id: id, cancellation: Some(Cancellation { reason, explanation: f.get("explanation").into() }) })
         }
         "supervise" => {
             let level = enum_value::<SupervisionLevel>(f, "level", &mut c, "督办级别");
             let respond_by = due_date(f, "respond_by", &mut c, "回复期限");
-            c.done()?;
-            r.supervise(with_key(
-                SuperviseRequest {
-                    case_id: id,
-                    notice: Some(SupervisionNotice { level, instructions: f.get("instructions").into(), respond_by, supervisor: f.get("supervisor").into() }),
-                },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::Supervise(SuperviseRequest {
+                case_id: id,
+                notice: Some(SupervisionNotice { level, instructions: f.get("instructions").into(), respond_by, supervisor: f.get("supervisor").into() }),
+            })
         }
         "dispose" => {
             let disposition = enum_value::<DispositionKind>(f, "disposition", &mut c, "处理结果");
-            c.done()?;
-            r.dispose(with_key(
-                DisposeRequest {
-                    case_id: id,
-                    disposition: Some(DispositionNotice { disposition, document_number: f.get("document_number").into(), summary: f.get("summary").into(), document: None }),
-                },
-                &idem,
-            ))
-            .await.and_then(answered_case)?
+            Call::Dispose(DisposeRequest {
+                case_id: id,
+                disposition: Some(DispositionNotice { disposition, document_number: f.get("document_number").into(), summary: f.get("summary").into(), document: None }),
+            })
         }
-        "close_petition" => {
-            c.done()?;
-            PetitionServiceClient::new(ch)
-                .close_petition(with_key(
-                    ClosePetitionRequest { case_id: id, document_number: f.get("document_number").into(), summary: f.get("summary").into() },
-                    &idem,
-                ))
-                .await.and_then(answered_case)?
-        }
+        "close_petition" => Call::ClosePetition(ClosePetitionRequest {
+            case_id: id,
+            document_number: f.get("document_number").into(),
+            summary: f.get("summary").into(),
+        }),
         "decide_confirmation" => {
             let decision = enum_value::<ConfirmationDecisionKind>(f, "decision", &mut c, "决定");
-            c.done()?;
-            CourtServiceClient::new(ch)
-                .decide_confirmation(with_key(
-                    DecideConfirmationRequest {
-                        case_id: id,
-                        decision: Some(ConfirmationDecision { decision, reason: f.get("reason").into(), document_number: f.get("document_number").into(), document: None }),
-                    },
-                    &idem,
-                ))
-                .await.and_then(answered_case)?
+            Call::DecideConfirmation(DecideConfirmationRequest {
+                case_id: id,
+                decision: Some(ConfirmationDecision { decision, reason: f.get("reason").into(), document_number: f.get("document_number").into(), document: None }),
+            })
         }
-        "recognize" => {
-            c.done()?;
-            PoliceServiceClient::new(ch)
-                .recognize_agreement(with_key(
-                    RecognizeAgreementRequest {
-                        case_id: id,
-                        recognition: Some(AgreementRecognition {
-                            agreement: Some(agreement(&f.lines("terms"))),
-                            document_number: f.get("document_number").into(),
-                            recognised_by: f.get("recognised_by").into(),
-                            note: String::new(),
-                        }),
-                    },
-                    &idem,
-                ))
-                .await.and_then(answered_case)?
-        }
+        "recognize" => Call::RecognizeAgreement(RecognizeAgreementRequest {
+            case_id: id,
+            recognition: Some(AgreementRecognition {
+                agreement: Some(agreement(&f.lines("terms"))),
+                document_number: f.get("document_number").into(),
+                recognised_by: f.get("recognised_by").into(),
+                note: String::new(),
+            }),
+        }),
         "review" => {
             let conclusion = enum_value::<ReviewConclusion>(f, "conclusion", &mut c, "审查结论");
-            c.done()?;
-            ProcuratorateServiceClient::new(ch)
-                .review_reconciliation(with_key(
-                    ReviewReconciliationRequest {
-                        case_id: id,
-                        review: Some(ReconciliationReview {
-                            conclusion,
-                            agreement: Some(agreement(&f.lines("terms"))),
-                            reviewed_by: f.get("reviewed_by").into(),
-                            reason: f.get("reason").into(),
-                        }),
-                    },
-                    &idem,
-                ))
-                .await.and_then(answered_case)?
+            Call::ReviewReconciliation(ReviewReconciliationRequest {
+                case_id: id,
+                review: Some(ReconciliationReview {
+                    conclusion,
+                    agreement: Some(agreement(&f.lines("terms"))),
+                    reviewed_by: f.get("reviewed_by").into(),
+                    reason: f.get("reason").into(),
+                }),
+            })
         }
         other => return Err(UiError::NotFound(format!("没有“{other}”这项操作"))),
     };
-    Ok(view)
+    c.done()?;
+    Ok(call)
 }
 
 /// The case's party ids, as the page listed them.
@@ -870,5 +745,144 @@ mod tests {
         assert_eq!(form_field("referral.clock_policy.kind"), "clock_policy");
         assert_eq!(form_field("to"), "to");
         assert_eq!(form_field("receipt.signed_by"), "signed_by");
+    }
+
+    fn node(s: &str) -> AgencyNode {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    /// A case between `referrer` and `holder` in `state`, with what the service allows `me`
+    /// next (its `allowed_next`: nothing once the case is over).
+    fn case(referrer: &AgencyNode, holder: &AgencyNode, state: CaseState) -> CaseView {
+        let allowed = if state.is_final() { Vec::new() } else { state.allowed() };
+        CaseView {
+            case_id: "0190a4c8-0000-7000-8000-000000000001".into(),
+            state: state.as_str().into(),
+            channel: duijie_domain::case::channel_of(referrer.kind).unwrap_or_default() as i32,
+            referrer: Some(referrer.into()),
+            holder: Some(holder.into()),
+            allowed_next: allowed.into_iter().map(|k| k as i32).collect(),
+            referral: Some(Referral {
+                parties: vec![Party { party_id: "p1".into(), name: "张三".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            deadlines: vec![DeadlineView { limit: TimeLimit::PeoplesMediation as i32, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn keys(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, String)]) -> Vec<&'static str> {
+        actions_for(me, view, bodies).iter().map(|a| a.action.key).collect()
+    }
+
+    /// A value every field of its kind accepts.
+    fn value(input: Input) -> &'static str {
+        match input {
+            Input::Text | Input::Area => "x",
+            Input::Date => "2026-01-31",
+            Input::Number | Input::Choice | Input::Party | Input::RunningLimit => "1",
+            Input::Check => "on",
+            Input::Agency => "mediation:431003-102",
+        }
+    }
+
+    #[test]
+    fn every_action_of_the_table_has_a_form_that_calls_its_rpc() {
+        let view = case(&node("court:431003"), &node("mediation:431003"), CaseState::Accepted);
+        for a in actions::ACTIONS {
+            let mut pairs = vec![("party_ids".to_owned(), "p1".to_owned())];
+            pairs.extend(a.fields.iter().map(|fl| (fl.name.to_owned(), value(fl.input).to_owned())));
+            match request(&view, a, &Fields(pairs)) {
+                Ok(call) => assert_eq!(call.rpc(), a.rpc, "{}", a.key),
+                Err(e) => panic!("{}: {e}", a.key),
+            }
+            // Each required field is asked for by its label.
+            match request(&view, a, &Fields::default()) {
+                Err(UiError::Form(errors)) => {
+                    for fl in a.fields.iter().filter(|fl| fl.required) {
+                        assert!(errors.iter().any(|(n, m)| n == fl.name && m.contains(fl.label)), "{}.{}: {errors:?}", a.key, fl.name);
+                    }
+                }
+                _ => panic!("{}: an empty form went through", a.key),
+            }
+        }
+        let unknown = Action { key: "no_such_action", ..actions::ACTIONS[0] };
+        assert!(matches!(request(&view, &unknown, &Fields::default()), Err(UiError::NotFound(_))));
+    }
+
+    #[test]
+    fn every_choice_of_the_table_has_options_for_every_agency_that_takes_it() {
+        for a in actions::ACTIONS {
+            for kind in AgencyKind::ALL.into_iter().filter(|k| a.taken_by(a.side, *k)) {
+                for state in a.states() {
+                    for fl in a.fields.iter().filter(|fl| fl.input == Input::Choice) {
+                        assert!(!choices(a.key, fl.name, kind, Some(state)).is_empty(), "{}.{} for {kind} in {state}", a.key, fl.name);
+                    }
+                }
+            }
+        }
+        // What each referrer may report, as the services accept it: 其他 too.
+        let court = choices("dispose", "disposition", AgencyKind::Court, Some(CaseState::Failed));
+        assert!(court.iter().any(|(v, _)| *v == (DispositionKind::Other as i32).to_string()), "{court:?}");
+        assert!(!court.iter().any(|(v, _)| *v == (DispositionKind::Penalty as i32).to_string()), "{court:?}");
+    }
+
+    #[test]
+    fn each_side_is_offered_what_the_table_and_the_service_allow() {
+        let (court, centre, town) = (node("court:431003"), node("mediation:431003"), node("mediation:431003-102"));
+        let bodies = vec![(centre.clone(), "中心".to_owned()), (town.clone(), "镇".to_owned())];
+        let delivered = case(&court, &centre, CaseState::Delivered);
+        assert_eq!(keys(&centre, &delivered, &bodies), ["sign_for"]);
+        assert_eq!(keys(&court, &delivered, &bodies), ["amend", "cancel", "supervise"]);
+        assert!(keys(&town, &delivered, &bodies).is_empty(), "neither end of the case");
+        assert!(keys(&node("police:431003-01"), &delivered, &bodies).is_empty());
+
+        let received = case(&court, &centre, CaseState::Received);
+        assert_eq!(keys(&centre, &received, &bodies), ["accept", "reject", "redirect", "request_info"]);
+        // Nowhere to hand the case: no 转办, no 上报.
+        let alone = vec![(centre.clone(), "中心".to_owned())];
+        assert_eq!(keys(&centre, &received, &alone), ["accept", "reject", "request_info"]);
+        let accepted = case(&court, &centre, CaseState::Accepted);
+        assert!(!keys(&centre, &accepted, &alone).contains(&"escalate"));
+        assert!(keys(&centre, &accepted, &bodies).contains(&"escalate"));
+        // The service's allowed_next has the last word while the case is open.
+        let mut limited = received.clone();
+        limited.allowed_next = vec![MessageKind::Accept as i32];
+        assert_eq!(keys(&centre, &limited, &bodies), ["accept"]);
+
+        // 司法确认 on the court channel only; the court decides it.
+        let settled = case(&court, &centre, CaseState::Settled);
+        assert!(keys(&centre, &settled, &bodies).contains(&"request_confirmation"));
+        let police = node("police:431003-01");
+        assert!(!keys(&centre, &case(&police, &centre, CaseState::Settled), &bodies).contains(&"request_confirmation"));
+        assert_eq!(keys(&court, &case(&court, &centre, CaseState::ConfirmationRequested), &bodies), ["supervise", "decide_confirmation"]);
+    }
+
+    #[test]
+    fn a_referrer_tells_its_disposition_once_and_the_petition_office_closes_a_closed_case() {
+        let (petition, village) = (node("petition:431003"), node("mediation:431003-102-05"));
+        let returned = case(&petition, &village, CaseState::Rejected);
+        assert_eq!(keys(&petition, &returned, &[]), ["supervise", "dispose"]);
+        let mut told = returned.clone();
+        told.timeline.push(TimelineEntry { kind: MessageKind::DispositionNotice as i32, direction: "out".into(), ..Default::default() });
+        assert_eq!(keys(&petition, &told, &[]), ["supervise"], "told once");
+
+        // The centre closed the case: the service allows nothing more, the table offers 办结.
+        let closed = case(&petition, &village, CaseState::Closed);
+        assert!(closed.allowed_next.is_empty());
+        assert_eq!(keys(&petition, &closed, &[]), ["close_petition"]);
+        let mut done = closed.clone();
+        done.timeline.push(TimelineEntry { kind: MessageKind::DispositionNotice as i32, direction: "out".into(), ..Default::default() });
+        assert!(keys(&petition, &done, &[]).is_empty(), "办结 once");
+        assert!(keys(&village, &closed, &[]).is_empty());
+        let court = node("court:431003");
+        assert!(keys(&court, &case(&court, &node("mediation:431003"), CaseState::Closed), &[]).is_empty());
+
+        // A submitted form is found by its key whatever the state, for its side and kind only.
+        assert!(action_by_key(&petition, &returned, "close_petition").is_some());
+        assert!(action_by_key(&petition, &returned, "sign_for").is_none());
+        assert!(action_by_key(&village, &returned, "sign_for").is_some());
+        assert!(action_by_key(&court, &returned, "dispose").is_none(), "not its case");
+        assert!(action_by_key(&petition, &returned, "decide_confirmation").is_none(), "a court's step");
     }
 }

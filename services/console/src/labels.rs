@@ -2,6 +2,7 @@
 //! limits and the choices of each form. One table per enum so that a new value is a compile
 //! error here rather than an English word on a clerk's screen.
 
+use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::*;
 
 pub fn state(s: &str) -> &'static str {
@@ -124,17 +125,6 @@ pub fn clock_policy(k: ClockPolicyKind) -> &'static str {
     }
 }
 
-/// The clock policies an agency of `kind` may choose (the services refuse the others).
-pub fn clock_policies(kind: AgencyKind) -> Vec<ClockPolicyKind> {
-    use ClockPolicyKind as C;
-    match kind {
-        AgencyKind::Court => vec![C::CourtPreFiling, C::CourtOrdinary, C::CourtSimplified],
-        AgencyKind::Police => vec![C::Police, C::PeoplesMediation],
-        AgencyKind::Petition => vec![C::Petition],
-        AgencyKind::Procuratorate => vec![C::PeoplesMediation],
-        _ => vec![],
-    }
-}
 
 pub fn referral_mode(m: ReferralMode) -> &'static str {
     use ReferralMode as M;
@@ -150,16 +140,6 @@ pub fn referral_mode(m: ReferralMode) -> &'static str {
     }
 }
 
-pub fn referral_modes(kind: AgencyKind) -> Vec<ReferralMode> {
-    use ReferralMode as M;
-    match kind {
-        AgencyKind::Court => vec![M::PreLitigation, M::Delegated, M::Entrusted],
-        AgencyKind::Police => vec![M::PoliceTransfer],
-        AgencyKind::Petition => vec![M::PetitionTransfer],
-        AgencyKind::Procuratorate => vec![M::CriminalReconciliation],
-        _ => vec![],
-    }
-}
 
 pub fn category(c: DisputeCategory) -> &'static str {
     use DisputeCategory as D;
@@ -231,17 +211,6 @@ pub fn disposition(d: DispositionKind) -> &'static str {
     }
 }
 
-/// The dispositions an agency of `kind` reports (the services refuse the others).
-pub fn dispositions(kind: AgencyKind) -> Vec<DispositionKind> {
-    use DispositionKind as D;
-    match kind {
-        AgencyKind::Court => vec![D::FiledForTrial, D::SuitWithdrawn, D::Adjudicated],
-        AgencyKind::Police => vec![D::Penalty, D::NoPenalty],
-        AgencyKind::Procuratorate => vec![D::NonProsecution, D::Prosecuted],
-        AgencyKind::Petition => vec![D::PetitionClosed, D::Other],
-        _ => vec![],
-    }
-}
 
 pub fn tier(t: MediationTier) -> &'static str {
     use MediationTier as T;
@@ -475,73 +444,105 @@ mod tests {
     }
 }
 
-/// The services' one-line summary of a message (English words around the clerks' own text) in
-/// Chinese: enum names become their labels, the fixed phrases their Chinese form.
-pub fn summary(kind: MessageKind, text: &str) -> String {
-    use MessageKind as K;
-    if kind == K::DeliveryEvidence {
-        return if text.starts_with("EVIDENCE_TYPE_NOT_DELIVERED") { "未能送达".into() } else { "已送达".into() };
+
+/// A label and the clerk's own text after it (the label alone when there is no text).
+fn with_text(label: &str, text: &str) -> String {
+    match text.trim() {
+        "" => label.to_owned(),
+        t => format!("{label}: {t}"),
     }
-    let mut s = text.to_owned();
-    if kind == K::Referral {
-        if let Some((n, rest)) = s.split_once(" parties; ") {
-            s = format!("当事人{n}名；{rest}");
-        } else if let Some(rest) = s.strip_prefix("handed on by ") {
-            s = format!("由{rest}移交");
+}
+
+/// A timeline entry's one-line summary (摘要), in Chinese, from the typed message: the contract's
+/// enums by their labels here, the clerks' own text as they wrote it, agencies by `agency` (their
+/// display names). A new message kind is a compile error here, never an English word on a screen.
+pub fn summary(payload: &Payload, agency: impl Fn(Option<&AgencyRef>) -> String) -> String {
+    use duijie_proto::v1::outcome::Kind;
+    match payload {
+        Payload::Referral(r) => match &r.forwarded {
+            Some(f) => format!("由{}移交（{}）", agency(f.forwarded_by.as_ref()), message_kind(f.reason())),
+            None => format!("当事人{}名；{}", r.parties.len(), r.cause_of_action),
+        },
+        Payload::Amendment(a) => a.reason.clone(),
+        Payload::Cancellation(c) => with_text(cancellation_reason(c.reason()), &c.explanation),
+        Payload::SupervisionNotice(n) => with_text(supervision_level(n.level()), &n.instructions),
+        Payload::Receipt(r) => format!("签收人：{}", r.signed_by),
+        Payload::Accept(a) => format!("受理人：{}", a.accepted_by),
+        Payload::Reject(r) => with_text(reject_reason(r.reason()), &r.explanation),
+        Payload::Redirect(r) => with_text(&format!("转至{}", agency(r.to.as_ref())), &r.reason),
+        Payload::Assignment(a) => a.mediator.as_ref().map(|m| format!("调解员：{}", m.name)).unwrap_or_default(),
+        Payload::Escalation(e) => {
+            let to = e.to_agency.as_ref().map(|a| format!(" {}", agency(Some(a)))).unwrap_or_default();
+            format!("{} → {}{to}", tier(e.from_tier()), tier(e.to_tier()))
         }
-    }
-    const PHRASES: [(&str, &str); 14] = [
-        ("signed for by ", "签收人："),
-        ("accepted by ", "受理人："),
-        ("mediator ", "调解员："),
-        ("settled: ", "达成协议："),
-        ("failed: ", "调解不成："),
-        ("withdrawn", "撤回调解"),
-        ("judicial confirmation requested", "申请司法确认"),
-        ("recognised ", "确认履行 "),
-        ("cancel confirmed", "同意撤回"),
-        ("cancel refused: ", "不同意撤回："),
-        ("deadline near", "期限即将届满"),
-        ("deadline passed", "期限已届满"),
-        (" days", "天"),
-        ("to ", "转至"),
-    ];
-    for (en, zh) in PHRASES {
-        if s.starts_with(en) || (en.starts_with(' ') && s.contains(en)) {
-            s = s.replacen(en, zh, 1);
+        Payload::Progress(p) => p.summary.clone(),
+        Payload::InfoRequest(q) => q.questions.join("；"),
+        Payload::ExtensionRequest(x) => format!("{}延长{}天", time_limit(x.limit()), x.days),
+        Payload::Outcome(o) => match &o.kind {
+            Some(Kind::Settled(s)) => format!("达成协议：{}", s.terms.join("；")),
+            Some(Kind::Failed(f)) => format!("调解不成：{}", failure_reason(f.reason())),
+            Some(Kind::Withdrawn(_)) => "撤回调解".into(),
+            None => String::new(),
+        },
+        Payload::ConfirmationRequest(_) => "申请司法确认".into(),
+        Payload::ConfirmationDecision(d) => format!("{} {}", confirmation_decision(d.decision()), d.document_number).trim_end().to_owned(),
+        Payload::AgreementRecognition(a) => format!("确认履行 {}", a.document_number).trim_end().to_owned(),
+        Payload::ReconciliationReview(r) => review_conclusion(r.conclusion()).to_owned(),
+        Payload::Performance(p) => performance(p.status()).to_owned(),
+        Payload::FollowUp(f) => with_text(satisfaction(f.satisfaction()), &f.summary),
+        Payload::Closure(c) => with_text(closure_basis(c.basis()), &c.summary),
+        Payload::CancellationConfirmation(c) => {
+            if c.confirmed { "同意撤回".into() } else { format!("不同意撤回：{}", c.reason) }
         }
+        Payload::DispositionNotice(d) => format!("{} {}", disposition(d.disposition()), d.document_number).trim_end().to_owned(),
+        Payload::DeliveryEvidence(e) => match e.evidence_type() {
+            EvidenceType::NotDelivered => "未能送达".into(),
+            _ => "已送达".into(),
+        },
+        Payload::DeadlineWarning(w) => format!("{}即将届满", w.deadline.as_ref().map_or("期限", |d| time_limit(d.limit()))),
+        Payload::DeadlineBreached(b) => format!("{}已届满", b.deadline.as_ref().map_or("期限", |d| time_limit(d.limit()))),
     }
-    let enums: Vec<(&str, &str)> = [
-        (1..=6).filter_map(|i| RejectReason::try_from(i).ok()).map(|e| (e.as_str_name(), reject_reason(e))).collect::<Vec<_>>(),
-        (1..=6).filter_map(|i| CancellationReason::try_from(i).ok()).map(|e| (e.as_str_name(), cancellation_reason(e))).collect(),
-        (1..=2).filter_map(|i| SupervisionLevel::try_from(i).ok()).map(|e| (e.as_str_name(), supervision_level(e))).collect(),
-        (1..=5).filter_map(|i| FailureReason::try_from(i).ok()).map(|e| (e.as_str_name(), failure_reason(e))).collect(),
-        (1..=4).filter_map(|i| ConfirmationDecisionKind::try_from(i).ok()).map(|e| (e.as_str_name(), confirmation_decision(e))).collect(),
-        (1..=3).filter_map(|i| ReviewConclusion::try_from(i).ok()).map(|e| (e.as_str_name(), review_conclusion(e))).collect(),
-        (1..=2).filter_map(|i| PerformanceStatus::try_from(i).ok()).map(|e| (e.as_str_name(), performance(e))).collect(),
-        (1..=3).filter_map(|i| Satisfaction::try_from(i).ok()).map(|e| (e.as_str_name(), satisfaction(e))).collect(),
-        (1..=4).filter_map(|i| ClosureBasis::try_from(i).ok()).map(|e| (e.as_str_name(), closure_basis(e))).collect(),
-        (1..=9).filter_map(|i| DispositionKind::try_from(i).ok()).map(|e| (e.as_str_name(), disposition(e))).collect(),
-        (1..=11).filter_map(|i| TimeLimit::try_from(i).ok()).map(|e| (e.as_str_name(), time_limit(e))).collect(),
-        (1..=5).filter_map(|i| MediationTier::try_from(i).ok()).map(|e| (e.as_str_name(), tier(e))).collect(),
-    ]
-    .concat();
-    for (name, label) in enums {
-        s = s.replace(name, label);
-    }
-    s.replace("→", "→ ")
 }
 
 #[cfg(test)]
 mod summary_tests {
     use super::*;
+    use duijie_domain::agency::ref_str;
+
+    fn zh(p: Payload) -> String {
+        summary(&p, ref_str)
+    }
 
     #[test]
     fn summaries_read_in_chinese() {
-        assert_eq!(summary(MessageKind::Referral, "2 parties; 相邻关系纠纷"), "当事人2名；相邻关系纠纷");
-        assert_eq!(summary(MessageKind::Receipt, "signed for by 王明"), "签收人：王明");
-        assert_eq!(summary(MessageKind::Outcome, "failed: FAILURE_REASON_NO_AGREEMENT"), "调解不成：未达成协议");
-        assert_eq!(summary(MessageKind::DeliveryEvidence, "EVIDENCE_TYPE_DELIVERED referral to mediation:431003"), "已送达");
-        assert_eq!(summary(MessageKind::Closure, "CLOSURE_BASIS_PERFORMED: 案结事了"), "协议已履行: 案结事了");
+        let party = Party::default;
+        let referral = Referral { parties: vec![party(), party()], cause_of_action: "相邻关系纠纷".into(), ..Default::default() };
+        assert_eq!(zh(Payload::Referral(referral)), "当事人2名；相邻关系纠纷");
+        assert_eq!(zh(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() })), "签收人：王明");
+        let failed = outcome::Kind::Failed(outcome::Failed { reason: FailureReason::NoAgreement as i32, ..Default::default() });
+        assert_eq!(zh(Payload::Outcome(Outcome { kind: Some(failed) })), "调解不成：未达成协议");
+        let evidence = |t: EvidenceType| DeliveryEvidence { evidence_type: t as i32, message_kind: MessageKind::Referral as i32, ..Default::default() };
+        assert_eq!(zh(Payload::DeliveryEvidence(evidence(EvidenceType::Delivered))), "已送达");
+        assert_eq!(zh(Payload::DeliveryEvidence(evidence(EvidenceType::NotDelivered))), "未能送达");
+        let closure = Closure { basis: ClosureBasis::Performed as i32, summary: "案结事了".into(), ..Default::default() };
+        assert_eq!(zh(Payload::Closure(closure)), "协议已履行: 案结事了");
+    }
+
+    #[test]
+    fn agencies_and_enums_are_named_not_spelled() {
+        let town = AgencyRef::new(AgencyKind::Mediation, "431003-102");
+        let escalation = Escalation { from_tier: MediationTier::Village as i32, to_tier: MediationTier::Town as i32, to_agency: Some(town.clone()), reason: String::new() };
+        let named = summary(&Payload::Escalation(escalation), |a| if a == Some(&town) { "白露塘镇调委会".into() } else { "?".into() });
+        assert_eq!(named, "村（社区）级 → 乡镇（街道）级 白露塘镇调委会");
+        let forwarded = Referral { forwarded: Some(ForwardedCase { forwarded_by: Some(town), reason: MessageKind::Redirect as i32, ..Default::default() }), ..Default::default() };
+        assert_eq!(zh(Payload::Referral(forwarded)), "由mediation:431003-102移交（转办）");
+        let notice = DispositionNotice { disposition: DispositionKind::Other as i32, ..Default::default() };
+        assert_eq!(zh(Payload::DispositionNotice(notice)), "其他");
+        let extension = ExtensionRequest { limit: TimeLimit::PeoplesMediation as i32, days: 15, ..Default::default() };
+        assert_eq!(zh(Payload::ExtensionRequest(extension)), "人民调解期限（30日）延长15天");
+        for p in [Payload::Cancellation(Cancellation::default()), Payload::ConfirmationDecision(ConfirmationDecision::default())] {
+            let s = zh(p);
+            assert!(!s.chars().any(|c| c.is_ascii_uppercase()), "no enum name in English: {s}");
+        }
     }
 }

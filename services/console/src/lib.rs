@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::{get, post};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::client::{Endpoints, Pki};
 use duijie_common::config::duration_ms;
 use duijie_common::CancellationToken;
@@ -187,11 +187,8 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
         .agencies
         .iter()
         .map(|a| {
-            duijie_proto::v1::AgencyRef::parse(&a.id)
-                .and_then(|r| duijie_proto::v1::AgencyKind::try_from(r.kind).ok().map(|k| (k, r.code)))
-                .and_then(|(k, code)| AgencyNode::new(k, code).ok())
-                .map(|n| (n, a.name.clone()))
-                .with_context(|| format!("agencies: {:?} is not <kind>:<code>", a.id))
+            let node = a.id.parse::<AgencyNode>().with_context(|| format!("agencies: {:?} is not <kind>:<code>", a.id))?;
+            Ok((node, a.name.clone()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let demo_identities = match cfg.sign_in {

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use chrono::{DateTime, Datelike as _, NaiveDate, TimeZone as _, Utc};
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::{AgencyNode, actions};
 use duijie_proto::answered_case;
 use duijie_proto::v1::audit_service_client::AuditServiceClient;
 use duijie_proto::v1::cases_service_client::CasesServiceClient;
@@ -18,7 +18,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use crate::backend::UiError;
-use crate::forms::{self, ActionSpec, Fields, Input};
+use crate::forms::{self, ActionSpec, Fields, Widget};
 use crate::{AppState, SignIn, charts, labels};
 
 const COOKIE: &str = "duijie_as";
@@ -30,11 +30,6 @@ const COOKIE: &str = "duijie_as";
 /// The signed-in agency.
 pub struct Me(pub AgencyNode);
 
-fn parse_node(s: &str) -> Option<AgencyNode> {
-    let r = AgencyRef::parse(s)?;
-    AgencyNode::new(AgencyKind::try_from(r.kind).ok()?, r.code).ok()
-}
-
 fn cookie_identity(headers: &HeaderMap) -> Option<AgencyNode> {
     headers
         .get_all(header::COOKIE)
@@ -42,7 +37,7 @@ fn cookie_identity(headers: &HeaderMap) -> Option<AgencyNode> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .find_map(parse_node)
+        .find_map(|v| v.parse().ok())
 }
 
 impl FromRequestParts<AppState> for Me {
@@ -205,8 +200,21 @@ fn countdown(due: Option<&prost_types::Timestamp>, overdue: bool) -> (String, &'
 }
 
 fn agency_name(st: &AppState, r: Option<&AgencyRef>) -> String {
-    r.and_then(|r| AgencyKind::try_from(r.kind).ok().and_then(|k| AgencyNode::new(k, &r.code).ok()))
-        .map_or_else(|| "—".into(), |n| st.name_of(&n))
+    AgencyNode::from_ref(r).map_or_else(|_| "—".into(), |n| st.name_of(&n))
+}
+
+/// A timeline entry's summary in Chinese: from the typed message, or (a service that sent none)
+/// the service's own line.
+fn entry_summary(st: &AppState, message: Option<&Envelope>, fallback: &str) -> String {
+    match message.and_then(|m| m.payload.as_ref()) {
+        Some(p) => labels::summary(p, |r| agency_name(st, r)),
+        None => fallback.to_owned(),
+    }
+}
+
+/// The title of action `key` (the table's label).
+fn action_title(key: &str) -> &'static str {
+    actions::by_key(key).map_or("操作", |a| a.label)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ pub struct SignInForm {
 }
 
 pub async fn signin(State(st): State<AppState>, Form(f): Form<SignInForm>) -> Response {
-    let Some(node) = parse_node(&f.who).filter(|n| st.demo_identities.contains(n)) else {
+    let Some(node) = f.who.parse::<AgencyNode>().ok().filter(|n| st.demo_identities.contains(n)) else {
         return error_page(None, StatusCode::BAD_REQUEST, "没有该身份的证书，请重新选择。").into_response();
     };
     let cookie = format!("{COOKIE}={node}; Path=/; HttpOnly; SameSite=Lax");
@@ -406,8 +414,10 @@ fn select_input(f: &Fields, errors: &[(String, String)], name: &str, label: &str
 fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, String)]) -> Markup {
     let opts = |v: Vec<(i32, &'static str)>| v.into_iter().map(|(n, l)| (n.to_string(), l.to_owned())).collect::<Vec<_>>();
     let bodies: Vec<(String, String)> = st.mediation_bodies().into_iter().map(|(n, name)| (n.to_string(), name)).collect();
-    let modes = opts(labels::referral_modes(me.kind).into_iter().map(|m| (m as i32, labels::referral_mode(m))).collect());
-    let clocks = opts(labels::clock_policies(me.kind).into_iter().map(|k| (k as i32, labels::clock_policy(k))).collect());
+    // What this kind of referrer may choose (the services refuse the rest); the first is the default.
+    let rules = duijie_domain::referrers::of(me.kind);
+    let modes = opts(rules.map_or(&[][..], |r| r.referral_modes).iter().map(|m| (*m as i32, labels::referral_mode(*m))).collect());
+    let clocks = opts(rules.map_or(&[][..], |r| r.clock_policies).iter().map(|k| (*k as i32, labels::clock_policy(*k))).collect());
     let categories = opts((1..=17).filter_map(|i| DisputeCategory::try_from(i).ok()).map(|c| (c as i32, labels::category(c))).collect());
     let roles = opts([PartyRole::Applicant, PartyRole::Respondent, PartyRole::Plaintiff, PartyRole::Defendant, PartyRole::Victim, PartyRole::Offender, PartyRole::Petitioner, PartyRole::ThirdParty].into_iter().map(|r| (r as i32, labels::party_role(r))).collect());
     let id_types = opts((1..=7).filter_map(|i| IdDocumentType::try_from(i).ok()).map(|t| (t as i32, labels::id_type(t))).collect());
@@ -474,35 +484,6 @@ pub async fn case_page(State(st): State<AppState>, Me(me): Me, Path(id): Path<St
         key => Some((format!("已办理：{}。", action_title(key)), format!("{id}-{key}"))),
     };
     render_case(&st, &me, &id, ok, None).await
-}
-
-fn action_title(key: &str) -> &'static str {
-    match key {
-        "sign_for" => "签收",
-        "accept" => "受理",
-        "reject" => "不予受理",
-        "redirect" => "转办",
-        "assign" => "指派调解员",
-        "escalate" => "上报",
-        "progress" => "报告调解进展",
-        "request_info" => "请求补充材料",
-        "extend" => "延长期限",
-        "outcome" => "报告调解结果",
-        "request_confirmation" => "申请司法确认",
-        "performance" => "记录履行情况",
-        "follow_up" => "记录回访",
-        "close" => "结案",
-        "answer_cancel" => "答复撤回申请",
-        "amend" => "补正",
-        "cancel" => "申请撤回",
-        "supervise" => "督办",
-        "dispose" => "告知处理结果",
-        "close_petition" => "信访办结",
-        "decide_confirmation" => "司法确认决定",
-        "recognize" => "确认履行",
-        "review" => "审查和解协议",
-        _ => "操作",
-    }
 }
 
 /// A failed action, shown on the case page with the clerk's input kept.
@@ -610,7 +591,7 @@ fn case_summary(st: &AppState, me: &AgencyNode, v: &CaseView, failed: Option<&Fa
         @if !actions.is_empty() {
             h2 { "可办理事项" }
             div.grid #actions {
-                @for a in &actions { (action_form(me, &v.case_id, a, &party_ids, failed.filter(|f| f.key == a.key))) }
+                @for a in &actions { (action_form(me, &v.case_id, a, &party_ids, failed.filter(|f| f.key == a.action.key))) }
             }
         }
     }
@@ -624,48 +605,40 @@ fn action_form(me: &AgencyNode, case_id: &str, spec: &ActionSpec, party_ids: &st
         "" => uuid::Uuid::new_v4().to_string(),
         k => k.to_owned(),
     };
-    let keep = format!("{me}:{case_id}-{}", spec.key);
+    let a = spec.action;
+    let keep = format!("{me}:{case_id}-{}", a.key);
     html! {
-        form.card id=(format!("act-{}", spec.key)) data-kind=(spec.kind.as_str_name()) method="post" action=(format!("/cases/{case_id}/act")) data-keep=(keep) {
-            h2 { (spec.title) }
-            input type="hidden" name="action" value=(spec.key);
+        form.card id=(format!("act-{}", a.key)) data-kind=(a.kind.as_str_name()) method="post" action=(format!("/cases/{case_id}/act")) data-keep=(keep) {
+            h2 { (a.label) }
+            input type="hidden" name="action" value=(a.key);
             input type="hidden" name="idempotency_key" value=(key);
             input type="hidden" name="party_ids" value=(party_ids);
             @for fs in &spec.fields {
-                @let name = format!("{}-{}", spec.key, fs.name);
-                @let err = errors.iter().find(|(n, _)| n == fs.name).map(|(_, m)| m.clone());
-                @match &fs.input {
-                    Input::Check => { label { input type="checkbox" name=(fs.name) id=(name) checked[values.checked(fs.name)]; " " (fs.label) } }
-                    Input::Text | Input::Date | Input::Number => {
-                        label for=(name) { (fs.label) @if fs.required { " *" } }
-                        input type=(match fs.input { Input::Date => "date", Input::Number => "number", _ => "text" }) id=(name) name=(fs.name) value=(values.get(fs.name)) class=[err.as_ref().map(|_| "invalid")];
+                @let (field, label) = (fs.field.name, fs.field.label);
+                @let id = format!("{}-{field}", a.key);
+                @let err = errors.iter().find(|(n, _)| n == field).map(|(_, m)| m.clone());
+                @let invalid = err.as_ref().map(|_| "invalid");
+                @match &fs.widget {
+                    Widget::Check => { label { input type="checkbox" name=(field) id=(id) checked[values.checked(field)]; " " (label) } }
+                    Widget::Text | Widget::Date | Widget::Number => {
+                        label for=(id) { (label) @if fs.field.required { " *" } }
+                        input type=(match fs.widget { Widget::Date => "date", Widget::Number => "number", _ => "text" }) id=(id) name=(field) value=(values.get(field)) class=[invalid];
                     }
-                    Input::Area => {
-                        label for=(name) { (fs.label) @if fs.required { " *" } }
-                        textarea id=(name) name=(fs.name) class=[err.as_ref().map(|_| "invalid")] { (values.get(fs.name)) }
+                    Widget::Area => {
+                        label for=(id) { (label) @if fs.field.required { " *" } }
+                        textarea id=(id) name=(field) class=[invalid] { (values.get(field)) }
                     }
-                    Input::Select(opts) => {
-                        label for=(name) { (fs.label) @if fs.required { " *" } }
-                        select id=(name) name=(fs.name) class=[err.as_ref().map(|_| "invalid")] {
+                    Widget::Select(opts) => {
+                        label for=(id) { (label) @if fs.field.required { " *" } }
+                        select id=(id) name=(field) class=[invalid] {
                             option value="" { "请选择" }
-                            @for (v, l) in opts { option value=(v) selected[values.get(fs.name) == v.to_string()] { (l) } }
+                            @for (v, l) in opts { option value=(v) selected[values.get(field) == v] { (l) } }
                         }
-                    }
-                    Input::Named(opts) => {
-                        label for=(name) { (fs.label) @if fs.required { " *" } }
-                        select id=(name) name=(fs.name) class=[err.as_ref().map(|_| "invalid")] {
-                            option value="" { "请选择" }
-                            @for (v, l) in opts { option value=(v) selected[values.get(fs.name) == v.to_string()] { (l) } }
-                        }
-                    }
-                    Input::Agency(opts) => {
-                        label for=(name) { (fs.label) @if fs.required { " *" } }
-                        select id=(name) name=(fs.name) { option value="" { "请选择" } @for (v, l) in opts { option value=(v) selected[values.get(fs.name) == v] { (l) } } }
                     }
                 }
                 @if let Some(e) = err { p.err { (e) } }
             }
-            button type="submit" id=(format!("do-{}", spec.key)) { (spec.title) }
+            button type="submit" id=(format!("do-{}", a.key)) { (a.label) }
         }
     }
 }
@@ -688,7 +661,7 @@ fn audit_timeline(st: &AppState, t: &GetTimelineResponse) -> Markup {
                         td { (agency_name(st, r.sender.as_ref())) }
                         td { (agency_name(st, r.recipient.as_ref())) }
                         td { @if r.state_after.is_empty() { "—" } @else { (labels::state(&r.state_after)) } }
-                        td { (labels::summary(r.kind(), &r.summary)) }
+                        td { (entry_summary(st, r.message.as_ref(), &r.summary)) }
                         td {
                             @if matches!(r.kind(), MessageKind::DeliveryEvidence) { "—" }
                             @else if let Some(d) = &r.delivered_at { "已送达 " (china_time(Some(d))) }
@@ -721,7 +694,7 @@ fn own_timeline(st: &AppState, v: &CaseView) -> Markup {
             thead { tr { th { "时间" } th { "事项" } th { "发送方" } th { "接收方" } th { "办理后状态" } th { "摘要" } } }
             tbody { @for e in &v.timeline {
                 tr { td { (china_time(e.occurred_at.as_ref())) } td { (labels::message_kind(e.kind())) } td { (agency_name(st, e.sender.as_ref())) }
-                     td { (agency_name(st, e.recipient.as_ref())) } td { (labels::state(&e.state_after)) } td { (labels::summary(e.kind(), &e.summary)) } }
+                     td { (agency_name(st, e.recipient.as_ref())) } td { (labels::state(&e.state_after)) } td { (entry_summary(st, e.message.as_ref(), &e.summary)) } }
             } }
         }
     }
@@ -737,9 +710,9 @@ pub async fn act(State(st): State<AppState>, Me(me): Me, Path(id): Path<String>,
         // Found whatever the state now: a resubmitted form (same idempotency key) is answered
         // by the service with the case as it is, and a step the state no longer allows is
         // refused by the service with the reason.
-        let spec = forms::action_by_key(&me, &view, &st.mediation_bodies(), &key)
+        let action = forms::action_by_key(&me, &view, &key)
             .ok_or_else(|| UiError::Forbidden(format!("本机构不能对该案件办理“{}”。", action_title(&key))))?;
-        forms::perform(ch, &view, &key, &f, &spec).await
+        forms::perform(ch, &view, action, &f).await
     }
     .await;
     match result {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use duijie_common::amqp::AgencyNode;
+use duijie_domain::AgencyNode;
 use duijie_common::CancellationToken;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;

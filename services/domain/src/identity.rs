@@ -109,13 +109,17 @@ pub fn mask(number: &str) -> String {
 /// messages has its own entry).
 pub fn shown(mut env: duijie_proto::v1::Envelope) -> duijie_proto::v1::Envelope {
     use duijie_proto::v1::envelope::Payload;
-    if let Some(Payload::Referral(r)) = env.payload.take() {
-        let mut r = masked(r);
-        if let Some(f) = &mut r.forwarded {
-            f.history.clear();
+    // Only a referral carries parties and history; every other message is shown as it is.
+    env.payload = match env.payload.take() {
+        Some(Payload::Referral(r)) => {
+            let mut r = masked(r);
+            if let Some(f) = &mut r.forwarded {
+                f.history.clear();
+            }
+            Some(Payload::Referral(r))
         }
-        env.payload = Some(Payload::Referral(r));
-    }
+        other => other,
+    };
     env
 }
 
@@ -159,5 +163,21 @@ mod tests {
         assert_eq!(mask("11010519491231002X"), "1101**********002X");
         assert_eq!(mask("E1234567"), "E1****67");
         assert_eq!(mask("1234"), "****");
+    }
+
+    #[test]
+    fn a_shown_message_keeps_its_payload_and_masks_only_identity_numbers() {
+        use duijie_proto::v1::envelope::Payload;
+        use duijie_proto::v1::{Envelope, ForwardedCase, IdentityDocument, Party, Receipt, Referral};
+        let receipt = Envelope { payload: Some(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() })), ..Default::default() };
+        assert_eq!(shown(receipt.clone()), receipt, "nothing to mask: the message as it is");
+        let party = Party { identity: Some(IdentityDocument { number: "11010519491231002X".into(), ..Default::default() }), ..Default::default() };
+        let forwarded = ForwardedCase { history: vec![vec![1, 2, 3]], ..Default::default() };
+        let referral = Referral { parties: vec![party], forwarded: Some(forwarded), ..Default::default() };
+        let Some(Payload::Referral(r)) = shown(Envelope { payload: Some(Payload::Referral(referral)), ..Default::default() }).payload else {
+            panic!("the referral is kept");
+        };
+        assert_ne!(r.parties[0].identity.as_ref().map(|i| i.number.as_str()), Some("11010519491231002X"), "masked");
+        assert!(r.forwarded.is_some_and(|f| f.history.is_empty()), "history left out");
     }
 }
