@@ -50,7 +50,7 @@ impl Connector {
     }
 }
 
-pub use duijie_domain::AgencyNode;
+use duijie_domain::AgencyNode;
 
 /// Names and arguments of the bus topology for one prefix.
 #[derive(Debug, Clone)]
