@@ -126,7 +126,7 @@ impl Browser {
     pub async fn sign_in(&self, who: &AgencyNode) -> anyhow::Result<()> {
         self.client.delete_all_cookies().await?;
         self.goto("/signin").await?;
-        self.click(&format!("#signin-{}-{}", who.kind.as_str(), who.code)).await?;
+        self.click(&format!("#signin-{}-{}", who.kind().as_str(), who.code())).await?;
         let shown = self.text("#whoami").await?;
         anyhow::ensure!(shown.contains(&who.to_string()), "signed in as {shown:?}, wanted {who}");
         self.no_script_errors().await

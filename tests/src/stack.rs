@@ -122,7 +122,7 @@ impl Stack {
             let cfg = ServiceConfig {
                 bus: bus_cfg(bus.extra_database_config().await?),
                 grpc: grpc(name)?,
-                nodes: demo_nodes().into_iter().filter(|n| n.kind == kind).collect(),
+                nodes: demo_nodes().into_iter().filter(|n| n.kind() == kind).collect(),
                 directory: directory.clone(),
                 audit_gate: test_gate(),
             };
@@ -227,7 +227,7 @@ impl Stack {
 
     /// A clerk of agency `who`, connected to its own agency's service with its certificate.
     pub async fn clerk(&self, who: &AgencyNode) -> anyhow::Result<Clerk> {
-        self.clerk_on(who, who.kind).await
+        self.clerk_on(who, who.kind()).await
     }
 
     /// A clerk of agency `who` calling the service of `service_kind` (another agency's, to test

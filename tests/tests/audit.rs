@@ -41,7 +41,7 @@ struct Story {
 
 impl Story {
     fn new(code: &str, referrer: AgencyNode, centre: AgencyNode, clock: ClockPolicyKind, at: DateTime<Utc>) -> Self {
-        let channel = duijie_domain::case::channel_of(referrer.kind).unwrap_or(Channel::Unspecified);
+        let channel = duijie_domain::case::channel_of(referrer.kind()).unwrap_or(Channel::Unspecified);
         let mut s = Self { case_id: Uuid::now_v7(), code: code.into(), channel, referrer, centre, envs: Vec::new() };
         let (from, to) = (s.referrer.clone(), s.centre.clone());
         s.push(&from, &to, Payload::Referral(referral(code, clock)), at);

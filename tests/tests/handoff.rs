@@ -124,7 +124,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_a_reason_and_the_strea
 
     // 1. bytes that are not an envelope, published straight to the exchange
     let garbage_id = Uuid::now_v7().to_string();
-    bus.publish_raw(&format!("mediation.{}.referral", centre.code), b"\xff\xff\xff not protobuf", &garbage_id).await?;
+    bus.publish_raw(&format!("mediation.{}.referral", centre.code()), b"\xff\xff\xff not protobuf", &garbage_id).await?;
     // 2. a valid envelope the handler refuses, 3. and a good one after both
     let mut refused = [referral(&court, &centre, "REJECT-431003-2026-000030", "refused".into())];
     bus.stage(&mut refused).await?;
@@ -144,7 +144,7 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_a_reason_and_the_strea
     assert!(dead[0].reason.as_deref().is_some_and(|r| r.contains("undecodable")), "{:?}", dead[0].reason);
     assert_eq!(dead[1].message_id.as_deref(), Some(refused[0].message_id.as_str()));
     assert!(dead[1].reason.as_deref().is_some_and(|r| r.contains("refused by the test handler")), "{:?}", dead[1].reason);
-    assert_eq!(dead[1].original_routing_key.as_deref(), Some(format!("mediation.{}.referral", centre.code).as_str()));
+    assert_eq!(dead[1].original_routing_key.as_deref(), Some(format!("mediation.{}.referral", centre.code()).as_str()));
     bus.cleanup(&[centre]).await
 }
 
@@ -259,7 +259,7 @@ async fn duplicates_inside_one_batch_and_a_refusal_beside_them_are_handled() -> 
     let bus = TestBus::new().await?;
     let (court, centre) = nodes();
     bus.declare(std::slice::from_ref(&centre)).await?;
-    let key = format!("mediation.{}.referral", centre.code);
+    let key = format!("mediation.{}.referral", centre.code());
     let twice = referral(&court, &centre, "JF-431003-2026-000070", "twice".into());
     let refused = referral(&court, &centre, "REJECT-431003-2026-000071", "refused".into());
     let after = referral(&court, &centre, "JF-431003-2026-000072", "after".into());
@@ -288,9 +288,9 @@ async fn a_message_the_database_cannot_store_is_dead_lettered_and_does_not_block
     bus.declare(std::slice::from_ref(&centre)).await?;
     // A routing key with a NUL byte matches the node's binding but PostgreSQL refuses to store it.
     let bad = referral(&court, &centre, "JF-431003-2026-000080", "nul".into());
-    bus.publish_raw(&format!("mediation.{}.ref\0x", centre.code), &bad.encode_to_vec(), &bad.message_id).await?;
+    bus.publish_raw(&format!("mediation.{}.ref\0x", centre.code()), &bad.encode_to_vec(), &bad.message_id).await?;
     let good = referral(&court, &centre, "JF-431003-2026-000081", "good".into());
-    bus.publish_raw(&format!("mediation.{}.referral", centre.code), &good.encode_to_vec(), &good.message_id).await?;
+    bus.publish_raw(&format!("mediation.{}.referral", centre.code()), &good.encode_to_vec(), &good.message_id).await?;
     let consumer = bus.spawn_consumer("mediation-test", &centre);
     wait_until("the good message to arrive past the bad one", WAIT, || async {
         Ok(consumer.applied.load(Ordering::Relaxed) == 1 && consumer.dead_lettered.load(Ordering::Relaxed) == 1)

@@ -23,7 +23,7 @@ pub async fn claim(tx: &mut PgConnection, owner: &AgencyNode, key: &str, case_id
          ON CONFLICT DO NOTHING",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(key)
     .bind(case_id)
     .execute(&mut *tx)
@@ -36,7 +36,7 @@ pub async fn claim(tx: &mut PgConnection, owner: &AgencyNode, key: &str, case_id
     }
     let earlier: Uuid = sqlx::query_scalar("SELECT case_id FROM action_requests WHERE owner_kind = $1 AND owner_code = $2 AND request_id = $3")
         .bind(owner.kind_str())
-        .bind(&owner.code)
+        .bind(owner.code())
         .bind(key)
         // Read committed: the conflicting insert waited for the first request's commit.
         .fetch_one(tx)

@@ -78,7 +78,7 @@ impl Agency {
             case_id: Uuid::parse_str(&env.case_id).map_err(malformed)?,
             case_code: env.case_code.clone(),
             channel: env.channel(),
-            sender: AgencyNode::new(AgencyKind::Bus, owner.code.as_str()).map_err(malformed)?,
+            sender: AgencyNode::new(AgencyKind::Bus, owner.code()).map_err(malformed)?,
             recipient: to,
             causation_id: Uuid::parse_str(&env.message_id).ok(),
         };

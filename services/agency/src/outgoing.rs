@@ -25,10 +25,10 @@ impl Agency {
     /// `client_request_id`) returns the case of the first one.
     pub async fn submit_referral(&self, caller: &AgencyNode, to: &AgencyNode, case_code: &str, referral: Referral) -> Result<CaseView, ApiError> {
         self.check_serves(caller)?;
-        if !MessageKind::Referral.allowed_senders().contains(&caller.kind) {
-            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send referrals", caller.kind.as_str())));
+        if !MessageKind::Referral.allowed_senders().contains(&caller.kind()) {
+            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send referrals", caller.kind().as_str())));
         }
-        if to.kind != AgencyKind::Mediation {
+        if to.kind() != AgencyKind::Mediation {
             return Err(ApiError::invalid("to", "referrals go to a mediation body"));
         }
         self.check_known(to, "to")?;
@@ -42,7 +42,7 @@ impl Agency {
         if let Some(g) = &self.gate {
             g.check()?;
         }
-        let channel = channel_of(caller.kind).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
+        let channel = channel_of(caller.kind()).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
         let case = Case::referred(channel, caller.clone(), to.clone());
         let case_id = Uuid::now_v7();
         let header = Header { case_id, case_code: case_code.to_owned(), channel, sender: caller.clone(), recipient: to.clone(), causation_id: None };
@@ -86,8 +86,8 @@ impl Agency {
     pub async fn send_once(&self, caller: &AgencyNode, case_id: Uuid, payload: Payload, request_id: Option<&str>) -> Result<CaseView, ApiError> {
         let kind = payload.kind();
         self.check_serves(caller)?;
-        if !kind.allowed_senders().contains(&caller.kind) {
-            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind.as_str())));
+        if !kind.allowed_senders().contains(&caller.kind()) {
+            return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind().as_str())));
         }
         let mut tx = self.pool.begin().await.context("beginning")?;
         let Some(stored) = store::case(&mut tx, caller, case_id, true).await? else {

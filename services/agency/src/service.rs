@@ -66,7 +66,7 @@ pub async fn start(
     if nodes.is_empty() {
         anyhow::bail!("nodes: the service must act for at least one {} agency", kind.as_str());
     }
-    if let Some(n) = nodes.iter().find(|n| n.kind != kind) {
+    if let Some(n) = nodes.iter().find(|n| n.kind() != kind) {
         anyhow::bail!("nodes: {n} is not a {} agency", kind.as_str());
     }
     let directory = Directory::load(&cfg.directory)?;

@@ -75,7 +75,7 @@ pub async fn case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lo
     );
     let row: Option<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(owner.kind_str())
-        .bind(&owner.code)
+        .bind(owner.code())
         .bind(case_id)
         .fetch_optional(conn)
         .await
@@ -98,7 +98,7 @@ pub async fn list(conn: &mut PgConnection, owner: &AgencyNode, filter: &ListFilt
     );
     let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(owner.kind_str())
-        .bind(&owner.code)
+        .bind(owner.code())
         .bind(filter.state.map(CaseState::as_str))
         .bind(filter.channel.map(|c| c as i32))
         .bind(filter.after.map(|(t, _)| t))
@@ -131,12 +131,12 @@ pub async fn insert_referred(conn: &mut PgConnection, r: &NewReferral<'_>) -> Re
          ON CONFLICT (owner_kind, owner_code, client_request_id) WHERE client_request_id IS NOT NULL DO NOTHING",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(r.case_id)
     .bind(r.case_code)
     .bind(r.case.channel as i32)
     .bind(r.case.holder.kind_str())
-    .bind(&r.case.holder.code)
+    .bind(r.case.holder.code())
     .bind(r.case.lifecycle.state.as_str())
     .bind(r.clock_policy as i32)
     .bind(r.client_request_id)
@@ -151,7 +151,7 @@ pub async fn insert_referred(conn: &mut PgConnection, r: &NewReferral<'_>) -> Re
 pub async fn referred_by_request(pool: &PgPool, owner: &AgencyNode, client_request_id: &str) -> anyhow::Result<Uuid> {
     sqlx::query_scalar("SELECT case_id FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND client_request_id = $3")
         .bind(owner.kind_str())
-        .bind(&owner.code)
+        .bind(owner.code())
         .bind(client_request_id)
         .fetch_one(pool)
         .await
@@ -184,18 +184,18 @@ pub async fn insert_received(
             WHERE $11 AND cases.holder_kind = $12 AND cases.holder_code = $13",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(case_id)
     .bind(case_code)
     .bind(case.channel as i32)
     .bind(case.referrer.kind_str())
-    .bind(&case.referrer.code)
+    .bind(case.referrer.code())
     .bind(case.lifecycle.state.as_str())
     .bind(clock_policy as i32)
     .bind(referral)
     .bind(forwarded_by.is_some())
     .bind(forwarded_by.map(AgencyNode::kind_str))
-    .bind(forwarded_by.map(|n| n.code.as_str()))
+    .bind(forwarded_by.map(|n| n.code()))
     .execute(conn)
     .await?
     .rows_affected()
@@ -219,12 +219,12 @@ pub async fn update(
          WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(case_id)
     .bind(lc.state.as_str())
     .bind(lc.before_cancel.map(CaseState::as_str))
     .bind(new_holder.map(AgencyNode::kind_str))
-    .bind(new_holder.map(|h| h.code.as_str()))
+    .bind(new_holder.map(|h| h.code()))
     .bind(referral.map(|(bytes, _)| bytes.as_slice()))
     .bind(referral.map(|(_, clock)| *clock))
     .execute(conn)
@@ -262,7 +262,7 @@ pub async fn insert_event(conn: &mut PgConnection, owner: &AgencyNode, env: &Env
          ON CONFLICT (owner_kind, owner_code, message_id) DO NOTHING",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(Uuid::parse_str(&env.case_id)?)
     .bind(Uuid::parse_str(&env.message_id)?)
     .bind(direction.as_str())
@@ -296,7 +296,7 @@ pub async fn events(conn: &mut PgConnection, owner: &AgencyNode, cases: &[Uuid])
          WHERE owner_kind = $1 AND owner_code = $2 AND case_id = ANY($3) ORDER BY seq",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(cases)
     .fetch_all(conn)
     .await
@@ -311,7 +311,7 @@ pub async fn last_inbound(conn: &mut PgConnection, owner: &AgencyNode, case_id: 
            AND direction = 'in' AND kind <> 'delivery_evidence' ORDER BY seq DESC LIMIT 1",
     )
     .bind(owner.kind_str())
-    .bind(&owner.code)
+    .bind(owner.code())
     .bind(case_id)
     .fetch_optional(conn)
     .await
@@ -323,7 +323,7 @@ pub async fn held_elsewhere(pool: &PgPool, who: &AgencyNode, case_id: Uuid) -> a
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1 AND (owner_kind, owner_code) <> ($2, $3))")
         .bind(case_id)
         .bind(who.kind_str())
-        .bind(&who.code)
+        .bind(who.code())
         .fetch_one(pool)
         .await
         .context("looking for the case")

@@ -126,7 +126,7 @@ impl Agency {
         if let Some(f) = &mut referral.forwarded {
             f.history.clear(); // shown as the timeline's `prior` entries
         }
-        if !(role == Role::Holder && caller.kind == AgencyKind::Mediation) {
+        if !(role == Role::Holder && caller.kind() == AgencyKind::Mediation) {
             referral = duijie_domain::identity::masked(referral);
         }
         Ok(CaseView {

@@ -64,7 +64,7 @@ const CASE_COLUMNS: &str = "c.case_id, c.case_code, c.channel, c.referrer_kind, 
 /// The cases `who` may read, as a SQL condition on `audit_cases c` with `who`'s kind in $1 and
 /// code (or region) in $2.
 fn visible(who: &AgencyNode) -> &'static str {
-    if who.kind == AgencyKind::Supervisor {
+    if who.kind() == AgencyKind::Supervisor {
         "(c.referrer_code LIKE $2 || '%' OR c.holder_code LIKE $2 || '%')"
     } else {
         "EXISTS (SELECT 1 FROM audit_participants p WHERE p.kind = $1 AND p.code = $2 AND p.case_id = c.case_id)"
@@ -113,8 +113,8 @@ impl AuditApi {
             visible(who)
         );
         let row: Option<CaseRowAllowed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(who.kind.as_str())
-            .bind(&who.code)
+            .bind(who.kind().as_str())
+            .bind(who.code())
             .bind(&arg)
             .fetch_optional(&self.pool)
             .await
@@ -219,8 +219,8 @@ impl AuditService for AuditApi {
             visible(&who)
         );
         let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(who.kind.as_str())
-            .bind(&who.code)
+            .bind(who.kind().as_str())
+            .bind(who.code())
             .bind(r.min_age_seconds as f64)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -266,8 +266,8 @@ impl AuditService for AuditApi {
             visible(&who)
         );
         let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(who.kind.as_str())
-            .bind(&who.code)
+            .bind(who.kind().as_str())
+            .bind(who.code())
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -296,11 +296,11 @@ impl AuditService for AuditApi {
             None => None,
         };
         let mut region = r.region.trim().to_owned();
-        if who.kind == AgencyKind::Supervisor {
+        if who.kind() == AgencyKind::Supervisor {
             // A supervisor sees its region and anything inside it.
             if region.is_empty() {
-                region.clone_from(&who.code);
-            } else if !region.starts_with(&who.code) {
+                who.code().clone_into(&mut region);
+            } else if !region.starts_with(who.code()) {
                 return Err(ApiError::PermissionDenied(format!("{who} may not read region {region}")).into());
             }
         } else {
@@ -315,7 +315,7 @@ impl AuditService for AuditApi {
             to,
             region,
             channel,
-            agency: agency.map(|a| (a.kind.as_str().to_owned(), a.code)),
+            agency: agency.map(|a| (a.kind().as_str().to_owned(), a.code().to_owned())),
         };
         let f = stats::statistics(&self.pool, &sel).await.map_err(ApiError::Unexpected)?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
@@ -345,7 +345,7 @@ impl AuditService for AuditApi {
 
     async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let who = caller(&req)?;
-        if who.kind != AgencyKind::Supervisor {
+        if who.kind() != AgencyKind::Supervisor {
             return Err(ApiError::PermissionDenied(format!("{who}: verifying the audit log is for supervisors")).into());
         }
         let case = req.get_ref().case_id.trim();

@@ -147,7 +147,7 @@ fn write_dev_certs(dir: &std::path::Path, nodes: &[AgencyNode], services: &[Stri
     let ca = DevCa::generate("duijie development CA")?;
     for node in nodes {
         let tls = ca.agency(node)?;
-        let stem = format!("{}-{}", node.kind.as_str(), node.code);
+        let stem = format!("{}-{}", node.kind().as_str(), node.code());
         std::fs::write(dir.join(format!("{stem}.pem")), &tls.cert)?;
         write_private(&dir.join(format!("{stem}-key.pem")), &tls.key)?;
         println!("  {node:<28} {}", dir.join(format!("{stem}.pem")).display());

@@ -632,7 +632,7 @@ impl Agencies {
                     Box::pin(async move { m.reject(keyed(RejectRequest { case_id: id, reject: Some(reject) }, &key)).await.and_then(answered_case) })
                 }
                 Step::Assign => {
-                    let tier = match holder.who.code.matches('-').count() {
+                    let tier = match holder.who.code().matches('-').count() {
                         0 => MediationTier::District,
                         1 => MediationTier::Town,
                         _ => MediationTier::Village,

@@ -155,7 +155,7 @@ impl Ctx {
 
     /// A channel to `who`'s own agency service.
     pub fn agency_channel(&self, who: &AgencyNode) -> CliResult<Channel> {
-        let addr = self.endpoints.of(who.kind).ok_or_else(|| CliError::Usage(format!("{who} has no agency service")))?.to_owned();
+        let addr = self.endpoints.of(who.kind()).ok_or_else(|| CliError::Usage(format!("{who} has no agency service")))?.to_owned();
         self.channel(who, &addr)
     }
 

@@ -216,7 +216,7 @@ impl ReferralFile {
     /// policy for the agency, required fields) and names the field it refuses.
     pub fn to_submission(&self) -> CliResult<Submission> {
         let from = agency("from", &self.from)?;
-        if !matches!(from.kind, AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate) {
+        if !matches!(from.kind(), AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate) {
             return Err(CliError::Usage(format!("from: {from} does not send referrals (a court, police, petition office or procuratorate does)")));
         }
         let to = agency("to", &self.to)?;

@@ -86,12 +86,12 @@ impl Topology {
 
     /// The inbox queue of an agency node.
     pub fn inbox_queue(&self, node: &AgencyNode) -> String {
-        format!("{}.inbox.{}.{}", self.cfg.prefix, node.kind.as_str(), node.code)
+        format!("{}.inbox.{}.{}", self.cfg.prefix, node.kind().as_str(), node.code())
     }
 
     /// The binding pattern of an agency node: every message kind addressed to it.
     pub fn node_pattern(node: &AgencyNode) -> String {
-        format!("{}.{}.*", node.kind.as_str(), node.code)
+        format!("{}.{}.*", node.kind().as_str(), node.code())
     }
 
     fn work_queue_args(&self) -> FieldTable {

@@ -98,7 +98,7 @@ impl Pki {
     }
 
     fn stem(who: &AgencyNode) -> String {
-        format!("{}-{}", who.kind.as_str(), who.code)
+        format!("{}-{}", who.kind().as_str(), who.code())
     }
 
     /// Writes the CA and `who`'s certificate and key (tests and the local stack).
@@ -135,7 +135,7 @@ impl Pki {
                 out.push(node);
             }
         }
-        out.sort_by_key(|n| (n.kind as i32, n.code.clone()));
+        out.sort(); // by kind, then code
         Ok(out)
     }
 }

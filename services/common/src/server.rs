@@ -156,7 +156,7 @@ pub fn agency_of_certificate(der: &[u8]) -> anyhow::Result<AgencyNode> {
         .ok_or_else(|| anyhow::anyhow!("no subject common name"))?;
     let node: AgencyNode = cn.parse().map_err(|e| anyhow::anyhow!("common name: {e}"))?;
     // The bus signs only its own evidence and notices; no caller speaks as the bus.
-    anyhow::ensure!(node.kind != AgencyKind::Bus, "unknown agency kind \"bus\"");
+    anyhow::ensure!(node.kind() != AgencyKind::Bus, "unknown agency kind \"bus\"");
     Ok(node)
 }
 

@@ -41,7 +41,7 @@ impl Backend {
 
     /// `who`'s own agency service.
     pub fn own(&self, who: &AgencyNode) -> Result<Channel, UiError> {
-        let addr = self.endpoints.of(who.kind).ok_or_else(|| UiError::Forbidden("该身份没有对应的机构服务".into()))?.to_owned();
+        let addr = self.endpoints.of(who.kind()).ok_or_else(|| UiError::Forbidden("该身份没有对应的机构服务".into()))?.to_owned();
         self.channel(&addr, who)
     }
 

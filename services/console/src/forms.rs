@@ -109,7 +109,7 @@ pub fn referral(f: &Fields, me: &AgencyNode, bodies: &[(AgencyNode, String)]) ->
     let case_code = c.required(f, "case_code", "解纷码").to_owned();
     let mode = enum_value::<ReferralMode>(f, "mode", &mut c, "移送方式");
     let clock = enum_value::<ClockPolicyKind>(f, "clock_policy", &mut c, "计时规则");
-    if clock > 0 && !referrers::of(me.kind).is_some_and(|r| r.clock_policies.iter().any(|k| *k as i32 == clock)) {
+    if clock > 0 && !referrers::of(me.kind()).is_some_and(|r| r.clock_policies.iter().any(|k| *k as i32 == clock)) {
         c.fail("clock_policy", "本机构不能选择该计时规则".into());
     }
     let registered_at = date(f, "registered_at", &mut c, "立案时间");
@@ -356,7 +356,7 @@ impl<'a> CaseChoices<'a> {
                 Input::Date => (Widget::Date, false),
                 Input::Number => (Widget::Number, false),
                 Input::Check => (Widget::Check, false),
-                Input::Choice => (Widget::Select(choices(action.key, field.name, self.me.kind, self.state)), true),
+                Input::Choice => (Widget::Select(choices(action.key, field.name, self.me.kind(), self.state)), true),
                 // Only a withdrawal names a party: the outcome form stands without one.
                 Input::Party => (Widget::Select(self.parties.clone()), false),
                 Input::Agency => (Widget::Select(self.others.clone()), true),
@@ -380,7 +380,7 @@ fn disposed(view: &CaseView) -> bool {
 /// submitted form: the service decides whether the state still allows it, or answers a retry).
 pub fn action_by_key(me: &AgencyNode, view: &CaseView, key: &str) -> Option<&'static Action> {
     let action = actions::by_key(key)?;
-    side_of(me, view).filter(|side| action.taken_by(*side, me.kind)).map(|_| action)
+    side_of(me, view).filter(|side| action.taken_by(*side, me.kind())).map(|_| action)
 }
 
 /// What `me` may do with the case now: the table's actions offered to its side and kind in the
@@ -396,7 +396,7 @@ pub fn actions_for(me: &AgencyNode, view: &CaseView, bodies: &[(AgencyNode, Stri
     let choices = CaseChoices::new(me, view, bodies);
     actions::ACTIONS
         .iter()
-        .filter(|a| a.offered(side, me.kind, at) && (state.is_final() || allowed.contains(&a.kind)))
+        .filter(|a| a.offered(side, me.kind(), at) && (state.is_final() || allowed.contains(&a.kind)))
         .filter_map(|a| choices.form(a))
         .collect()
 }
@@ -758,7 +758,7 @@ mod tests {
         CaseView {
             case_id: "0190a4c8-0000-7000-8000-000000000001".into(),
             state: state.as_str().into(),
-            channel: duijie_domain::case::channel_of(referrer.kind).unwrap_or_default() as i32,
+            channel: duijie_domain::case::channel_of(referrer.kind()).unwrap_or_default() as i32,
             referrer: Some(referrer.into()),
             holder: Some(holder.into()),
             allowed_next: allowed.into_iter().map(|k| k as i32).collect(),

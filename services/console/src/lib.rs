@@ -103,18 +103,18 @@ pub(crate) struct AppState {
 impl AppState {
     /// The display name of an agency, or its kind and code.
     pub fn name_of(&self, node: &AgencyNode) -> String {
-        if node.kind == duijie_proto::v1::AgencyKind::Bus {
+        if node.kind() == duijie_proto::v1::AgencyKind::Bus {
             return "对接平台".into(); // delivery evidence and deadline notices
         }
         self.names
             .iter()
             .find(|(n, _)| n == node)
-            .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind), node.code), |(_, name)| name.clone())
+            .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind()), node.code()), |(_, name)| name.clone())
     }
 
     /// The mediation bodies a case can be sent or handed to.
     pub fn mediation_bodies(&self) -> Vec<(AgencyNode, String)> {
-        self.names.iter().filter(|(n, _)| n.kind == duijie_proto::v1::AgencyKind::Mediation).cloned().collect()
+        self.names.iter().filter(|(n, _)| n.kind() == duijie_proto::v1::AgencyKind::Mediation).cloned().collect()
     }
 }
 

@@ -131,11 +131,11 @@ fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: Markup) -> M
                     a.brand href="/" { "对接 · 多元解纷协同平台" }
                     @if let Some((st, me)) = state {
                         nav {
-                            @if me.kind == AgencyKind::Supervisor {
+                            @if me.kind() == AgencyKind::Supervisor {
                                 a href="/dashboard" { "统计分析" }
                             } @else {
-                                a href="/cases" { @if me.kind == AgencyKind::Mediation { "收件箱" } @else { "我移送的案件" } }
-                                @if me.kind != AgencyKind::Mediation { a #nav-new href="/cases/new" { "新建移送" } }
+                                a href="/cases" { @if me.kind() == AgencyKind::Mediation { "收件箱" } @else { "我移送的案件" } }
+                                @if me.kind() != AgencyKind::Mediation { a #nav-new href="/cases/new" { "新建移送" } }
                                 a href="/dashboard" { "本机构统计" }
                             }
                         }
@@ -222,7 +222,7 @@ fn action_title(key: &str) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 
 pub async fn home(State(_st): State<AppState>, Me(me): Me) -> Redirect {
-    Redirect::to(if me.kind == AgencyKind::Supervisor { "/dashboard" } else { "/cases" })
+    Redirect::to(if me.kind() == AgencyKind::Supervisor { "/dashboard" } else { "/cases" })
 }
 
 pub async fn signin_page(State(st): State<AppState>) -> Response {
@@ -238,8 +238,8 @@ pub async fn signin_page(State(st): State<AppState>) -> Response {
                 form.card method="post" action="/signin" {
                     input type="hidden" name="as" value=(n.to_string());
                     div { b { (st.name_of(n)) } }
-                    div.muted { (labels::agency_kind(n.kind)) " · " code { (n.to_string()) } }
-                    button type="submit" id=(format!("signin-{}-{}", n.kind.as_str(), n.code)) { "以此身份登录" }
+                    div.muted { (labels::agency_kind(n.kind())) " · " code { (n.to_string()) } }
+                    button type="submit" id=(format!("signin-{}-{}", n.kind().as_str(), n.code())) { "以此身份登录" }
                 }
             }
         }
@@ -291,7 +291,7 @@ pub struct ListQuery {
 }
 
 pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQuery>) -> Response {
-    if me.kind == AgencyKind::Supervisor {
+    if me.kind() == AgencyKind::Supervisor {
         return Redirect::to("/dashboard").into_response();
     }
     let channel = q.channel.parse::<i32>().ok().filter(|c| Channel::try_from(*c).is_ok()).unwrap_or(0);
@@ -306,7 +306,7 @@ pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQu
         Ok(r) => r,
         Err(e) => return fail(&st, &me, &e),
     };
-    let title = if me.kind == AgencyKind::Mediation { "收件箱" } else { "我移送的案件" };
+    let title = if me.kind() == AgencyKind::Mediation { "收件箱" } else { "我移送的案件" };
     let body = html! {
         h1 { (title) }
         form.filters.card method="get" action="/cases" {
@@ -348,12 +348,12 @@ pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQu
 // ---------------------------------------------------------------------------------------------
 
 pub async fn new_referral(State(st): State<AppState>, Me(me): Me) -> Response {
-    if !matches!(me.kind, AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate) {
+    if !matches!(me.kind(), AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate) {
         return error_page(Some((&st, &me)), StatusCode::FORBIDDEN, "只有法院、检察院、公安机关和信访部门可以移送案件。").into_response();
     }
     let serial = uuid::Uuid::new_v4().as_u128() % 1_000_000;
     let defaults = Fields(vec![
-        ("case_code".into(), format!("JF-{}-{}-{serial:06}", me.code, Utc::now().year())),
+        ("case_code".into(), format!("JF-{}-{}-{serial:06}", me.code(), Utc::now().year())),
         ("client_request_id".into(), uuid::Uuid::new_v4().to_string()),
         ("p0_consent".into(), "on".into()),
         ("p1_consent".into(), "on".into()),
@@ -415,7 +415,7 @@ fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, 
     let opts = |v: Vec<(i32, &'static str)>| v.into_iter().map(|(n, l)| (n.to_string(), l.to_owned())).collect::<Vec<_>>();
     let bodies: Vec<(String, String)> = st.mediation_bodies().into_iter().map(|(n, name)| (n.to_string(), name)).collect();
     // What this kind of referrer may choose (the services refuse the rest); the first is the default.
-    let rules = duijie_domain::referrers::of(me.kind);
+    let rules = duijie_domain::referrers::of(me.kind());
     let modes = opts(rules.map_or(&[][..], |r| r.referral_modes).iter().map(|m| (*m as i32, labels::referral_mode(*m))).collect());
     let clocks = opts(rules.map_or(&[][..], |r| r.clock_policies).iter().map(|k| (*k as i32, labels::clock_policy(*k))).collect());
     let categories = opts((1..=17).filter_map(|i| DisputeCategory::try_from(i).ok()).map(|c| (c as i32, labels::category(c))).collect());
@@ -432,7 +432,7 @@ fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, 
                     (text_input(f, errors, "case_code", "解纷码", "text"))
                     (select_input(f, errors, "mode", "移送方式", &modes))
                     (select_input(f, errors, "clock_policy", "计时规则", &clocks))
-                    @if me.kind == AgencyKind::Court {
+                    @if me.kind() == AgencyKind::Court {
                         (text_input(f, errors, "registered_at", "立案时间（诉中委托调解必填）", "date"))
                     }
                     (text_input(f, errors, "source_reference", "原案号 / 警情号 / 信访件编号", "text"))
@@ -504,7 +504,7 @@ fn not_a_case(st: &AppState, me: &AgencyNode) -> Response {
 
 async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(String, String)>, failed: Option<Failed>) -> Response {
     // The agency's own view (state, parties, allowed actions); a supervisor has only the audit.
-    let view = if me.kind == AgencyKind::Supervisor {
+    let view = if me.kind() == AgencyKind::Supervisor {
         None
     } else {
         match async { forms::read_case(st.backend.own(me)?, id).await }.await {
@@ -808,8 +808,8 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         return fail(&st, &me, &UiError::Form(vec![("to".into(), "截止日期应晚于起始日期".into())]));
     }
     let channel = q.channel.parse::<i32>().ok().filter(|c| Channel::try_from(*c).is_ok()).unwrap_or(0);
-    let supervisor = me.kind == AgencyKind::Supervisor;
-    let region = if supervisor { if q.region.trim().is_empty() { me.code.clone() } else { q.region.trim().to_owned() } } else { String::new() };
+    let supervisor = me.kind() == AgencyKind::Supervisor;
+    let region = if supervisor { if q.region.trim().is_empty() { me.code().to_owned() } else { q.region.trim().to_owned() } } else { String::new() };
     let agency = (!supervisor).then(|| AgencyRef::from(&me));
     let request = |from: NaiveDate, to: NaiveDate, channel: i32| GetStatisticsRequest {
         from: china_midnight(from).map(duijie_common::envelope::timestamp),

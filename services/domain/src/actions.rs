@@ -218,7 +218,7 @@ pub fn offered(case: &Case, me: &AgencyNode, at: Situation) -> Vec<&'static Acti
         Role::Holder => Side::Holder,
         Role::Other => return Vec::new(),
     };
-    ACTIONS.iter().filter(|a| a.offered(side, me.kind, at)).collect()
+    ACTIONS.iter().filter(|a| a.offered(side, me.kind(), at)).collect()
 }
 
 #[cfg(test)]

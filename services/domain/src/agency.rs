@@ -12,8 +12,8 @@ use duijie_proto::v1::{AgencyKind, AgencyRef};
 /// usable as a routing-key segment). A value of this type is always valid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgencyNode {
-    pub kind: AgencyKind,
-    pub code: String,
+    kind: AgencyKind,
+    code: String,
 }
 
 /// Why a text or reference does not name an agency node.
@@ -58,6 +58,16 @@ impl AgencyNode {
     /// Whether `r` names this node.
     pub fn is(&self, r: Option<&AgencyRef>) -> bool {
         r.is_some_and(|r| r.kind == self.kind as i32 && r.code == self.code)
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> AgencyKind {
+        self.kind
+    }
+
+    /// Its code, e.g. `431003-102`.
+    pub fn code(&self) -> &str {
+        &self.code
     }
 
     /// The `kind` column of this node.

@@ -132,10 +132,10 @@ impl Case {
             Role::Holder => Side::Holder,
             Role::Other => return Err(Refusal::NotAParty { agency: sender.to_string() }),
         };
-        if !crate::actions::for_kind(kind).any(|a| a.taken_by(side, sender.kind)) {
+        if !crate::actions::for_kind(kind).any(|a| a.taken_by(side, sender.kind())) {
             return Err(Refusal::NotPermitted { agency: sender.clone(), kind });
         }
-        if matches!(payload, Payload::ConfirmationRequest(_)) && self.referrer.kind != AgencyKind::Court {
+        if matches!(payload, Payload::ConfirmationRequest(_)) && self.referrer.kind() != AgencyKind::Court {
             return Err(Refusal::NotForThisCase(format!(
                 "a judicial confirmation request goes to the referring court, and this case's referrer is {}",
                 self.referrer
@@ -147,7 +147,7 @@ impl Case {
         // Handing the case to another body: only to a mediation body other than the holder.
         let hand_over = new_holder.clone().filter(|h| *h != self.holder);
         if let Some(to) = &hand_over
-            && to.kind != AgencyKind::Mediation
+            && to.kind() != AgencyKind::Mediation
         {
             return Err(Refusal::BadAgency { field: hand_over_field(payload), reason: "a case is handed on only to a mediation body".into() });
         }
@@ -172,7 +172,7 @@ impl Case {
             Role::Referrer | Role::Holder if bus_fact(payload) => {}
             Role::Referrer | Role::Holder => {
                 let side = if speaker == Role::Referrer { Side::Referrer } else { Side::Holder };
-                if !crate::actions::for_kind(payload.kind()).any(|a| a.taken_by(side, sender.kind)) {
+                if !crate::actions::for_kind(payload.kind()).any(|a| a.taken_by(side, sender.kind())) {
                     return Err(Refusal::NotPermitted { agency: sender.clone(), kind: payload.kind() });
                 }
             }
@@ -207,13 +207,13 @@ impl Case {
     /// caller with [`Lifecycle::follow`].
     pub fn receive(owner: &AgencyNode, sender: &AgencyNode, channel: Channel, referral: &Referral) -> Result<Case, Refusal> {
         let Some(f) = &referral.forwarded else {
-            if channel_of(sender.kind).is_none() {
+            if channel_of(sender.kind()).is_none() {
                 return Err(Refusal::NotPermitted { agency: sender.clone(), kind: MessageKind::Referral });
             }
             return Ok(Case { lifecycle: Lifecycle::at(CaseState::Delivered, None), ..Case::referred(channel, sender.clone(), owner.clone()) });
         };
         // Only a mediation body hands a case on, in its own name, for a case a referring agency sent.
-        if sender.kind != AgencyKind::Mediation || !sender.is(f.forwarded_by.as_ref()) {
+        if sender.kind() != AgencyKind::Mediation || !sender.is(f.forwarded_by.as_ref()) {
             return Err(Refusal::Malformed(format!(
                 "a forwarded referral comes from the mediation body that hands the case on, not {} for {}",
                 sender,
@@ -222,7 +222,7 @@ impl Case {
         }
         let original = AgencyNode::from_ref(f.original_referrer.as_ref())
             .ok()
-            .filter(|n| channel_of(n.kind).is_some())
+            .filter(|n| channel_of(n.kind()).is_some())
             .ok_or_else(|| Refusal::Malformed("a forwarded referral names no referring agency as its original referrer".into()))?;
         let state = match f.reason() {
             MessageKind::Redirect => CaseState::Delivered,

@@ -191,7 +191,7 @@ pub enum Refusal {
     #[error("the case already exists (state {0})")]
     AlreadyReferred(CaseState),
     /// This kind of agency does not send this kind of message, or not from its side of the case.
-    #[error("{agency}: a {} may not send {kind}", .agency.kind.as_str())]
+    #[error("{agency}: a {} may not send {kind}", .agency.kind().as_str())]
     NotPermitted { agency: AgencyNode, kind: MessageKind },
     /// Only the two ends of the handoff speak for a case.
     #[error("{agency} is neither the referrer nor the holder of this case")]
