@@ -12,7 +12,7 @@ use duijie_domain::agency::ref_str;
 use duijie_domain::{AgencyNode, Case, Effects, Message};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
-    AgencyKind, AgencyRef, Channel, ClockPolicyKind, ConfirmationDecisionKind, Envelope, MessageKind, outcome,
+    AgencyKind, AgencyRef, Channel, ClockPolicyKind, ConfirmationDecisionKind, Envelope, outcome,
 };
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -344,7 +344,8 @@ impl AuditStore {
             | Payload::ConfirmationRequest(_)
             | Payload::ConfirmationDecision(_)
             | Payload::ExtensionRequest(_) => true,
-            Payload::DeliveryEvidence(ev) => ev.message_kind() == MessageKind::Referral && step.is_some(),
+            // Evidence re-times a case only when it moved it (the referral delivered).
+            Payload::DeliveryEvidence(_) => step.is_some_and(|s| s.from != s.to),
             _ => false,
         };
         if timing {

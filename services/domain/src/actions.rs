@@ -237,6 +237,43 @@ mod tests {
         }
     }
 
+    /// The gRPC service each side's action is a method of.
+    fn services_for(a: &Action) -> Vec<String> {
+        match a.side {
+            Side::Holder => vec!["MediationService".into()],
+            Side::Referrer => {
+                let kinds: Vec<AgencyKind> = if a.only.is_empty() { a.kind.allowed_senders().to_vec() } else { a.only.to_vec() };
+                let own = kinds.iter().map(|k| {
+                    let name = k.as_str();
+                    format!("{}{}Service", name[..1].to_uppercase(), &name[1..])
+                });
+                std::iter::once("ReferralsService".to_owned()).chain(own).collect()
+            }
+        }
+    }
+
+    #[test]
+    fn every_action_names_a_method_of_its_sides_service() {
+        use duijie_proto::prost::Message as _;
+        let set = duijie_proto::prost_types::FileDescriptorSet::decode(duijie_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_else(|e| panic!("descriptor set: {e}"));
+        let methods: Vec<(String, String)> = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter())
+            .flat_map(|s| s.method.iter().map(move |m| (s.name().to_owned(), m.name().to_owned())))
+            .collect();
+        for a in ACTIONS {
+            let services = services_for(a);
+            assert!(
+                methods.iter().any(|(s, m)| m == a.rpc && services.contains(s)),
+                "{}: no method {} in {services:?}",
+                a.key,
+                a.rpc
+            );
+        }
+    }
+
     #[test]
     fn sides_follow_the_contract() {
         for a in ACTIONS {
