@@ -14,23 +14,6 @@ use serde_json::json;
 use crate::stack::Stack;
 use crate::wait_until;
 
-/// The console's display names for the demo agencies (as in config/console/base.yaml).
-pub fn demo_names() -> Vec<duijie_console::AgencyName> {
-    [
-        ("court:431003", "苏仙区人民法院"),
-        ("procuratorate:431003", "苏仙区人民检察院"),
-        ("police:431003-01", "苏仙公安分局城南派出所"),
-        ("petition:431003", "苏仙区信访局"),
-        ("mediation:431003", "苏仙区矛盾纠纷调解中心"),
-        ("mediation:431003-102", "白露塘镇人民调解委员会"),
-        ("mediation:431003-102-05", "塘溪村人民调解委员会"),
-        ("supervisor:431003", "苏仙区综治中心"),
-    ]
-    .into_iter()
-    .map(|(id, name)| duijie_console::AgencyName { id: id.into(), name: name.into() })
-    .collect()
-}
-
 /// Starts the console (demo sign-in) on port 0 for `stack`.
 pub async fn start_console(stack: &Stack) -> anyhow::Result<duijie_console::Running> {
     let pki = stack.pki()?;
@@ -40,7 +23,7 @@ pub async fn start_console(stack: &Stack) -> anyhow::Result<duijie_console::Runn
         pki: pki.dir().to_path_buf(),
         sign_in: duijie_console::SignIn::Demo,
         tls: None,
-        agencies: demo_names(),
+        directory: crate::stack::demo_directory(),
         grace_ms: Duration::from_secs(2),
     };
     duijie_console::start(cfg, stack.bus.shutdown.child_token()).await

@@ -52,6 +52,12 @@ pub fn village() -> AgencyNode {
     node(AgencyKind::Mediation, "431003-102-05")
 }
 
+/// The agency directory of the demo agencies, with their names: the local stack's own file,
+/// which every service and the console read.
+pub fn demo_directory() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/directory.yaml")
+}
+
 pub fn demo_nodes() -> Vec<AgencyNode> {
     vec![court(), procuratorate(), police(), petition(), centre(), town(), village()]
 }
@@ -83,10 +89,7 @@ impl Stack {
         std::fs::write(&ca_path, ca.cert_pem())?;
         // Queues first, so the first referral is routable however the consumers race.
         bus.declare(&demo_nodes()).await?;
-        // The agency directory, as a deployment writes it: one file every service reads.
-        let directory = dir.join("directory.yaml");
-        let entries: String = demo_nodes().iter().map(|n| format!("  - {{ id: \"{n}\", name: \"test {n}\" }}\n")).collect();
-        std::fs::write(&directory, format!("agencies:\n{entries}"))?;
+        let directory = demo_directory();
         let (amqp_cfg, prefix) = (bus.amqp_cfg.clone(), bus.prefix.clone());
         let bus_cfg = |database| BusConfig {
             database,

@@ -118,12 +118,24 @@ impl Handler for Agency {
         }
         let stored = store::case(conn, &owner, case_id, true)
             .await
-            .map_err(db)?
+            .map_err(|e| match e.downcast_ref::<sqlx::Error>() {
+                Some(_) => db(e),
+                // The stored row itself is unreadable (a state or agency this build does not know):
+                // retrying cannot help, so the message goes to the dead letters with the reason.
+                None => HandleError::Rejected(format!("{e:#}")),
+            })?
             .ok_or_else(|| HandleError::Rejected(format!("unknown case {case_id}")))?;
         // Delivery evidence is signed by the bus; it speaks for the agency it names as
-        // `delivered_to` (agency codes are unique per kind only).
+        // `delivered_to` (agency codes are unique per kind only). Evidence naming no agency
+        // speaks for nobody: recorded, with no effect.
         let speaker = match payload {
-            Payload::DeliveryEvidence(ev) => AgencyNode::from_ref(ev.delivered_to.as_ref()).map_err(malformed)?,
+            Payload::DeliveryEvidence(ev) => match AgencyNode::from_ref(ev.delivered_to.as_ref()) {
+                Ok(node) => node,
+                Err(_) => {
+                    let current = stored.case.lifecycle.state;
+                    return store::insert_event(conn, &owner, env, Direction::In, current).await.map_err(db);
+                }
+            },
             _ => sender,
         };
         let current = stored.case.lifecycle.state;

@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::{get, post};
+use duijie_common::directory::Directory;
 use duijie_domain::AgencyNode;
 use duijie_common::client::{Endpoints, Pki};
 use duijie_common::config::duration_ms;
@@ -55,14 +56,6 @@ pub struct ConsoleTls {
     pub client_ca: PathBuf,
 }
 
-/// A display name for an agency, and the agency directory the referral form offers.
-#[derive(Clone, Debug, Deserialize)]
-pub struct AgencyName {
-    /// `<kind>:<code>`, e.g. `mediation:431003`.
-    pub id: String,
-    pub name: String,
-}
-
 #[derive(Clone, Debug, Deserialize)]
 pub struct ConsoleConfig {
     /// Where the console listens, e.g. `127.0.0.1:8080` (port 0: any free port).
@@ -77,9 +70,9 @@ pub struct ConsoleConfig {
     /// Required for `client_certificate` sign-in.
     #[serde(default)]
     pub tls: Option<ConsoleTls>,
-    /// Agency names; mediation bodies listed here are the referral form's choices.
-    #[serde(default)]
-    pub agencies: Vec<AgencyName>,
+    /// The deployment's agency directory file, the one every service reads (`config/directory.yaml`
+    /// locally): the agencies' names, and its mediation bodies are the referral form's choices.
+    pub directory: PathBuf,
     /// How long requests in flight get to finish on shutdown.
     #[serde(default = "default_grace", with = "duration_ms")]
     pub grace_ms: Duration,
@@ -94,7 +87,7 @@ fn default_grace() -> Duration {
 pub(crate) struct AppState {
     pub backend: backend::Backend,
     pub sign_in: SignIn,
-    pub names: Arc<Vec<(AgencyNode, String)>>,
+    pub names: Arc<Directory>,
     /// `demo` sign-in: the identities with a certificate in the PKI directory, read once at
     /// start (empty otherwise).
     pub demo_identities: Arc<Vec<AgencyNode>>,
@@ -107,14 +100,17 @@ impl AppState {
             return "对接平台".into(); // delivery evidence and deadline notices
         }
         self.names
-            .iter()
-            .find(|(n, _)| n == node)
-            .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind()), node.code()), |(_, name)| name.clone())
+            .name_of(node)
+            .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind()), node.code()), ToOwned::to_owned)
     }
 
     /// The mediation bodies a case can be sent or handed to.
     pub fn mediation_bodies(&self) -> Vec<(AgencyNode, String)> {
-        self.names.iter().filter(|(n, _)| n.kind() == duijie_proto::v1::AgencyKind::Mediation).cloned().collect()
+        self.names
+            .entries()
+            .filter(|(n, _)| n.kind() == duijie_proto::v1::AgencyKind::Mediation)
+            .map(|(n, name)| (n.clone(), name.to_owned()))
+            .collect()
     }
 }
 
@@ -183,14 +179,7 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
         cfg.listen
     );
     let pki = Pki::new(&cfg.pki);
-    let names = cfg
-        .agencies
-        .iter()
-        .map(|a| {
-            let node = a.id.parse::<AgencyNode>().with_context(|| format!("agencies: {:?} is not <kind>:<code>", a.id))?;
-            Ok((node, a.name.clone()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let names = Directory::load(&cfg.directory)?;
     let demo_identities = match cfg.sign_in {
         SignIn::Demo => pki.identities().with_context(|| format!("the demo identities in {}", pki.dir().display()))?,
         SignIn::ClientCertificate => Vec::new(),

@@ -86,8 +86,9 @@ impl fmt::Display for AgencyNode {
 impl FromStr for AgencyNode {
     type Err = AgencyError;
 
-    /// Parses `kind:code`.
+    /// Parses `kind:code` (white space around it, as typed or pasted, is ignored).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
         let (kind, code) = s.split_once(':').ok_or_else(|| AgencyError::NotKindCode(s.to_owned()))?;
         Self::from_parts(kind, code)
     }
@@ -167,6 +168,7 @@ mod tests {
         let n: AgencyNode = "mediation:431003-102".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((n.kind, n.code.as_str()), (AgencyKind::Mediation, "431003-102"));
         assert_eq!(n.to_string(), "mediation:431003-102");
+        assert_eq!(" mediation:431003-102\n".parse::<AgencyNode>().as_ref(), Ok(&n));
         assert_eq!(format!("{n:>22}"), "  mediation:431003-102");
         assert_eq!(AgencyRef::from(&n), AgencyRef::new(AgencyKind::Mediation, "431003-102"));
         assert_eq!(AgencyNode::try_from(&AgencyRef::from(&n)), Ok(n));

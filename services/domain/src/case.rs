@@ -183,10 +183,20 @@ impl Case {
             // new holder's evidence for the forwarded referral) is only recorded.
             return Ok(if speaker == Role::Referrer && !bus_fact(payload) { Effects::PassOn { to: self.holder.clone() } } else { Effects::Record });
         }
+        if owner.is_some()
+            && speaker == Role::Referrer
+            && matches!(payload, Payload::Cancellation(_))
+            && !self.lifecycle.state.allowed().contains(&MessageKind::Cancellation)
+        {
+            // The holder rejected the case or reported its outcome before the cancel arrived: the
+            // cancel lost the race, and the referrer learns so from the holder's message that
+            // crossed it (`Lifecycle::apply_crossing`). Nothing to answer.
+            return Ok(Effects::Record);
+        }
         let mut lifecycle = self.lifecycle.clone();
         let crossed = speaker == Role::Holder
             && lifecycle.state == CaseState::CancelRequested
-            && !matches!(payload, Payload::CancellationConfirmation(_) | Payload::SupervisionNotice(_));
+            && !matches!(payload, Payload::CancellationConfirmation(_));
         let step = if crossed { lifecycle.apply_crossing(payload)? } else { lifecycle.apply(payload)? };
         let new_holder = self.new_holder(payload, step.new_holder.as_ref())?;
         Ok(Effects::Apply { lifecycle, new_holder, evidence: owner.is_some() && !bus_fact(payload) })
@@ -500,6 +510,36 @@ mod tests {
         let mut centre_waiting = case_at(CaseState::Received);
         take(&mut centre_waiting, &centre(), &court(), &cancel());
         assert!(matches!(out(&centre_waiting, &centre(), &accept()), Err(Refusal::NotAllowed { state: CaseState::CancelRequested, .. })));
+    }
+
+    #[test]
+    fn a_cancel_that_lost_the_race_to_an_outcome_or_a_rejection_leaves_the_case_where_the_holder_put_it() {
+        for (at, holders_step, result) in [
+            (CaseState::InMediation, settled(), CaseState::Settled),
+            (CaseState::Received, Payload::Reject(Reject::default()), CaseState::Rejected),
+        ] {
+            let mut at_court = case_at(at);
+            let mut at_centre = case_at(at);
+            send(&mut at_court, &court(), &cancel());
+            send(&mut at_centre, &centre(), &holders_step);
+            // The centre, past where a cancel applies, records the cancel without answering it.
+            assert_eq!(into(&at_centre, &centre(), &court(), &cancel()), Ok(Effects::Record), "from {at}");
+            // The court takes the centre's step instead of waiting for an answer that never comes.
+            take(&mut at_court, &court(), &centre(), &holders_step);
+            assert_eq!(at_court.lifecycle, Lifecycle::at(result, None), "from {at}");
+            assert_eq!(at_court.lifecycle, at_centre.lifecycle);
+            // The audit store ends there too, whichever of the two it sees first.
+            for order in [[&cancel(), &holders_step], [&holders_step, &cancel()]] {
+                let mut log = case_at(at);
+                for p in order {
+                    let sender = if matches!(p, Payload::Cancellation(_)) { court() } else { centre() };
+                    if let Ok(e) = log.decide(Message::Observed { sender: &sender, payload: p }) {
+                        apply(&mut log, &e);
+                    }
+                }
+                assert_eq!(log.lifecycle, Lifecycle::at(result, None), "audit, from {at}");
+            }
+        }
     }
 
     #[test]

@@ -104,19 +104,30 @@ pub fn mask(number: &str) -> String {
         .collect()
 }
 
-/// A message as a timeline shows it to a reader who need not see identity numbers: a
-/// referral's parties masked, the history a handed-on case carries left out (each of its
-/// messages has its own entry).
+/// A message as a timeline shows it to any reader of the case (the holder, the referrer, a body
+/// that handed the case on, the audit store's participants and supervisors): in a referral, and
+/// in the revised referral an amendment carries, the parties' identity numbers masked and their
+/// contacts and addresses left out (the holder reads those in its own view of the case), and the
+/// history a handed-on case carries left out (each of its messages has its own entry).
 pub fn shown(mut env: duijie_proto::v1::Envelope) -> duijie_proto::v1::Envelope {
     use duijie_proto::v1::envelope::Payload;
-    // Only a referral carries parties and history; every other message is shown as it is.
+    use duijie_proto::v1::Referral;
+    fn for_timeline(r: Referral) -> Referral {
+        let mut r = masked(r);
+        for p in &mut r.parties {
+            p.contact.clear();
+            p.address.clear();
+        }
+        if let Some(f) = &mut r.forwarded {
+            f.history.clear();
+        }
+        r
+    }
     env.payload = match env.payload.take() {
-        Some(Payload::Referral(r)) => {
-            let mut r = masked(r);
-            if let Some(f) = &mut r.forwarded {
-                f.history.clear();
-            }
-            Some(Payload::Referral(r))
+        Some(Payload::Referral(r)) => Some(Payload::Referral(for_timeline(r))),
+        Some(Payload::Amendment(mut a)) => {
+            a.revised = a.revised.map(for_timeline);
+            Some(Payload::Amendment(a))
         }
         other => other,
     };
@@ -166,18 +177,35 @@ mod tests {
     }
 
     #[test]
-    fn a_shown_message_keeps_its_payload_and_masks_only_identity_numbers() {
+    fn a_shown_message_keeps_its_payload_and_hides_what_only_the_holder_needs() {
         use duijie_proto::v1::envelope::Payload;
-        use duijie_proto::v1::{Envelope, ForwardedCase, IdentityDocument, Party, Receipt, Referral};
+        use duijie_proto::v1::{Amendment, Envelope, ForwardedCase, IdentityDocument, Party, Receipt, Referral};
         let receipt = Envelope { payload: Some(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() })), ..Default::default() };
         assert_eq!(shown(receipt.clone()), receipt, "nothing to mask: the message as it is");
-        let party = Party { identity: Some(IdentityDocument { number: "11010519491231002X".into(), ..Default::default() }), ..Default::default() };
+        let party = Party {
+            name: "张三".into(),
+            identity: Some(IdentityDocument { number: "11010519491231002X".into(), ..Default::default() }),
+            contact: "13800000000".into(),
+            address: "苏仙区白露塘镇".into(),
+            ..Default::default()
+        };
         let forwarded = ForwardedCase { history: vec![vec![1, 2, 3]], ..Default::default() };
         let referral = Referral { parties: vec![party], forwarded: Some(forwarded), ..Default::default() };
-        let Some(Payload::Referral(r)) = shown(Envelope { payload: Some(Payload::Referral(referral)), ..Default::default() }).payload else {
+        let Some(Payload::Referral(r)) = shown(Envelope { payload: Some(Payload::Referral(referral.clone())), ..Default::default() }).payload else {
             panic!("the referral is kept");
         };
-        assert_ne!(r.parties[0].identity.as_ref().map(|i| i.number.as_str()), Some("11010519491231002X"), "masked");
+        let hidden = |r: &Referral| {
+            let p = &r.parties[0];
+            p.name == "张三" && p.identity.as_ref().is_some_and(|i| i.number == "1101**********002X") && p.contact.is_empty() && p.address.is_empty()
+        };
+        assert!(hidden(&r), "identity masked, contact and address left out: {r:?}");
         assert!(r.forwarded.is_some_and(|f| f.history.is_empty()), "history left out");
+        // An amendment carries a whole revised referral: shown the same way.
+        let amendment = Payload::Amendment(Amendment { revised: Some(referral), reason: "补正".into(), ..Default::default() });
+        let Some(Payload::Amendment(a)) = shown(Envelope { payload: Some(amendment), ..Default::default() }).payload else {
+            panic!("the amendment is kept");
+        };
+        assert!(a.revised.as_ref().is_some_and(hidden), "{a:?}");
+        assert_eq!(a.reason, "补正");
     }
 }

@@ -252,17 +252,26 @@ impl Lifecycle {
     }
 
     /// Applies a holder's message that crossed the referrer's cancel request (sent before the
-    /// holder saw it): it moves on the state the cancel interrupted, so both ends agree on where
-    /// a refused cancel returns to, and the case waits for the cancel's answer as before.
+    /// holder saw it). It moves on the state the cancel interrupted, so both ends agree on where
+    /// a refused cancel returns to, and the case waits for the cancel's answer as before — unless
+    /// the message leaves the case where a cancel no longer applies (a rejection, an outcome):
+    /// then the cancel lost the race, the holder records it without answering, and the case is
+    /// where the holder's message put it, at both ends and in the audit store, whatever the order
+    /// the two messages were seen in.
     pub fn apply_crossing(&mut self, payload: &Payload) -> Result<Step, Refusal> {
         let Some(before) = self.before_cancel else { return self.apply(payload) };
+        let from = self.state;
         let mut interrupted = Lifecycle::at(before, None);
         let step = interrupted.apply(payload).map_err(|r| match r {
-            Refusal::NotAllowed { kind, .. } => Refusal::NotAllowed { state: self.state, kind, allowed: self.state.allowed() },
+            Refusal::NotAllowed { kind, .. } => Refusal::NotAllowed { state: from, kind, allowed: from.allowed() },
             other => other,
         })?;
-        self.before_cancel = Some(interrupted.state);
-        Ok(Step { from: self.state, to: self.state, new_holder: step.new_holder })
+        if interrupted.state.allowed().contains(&MessageKind::Cancellation) {
+            self.before_cancel = Some(interrupted.state);
+        } else {
+            *self = interrupted;
+        }
+        Ok(Step { from, to: self.state, new_holder: step.new_holder })
     }
 
     /// Applies `payload`, or says why the state does not allow it.
