@@ -65,11 +65,35 @@ impl From<sqlx::Error> for HandleError {
     }
 }
 
+/// A new message of a batch, with the span it is applied in (its parent is the sender's trace
+/// context).
+#[derive(Debug)]
+pub struct Batched<'a> {
+    /// The message.
+    pub msg: &'a Inbound,
+    /// The span `inbox.apply` of the message.
+    pub span: tracing::Span,
+}
+
 /// What a service does with a message, inside the inbox transaction. Its effects commit
 /// together with the inbox record, or not at all.
 pub trait Handler: Send + Sync + 'static {
     /// Applies `msg` using `conn` (an open transaction).
     fn handle<'a>(&'a self, conn: &'a mut PgConnection, msg: &'a Inbound) -> impl Future<Output = Result<(), HandleError>> + Send + 'a;
+
+    /// Applies the new messages of a batch, in delivery order, using `conn` (an open
+    /// transaction), e.g. in a few set-based statements. By default, [`Handler::handle`] for each
+    /// in its own span. A refusal (`Rejected`) refuses the batch: the consumer rolls it back and
+    /// redoes it with [`Handler::handle`] message by message, each in a savepoint, so only the
+    /// refused message is left out.
+    fn handle_batch<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Batched<'a>]) -> impl Future<Output = Result<(), HandleError>> + Send + 'a {
+        async move {
+            for b in batch {
+                self.handle(&mut *conn, b.msg).instrument(b.span.clone()).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Called for each applied message once its transaction has committed (e.g. to wake
     /// watchers or take measurements). Must not fail; the message is already applied.
@@ -134,17 +158,36 @@ fn message_uuid(msg: &Inbound) -> Result<Uuid, HandleError> {
     Uuid::parse_str(&msg.envelope.message_id).map_err(|_| HandleError::Rejected("message_id is not a UUID".into()))
 }
 
-/// Runs the handler in a span that continues the sender's trace.
-async fn run_handler<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, msg: &Inbound, message_id: Uuid) -> Result<(), HandleError> {
+/// The span a message is applied in: it continues the sender's trace.
+fn apply_span(consumer: &str, msg: &Inbound, message_id: Uuid) -> tracing::Span {
     let span = tracing::info_span!("inbox.apply", consumer, message_id = %message_id, kind = msg.envelope.kind().routing_segment(), case_id = %msg.envelope.case_id);
     msg.trace.set_as_parent_of(&span);
-    handler.handle(conn, msg).instrument(span).await
+    span
+}
+
+/// Runs the handler in a span that continues the sender's trace.
+async fn run_handler<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, msg: &Inbound, message_id: Uuid) -> Result<(), HandleError> {
+    handler.handle(conn, msg).instrument(apply_span(consumer, msg, message_id)).await
+}
+
+/// Runs the handler on the new messages of a batch, in a span `inbox.apply_batch` that follows
+/// from each message's span (so each sender's trace links to the batch that applied it).
+async fn run_batch<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, new: &[(&Inbound, Uuid)]) -> Result<(), HandleError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let batch: Vec<Batched<'_>> = new.iter().map(|(msg, id)| Batched { msg, span: apply_span(consumer, msg, *id) }).collect();
+    let span = tracing::info_span!("inbox.apply_batch", consumer, messages = batch.len());
+    for b in &batch {
+        span.follows_from(&b.span);
+    }
+    handler.handle_batch(conn, &batch).instrument(span).await
 }
 
 /// Applies a batch in `conn` without savepoints: one statement records every message in the
-/// inbox, then the handler runs for each new one. Returns `None` as soon as the handler refuses
-/// a message or the database refuses the batch's data: the caller rolls back and redoes the
-/// batch message by message, so only the culprit is left out.
+/// inbox, then the handler takes the new ones as one batch ([`Handler::handle_batch`]). Returns
+/// `None` if the handler refuses the batch or the database refuses its data: the caller rolls
+/// back and redoes the batch message by message, so only the culprit is left out.
 async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, handler: &H, decoded: &[Result<Inbound, String>]) -> Result<Option<Vec<Applied>>, HandleError> {
     let mut ids = Vec::with_capacity(decoded.len());
     let mut keys = Vec::with_capacity(decoded.len());
@@ -171,6 +214,7 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
     };
     let mut first_seen = HashSet::with_capacity(new_ids.len());
     let mut outcomes = Vec::with_capacity(decoded.len());
+    let mut new = Vec::with_capacity(new_ids.len());
     for d in decoded {
         let outcome = match d {
             Err(reason) => Applied::Rejected(reason.clone()),
@@ -178,11 +222,8 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
                 let Ok(id) = message_uuid(msg) else { return Ok(None) };
                 // The same id twice in one batch: only its first occurrence is new.
                 if new_ids.contains(&id) && first_seen.insert(id) {
-                    match run_handler(conn, consumer, handler, msg, id).await {
-                        Ok(()) => Applied::Applied,
-                        Err(HandleError::Rejected(_)) => return Ok(None),
-                        Err(e) => return Err(e),
-                    }
+                    new.push((msg, id));
+                    Applied::Applied
                 } else {
                     Applied::Duplicate
                 }
@@ -190,7 +231,11 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
         };
         outcomes.push(outcome);
     }
-    Ok(Some(outcomes))
+    match run_batch(conn, consumer, handler, &new).await {
+        Ok(()) => Ok(Some(outcomes)),
+        Err(HandleError::Rejected(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A refusal is an outcome (dead-letter it); a transient error is an error (hold the batch).
@@ -374,10 +419,11 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Applies a batch; an `Err` is transient (the batch is held and retried). The fast path
-    /// records the whole batch in one statement and one transaction; if the handler or the
-    /// database refuses something, the batch is redone with a savepoint per message; if even the
-    /// commit is refused (a deferred constraint), each message gets a transaction of its own. A
-    /// message refused on its own is dead-lettered; the others are applied.
+    /// records the whole batch in the inbox in one statement and hands its new messages to the
+    /// handler as one batch, in one transaction; if the handler or the database refuses
+    /// something, the batch is redone with a savepoint per message ([`Handler::handle`]); if even
+    /// the commit is refused (a deferred constraint), each message gets a transaction of its own.
+    /// A message refused on its own is dead-lettered; the others are applied.
     async fn apply_batch(&self, decoded: &[Result<Inbound, String>]) -> anyhow::Result<Vec<Applied>> {
         let handler = self.handler.as_ref();
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
