@@ -332,6 +332,359 @@ async fn a_duplicate_envelope_is_stored_once() -> anyhow::Result<()> {
     bus.cleanup(&[]).await
 }
 
+/// The stories' envelopes interleaved case by case (each case's messages keep their order), as
+/// the tap delivers concurrent cases.
+fn interleaved(stories: &[&Story]) -> Vec<Envelope> {
+    let longest = stories.iter().map(|s| s.envs.len()).max().unwrap_or(0);
+    (0..longest).flat_map(|i| stories.iter().filter_map(move |s| s.envs.get(i).cloned())).collect()
+}
+
+/// Appends `envs` through the store's batch entry point, `batch` per transaction.
+async fn append_batched(pool: &PgPool, store: &AuditStore, envs: &[Envelope], batch: usize) -> anyhow::Result<()> {
+    for chunk in envs.chunks(batch) {
+        let mut tx = pool.begin().await?;
+        store.append_batch(&mut tx, &chunk.iter().collect::<Vec<_>>()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Every projection row, as text, without what depends on the chains (hashes, chain numbers).
+async fn projections(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    let mut rows: Vec<String> =
+        sqlx::query_scalar("SELECT (to_jsonb(c) - 'last_hash' - 'chain')::text FROM audit_cases c ORDER BY case_code").fetch_all(pool).await?;
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT c.case_code || ' ' || (to_jsonb(d) - 'case_id')::text FROM audit_deadlines d JOIN audit_cases c USING (case_id)
+             ORDER BY c.case_code, d.time_limit",
+        )
+        .fetch_all(pool)
+        .await?,
+    );
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT c.case_code || ' ' || p.kind || ':' || p.code FROM audit_participants p JOIN audit_cases c USING (case_id) ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await?,
+    );
+    rows.extend(
+        sqlx::query_scalar::<_, String>(
+            "SELECT l.message_id::text || ' ' || l.case_seq || ' ' || l.state_after || ' ' || l.occurred_at::text FROM audit_log l ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await?,
+    );
+    Ok(rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_appends_on_several_chains_record_what_one_by_one_appends_record() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let stories = march();
+    let all: Vec<&Story> = stories.iter().collect();
+    let one_by_one = audit_db(&mut bus).await?;
+    append_all(&one_by_one, &all).await?;
+
+    // The same workload interleaved as on the bus, in batches of 16 (several messages of one
+    // case in a batch, a case's messages spread over batches), on four chains; and every
+    // envelope delivered twice, also within one batch.
+    let batched = audit_db(&mut bus).await?;
+    let store = AuditStore::default().with_chains(4);
+    // As the service does when it starts (the store itself adds a chain's head when it is first used).
+    duijie_audit::store::ensure_chains(&mut *batched.acquire().await?, 4).await?;
+    let envs = interleaved(&all);
+    let twice: Vec<Envelope> = envs.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
+    append_batched(&batched, &store, &twice[..40], 16).await?;
+    append_batched(&batched, &store, &envs, 16).await?;
+
+    assert_eq!(projections(&batched).await?, projections(&one_by_one).await?, "the same case states, limits, participants and records");
+    let sel = stats::Selection { from: day(3, 1) - chrono::Duration::hours(10), to: day(4, 1) - chrono::Duration::hours(10), region: "431003".into(), ..Default::default() };
+    let (a, b) = (stats::statistics(&one_by_one, &sel).await?, stats::statistics(&batched, &sel).await?);
+    assert_eq!(format!("{a:?}"), format!("{b:?}"), "the same statistics");
+    assert_eq!((b.received, b.mediated, b.closed, b.overdue), (6, 3, 3, 1), "{b:?}");
+
+    // Each case on the chain its id hashes to, every chain gap-free and verified.
+    let expected: std::collections::BTreeSet<i32> = stories.iter().map(|s| duijie_audit::store::chain_of(s.case_id, 4)).collect();
+    let used: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT chain FROM audit_log ORDER BY 1").fetch_all(&batched).await?;
+    assert_eq!(used, expected.into_iter().collect::<Vec<_>>());
+    for s in &stories {
+        let chains: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT chain FROM audit_log WHERE case_id = $1").bind(s.case_id).fetch_all(&batched).await?;
+        assert_eq!(chains, [duijie_audit::store::chain_of(s.case_id, 4)], "case {} on one chain", s.code);
+        assert!(verify::verify_case(&batched, s.case_id).await?.ok());
+    }
+    let report = verify::verify_log(&batched).await?;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.records_checked, envs.len() as u64);
+    assert_eq!(report.chains, 4);
+
+    // Growing the number of chains later: the cases already in the log stay where they are.
+    let more = AuditStore::default().with_chains(7);
+    duijie_audit::store::ensure_chains(&mut *batched.acquire().await?, 7).await?;
+    let mut late = Story::new("JF-LATE", stack::court(), stack::centre(), ClockPolicyKind::CourtOrdinary, day(3, 30));
+    late.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), day(3, 31));
+    let mut a_more = stories[0].envs[..1].to_vec();
+    a_more[0].message_id = Uuid::now_v7().to_string();
+    a_more[0].payload = Some(Payload::SupervisionNotice(SupervisionNotice::default()));
+    append_batched(&batched, &more, &[late.envs.clone(), a_more].concat(), 16).await?;
+    let a_chain: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT chain FROM audit_log WHERE case_id = $1").bind(stories[0].case_id).fetch_all(&batched).await?;
+    assert_eq!(a_chain, [duijie_audit::store::chain_of(stories[0].case_id, 4)]);
+    let late_chain: i32 = sqlx::query_scalar("SELECT DISTINCT chain FROM audit_log WHERE case_id = $1").bind(late.case_id).fetch_one(&batched).await?;
+    assert_eq!(late_chain, duijie_audit::store::chain_of(late.case_id, 7));
+    let report = verify::verify_log(&batched).await?;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.chains, 7);
+    bus.cleanup(&[]).await
+}
+
+/// Runs `sql` as the owner with the log's triggers off (what an attacker with the owner's
+/// rights can do).
+async fn tamper(pool: &PgPool, sql: &str) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    tx.execute(sqlx::AssertSqlSafe(sql.to_owned())).await?;
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A log of the March workload on three chains, appended in batches of 8, and the chain with
+/// the most records.
+async fn three_chains(bus: &mut TestBus, stories: &[Story]) -> anyhow::Result<(PgPool, i32)> {
+    let pool = audit_db(bus).await?;
+    append_batched(&pool, &AuditStore::default().with_chains(3), &interleaved(&stories.iter().collect::<Vec<_>>()), 8).await?;
+    assert!(verify::verify_log(&pool).await?.ok());
+    let chain: i32 = sqlx::query_scalar("SELECT chain FROM audit_log GROUP BY chain ORDER BY count(*) DESC, chain LIMIT 1").fetch_one(&pool).await?;
+    Ok((pool, chain))
+}
+
+#[derive(sqlx::FromRow)]
+struct Copied {
+    recorded_at: DateTime<Utc>,
+    case_id: Uuid,
+    message_id: Uuid,
+    kind: String,
+    channel: i32,
+    sender: String,
+    recipient: String,
+    occurred_at: DateTime<Utc>,
+    trace_id: String,
+    state_after: String,
+    envelope: Vec<u8>,
+}
+
+/// Appends the last `n` records of `chain` again as its next ones, placed as the store would
+/// place them (sequence, case sequence and case_prev_hash continue; the chain's head and the
+/// cases' rows move on), with hashes made by `hash`; returns the first new sequence number.
+async fn append_copies(
+    pool: &PgPool,
+    chain: i32,
+    n: i64,
+    hash: impl Fn(i64, i32, DateTime<Utc>, &str, &[u8], &[u8], &[u8]) -> Vec<u8>,
+) -> anyhow::Result<i64> {
+    let mut tx = pool.begin().await?;
+    let (mut seq, mut prev): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT last_seq, last_hash FROM audit_chains WHERE chain = $1").bind(chain).fetch_one(&mut *tx).await?;
+    let first = seq + 1;
+    let copies: Vec<Copied> = sqlx::query_as(
+        "SELECT recorded_at, case_id, message_id, kind, channel, sender, recipient, occurred_at, trace_id, state_after, envelope
+         FROM audit_log WHERE chain = $1 AND seq > $2 ORDER BY seq",
+    )
+    .bind(chain)
+    .bind(seq - n)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.execute("ALTER TABLE audit_log DISABLE TRIGGER USER").await?;
+    for r in copies {
+        let (case_seq, case_prev): (i32, Vec<u8>) =
+            sqlx::query_as("SELECT last_case_seq + 1, last_hash FROM audit_cases WHERE case_id = $1").bind(r.case_id).fetch_one(&mut *tx).await?;
+        seq += 1;
+        let h = hash(seq, case_seq, r.recorded_at, &r.state_after, &r.envelope, &prev, &case_prev);
+        sqlx::query(
+            "INSERT INTO audit_log (chain, seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
+                                    occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13, $14, $15, $16)",
+        )
+        .bind(chain)
+        .bind(seq)
+        .bind(r.recorded_at)
+        .bind(r.case_id)
+        .bind(case_seq)
+        .bind(r.message_id)
+        .bind(&r.kind)
+        .bind(r.channel)
+        .bind(&r.sender)
+        .bind(&r.recipient)
+        .bind(r.occurred_at)
+        .bind(&r.trace_id)
+        .bind(&r.state_after)
+        .bind(&r.envelope)
+        .bind(&case_prev)
+        .bind(&h)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE audit_cases SET last_case_seq = $1, last_hash = $2 WHERE case_id = $3").bind(case_seq).bind(&h).bind(r.case_id).execute(&mut *tx).await?;
+        prev = h;
+    }
+    tx.execute("ALTER TABLE audit_log ENABLE TRIGGER USER").await?;
+    sqlx::query("UPDATE audit_chains SET last_seq = $1, last_hash = $2 WHERE chain = $3").bind(seq).bind(&prev).bind(chain).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_one_of_several_chains_is_found_and_a_forged_or_replayed_batch_too() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let stories = march();
+    let last_of = |pool: PgPool, chain: i32| async move {
+        let last: i64 = sqlx::query_scalar("SELECT last_seq FROM audit_chains WHERE chain = $1").bind(chain).fetch_one(&pool).await?;
+        anyhow::Ok(last)
+    };
+
+    // The kinds of change found on one chain, each on an intact log of its own.
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    tamper(&pool, &format!("UPDATE audit_log SET state_after = 'CLOSED' WHERE chain = {c} AND seq = 4")).await?;
+    let r = verify::verify_log(&pool).await?;
+    assert_eq!(r.broken.as_ref().map(|(s, p)| (r.broken_chain, *s, p.contains("hash mismatch"))), Some((c, 4, true)), "{r:?}");
+
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    tamper(&pool, &format!("DELETE FROM audit_log WHERE chain = {c} AND seq = 3")).await?;
+    let r = verify::verify_log(&pool).await?;
+    assert_eq!(r.broken.as_ref().map(|(s, p)| (r.broken_chain, *s, p.contains("record 3 is missing"))), Some((c, 4, true)), "{r:?}");
+
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    tamper(&pool, &format!("UPDATE audit_log SET seq = -3 WHERE chain = {c} AND seq = 3; UPDATE audit_log SET seq = 3 WHERE chain = {c} AND seq = 2; UPDATE audit_log SET seq = 2 WHERE chain = {c} AND seq = -3")).await?;
+    let r = verify::verify_log(&pool).await?;
+    assert_eq!(r.broken.as_ref().map(|(s, _)| (r.broken_chain, *s)), Some((c, 2)), "{r:?}");
+
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    let last = last_of(pool.clone(), c).await?;
+    tamper(&pool, &format!("DELETE FROM audit_log WHERE chain = {c} AND seq = {last}")).await?;
+    let r = verify::verify_log(&pool).await?;
+    assert!(r.broken.as_ref().is_some_and(|(_, p)| p.contains("head")) && r.broken_chain == c, "{r:?}");
+
+    // A record moved onto another chain (renumbered to look like that chain's next record).
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    let other: i32 = sqlx::query_scalar("SELECT min(chain) FROM audit_log WHERE chain <> $1").bind(c).fetch_one(&pool).await?;
+    let (last, other_last) = (last_of(pool.clone(), c).await?, last_of(pool.clone(), other).await?);
+    tamper(&pool, &format!("UPDATE audit_log SET chain = {other}, seq = {} WHERE chain = {c} AND seq = {last}", other_last + 1)).await?;
+    sqlx::query("UPDATE audit_chains SET last_seq = last_seq + 1 WHERE chain = $1").bind(other).execute(&pool).await?;
+    assert!(!verify::verify_log(&pool).await?.ok());
+
+    // A forged batch: records that look like the next ones of a chain and of their cases
+    // (sequence and case sequence continue, case_prev_hash names the case's last record, the
+    // head is moved on), but whose hashes were not made by the store (here: not chained to the
+    // chain's previous record).
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    let first = append_copies(&pool, c, 3, |seq, case_seq, at, state, env, _prev, case_prev| {
+        duijie_audit::store::record_hash(seq, case_seq, at, state, env, &[], case_prev)
+    })
+    .await?;
+    let r = verify::verify_log(&pool).await?;
+    assert_eq!(r.broken.as_ref().map(|(s, p)| (r.broken_chain, *s, p.contains("hash mismatch"))), Some((c, first, true)), "{r:?}");
+
+    // A batch replayed: the chain's last records appended again as its next ones, with every
+    // hash recomputed exactly as the store computes it (the formula is public).
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    let first = append_copies(&pool, c, 2, duijie_audit::store::record_hash).await?;
+    let r = verify::verify_log(&pool).await?;
+    assert_eq!(r.broken.as_ref().map(|(s, p)| (r.broken_chain, *s, p.contains("recorded twice"))), Some((c, first, true)), "{r:?}");
+    let replayed_case: Uuid = sqlx::query_scalar("SELECT case_id FROM audit_log WHERE chain = $1 AND seq = $2").bind(c).bind(first).fetch_one(&pool).await?;
+    assert!(verify::verify_case(&pool, replayed_case).await?.broken.is_some_and(|(_, p)| p.contains("recorded twice")));
+
+    // A tail cut off together with its chain's head (consistently, so the chain alone looks
+    // whole) is found by the tree head recorded before.
+    let (pool, c) = three_chains(&mut bus, &stories).await?;
+    let root = duijie_audit::tree::record(&pool).await?;
+    let clean = verify::verify_log(&pool).await?;
+    assert_eq!(clean.tree_head.as_ref(), Some(&root), "the log verifies against the tree head just recorded");
+    let last = last_of(pool.clone(), c).await?;
+    let (before, before_hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM audit_log WHERE chain = $1 AND seq = $2").bind(c).bind(last - 1).fetch_one(&pool).await?;
+    tamper(&pool, &format!("DELETE FROM audit_log WHERE chain = {c} AND seq = {last}")).await?;
+    sqlx::query("UPDATE audit_chains SET last_seq = $1, last_hash = $2 WHERE chain = $3").bind(before).bind(&before_hash).bind(c).execute(&pool).await?;
+    let r = verify::verify_log(&pool).await?;
+    assert!(r.broken.as_ref().is_some_and(|(_, p)| p.contains("tree head") && p.contains("cut back")) && r.broken_chain == c, "{r:?}");
+    // The tree heads themselves are append-only.
+    let refused = sqlx::raw_sql("DELETE FROM audit_tree_heads").execute(&pool).await;
+    assert!(refused.as_ref().is_err_and(|e| e.to_string().contains("append-only")), "{refused:?}");
+    bus.cleanup(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_before_the_chains_verifies_after_the_migration_and_continues() -> anyhow::Result<()> {
+    let mut bus = TestBus::new().await?;
+    let stories = march();
+    let a = &stories[0];
+    let jan = "CREATE TABLE audit_log_2025_01 PARTITION OF audit_log FOR VALUES FROM ('2025-01-01 00:00:00+00') TO ('2025-02-01 00:00:00+00')";
+    // Records as the store wrote them before the migration: chain 0 hashes exactly as the single
+    // chain did (same formula, same empty start), so the one-chain store writes them here and
+    // they are copied column for column into a database still on the old schema.
+    let scratch = audit_db(&mut bus).await?;
+    sqlx::raw_sql(jan).execute(&scratch).await?;
+    let old = AuditStore::recording_at(Utc.with_ymd_and_hms(2025, 1, 15, 8, 0, 0).single().unwrap_or_default());
+    append_batched(&scratch, &old, &a.envs[..3], 128).await?;
+    append_batched(&scratch, &AuditStore::default(), &a.envs[3..6], 1).await?;
+    let migrations = duijie_audit::migrator();
+    let before = sqlx::migrate::Migrator::with_migrations(migrations.iter().filter(|m| m.version < 202).cloned().collect());
+    let legacy = audit_db(&mut bus).await?;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public").execute(&legacy).await?;
+    before.run(&legacy).await?;
+    sqlx::raw_sql(jan).execute(&legacy).await?;
+    for table in ["audit_log", "audit_messages", "audit_cases", "audit_participants", "audit_deadlines"] {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT (to_jsonb(t) - 'chain')::text FROM {table} t"))).fetch_all(&scratch).await?;
+        for row in rows {
+            sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table}, $1::jsonb)"))).bind(row).execute(&legacy).await?;
+        }
+    }
+    sqlx::raw_sql("UPDATE audit_head SET (last_seq, last_hash) = (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)").execute(&legacy).await?;
+    // Retention as it ran before the migration: January 2025 dropped, its checkpoint kept.
+    sqlx::raw_sql(
+        "INSERT INTO audit_checkpoints (seq, hash, dropped) SELECT seq, hash, 'audit_log_2025_01' FROM audit_log_2025_01 ORDER BY seq DESC LIMIT 1;
+         ALTER TABLE audit_log DETACH PARTITION audit_log_2025_01; DROP TABLE audit_log_2025_01",
+    )
+    .execute(&legacy)
+    .await?;
+
+    // The migration: the old log is chain 0, its head and checkpoint chain 0's.
+    migrations.run(&legacy).await?;
+    let r = verify::verify_log(&legacy).await?;
+    assert!(r.ok() && r.records_checked == 3 && r.chains == 1, "{r:?}");
+    // Appending on three chains: case A continues on chain 0, its case chain unbroken across
+    // the migration; the new cases spread over the chains. The first two messages of every
+    // other case are recorded in January 2025 (on chain 0 they cannot be: its records never go
+    // back in time), the rest now.
+    sqlx::raw_sql(jan).execute(&legacy).await?;
+    let rest: Vec<Story> = stories[1..].iter().map(|s| Story { envs: s.envs[..2].to_vec(), code: s.code.clone(), referrer: s.referrer.clone(), centre: s.centre.clone(), ..*s }).collect();
+    let old = AuditStore::recording_at(Utc.with_ymd_and_hms(2025, 1, 20, 8, 0, 0).single().unwrap_or_default()).with_chains(3);
+    append_batched(&legacy, &old, &interleaved(&rest.iter().collect::<Vec<_>>()), 16).await?;
+    let later: Vec<Story> = stories[1..].iter().map(|s| Story { envs: s.envs[2..].to_vec(), code: s.code.clone(), referrer: s.referrer.clone(), centre: s.centre.clone(), ..*s }).collect();
+    let store = AuditStore::default().with_chains(3);
+    append_batched(&legacy, &store, &[a.envs[6..].to_vec(), interleaved(&later.iter().collect::<Vec<_>>())].concat(), 16).await?;
+    let a_records: Vec<(i32, i32)> = sqlx::query_as("SELECT chain, case_seq FROM audit_log WHERE case_id = $1 ORDER BY seq").bind(a.case_id).fetch_all(&legacy).await?;
+    assert_eq!(a_records, (4..=a.envs.len() as i32).map(|s| (0, s)).collect::<Vec<_>>());
+    let r = verify::verify_log(&legacy).await?;
+    assert!(r.ok() && r.chains == 3, "{r:?}");
+    assert!(verify::verify_case(&legacy, a.case_id).await?.ok());
+
+    // Retention drops January 2025 again: one checkpoint for each chain that had records there,
+    // and every chain continues from its own.
+    let in_january: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT chain FROM audit_log_2025_01 ORDER BY 1").fetch_all(&legacy).await?;
+    assert!(!in_january.contains(&0), "chain 0 already had records from now");
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&legacy).await?;
+    let dropped: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log_2025_01").fetch_one(&legacy).await?;
+    duijie_audit::service::maintain_partitions(&legacy, 180).await?;
+    let checkpointed: Vec<i32> = sqlx::query_scalar("SELECT chain FROM audit_checkpoints WHERE chain > 0 ORDER BY 1").fetch_all(&legacy).await?;
+    assert_eq!(checkpointed, in_january);
+    let r = verify::verify_log(&legacy).await?;
+    assert!(r.ok() && r.records_checked == u64::try_from(total - dropped)?, "{r:?}");
+    for s in &stories {
+        let r = verify::verify_case(&legacy, s.case_id).await?;
+        assert!(r.ok(), "{}: {r:?}", s.code);
+    }
+    bus.cleanup(&[]).await
+}
+
 /// An audit service on its own (no agency services), on `bus`.
 async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir: &std::path::Path) -> anyhow::Result<duijie_audit::service::Running> {
     let (cert, key) = ca.issue("duijie-audit", &["localhost", "127.0.0.1"])?;

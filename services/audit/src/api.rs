@@ -136,6 +136,7 @@ struct CaseRowAllowed {
 
 #[derive(sqlx::FromRow)]
 struct RecordRow {
+    chain: i32,
     seq: i64,
     case_seq: i32,
     message_id: Uuid,
@@ -158,7 +159,7 @@ impl AuditService for AuditApi {
         let who = caller(&req)?;
         let case = self.find_case(&who, req.get_ref()).await?;
         let rows: Vec<RecordRow> = sqlx::query_as(
-            "SELECT seq, case_seq, message_id, recorded_at, occurred_at, causation_id, trace_id, state_after, envelope, hash
+            "SELECT chain, seq, case_seq, message_id, recorded_at, occurred_at, causation_id, trace_id, state_after, envelope, hash
              FROM audit_log WHERE case_id = $1 ORDER BY seq",
         )
         .bind(case.case_id)
@@ -192,6 +193,7 @@ impl AuditService for AuditApi {
                 delivered_at: None,
                 hash_hex: hex(&r.hash),
                 message: Some(duijie_domain::identity::shown(env)),
+                chain: u32::try_from(r.chain).unwrap_or(0),
             });
         }
         for rec in &mut records {
@@ -357,6 +359,14 @@ impl AuditService for AuditApi {
         }
         .map_err(ApiError::Unexpected)?;
         let (first_broken_seq, problem) = report.broken.clone().map_or((0, String::new()), |(s, p)| (u64::try_from(s).unwrap_or(0), p));
-        Ok(Response::new(pb::VerifyResponse { ok: report.ok(), records_checked: report.records_checked, first_broken_seq, problem }))
+        Ok(Response::new(pb::VerifyResponse {
+            ok: report.ok(),
+            records_checked: report.records_checked,
+            first_broken_seq,
+            problem,
+            first_broken_chain: u32::try_from(report.broken_chain).unwrap_or(0),
+            chains: report.chains,
+            tree_head_hex: report.tree_head.as_deref().map(hex).unwrap_or_default(),
+        }))
     }
 }

@@ -1,14 +1,17 @@
 //! The audit service: every envelope that reached an agency (a copy from the bus's tap) is
 //! appended to an append-only, hash-chained log in the service's own database (`store`), with
 //! projections moved in the same transaction — where each case stands, who took part, its legal
-//! time limits. `watch` sends DeadlineWarning/DeadlineBreached notices through the outbox;
-//! `stats` defines the supervisors' statistics; `verify` walks the chains; `api` is the `AuditService`
-//! gRPC service; `service` runs it all.
+//! time limits. The log is one or more hash chains, a batch of envelopes appended in a few
+//! statements; `tree` commits to all chains' heads with one hash. `watch` sends
+//! DeadlineWarning/DeadlineBreached notices through the outbox; `stats` defines the supervisors'
+//! statistics; `verify` walks the chains; `api` is the `AuditService` gRPC service; `service`
+//! runs it all.
 
 pub mod api;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod tree;
 pub mod verify;
 pub mod watch;
 

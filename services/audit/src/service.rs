@@ -38,11 +38,25 @@ pub struct AuditConfig {
     /// A DeadlineWarning goes out this long before a limit falls due (ms).
     #[serde(with = "config::duration_ms")]
     pub warn_before_ms: Duration,
+    /// How many hash chains new cases are spread over (at least 1). Each chain has its own
+    /// head, so writers appending different chains do not wait for each other. It may grow at
+    /// any time (cases already in the log stay on their chain); it should not shrink, since the
+    /// chains beyond it would then take no new cases.
+    pub chains: u32,
+    /// How often a tree head over the chains' heads is recorded, if the log moved (ms).
+    #[serde(with = "config::duration_ms")]
+    pub tree_head_ms: Duration,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { retention_days: 183, deadline_scan_ms: Duration::from_secs(60), warn_before_ms: Duration::from_secs(24 * 3600) }
+        Self {
+            retention_days: 183,
+            deadline_scan_ms: Duration::from_secs(60),
+            warn_before_ms: Duration::from_secs(24 * 3600),
+            chains: 1,
+            tree_head_ms: Duration::from_secs(600),
+        }
     }
 }
 
@@ -59,7 +73,9 @@ pub struct Running {
 }
 
 /// Creates the coming months' partitions and drops those past retention, leaving a checkpoint
-/// (the last dropped record's sequence number and hash) so verification continues from there.
+/// per chain (the chain's last dropped record's sequence number and hash) so verification
+/// continues from there. Recording times never go back along a chain, so a dropped month is a
+/// prefix of every chain.
 pub async fn maintain_partitions(pool: &PgPool, retention_days: u32) -> anyhow::Result<()> {
     sqlx::query("SELECT audit_ensure_partitions(2)").execute(pool).await.context("creating partitions")?;
     let old: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
@@ -76,12 +92,14 @@ pub async fn maintain_partitions(pool: &PgPool, retention_days: u32) -> anyhow::
             continue;
         }
         let mut tx = pool.begin().await?;
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT seq, hash FROM \"{name}\" ORDER BY seq DESC LIMIT 1")))
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((seq, hash)) = last {
-            sqlx::query("INSERT INTO audit_checkpoints (seq, hash, dropped) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        let last: Vec<(i32, i64, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT ON (chain) chain, seq, hash FROM \"{name}\" ORDER BY chain, seq DESC"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        for (chain, seq, hash) in last {
+            sqlx::query("INSERT INTO audit_checkpoints (chain, seq, hash, dropped) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(chain)
                 .bind(seq)
                 .bind(hash)
                 .bind(&name)
@@ -107,6 +125,9 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     let pool = db::pool(&cfg.bus.database);
     crate::migrator().run(&pool).await.context("migrating the audit database")?;
     maintain_partitions(&pool, cfg.audit.retention_days).await?;
+    let mut conn = pool.acquire().await.context("connecting to the audit database")?;
+    crate::store::ensure_chains(&mut conn, cfg.audit.chains).await.context("creating the chains' heads")?;
+    drop(conn);
     let connector = Connector::new(cfg.bus.amqp.clone());
     let topology = Topology::new(cfg.bus.topology.clone());
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), "audit-relay");
@@ -119,7 +140,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         connector,
         topology.clone(),
         cfg.bus.consumer.clone(),
-        AuditStore::default(),
+        AuditStore::default().with_chains(cfg.audit.chains),
     );
     let consumer_stats = consumer.stats();
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
@@ -141,6 +162,18 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
             }
             if let Err(e) = maintain_partitions(&p, days).await {
                 tracing::warn!(error = format!("{e:#}"), "partition maintenance failed; retrying in an hour");
+            }
+        }
+    });
+    let (p, t, every) = (pool.clone(), token.clone(), cfg.audit.tree_head_ms);
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = t.cancelled() => return ("tree heads".to_owned(), Ok(())),
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = crate::tree::record(&p).await {
+                tracing::warn!(error = format!("{e:#}"), "cannot record a tree head; retrying at the next interval");
             }
         }
     });

@@ -1,14 +1,33 @@
-//! Appending to the log: every envelope from the tap becomes one record, chained to the
-//! previous record of the log and of its case, and the projections (case state, who took part,
-//! deadlines) move in the same transaction.
+//! Appending to the log, a batch at a time: every envelope from the tap becomes one record,
+//! chained to the previous record of its chain and of its case, and the projections (case state,
+//! who took part, deadlines) move in the same transaction.
+//!
+//! The log is several hash chains (`audit.chains` in the configuration, 1 by default): a case
+//! lives on one chain, chosen by a hash of its case id when its first record is appended, and
+//! each chain has its own head row (`audit_chains`) and its own gap-free sequence, so writers
+//! that append different chains never wait for each other. A batch is appended set-based, each
+//! step one statement (or a few, each under `STATEMENT_BYTES` of parameters):
+//!
+//! 1. skip the message ids already in the log;
+//! 2. lock the batch's cases (transaction-level advisory locks, in key order), then read their
+//!    projection rows;
+//! 3. decide every message in Rust, in order, with the same case desk the agencies run
+//!    ([`Case::decide`] through `observe`), keeping each case's row in memory;
+//! 4. re-time the cases whose limits may have moved (their earlier records in one read) and
+//!    write the deadlines and participants with `UNNEST`;
+//! 5. the serialised part: lock the heads of the chains the batch touches (in chain order),
+//!    hash every record in Rust, insert the records and message ids with `INSERT … SELECT FROM
+//!    UNNEST`, move the heads and write the case rows back; the commit follows.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use duijie_common::inbox::{HandleError, Handler, Inbound};
+use duijie_common::inbox::{Batched, HandleError, Handler, Inbound};
+use duijie_domain::agency::ref_str;
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
 use duijie_domain::lifecycle::{CaseState, Lifecycle, Step};
-use duijie_domain::agency::ref_str;
 use duijie_domain::{AgencyNode, Case, Effects, Message};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{
@@ -20,8 +39,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// The hash of one record: the record's content (its envelope exactly as received, the state it
-/// led to, where it sits in the log and when it was recorded) chained to the previous record of
-/// the log and of its case. Any edit, deletion or reordering changes a hash or leaves a gap.
+/// led to, where it sits in its chain and when it was recorded) chained to the previous record
+/// of its chain and of its case. Any edit, deletion or reordering changes a hash or leaves a gap.
 pub fn record_hash(
     seq: i64,
     case_seq: i32,
@@ -41,6 +60,29 @@ pub fn record_hash(
         h.update(part);
     }
     h.finalize().to_vec()
+}
+
+/// What the first record of `chain` is chained to. Chain 0 is the log as it was before it was
+/// split (its first record follows the empty hash, as it always did); every other chain starts
+/// from a value naming it, so a record moved to another chain does not verify there.
+pub fn genesis(chain: i32) -> Vec<u8> {
+    if chain == 0 {
+        return Vec::new();
+    }
+    let mut h = Sha256::new();
+    h.update(b"duijie.audit.chain");
+    h.update(chain.to_be_bytes());
+    h.finalize().to_vec()
+}
+
+/// The chain a new case goes to among `chains`: the first eight bytes of SHA-256 over its id
+/// (UUIDv7 ids begin with the time, so the id's own leading bytes would not spread).
+pub fn chain_of(case_id: Uuid, chains: u32) -> i32 {
+    let digest = Sha256::digest(case_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    // The remainder is below `chains`, itself a u32: it fits an i32 for any sane configuration.
+    i32::try_from(u64::from_be_bytes(first) % u64::from(chains.max(1))).unwrap_or(0)
 }
 
 /// Where a message the log has seen leaves its case: the same desk the agencies run
@@ -81,24 +123,61 @@ pub struct AuditStore {
     calendar: WorkCalendar,
     /// When a record is recorded: the wall clock, or a fixed time to replay a history.
     recorded_at: Option<DateTime<Utc>>,
+    /// How many chains new cases are spread over (at least 1).
+    chains: u32,
 }
 
 impl Default for AuditStore {
     fn default() -> Self {
-        Self { calendar: WorkCalendar::bundled(), recorded_at: None }
+        Self { calendar: WorkCalendar::bundled(), recorded_at: None, chains: 1 }
     }
 }
 
 impl AuditStore {
     /// A store that records at `at` instead of now: for replaying a log (and testing retention);
-    /// the service always records at the wall clock.
+    /// the service always records at the wall clock. Recording times never go back along a
+    /// chain: a record is stamped no earlier than its chain's last record.
     pub fn recording_at(at: DateTime<Utc>) -> Self {
         Self { recorded_at: Some(at), ..Self::default() }
     }
+
+    /// The same store spreading new cases over `chains` chains (0 counts as 1). Cases already
+    /// in the log stay on their chain, so the number may grow at any time.
+    pub fn with_chains(self, chains: u32) -> Self {
+        Self { chains: chains.max(1), ..self }
+    }
+
+    /// How many chains new cases are spread over.
+    pub fn chains(&self) -> u32 {
+        self.chains
+    }
 }
 
-#[derive(sqlx::FromRow)]
+/// Creates the head rows of chains `0..chains` that do not exist yet (each at its genesis).
+pub async fn ensure_chains(conn: &mut PgConnection, chains: u32) -> Result<(), sqlx::Error> {
+    let ids: Vec<i32> = (0..i32::try_from(chains.max(1)).unwrap_or(i32::MAX)).collect();
+    ensure_chain_rows(conn, &ids).await
+}
+
+async fn ensure_chain_rows(conn: &mut PgConnection, ids: &[i32]) -> Result<(), sqlx::Error> {
+    let starts: Vec<Vec<u8>> = ids.iter().map(|c| genesis(*c)).collect();
+    sqlx::query(
+        "INSERT INTO audit_chains (chain, last_seq, last_hash)
+         SELECT c, 0, g FROM unnest($1::int[], $2::bytea[]) AS n(c, g) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(&starts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A case's projection row, read at the start of a batch, changed in memory by each of its
+/// messages and written back once.
+#[derive(sqlx::FromRow, Clone)]
 struct CaseRow {
+    case_id: Uuid,
+    case_code: String,
     channel: i32,
     referrer_kind: String,
     referrer_code: String,
@@ -106,302 +185,584 @@ struct CaseRow {
     holder_code: String,
     state: String,
     before_cancel: Option<String>,
+    state_since: DateTime<Utc>,
     clock_policy: i32,
+    received_at: DateTime<Utc>,
+    signed_at: Option<DateTime<Utc>>,
+    accepted_at: Option<DateTime<Utc>>,
+    rejected_at: Option<DateTime<Utc>>,
+    outcome: Option<String>,
+    outcome_at: Option<DateTime<Utc>>,
+    confirmation_requested_at: Option<DateTime<Utc>>,
+    confirmation_granted_at: Option<DateTime<Utc>>,
+    closed_at: Option<DateTime<Utc>>,
     last_case_seq: i32,
     last_hash: Vec<u8>,
+    overdue_since: Option<DateTime<Utc>>,
+    chain: i32,
+}
+
+const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state, before_cancel,
+     state_since, clock_policy, received_at, signed_at, accepted_at, rejected_at, outcome, outcome_at,
+     confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash, overdue_since, chain";
+
+/// A case during a batch.
+struct Working {
+    row: CaseRow,
+    /// Whether its limits may have moved (a message that starts, meets, extends or re-times one).
+    timing: bool,
+    /// Whether it has records from before this batch.
+    existed: bool,
+    /// This batch's records of the case (when each happened, what it said), for its limits.
+    events: Vec<(DateTime<Utc>, Payload)>,
+}
+
+/// A record decided but not yet hashed: everything but its chain position and hashes.
+struct Pending {
+    chain: i32,
+    case_id: Uuid,
+    case_seq: i32,
+    message_id: Uuid,
+    kind: &'static str,
+    channel: i32,
+    sender: String,
+    recipient: String,
+    occurred_at: DateTime<Utc>,
+    causation_id: Option<Uuid>,
+    trace_id: String,
+    state_after: &'static str,
+    envelope: Vec<u8>,
+}
+
+/// A record ready to insert.
+struct LogRow {
+    chain: i32,
+    seq: i64,
+    recorded_at: DateTime<Utc>,
+    pending: Pending,
+    case_prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// The most bytes of parameters one statement carries. sqlx 0.9.0 leaves Nagle's algorithm on
+/// (transact-rs/sqlx#4335, fixed upstream but not released): a statement whose message does not
+/// fit the socket's send buffer (16 KiB at first on Linux) waits for PostgreSQL's delayed ACK,
+/// 40 ms, which at 128 envelopes a statement cost more than everything else together. So the
+/// set-based statements go in runs of rows under this size: a few more round trips, no stall.
+const STATEMENT_BYTES: usize = 8 * 1024;
+
+/// Splits `rows` into runs whose parameters (`bytes` each, estimated) stay under
+/// [`STATEMENT_BYTES`], at least one row a run.
+fn runs<T>(rows: &[T], bytes: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let b = bytes(row);
+        if i > start && size + b > STATEMENT_BYTES {
+            out.push(&rows[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += b;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
+fn kind_of(a: Option<&AgencyRef>) -> &'static str {
+    AgencyKind::try_from(a.map_or(0, |a| a.kind)).map(|k| k.as_str()).unwrap_or("unspecified")
+}
+
+fn code_of(a: Option<&AgencyRef>) -> String {
+    a.map(|a| a.code.clone()).unwrap_or_default()
+}
+
+fn rejected(what: impl std::fmt::Display) -> HandleError {
+    HandleError::Rejected(what.to_string())
+}
+
+/// Sets `slot` to `at` unless it is already set (the first time a case reached a stage counts).
+fn stamp(slot: &mut Option<DateTime<Utc>>, at: DateTime<Utc>) {
+    if slot.is_none() {
+        *slot = Some(at);
+    }
 }
 
 impl AuditStore {
     /// Appends `env` (once: a message id already in the log is skipped).
     pub async fn append(&self, conn: &mut PgConnection, env: &Envelope) -> Result<(), HandleError> {
-        let message_id = Uuid::parse_str(&env.message_id).map_err(|e| HandleError::Rejected(e.to_string()))?;
-        let case_id = Uuid::parse_str(&env.case_id).map_err(|e| HandleError::Rejected(e.to_string()))?;
-        // One writer at a time: the head row's lock orders every append.
-        let (last_seq, last_hash): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT last_seq, last_hash FROM audit_head WHERE id = 1 FOR UPDATE").fetch_one(&mut *conn).await?;
-        let seen: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM audit_messages WHERE message_id = $1").bind(message_id).fetch_optional(&mut *conn).await?;
-        if seen.is_some() {
-            return Ok(());
-        }
-        let case: Option<CaseRow> = sqlx::query_as(
-            "SELECT channel, referrer_kind, referrer_code, holder_kind, holder_code, state, before_cancel, clock_policy,
-                    last_case_seq, last_hash
-             FROM audit_cases WHERE case_id = $1 FOR UPDATE",
-        )
-        .bind(case_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let payload = env.payload.as_ref().ok_or_else(|| HandleError::Rejected("no payload".into()))?;
-        let occurred = duijie_common::envelope::from_timestamp(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(Utc::now()));
-        let recorded = micros(self.recorded_at.unwrap_or_else(Utc::now));
-        let parse = |s: &str| CaseState::parse(s).ok_or_else(|| HandleError::Rejected(format!("bad state {s}")));
-
-        // Where the case stands after this message (the same machine the agencies run; a
-        // message their machine refuses is still recorded, with the state unchanged).
-        let (lc, step) = match (&case, payload) {
-            (None, Payload::Referral(_)) => (Lifecycle::referred(), None),
-            (None, _) => {
-                // A feedback message for a case the log has not seen: recorded on its own chain.
-                (Lifecycle::at(CaseState::Submitted, None), None)
-            }
-            (Some(c), Payload::Referral(_)) => {
-                // A case handed on (redirect, escalation): the holder changed with the hand-over.
-                (Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?), None)
-            }
-            (Some(c), p) => {
-                let lc = Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?);
-                observe(c, lc, env, p)
-            }
-        };
-        let state_after = lc.state.as_str();
-        let seq = last_seq + 1;
-        let case_seq = case.as_ref().map_or(1, |c| c.last_case_seq + 1);
-        let case_prev_hash = case.as_ref().map(|c| c.last_hash.clone()).unwrap_or_default();
-        let bytes = env.encode_to_vec();
-        let hash = record_hash(seq, case_seq, recorded, state_after, &bytes, &last_hash, &case_prev_hash);
-        let trace_id = env
-            .trace
-            .as_ref()
-            .and_then(|t| t.traceparent.split('-').nth(1))
-            .unwrap_or_default()
-            .to_owned();
-        let causation = if env.causation_id.is_empty() { None } else { Uuid::parse_str(&env.causation_id).ok() };
-        sqlx::query(
-            "INSERT INTO audit_log (seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
-                                    occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(seq)
-        .bind(recorded)
-        .bind(case_id)
-        .bind(case_seq)
-        .bind(message_id)
-        .bind(env.kind().routing_segment())
-        .bind(env.channel)
-        .bind(ref_str(env.sender.as_ref()))
-        .bind(ref_str(env.recipient.as_ref()))
-        .bind(occurred)
-        .bind(causation)
-        .bind(&trace_id)
-        .bind(state_after)
-        .bind(&bytes)
-        .bind(&case_prev_hash)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("INSERT INTO audit_messages (message_id, seq) VALUES ($1, $2)").bind(message_id).bind(seq).execute(&mut *conn).await?;
-        sqlx::query("UPDATE audit_head SET last_seq = $1, last_hash = $2 WHERE id = 1").bind(seq).bind(&hash).execute(&mut *conn).await?;
-
-        self.project(conn, env, payload, case.as_ref(), &lc, step.as_ref(), occurred, case_id, case_seq, &hash).await?;
-        Ok(())
+        self.append_batch(conn, &[env]).await
     }
 
-    /// Moves the projections of the case on.
-    #[allow(clippy::too_many_arguments)]
-    async fn project(
-        &self,
-        conn: &mut PgConnection,
-        env: &Envelope,
-        payload: &Payload,
-        case: Option<&CaseRow>,
-        lc: &Lifecycle,
-        step: Option<&Step>,
-        at: DateTime<Utc>,
-        case_id: Uuid,
-        case_seq: i32,
-        hash: &[u8],
-    ) -> Result<(), HandleError> {
-        let sender = env.sender.as_ref();
-        let recipient = env.recipient.as_ref();
-        let kind_of = |a: Option<&AgencyRef>| AgencyKind::try_from(a.map_or(0, |a| a.kind)).map(|k| k.as_str()).unwrap_or("unspecified");
-        let code_of = |a: Option<&AgencyRef>| a.map(|a| a.code.clone()).unwrap_or_default();
-        match (case, payload) {
-            (None, _) => {
-                // The first record of a case: its referral (or, if the referral never reached the
-                // log, the first message seen). The referrer is the referral's sender, the holder
-                // its recipient.
-                let (referrer, holder, clock) = match payload {
-                    Payload::Referral(r) => {
-                        let referrer = r.forwarded.as_ref().and_then(|f| f.original_referrer.as_ref()).or(sender);
-                        (referrer, recipient, r.clock_policy.as_ref().map_or(0, |c| c.kind))
-                    }
-                    _ => (None, None, 0),
-                };
-                sqlx::query(
-                    "INSERT INTO audit_cases (case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
-                                              state, before_cancel, state_since, clock_policy, received_at, last_case_seq, last_hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, $12, $13)",
-                )
-                .bind(case_id)
-                .bind(&env.case_code)
-                .bind(env.channel)
-                .bind(kind_of(referrer))
-                .bind(code_of(referrer))
-                .bind(kind_of(holder))
-                .bind(code_of(holder))
-                .bind(lc.state.as_str())
-                .bind(lc.before_cancel.map(CaseState::as_str))
-                .bind(at)
-                .bind(clock)
-                .bind(case_seq)
-                .bind(hash)
-                .execute(&mut *conn)
-                .await?;
-            }
-            (Some(c), _) => {
-                let new_holder = step.and_then(|s| s.new_holder.as_ref());
-                let changed = c.state != lc.state.as_str();
-                let stamp = |col: &str| format!("{col} = COALESCE({col}, $6)");
-                let mut sets = vec![
-                    "state = $2".to_owned(),
-                    "before_cancel = $3".to_owned(),
-                    "holder_kind = COALESCE($4, holder_kind)".to_owned(),
-                    "holder_code = COALESCE($5, holder_code)".to_owned(),
-                    "last_case_seq = $7".to_owned(),
-                    "last_hash = $8".to_owned(),
-                ];
-                if changed {
-                    sets.push("state_since = $6".into());
-                }
-                if step.is_some() {
-                    match payload {
-                        Payload::Receipt(_) => sets.push(stamp("signed_at")),
-                        Payload::Accept(_) => sets.push(stamp("accepted_at")),
-                        Payload::Reject(_) => sets.push(stamp("rejected_at")),
-                        Payload::Outcome(o) => {
-                            let name = match &o.kind {
-                                Some(outcome::Kind::Settled(_)) => "settled",
-                                Some(outcome::Kind::Failed(_)) => "failed",
-                                _ => "withdrawn",
-                            };
-                            sets.push(format!("outcome = COALESCE(outcome, '{name}')"));
-                            sets.push(stamp("outcome_at"));
-                        }
-                        Payload::ConfirmationRequest(_) => sets.push(stamp("confirmation_requested_at")),
-                        Payload::ConfirmationDecision(d) if d.decision() == ConfirmationDecisionKind::Granted => {
-                            sets.push(stamp("confirmation_granted_at"));
-                        }
-                        _ => {}
-                    }
-                    if lc.state.is_final() {
-                        sets.push(stamp("closed_at"));
-                    }
-                }
-                let clock = match payload {
-                    Payload::Referral(r) => r.clock_policy.as_ref().map_or(c.clock_policy, |p| p.kind),
-                    // An amendment may re-time the case (e.g. ordinary → simplified procedure).
-                    Payload::Amendment(a) if step.is_some() => a
-                        .revised
-                        .as_ref()
-                        .and_then(|r| r.clock_policy.as_ref())
-                        .map(|p| p.kind)
-                        .filter(|k| *k != 0)
-                        .unwrap_or(c.clock_policy),
-                    _ => c.clock_policy,
-                };
-                sets.push(format!("clock_policy = {clock}"));
-                let sql = format!("UPDATE audit_cases SET {} WHERE case_id = $1", sets.join(", "));
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(case_id)
-                    .bind(lc.state.as_str())
-                    .bind(lc.before_cancel.map(CaseState::as_str))
-                    .bind(new_holder.map(|h| kind_of(Some(h))))
-                    .bind(new_holder.map(|h| h.code.clone()))
-                    .bind(at)
-                    .bind(case_seq)
-                    .bind(hash)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+    /// Appends `envs` in this order, set-based (see the module's documentation). A message id
+    /// already in the log, or twice in `envs`, is recorded once.
+    /// Any refusal refuses the whole batch: the inbox then retries its messages one by one.
+    pub async fn append_batch(&self, conn: &mut PgConnection, envs: &[&Envelope]) -> Result<(), HandleError> {
+        // 1. What is new.
+        let mut parsed = Vec::with_capacity(envs.len());
+        for env in envs {
+            let message_id = Uuid::parse_str(&env.message_id).map_err(rejected)?;
+            let case_id = Uuid::parse_str(&env.case_id).map_err(rejected)?;
+            let payload = env.payload.as_ref().ok_or_else(|| rejected("no payload"))?;
+            parsed.push((*env, message_id, case_id, payload));
         }
-        let parties: Vec<&AgencyRef> = [sender, recipient]
+        let ids: Vec<Uuid> = parsed.iter().map(|p| p.1).collect();
+        let seen: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>("SELECT message_id FROM audit_messages WHERE message_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?
             .into_iter()
-            .flatten()
-            .filter(|a| !matches!(AgencyKind::try_from(a.kind), Ok(AgencyKind::Bus) | Ok(AgencyKind::Unspecified) | Err(_)))
             .collect();
-        if !parties.is_empty() {
+        let mut taken = HashSet::with_capacity(parsed.len());
+        parsed.retain(|p| !seen.contains(&p.1) && taken.insert(p.1));
+        if parsed.is_empty() {
+            return Ok(());
+        }
+
+        // 2. Lock the cases (also those the log has not seen yet, which have no row to lock),
+        // in one order for every writer, then read them.
+        let mut case_ids: Vec<Uuid> = parsed.iter().map(|p| p.2).collect();
+        case_ids.sort_unstable();
+        case_ids.dedup();
+        let mut keys: Vec<i64> = case_ids.iter().map(|c| lock_key(*c)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS ordered")
+            .bind(&keys)
+            .execute(&mut *conn)
+            .await?;
+        let sql = format!("SELECT {CASE_COLUMNS} FROM audit_cases WHERE case_id = ANY($1)");
+        let rows: Vec<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&case_ids).fetch_all(&mut *conn).await?;
+        let mut cases: HashMap<Uuid, Working> =
+            rows.into_iter().map(|row| (row.case_id, Working { row, timing: false, existed: true, events: Vec::new() })).collect();
+
+        // 3. Decide every message in order.
+        let now = Utc::now();
+        let mut pending = Vec::with_capacity(parsed.len());
+        let mut participants: BTreeSet<(Uuid, &'static str, String)> = BTreeSet::new();
+        for (env, message_id, case_id, payload) in parsed {
+            let occurred = duijie_common::envelope::from_timestamp(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(now));
+            let state_after = self.decide(&mut cases, env, case_id, payload, occurred)?;
+            let w = cases.get_mut(&case_id).ok_or_else(|| rejected("case not kept"))?;
+            w.row.last_case_seq += 1;
+            w.events.push((occurred, payload.clone()));
+            for a in [env.sender.as_ref(), env.recipient.as_ref()].into_iter().flatten() {
+                if !matches!(AgencyKind::try_from(a.kind), Ok(AgencyKind::Bus) | Ok(AgencyKind::Unspecified) | Err(_)) {
+                    participants.insert((case_id, kind_of(Some(a)), a.code.clone()));
+                }
+            }
+            pending.push(Pending {
+                chain: w.row.chain,
+                case_id,
+                case_seq: w.row.last_case_seq,
+                message_id,
+                kind: env.kind().routing_segment(),
+                channel: env.channel,
+                sender: ref_str(env.sender.as_ref()),
+                recipient: ref_str(env.recipient.as_ref()),
+                occurred_at: occurred,
+                causation_id: if env.causation_id.is_empty() { None } else { Uuid::parse_str(&env.causation_id).ok() },
+                trace_id: env.trace.as_ref().and_then(|t| t.traceparent.split('-').nth(1)).unwrap_or_default().to_owned(),
+                state_after,
+                envelope: env.encode_to_vec(),
+            });
+        }
+
+        // 4. Limits and participants (no chain involved yet).
+        self.retime(conn, &mut cases, now).await.map_err(HandleError::Transient)?;
+        let participants: Vec<(Uuid, &str, String)> = participants.into_iter().collect();
+        for run in runs(&participants, |(_, kind, code)| 40 + kind.len() + code.len()) {
             sqlx::query(
                 "INSERT INTO audit_participants (case_id, kind, code)
-                 SELECT $1, k, c FROM unnest($2::text[], $3::text[]) AS p(k, c) ON CONFLICT DO NOTHING",
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
             )
-            .bind(case_id)
-            .bind(parties.iter().map(|a| kind_of(Some(a))).collect::<Vec<_>>())
-            .bind(parties.iter().map(|a| a.code.clone()).collect::<Vec<_>>())
+            .bind(run.iter().map(|p| p.0).collect::<Vec<_>>())
+            .bind(run.iter().map(|p| p.1).collect::<Vec<_>>())
+            .bind(run.iter().map(|p| p.2.clone()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
-        // Only the messages that start, meet, extend or re-time a limit change the deadlines
-        // (evidence, about half of all traffic, never does).
-        let timing = match payload {
-            Payload::Referral(_)
-            | Payload::Amendment(_)
-            | Payload::Receipt(_)
-            | Payload::Accept(_)
-            | Payload::Reject(_)
-            | Payload::Redirect(_)
-            | Payload::Outcome(_)
-            | Payload::ConfirmationRequest(_)
-            | Payload::ConfirmationDecision(_)
-            | Payload::ExtensionRequest(_) => true,
-            // Evidence re-times a case only when it moved it (the referral delivered).
-            Payload::DeliveryEvidence(_) => step.is_some_and(|s| s.from != s.to),
-            _ => false,
-        };
-        if timing {
-            self.refresh_deadlines(conn, case_id).await.map_err(HandleError::Transient)?;
+
+        // 5. The serialised part: the chains' heads, locked in chain order.
+        let mut chains: Vec<i32> = pending.iter().map(|p| p.chain).collect();
+        chains.sort_unstable();
+        chains.dedup();
+        let mut heads = lock_heads(conn, &chains).await?;
+        if heads.len() < chains.len() {
+            ensure_chain_rows(conn, &chains).await?;
+            heads = lock_heads(conn, &chains).await?;
+        }
+        let mut heads: HashMap<i32, Head> = heads.into_iter().map(|h| (h.chain, h)).collect();
+        let wanted = micros(self.recorded_at.unwrap_or_else(Utc::now));
+        for h in heads.values_mut() {
+            // Never before the chain's last record: retention drops months as prefixes of chains.
+            h.recorded_at = h.last_recorded_at.map_or(wanted, |last| wanted.max(last));
+        }
+        let mut log = Vec::with_capacity(pending.len());
+        for p in pending {
+            let head = heads.get_mut(&p.chain).ok_or_else(|| HandleError::Transient(anyhow::anyhow!("chain {} has no head", p.chain)))?;
+            let w = cases.get_mut(&p.case_id).ok_or_else(|| rejected("case not kept"))?;
+            let seq = head.last_seq + 1;
+            let case_prev_hash = std::mem::take(&mut w.row.last_hash);
+            let hash = record_hash(seq, p.case_seq, head.recorded_at, p.state_after, &p.envelope, &head.last_hash, &case_prev_hash);
+            head.last_seq = seq;
+            head.last_hash.clone_from(&hash);
+            head.moved = true;
+            w.row.last_hash.clone_from(&hash);
+            log.push(LogRow { chain: p.chain, seq, recorded_at: head.recorded_at, pending: p, case_prev_hash, hash });
+        }
+        for run in runs(&log, |r| r.pending.envelope.len() + 320) {
+            insert_log(conn, run).await?;
+        }
+        for run in runs(&log, |_| 40) {
+            sqlx::query("INSERT INTO audit_messages (message_id, chain, seq) SELECT * FROM unnest($1::uuid[], $2::int[], $3::bigint[])")
+                .bind(run.iter().map(|r| r.pending.message_id).collect::<Vec<_>>())
+                .bind(run.iter().map(|r| r.chain).collect::<Vec<_>>())
+                .bind(run.iter().map(|r| r.seq).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+        }
+        let moved: Vec<&Head> = heads.values().filter(|h| h.moved).collect();
+        sqlx::query(
+            "UPDATE audit_chains h SET last_seq = u.seq, last_hash = u.hash, last_recorded_at = u.at
+             FROM unnest($1::int[], $2::bigint[], $3::bytea[], $4::timestamptz[]) AS u(chain, seq, hash, at)
+             WHERE h.chain = u.chain",
+        )
+        .bind(moved.iter().map(|h| h.chain).collect::<Vec<_>>())
+        .bind(moved.iter().map(|h| h.last_seq).collect::<Vec<_>>())
+        .bind(moved.iter().map(|h| h.last_hash.clone()).collect::<Vec<_>>())
+        .bind(moved.iter().map(|h| h.recorded_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+        let rows: Vec<CaseRow> = cases.into_values().map(|w| w.row).collect();
+        for run in runs(&rows, |r| r.case_code.len() + 360) {
+            write_cases(conn, run).await?;
         }
         Ok(())
     }
 
-    /// Recomputes the case's legal time limits from its records (keeping which notices went out).
-    pub async fn refresh_deadlines(&self, conn: &mut PgConnection, case_id: Uuid) -> anyhow::Result<()> {
-        let clock: i32 = sqlx::query_scalar("SELECT clock_policy FROM audit_cases WHERE case_id = $1")
-            .bind(case_id)
-            .fetch_one(&mut *conn)
-            .await
-            .context("reading the case's clock policy")?;
-        let records = case_payloads(conn, case_id).await?;
-        let refs: Vec<(DateTime<Utc>, &Payload)> = records.iter().map(|(t, p)| (*t, p)).collect();
-        let policy = ClockPolicyKind::try_from(clock).unwrap_or(ClockPolicyKind::Unspecified);
-        let limits = deadlines::deadlines(policy, &refs, &self.calendar, Utc::now());
-        // A limit can stop applying (a late record shows round one of 治安调解 was met after all).
-        let keep: Vec<i32> = limits.iter().map(|d| d.limit as i32).collect();
-        sqlx::query("DELETE FROM audit_deadlines WHERE case_id = $1 AND NOT (time_limit = ANY($2))")
-            .bind(case_id)
-            .bind(&keep)
+    /// Decides one message against its case (kept in `cases`, created there on its first record)
+    /// and moves the case's row on; returns the state it leaves the case in.
+    fn decide(
+        &self,
+        cases: &mut HashMap<Uuid, Working>,
+        env: &Envelope,
+        case_id: Uuid,
+        payload: &Payload,
+        at: DateTime<Utc>,
+    ) -> Result<&'static str, HandleError> {
+        let parse = |s: &str| CaseState::parse(s).ok_or_else(|| rejected(format!("bad state {s}")));
+        let Some(w) = cases.get_mut(&case_id) else {
+            // The first record of a case: its referral (or, if the referral never reached the
+            // log, the first message seen). The referrer is the referral's sender, the holder
+            // its recipient.
+            let lc = match payload {
+                Payload::Referral(_) => Lifecycle::referred(),
+                _ => Lifecycle::at(CaseState::Submitted, None),
+            };
+            let (referrer, holder, clock) = match payload {
+                Payload::Referral(r) => {
+                    let referrer = r.forwarded.as_ref().and_then(|f| f.original_referrer.as_ref()).or(env.sender.as_ref());
+                    (referrer, env.recipient.as_ref(), r.clock_policy.as_ref().map_or(0, |c| c.kind))
+                }
+                _ => (None, None, 0),
+            };
+            let row = CaseRow {
+                case_id,
+                case_code: env.case_code.clone(),
+                channel: env.channel,
+                referrer_kind: kind_of(referrer).to_owned(),
+                referrer_code: code_of(referrer),
+                holder_kind: kind_of(holder).to_owned(),
+                holder_code: code_of(holder),
+                state: lc.state.as_str().to_owned(),
+                before_cancel: lc.before_cancel.map(|s| s.as_str().to_owned()),
+                state_since: at,
+                clock_policy: clock,
+                received_at: at,
+                signed_at: None,
+                accepted_at: None,
+                rejected_at: None,
+                outcome: None,
+                outcome_at: None,
+                confirmation_requested_at: None,
+                confirmation_granted_at: None,
+                closed_at: None,
+                last_case_seq: 0,
+                last_hash: Vec::new(),
+                overdue_since: None,
+                chain: chain_of(case_id, self.chains),
+            };
+            cases.insert(case_id, Working { row, timing: moves_limits(payload, None), existed: false, events: Vec::new() });
+            return Ok(lc.state.as_str());
+        };
+        let c = &mut w.row;
+        let current = Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?);
+        // Where the case stands after this message (the same machine the agencies run; a
+        // message their machine refuses is still recorded, with the state unchanged).
+        let (lc, step) = match payload {
+            // A case handed on (redirect, escalation): the holder changed with the hand-over.
+            Payload::Referral(_) => (current, None),
+            p => observe(c, current, env, p),
+        };
+        if let Some(h) = step.as_ref().and_then(|s| s.new_holder.as_ref()) {
+            c.holder_kind = kind_of(Some(h)).to_owned();
+            c.holder_code.clone_from(&h.code);
+        }
+        if c.state != lc.state.as_str() {
+            c.state_since = at;
+        }
+        c.state = lc.state.as_str().to_owned();
+        c.before_cancel = lc.before_cancel.map(|s| s.as_str().to_owned());
+        if step.is_some() {
+            match payload {
+                Payload::Receipt(_) => stamp(&mut c.signed_at, at),
+                Payload::Accept(_) => stamp(&mut c.accepted_at, at),
+                Payload::Reject(_) => stamp(&mut c.rejected_at, at),
+                Payload::Outcome(o) => {
+                    let name = match &o.kind {
+                        Some(outcome::Kind::Settled(_)) => "settled",
+                        Some(outcome::Kind::Failed(_)) => "failed",
+                        _ => "withdrawn",
+                    };
+                    c.outcome.get_or_insert_with(|| name.to_owned());
+                    stamp(&mut c.outcome_at, at);
+                }
+                Payload::ConfirmationRequest(_) => stamp(&mut c.confirmation_requested_at, at),
+                Payload::ConfirmationDecision(d) if d.decision() == ConfirmationDecisionKind::Granted => {
+                    stamp(&mut c.confirmation_granted_at, at);
+                }
+                _ => {}
+            }
+            if lc.state.is_final() {
+                stamp(&mut c.closed_at, at);
+            }
+        }
+        c.clock_policy = match payload {
+            Payload::Referral(r) => r.clock_policy.as_ref().map_or(c.clock_policy, |p| p.kind),
+            // An amendment may re-time the case (e.g. ordinary → simplified procedure).
+            Payload::Amendment(a) if step.is_some() => a
+                .revised
+                .as_ref()
+                .and_then(|r| r.clock_policy.as_ref())
+                .map(|p| p.kind)
+                .filter(|k| *k != 0)
+                .unwrap_or(c.clock_policy),
+            _ => c.clock_policy,
+        };
+        w.timing |= moves_limits(payload, step.as_ref());
+        Ok(lc.state.as_str())
+    }
+
+    /// Recomputes the legal time limits of the batch's cases that need it, from their earlier
+    /// records (one read) and this batch's, and stores them (keeping which notices went out).
+    async fn retime(&self, conn: &mut PgConnection, cases: &mut HashMap<Uuid, Working>, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let due: Vec<Uuid> = cases.iter().filter(|(_, w)| w.timing).map(|(id, _)| *id).collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let earlier_of: Vec<Uuid> = due.iter().filter(|id| cases.get(id).is_some_and(|w| w.existed)).copied().collect();
+        let mut earlier: HashMap<Uuid, Vec<(DateTime<Utc>, Payload)>> = HashMap::new();
+        if !earlier_of.is_empty() {
+            let rows: Vec<(Uuid, DateTime<Utc>, Vec<u8>)> =
+                sqlx::query_as("SELECT case_id, occurred_at, envelope FROM audit_log WHERE case_id = ANY($1) ORDER BY case_id, seq")
+                    .bind(&earlier_of)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .context("reading the cases' records")?;
+            for (case_id, at, bytes) in rows {
+                if let Some(p) = Envelope::decode(bytes.as_slice()).context("decoding a recorded envelope")?.payload {
+                    earlier.entry(case_id).or_default().push((at, p));
+                }
+            }
+        }
+        let mut limits_of = Vec::with_capacity(due.len());
+        for id in &due {
+            let Some(w) = cases.get_mut(id) else { continue };
+            let before = earlier.remove(id).unwrap_or_default();
+            let refs: Vec<(DateTime<Utc>, &Payload)> = before.iter().chain(&w.events).map(|(t, p)| (*t, p)).collect();
+            let policy = ClockPolicyKind::try_from(w.row.clock_policy).unwrap_or(ClockPolicyKind::Unspecified);
+            let limits = deadlines::deadlines(policy, &refs, &self.calendar, now);
+            // When the case's first limit fell due without being met in time.
+            w.row.overdue_since = limits.iter().filter(|d| d.met_at.is_none_or(|m| m > d.due_at)).map(|d| d.due_at).min();
+            limits_of.push((*id, limits));
+        }
+        for run in runs(&limits_of, |(_, limits)| 24 + 100 * limits.len()) {
+            let cases: Vec<Uuid> = run.iter().map(|(id, _)| *id).collect();
+            let all = || run.iter().flat_map(|(id, limits)| limits.iter().map(move |d| (*id, d)));
+            let (kc, kl): (Vec<Uuid>, Vec<i32>) = all().map(|(id, d)| (id, d.limit as i32)).unzip();
+            // A limit can stop applying (a late record shows round one of 治安调解 was met after all).
+            sqlx::query(
+                "DELETE FROM audit_deadlines d USING unnest($1::uuid[]) AS c(id)
+                 WHERE d.case_id = c.id
+                   AND NOT EXISTS (SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS k(id, lim) WHERE k.id = d.case_id AND k.lim = d.time_limit)",
+            )
+            .bind(&cases)
+            .bind(&kc)
+            .bind(&kl)
             .execute(&mut *conn)
             .await
             .context("dropping limits that no longer apply")?;
-        for d in limits {
+            if kc.is_empty() {
+                continue;
+            }
             sqlx::query(
-                "INSERT INTO audit_deadlines (case_id, time_limit, started_at, due_at, met_at) VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO audit_deadlines (case_id, time_limit, started_at, due_at, met_at)
+                 SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
                  ON CONFLICT (case_id, time_limit) DO UPDATE
                     SET started_at = EXCLUDED.started_at, due_at = EXCLUDED.due_at, met_at = EXCLUDED.met_at,
                         -- an extension moves the due time: its notices may go out again
                         warned_at = CASE WHEN audit_deadlines.due_at = EXCLUDED.due_at THEN audit_deadlines.warned_at END,
                         breached_at = CASE WHEN audit_deadlines.due_at = EXCLUDED.due_at THEN audit_deadlines.breached_at END",
             )
-            .bind(case_id)
-            .bind(d.limit as i32)
-            .bind(d.started_at)
-            .bind(d.due_at)
-            .bind(d.met_at)
+            .bind(&kc)
+            .bind(&kl)
+            .bind(all().map(|(_, d)| d.started_at).collect::<Vec<_>>())
+            .bind(all().map(|(_, d)| d.due_at).collect::<Vec<_>>())
+            .bind(all().map(|(_, d)| d.met_at).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await
-            .context("storing a deadline")?;
+            .context("storing the deadlines")?;
         }
-        sqlx::query(
-            "UPDATE audit_cases SET overdue_since = (SELECT min(due_at) FROM audit_deadlines
-                 WHERE case_id = $1 AND (met_at IS NULL OR met_at > due_at))
-             WHERE case_id = $1",
-        )
-        .bind(case_id)
-        .execute(&mut *conn)
-        .await
-        .context("noting when the case went overdue")?;
         Ok(())
     }
+}
+
+/// Whether `payload` may move the case's legal time limits: only the messages that start,
+/// meet, extend or re-time a limit do (evidence, about half of all traffic, never does).
+fn moves_limits(payload: &Payload, step: Option<&Step>) -> bool {
+    match payload {
+        Payload::Referral(_)
+        | Payload::Amendment(_)
+        | Payload::Receipt(_)
+        | Payload::Accept(_)
+        | Payload::Reject(_)
+        | Payload::Redirect(_)
+        | Payload::Outcome(_)
+        | Payload::ConfirmationRequest(_)
+        | Payload::ConfirmationDecision(_)
+        | Payload::ExtensionRequest(_) => true,
+        // Evidence re-times a case only when it moved it (the referral delivered).
+        Payload::DeliveryEvidence(_) => step.is_some_and(|s| s.from != s.to),
+        _ => false,
+    }
+}
+
+/// The advisory lock key of a case (its first eight bytes would be mostly time in a UUIDv7).
+fn lock_key(case_id: Uuid) -> i64 {
+    let (hi, lo) = case_id.as_u64_pair();
+    i64::from_ne_bytes((hi ^ lo.rotate_left(17)).to_ne_bytes())
+}
+
+/// A chain's head during a batch.
+#[derive(sqlx::FromRow)]
+struct Head {
+    chain: i32,
+    last_seq: i64,
+    last_hash: Vec<u8>,
+    last_recorded_at: Option<DateTime<Utc>>,
+    /// When this batch's records of the chain are recorded.
+    #[sqlx(skip)]
+    recorded_at: DateTime<Utc>,
+    /// Whether this batch appended to it.
+    #[sqlx(skip)]
+    moved: bool,
+}
+
+async fn lock_heads(conn: &mut PgConnection, chains: &[i32]) -> Result<Vec<Head>, sqlx::Error> {
+    sqlx::query_as("SELECT chain, last_seq, last_hash, last_recorded_at FROM audit_chains WHERE chain = ANY($1) ORDER BY chain FOR UPDATE")
+        .bind(chains)
+        .fetch_all(conn)
+        .await
+}
+
+/// Inserts records, one statement.
+async fn insert_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), sqlx::Error> {
+    macro_rules! column {
+        ($($field:tt)+) => {
+            rows.iter().map(|r| r.$($field)+.clone()).collect::<Vec<_>>()
+        };
+    }
+    sqlx::query(
+        "INSERT INTO audit_log (chain, seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
+                                occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash)
+         SELECT * FROM unnest($1::int[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::int[], $6::uuid[], $7::text[],
+                              $8::int[], $9::text[], $10::text[], $11::timestamptz[], $12::uuid[], $13::text[], $14::text[],
+                              $15::bytea[], $16::bytea[], $17::bytea[])",
+    )
+    .bind(column!(chain))
+    .bind(column!(seq))
+    .bind(column!(recorded_at))
+    .bind(column!(pending.case_id))
+    .bind(column!(pending.case_seq))
+    .bind(column!(pending.message_id))
+    .bind(column!(pending.kind))
+    .bind(column!(pending.channel))
+    .bind(column!(pending.sender))
+    .bind(column!(pending.recipient))
+    .bind(column!(pending.occurred_at))
+    .bind(column!(pending.causation_id))
+    .bind(column!(pending.trace_id))
+    .bind(column!(pending.state_after))
+    .bind(column!(pending.envelope))
+    .bind(column!(case_prev_hash))
+    .bind(column!(hash))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes case rows back, new and changed ones alike, in one statement.
+async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sqlx::Error> {
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let sql = format!(
+        "INSERT INTO audit_cases ({CASE_COLUMNS})
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                              $9::text[], $10::timestamptz[], $11::int[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[],
+                              $15::timestamptz[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[],
+                              $20::timestamptz[], $21::int[], $22::bytea[], $23::timestamptz[], $24::int[])
+         ON CONFLICT (case_id) DO UPDATE SET
+             holder_kind = EXCLUDED.holder_kind, holder_code = EXCLUDED.holder_code, state = EXCLUDED.state,
+             before_cancel = EXCLUDED.before_cancel, state_since = EXCLUDED.state_since, clock_policy = EXCLUDED.clock_policy,
+             signed_at = EXCLUDED.signed_at, accepted_at = EXCLUDED.accepted_at, rejected_at = EXCLUDED.rejected_at,
+             outcome = EXCLUDED.outcome, outcome_at = EXCLUDED.outcome_at,
+             confirmation_requested_at = EXCLUDED.confirmation_requested_at,
+             confirmation_granted_at = EXCLUDED.confirmation_granted_at, closed_at = EXCLUDED.closed_at,
+             last_case_seq = EXCLUDED.last_case_seq, last_hash = EXCLUDED.last_hash, overdue_since = EXCLUDED.overdue_since"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(column!(case_id))
+        .bind(column!(case_code))
+        .bind(column!(channel))
+        .bind(column!(referrer_kind))
+        .bind(column!(referrer_code))
+        .bind(column!(holder_kind))
+        .bind(column!(holder_code))
+        .bind(column!(state))
+        .bind(column!(before_cancel))
+        .bind(column!(state_since))
+        .bind(column!(clock_policy))
+        .bind(column!(received_at))
+        .bind(column!(signed_at))
+        .bind(column!(accepted_at))
+        .bind(column!(rejected_at))
+        .bind(column!(outcome))
+        .bind(column!(outcome_at))
+        .bind(column!(confirmation_requested_at))
+        .bind(column!(confirmation_granted_at))
+        .bind(column!(closed_at))
+        .bind(column!(last_case_seq))
+        .bind(column!(last_hash))
+        .bind(column!(overdue_since))
+        .bind(column!(chain))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The payloads of a case's records in log order, with when each happened.
@@ -424,5 +785,10 @@ pub async fn case_payloads(conn: &mut PgConnection, case_id: Uuid) -> anyhow::Re
 impl Handler for AuditStore {
     async fn handle(&self, conn: &mut PgConnection, msg: &Inbound) -> Result<(), HandleError> {
         self.append(conn, &msg.envelope).await
+    }
+
+    async fn handle_batch<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Batched<'a>]) -> Result<(), HandleError> {
+        let envs: Vec<&Envelope> = batch.iter().map(|b| &b.msg.envelope).collect();
+        self.append_batch(conn, &envs).await
     }
 }

@@ -1,27 +1,37 @@
 //! Walking the hash chains: recomputes every record's hash from its stored content and its
-//! predecessors, checks that the global sequence has no gap, that every case's chain is
-//! unbroken, that the indexed columns say what the envelope says, and that the log ends where
-//! its head says. Reports the first record that does not verify.
+//! predecessors, checks that each chain's sequence has no gap and ends where its head says,
+//! that every case's chain is unbroken and on one chain, that the indexed columns say what the
+//! envelope says, that no message is recorded twice, and that the log still holds what every
+//! recorded tree head committed to. Reports the first record that does not verify. Everything
+//! is read in one snapshot, so appends going on meanwhile do not disturb it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use duijie_proto::v1::Envelope;
 use futures::TryStreamExt as _;
 use prost::Message as _;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::store::record_hash;
+use crate::store::{genesis, record_hash};
+use crate::tree::{self, ChainHead};
 use duijie_domain::agency::ref_str;
 
 /// What a verification found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Report {
     pub records_checked: u64,
-    /// The first record that does not verify, and why.
+    /// The first record that does not verify (its sequence number in its chain), and why.
     pub broken: Option<(i64, String)>,
+    /// The chain of the record in `broken`.
+    pub broken_chain: i32,
+    /// How many chains the log has.
+    pub chains: u32,
+    /// The tree head over the chains' heads the log was verified against (whole-log
+    /// verifications that passed).
+    pub tree_head: Option<Vec<u8>>,
 }
 
 impl Report {
@@ -32,6 +42,7 @@ impl Report {
 
 #[derive(sqlx::FromRow)]
 struct Row {
+    chain: i32,
     seq: i64,
     recorded_at: DateTime<Utc>,
     case_id: Uuid,
@@ -47,7 +58,7 @@ struct Row {
 }
 
 const COLUMNS: &str =
-    "seq, recorded_at, case_id, case_seq, message_id, kind, sender, recipient, state_after, envelope, case_prev_hash, hash";
+    "chain, seq, recorded_at, case_id, case_seq, message_id, kind, sender, recipient, state_after, envelope, case_prev_hash, hash";
 
 /// Why `row`'s columns disagree with its envelope, if they do.
 fn column_mismatch(row: &Row) -> Option<String> {
@@ -65,98 +76,282 @@ fn column_mismatch(row: &Row) -> Option<String> {
     checks.iter().find(|(_, ok)| !ok).map(|(col, _)| format!("column {col} differs from the recorded envelope"))
 }
 
-/// Verifies the whole log.
-pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
-    // After retention dropped old partitions, the chain continues from the last checkpoint.
-    let checkpoint: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(pool)
-        .await
-        .context("reading the checkpoint")?;
-    let (mut expected, mut prev_hash) = checkpoint.clone().map_or((1, Vec::new()), |(s, h)| (s + 1, h));
-    let truncated = checkpoint.is_some();
-    let mut cases: HashMap<Uuid, (i32, Vec<u8>)> = HashMap::new();
-    let mut checked = 0u64;
-    let sql = format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq");
-    let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).fetch(pool);
-    while let Some(row) = rows.try_next().await.context("reading the log")? {
-        checked += 1;
-        if row.seq != expected {
-            let what = if row.seq > expected { format!("gap in sequence: record {expected} is missing") } else { "sequence out of order".into() };
-            return Ok(Report { records_checked: checked, broken: Some((row.seq, what)) });
-        }
-        let case_prev = match cases.get(&row.case_id) {
-            Some((last_seq, last_hash)) => {
-                if row.case_seq != last_seq + 1 {
-                    return Ok(broken(checked, row.seq, format!("case chain broken: expected case record {}", last_seq + 1)));
-                }
-                last_hash.clone()
-            }
-            // The case's earlier records went with a dropped partition: its chain resumes here.
-            None if truncated && row.case_seq > 1 => row.case_prev_hash.clone(),
-            None if row.case_seq != 1 => {
-                return Ok(broken(checked, row.seq, format!("case chain broken: case records before {} are missing", row.case_seq)));
-            }
-            None => Vec::new(),
-        };
-        if let Some(problem) = check_row(&row, &prev_hash, &case_prev) {
-            return Ok(broken(checked, row.seq, problem));
-        }
-        cases.insert(row.case_id, (row.case_seq, row.hash.clone()));
-        prev_hash = row.hash;
-        expected += 1;
-    }
-    let (head_seq, head_hash): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetch_one(pool).await.context("reading the head")?;
-    if head_seq != expected - 1 || (head_seq > 0 && head_hash != prev_hash) {
-        return Ok(broken(checked, expected, format!("the log ends at record {} but its head says {head_seq}", expected - 1)));
-    }
-    Ok(Report { records_checked: checked, broken: None })
+/// A read-only transaction that sees one snapshot for all its statements.
+async fn snapshot(pool: &PgPool) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await.context("beginning the verification")?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("taking a snapshot")?;
+    Ok(tx)
 }
 
-/// Verifies one case's chain (each record against its global predecessor too).
+/// The last checkpoint of each chain (where it continues after retention dropped old months).
+async fn checkpoints(conn: &mut PgConnection) -> anyhow::Result<HashMap<i32, (i64, Vec<u8>)>> {
+    let rows: Vec<(i32, i64, Vec<u8>)> =
+        sqlx::query_as("SELECT DISTINCT ON (chain) chain, seq, hash FROM audit_checkpoints ORDER BY chain, seq DESC")
+            .fetch_all(conn)
+            .await
+            .context("reading the checkpoints")?;
+    Ok(rows.into_iter().map(|(c, s, h)| (c, (s, h))).collect())
+}
+
+/// Where one chain's walk stands.
+struct Walk {
+    chain: i32,
+    /// The sequence number the next record must have.
+    expected: i64,
+    prev_hash: Vec<u8>,
+    /// Whether records before the chain's checkpoint were dropped.
+    truncated: bool,
+}
+
+impl Walk {
+    fn start(chain: i32, checkpoints: &HashMap<i32, (i64, Vec<u8>)>) -> Self {
+        match checkpoints.get(&chain) {
+            Some((seq, hash)) => Self { chain, expected: seq + 1, prev_hash: hash.clone(), truncated: true },
+            None => Self { chain, expected: 1, prev_hash: genesis(chain), truncated: false },
+        }
+    }
+
+    /// Whether the chain ends where its head says.
+    fn ends_at_head(&self, heads: &HashMap<i32, ChainHead>) -> Option<(i64, String)> {
+        let last = self.expected - 1;
+        match heads.get(&self.chain) {
+            None if last == 0 => None,
+            None => Some((last, format!("chain {} has records but no head", self.chain))),
+            Some(h) if h.size != last || (h.size > 0 && h.hash != self.prev_hash) => {
+                Some((self.expected, format!("the log ends at record {last} but its head says {}", h.size)))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// A recorded tree head.
+#[derive(sqlx::FromRow)]
+struct TreeHeadRow {
+    id: i64,
+    chains: Vec<i32>,
+    sizes: Vec<i64>,
+    hashes: Vec<Vec<u8>>,
+    root: Vec<u8>,
+}
+
+/// What recorded tree heads say a chain's record at a position must hash to.
+type Commitments = HashMap<(i32, i64), Vec<(i64, Vec<u8>)>>;
+
+/// Verifies the whole log.
+pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
+    let mut tx = snapshot(pool).await?;
+    let checkpoints = checkpoints(&mut tx).await?;
+    let heads: HashMap<i32, ChainHead> = tree::heads(&mut tx).await?.into_iter().map(|h| (h.chain, h)).collect();
+    let chains = u32::try_from(heads.len()).unwrap_or(u32::MAX);
+    let report = |checked: u64, chain: i32, seq: i64, problem: String| Report {
+        records_checked: checked,
+        broken: Some((seq, problem)),
+        broken_chain: chain,
+        chains,
+        tree_head: None,
+    };
+
+    // The tree heads: each must hash to what it lists, and list nothing beyond today's heads;
+    // the records it names are checked as the walk passes them.
+    let tree_heads: Vec<TreeHeadRow> = sqlx::query_as("SELECT id, chains, sizes, hashes, root FROM audit_tree_heads ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading the tree heads")?;
+    let mut committed: Commitments = HashMap::new();
+    for TreeHeadRow { id, chains: t_chains, sizes, hashes, root } in tree_heads {
+        let listed: Vec<ChainHead> =
+            t_chains.iter().zip(&sizes).zip(&hashes).map(|((c, s), h)| ChainHead { chain: *c, size: *s, hash: h.clone() }).collect();
+        if listed.len() != t_chains.len().max(sizes.len()).max(hashes.len()) || tree::root(&listed) != root {
+            return Ok(report(0, 0, 0, format!("tree head {id} does not hash to what it lists")));
+        }
+        for h in listed {
+            let now = heads.get(&h.chain).map_or(0, |n| n.size);
+            if h.size > now {
+                return Ok(report(0, h.chain, now + 1, format!("tree head {id} covers record {} of chain {}: the chain was cut back to {now}", h.size, h.chain)));
+            }
+            match checkpoints.get(&h.chain) {
+                // Dropped for retention: the checkpoint keeps only its last record's hash.
+                Some((cp, cp_hash)) if h.size == *cp && *cp_hash != h.hash => {
+                    return Ok(report(0, h.chain, h.size, format!("tree head {id} disagrees with the retention checkpoint")));
+                }
+                Some((cp, _)) if h.size <= *cp => {}
+                _ if h.size > 0 => committed.entry((h.chain, h.size)).or_default().push((id, h.hash)),
+                _ => {}
+            }
+        }
+    }
+
+    let mut cases: HashMap<Uuid, (i32, i32, Vec<u8>)> = HashMap::new();
+    let mut checked = 0u64;
+    let mut walk: Option<Walk> = None;
+    let mut walked: HashSet<i32> = HashSet::new();
+    let sql = format!("SELECT {COLUMNS} FROM audit_log ORDER BY chain, seq");
+    {
+        let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await.context("reading the log")? {
+            checked += 1;
+            if walk.as_ref().is_none_or(|w| w.chain != row.chain) {
+                if let Some(w) = &walk
+                    && let Some((seq, problem)) = w.ends_at_head(&heads)
+                {
+                    return Ok(report(checked, w.chain, seq, problem));
+                }
+                walked.insert(row.chain);
+                walk = Some(Walk::start(row.chain, &checkpoints));
+            }
+            let Some(w) = walk.as_mut() else { continue };
+            if row.seq != w.expected {
+                let what = if row.seq > w.expected { format!("gap in sequence: record {} is missing", w.expected) } else { "sequence out of order".into() };
+                return Ok(report(checked, row.chain, row.seq, what));
+            }
+            let case_prev = match cases.get(&row.case_id) {
+                Some((chain, _, _)) if *chain != row.chain => {
+                    return Ok(report(checked, row.chain, row.seq, format!("case chain broken: the case's records are on chains {chain} and {}", row.chain)));
+                }
+                Some((_, last_seq, last_hash)) => {
+                    if row.case_seq != last_seq + 1 {
+                        return Ok(report(checked, row.chain, row.seq, format!("case chain broken: expected case record {}", last_seq + 1)));
+                    }
+                    last_hash.clone()
+                }
+                // The case's earlier records went with a dropped partition: its chain resumes here.
+                None if w.truncated && row.case_seq > 1 => row.case_prev_hash.clone(),
+                None if row.case_seq != 1 => {
+                    return Ok(report(checked, row.chain, row.seq, format!("case chain broken: case records before {} are missing", row.case_seq)));
+                }
+                None => Vec::new(),
+            };
+            if let Some(problem) = check_row(&row, &w.prev_hash, &case_prev) {
+                return Ok(report(checked, row.chain, row.seq, problem));
+            }
+            if let Some(commitments) = committed.get(&(row.chain, row.seq))
+                && let Some((id, _)) = commitments.iter().find(|(_, h)| *h != row.hash)
+            {
+                return Ok(report(checked, row.chain, row.seq, format!("the record differs from what tree head {id} committed to: the log was rewritten")));
+            }
+            cases.insert(row.case_id, (row.chain, row.case_seq, row.hash.clone()));
+            w.prev_hash = row.hash;
+            w.expected += 1;
+        }
+    }
+    if let Some(w) = &walk
+        && let Some((seq, problem)) = w.ends_at_head(&heads)
+    {
+        return Ok(report(checked, w.chain, seq, problem));
+    }
+    // Chains with no records left: their heads must say so (or name their checkpoint).
+    let mut idle: Vec<i32> = heads.keys().filter(|c| !walked.contains(c)).copied().collect();
+    idle.sort_unstable();
+    for chain in idle {
+        if let Some((seq, problem)) = Walk::start(chain, &checkpoints).ends_at_head(&heads) {
+            return Ok(report(checked, chain, seq, problem));
+        }
+    }
+    // A message recorded twice (a batch replayed with its hashes recomputed).
+    if let Some((chain, seq, problem)) = duplicate(&mut tx).await? {
+        return Ok(report(checked, chain, seq, problem));
+    }
+    let root = tree::root(&heads.into_values().collect::<Vec<_>>());
+    Ok(Report { records_checked: checked, broken: None, broken_chain: 0, chains, tree_head: Some(root) })
+}
+
+/// The first later copy of a message recorded more than once, if any.
+async fn duplicate(conn: &mut PgConnection) -> anyhow::Result<Option<(i32, i64, String)>> {
+    let twice: Vec<Uuid> = sqlx::query_scalar("SELECT message_id FROM audit_log GROUP BY message_id HAVING count(*) > 1")
+        .fetch_all(&mut *conn)
+        .await
+        .context("looking for messages recorded twice")?;
+    if twice.is_empty() {
+        return Ok(None);
+    }
+    let copies: Vec<(Uuid, i32, i64)> =
+        sqlx::query_as("SELECT message_id, chain, seq FROM audit_log WHERE message_id = ANY($1) ORDER BY chain, seq")
+            .bind(&twice)
+            .fetch_all(&mut *conn)
+            .await
+            .context("reading messages recorded twice")?;
+    let mut first: HashMap<Uuid, (i32, i64)> = HashMap::new();
+    for (id, chain, seq) in copies {
+        if let Some((c, s)) = first.get(&id) {
+            return Ok(Some((chain, seq, format!("message {id} recorded twice (first as record {s} of chain {c}): a replayed record"))));
+        }
+        first.insert(id, (chain, seq));
+    }
+    Ok(None)
+}
+
+/// Verifies one case's chain (each record against its chain predecessor too).
 pub async fn verify_case(pool: &PgPool, case_id: Uuid) -> anyhow::Result<Report> {
-    let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE case_id = $1 ORDER BY seq");
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(pool).await.context("reading the case")?;
+    let mut tx = snapshot(pool).await?;
+    let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE case_id = $1 ORDER BY chain, seq");
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(&mut *tx).await.context("reading the case")?;
     let mut case_prev: Vec<u8> = Vec::new();
     let mut checked = 0u64;
+    let mut messages = HashSet::new();
+    let broken = |checked: u64, row: &Row, problem: String| Report {
+        records_checked: checked,
+        broken: Some((row.seq, problem)),
+        broken_chain: row.chain,
+        ..Report::default()
+    };
     for (i, row) in rows.iter().enumerate() {
         checked += 1;
-        let expected_case_seq = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        if row.case_seq != expected_case_seq && !(i == 0 && row.case_seq > 1) {
-            return Ok(broken(checked, row.seq, format!("case chain broken: expected case record {expected_case_seq}")));
+        if row.chain != rows[0].chain {
+            return Ok(broken(checked, row, format!("case chain broken: the case's records are on chains {} and {}", rows[0].chain, row.chain)));
+        }
+        if !messages.insert(row.message_id) {
+            return Ok(broken(checked, row, format!("message {} recorded twice: a replayed record", row.message_id)));
+        }
+        // From 1, or (the case's first records dropped for retention) from where it resumes.
+        if i == 0 && row.case_seq > 1 && !resumes(&mut tx, row).await? {
+            return Ok(broken(checked, row, format!("case chain broken: case records before {} are missing", row.case_seq)));
+        }
+        let expected_case_seq = rows[0].case_seq.saturating_add(i32::try_from(i).unwrap_or(i32::MAX));
+        if row.case_seq != expected_case_seq {
+            return Ok(broken(checked, row, format!("case chain broken: expected case record {expected_case_seq}")));
         }
         if i == 0 && row.case_seq > 1 {
             case_prev = row.case_prev_hash.clone();
         }
-        let prev: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+        let prev: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE chain = $1 AND seq = $2")
+            .bind(row.chain)
             .bind(row.seq - 1)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *tx)
             .await
             .context("reading the previous record")?;
         let prev = match prev {
             Some(h) => h,
-            None if row.seq == 1 => Vec::new(),
+            None if row.seq == 1 => genesis(row.chain),
             None => {
-                let cp: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_checkpoints WHERE seq = $1")
+                let cp: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_checkpoints WHERE chain = $1 AND seq = $2")
+                    .bind(row.chain)
                     .bind(row.seq - 1)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
                 match cp {
                     Some(h) => h,
-                    None => return Ok(broken(checked, row.seq, format!("gap in sequence: record {} is missing", row.seq - 1))),
+                    None => return Ok(broken(checked, row, format!("gap in sequence: record {} is missing", row.seq - 1))),
                 }
             }
         };
         if let Some(problem) = check_row(row, &prev, &case_prev) {
-            return Ok(broken(checked, row.seq, problem));
+            return Ok(broken(checked, row, problem));
         }
         case_prev = row.hash.clone();
     }
-    Ok(Report { records_checked: checked, broken: None })
+    Ok(Report { records_checked: checked, ..Report::default() })
 }
 
-fn broken(checked: u64, seq: i64, problem: String) -> Report {
-    Report { records_checked: checked, broken: Some((seq, problem)) }
+/// Whether a case chain that starts at `row` (its case sequence above 1) lost its earlier
+/// records to retention: the record before `row` on its chain went with a dropped partition.
+async fn resumes(conn: &mut PgConnection, row: &Row) -> anyhow::Result<bool> {
+    let dropped_to: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints WHERE chain = $1")
+        .bind(row.chain)
+        .fetch_one(conn)
+        .await
+        .context("reading the checkpoints")?;
+    Ok(dropped_to.is_some_and(|s| s < row.seq))
 }
 
 fn check_row(row: &Row, prev_hash: &[u8], case_prev: &[u8]) -> Option<String> {

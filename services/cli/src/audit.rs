@@ -443,17 +443,22 @@ pub async fn verify(ctx: &Ctx, case: Option<&str>) -> CliResult<()> {
     let r = client.verify(VerifyRequest { case_id: case_id.clone() }).await.or_refused("verifying the audit chain")?.into_inner();
     if ctx.json {
         output::print_json(&json!({
-            "ok": r.ok, "records_checked": r.records_checked, "first_broken_seq": r.first_broken_seq, "problem": r.problem,
+            "ok": r.ok, "records_checked": r.records_checked, "first_broken_seq": r.first_broken_seq,
+            "first_broken_chain": r.first_broken_chain, "problem": r.problem, "chains": r.chains, "tree_head": r.tree_head_hex,
             "case_id": if case_id.is_empty() { Value::Null } else { Value::String(case_id.clone()) },
         }));
     }
     if r.ok {
         if !ctx.json {
-            println!("完整 ok: {} records verified{}", r.records_checked, if case_id.is_empty() { String::new() } else { format!(" (case {case_id})") });
+            let scope = if case_id.is_empty() { format!(" on {} chain(s), tree head {}", r.chains, r.tree_head_hex) } else { format!(" (case {case_id})") };
+            println!("完整 ok: {} records verified{scope}", r.records_checked);
         }
         Ok(())
     } else {
-        Err(CliError::Broken(format!("BROKEN at record {}: {} ({} records checked)", r.first_broken_seq, r.problem, r.records_checked)))
+        Err(CliError::Broken(format!(
+            "BROKEN at record {} of chain {}: {} ({} records checked)",
+            r.first_broken_seq, r.first_broken_chain, r.problem, r.records_checked
+        )))
     }
 }
 
