@@ -26,10 +26,20 @@ use uuid::Uuid;
 #[command(about = "Audit store at scale: case-timeline latency and one-year statistics over ≥ 10M log records")]
 struct Args {
     /// Instead: measure the append rate (envelopes per second the audit store records, in
-    /// transactions of 128 as its consumer commits them) with this many envelopes, on a fresh
-    /// database `<database>_append`.
+    /// batches of `--batch` as its consumer commits them, one transaction each) with this many
+    /// envelopes, on a fresh database `<database>_append`.
     #[arg(long)]
     append: Option<usize>,
+    /// Envelopes per batch (transaction) for `--append` (the consumer's `batch_max`).
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Hash chains the audit store spreads cases over for `--append` (`audit.chains`).
+    #[arg(long, default_value_t = 1)]
+    chains: u32,
+    /// Concurrent writers for `--append`, each appending its own share of the cases in its own
+    /// transactions (with `--chains` ≥ writers they append different chains).
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
     /// Log records to generate.
     #[arg(long, default_value_t = 10_000_000)]
     records: i64,
@@ -155,9 +165,9 @@ async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> 
     while from <= records {
         let to = (from + chunk - 1).min(records);
         sqlx::query(
-            "INSERT INTO audit_log (seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
+            "INSERT INTO audit_log (chain, seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
                                     occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash)
-             SELECT g, ts, md5('case' || c)::uuid, k::int, md5('msg' || g)::uuid, t.kind, 1 + (c % 4)::int,
+             SELECT 0, g, ts, md5('case' || c)::uuid, k::int, md5('msg' || g)::uuid, t.kind, 1 + (c % 4)::int,
                     'court:4310' || lpad((c % 20)::text, 2, '0'), 'mediation:4310' || lpad((c % 20)::text, 2, '0'),
                     ts, NULL, md5(g::text), 'IN_MEDIATION', t.env, ''::bytea, sha256(int8send(g))
              FROM generate_series($1::bigint, $2::bigint) g,
@@ -179,13 +189,13 @@ async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> 
         eprintln!("  {to:>11} records ({:.0?})", started.elapsed());
         from = to + 1;
     }
-    sqlx::query("UPDATE audit_head SET last_seq = $1 WHERE id = 1").bind(records).execute(&mut *conn).await?;
+    sqlx::query("UPDATE audit_chains SET last_seq = $1 WHERE chain = 0").bind(records).execute(&mut *conn).await?;
     // One projection row per case: received with its first record; most signed for and
     // accepted, 70 % with an outcome (60 % of them settled), 60 % closed.
     sqlx::query(
         "INSERT INTO audit_cases (case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state,
                                   state_since, clock_policy, received_at, signed_at, accepted_at, rejected_at, outcome, outcome_at,
-                                  confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash)
+                                  confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash, chain)
          SELECT md5('case' || c)::uuid, 'JF-' || c, 1 + (c % 4)::int,
                 (ARRAY['court','police','petition','procuratorate'])[1 + c % 4], '4310' || lpad((c % 20)::text, 2, '0'),
                 'mediation', '4310' || lpad((c % 20)::text, 2, '0'),
@@ -198,7 +208,7 @@ async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> 
                 CASE WHEN c % 10 = 0 THEN r + interval '12 days' END,
                 CASE WHEN c % 20 = 0 THEN r + interval '20 days' END,
                 CASE WHEN c % 10 < 6 THEN r + (30 + c % 30) * interval '1 day' END,
-                $2::int, ''::bytea
+                $2::int, ''::bytea, 0
          FROM generate_series(0, $1 - 1) c,
               -- the time of the case's first record (see the log above)
               LATERAL (SELECT now() - interval '395 days'
@@ -251,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
     let mut reuse = false;
     if exists && !args.refill {
         let pool = duijie_common::db::pool(&cfg);
-        let head: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM audit_head WHERE id = 1").fetch_optional(&pool).await.ok().flatten();
+        let head: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM audit_chains WHERE chain = 0").fetch_optional(&pool).await.ok().flatten();
         reuse = head == Some(args.records);
         pool.close().await;
     }
@@ -367,15 +377,19 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Appends `n` envelopes (cases of ten messages, interleaved as on the bus) through
-/// `AuditStore::append`, 128 per transaction, and prints the rate.
+/// `AuditStore::append_batch`, `--batch` per transaction, by `--writers` concurrent writers,
+/// and prints the rate.
 async fn append_rate(args: &Args, n: usize) -> anyhow::Result<()> {
     let admin = DatabaseConfig::from_url(&args.database_url)?;
     let name = format!("{}_append", args.database);
     let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut conn).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut conn).await?;
-    let pool = duijie_common::db::pool(&DatabaseConfig { database: name.clone(), max_connections: 4, ..admin });
+    let writers = args.writers.max(1);
+    let max_connections = u32::try_from(writers + 1).unwrap_or(u32::MAX);
+    let pool = duijie_common::db::pool(&DatabaseConfig { database: name.clone(), max_connections, ..admin });
     duijie_audit::migrator().run(&pool).await.context("migrating")?;
+    duijie_audit::store::ensure_chains(&mut *pool.acquire().await?, args.chains).await?;
     let kinds = templates()?;
     let cases: Vec<Uuid> = (0..n.div_ceil(10).max(1)).map(|_| Uuid::now_v7()).collect();
     let (court, centre) = (node(AgencyKind::Court, "431003")?, node(AgencyKind::Mediation, "431003")?);
@@ -394,17 +408,47 @@ async fn append_rate(args: &Args, n: usize) -> anyhow::Result<()> {
             anyhow::Ok(env)
         })
         .collect::<anyhow::Result<_>>()?;
-    let store = duijie_audit::store::AuditStore::default();
+    let store = duijie_audit::store::AuditStore::default().with_chains(args.chains);
+    // Each writer takes the cases of its chains (as a tap partitioned by case would give it),
+    // or every writers-th case when there are fewer chains than writers.
+    let share = |env: &Envelope| -> usize {
+        let case = Uuid::parse_str(&env.case_id).unwrap_or_default();
+        let chain = usize::try_from(duijie_audit::store::chain_of(case, args.chains)).unwrap_or(0);
+        if args.chains as usize >= writers { chain % writers } else { (case.as_u64_pair().1 as usize) % writers }
+    };
+    let mut shares: Vec<Vec<Envelope>> = vec![Vec::new(); writers];
+    for env in envs {
+        let w = share(&env);
+        shares[w].push(env);
+    }
+    let batch = args.batch.max(1);
     let started = Instant::now();
-    for chunk in envs.chunks(128) {
-        let mut tx = pool.begin().await?;
-        for env in chunk {
-            store.append(&mut tx, env).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        tx.commit().await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for envs in shares {
+        let (pool, store) = (pool.clone(), store.clone());
+        tasks.spawn(async move {
+            for chunk in envs.chunks(batch) {
+                let mut tx = pool.begin().await?;
+                let refs: Vec<&Envelope> = chunk.iter().collect();
+                store.append_batch(&mut tx, &refs).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("audit append rate: {n} envelopes in {secs:.1} s = {:.0} envelopes/s ({:.2} ms each), {} cases", n as f64 / secs, secs * 1000.0 / n as f64, cases.len());
+    let report = duijie_audit::verify::verify_log(&pool).await?;
+    anyhow::ensure!(report.ok() && report.records_checked == n as u64, "the log does not verify after the run: {report:?}");
+    println!(
+        "audit append rate: {n} envelopes in {secs:.1} s = {:.0} envelopes/s ({:.3} ms each), {} cases, batches of {batch}, {} chains, {writers} writers (log verified)",
+        n as f64 / secs,
+        secs * 1000.0 / n as f64,
+        cases.len(),
+        args.chains
+    );
     pool.close().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut conn).await?;
     Ok(())
