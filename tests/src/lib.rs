@@ -275,7 +275,7 @@ impl TestBus {
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
         }
-        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange()] {
+        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange(), self.topology.status_exchange()] {
             ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await?;
         }
         conn.close(200, "done".into()).await?;

@@ -183,6 +183,22 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    serve_with_health(service, listener, routes.add_service(health_service), health, tls, shutdown, grace).await
+}
+
+/// [`serve`] with a health service the caller made ([`tonic_health::server::health_reporter`]) and
+/// already added to `routes`, so that it can report named services beside the overall status
+/// (`""`, which this function sets SERVING, and NOT_SERVING at shutdown): the agency services
+/// report their audit gate as `duijie.audit_gate`.
+pub async fn serve_with_health(
+    service: &str,
+    listener: TcpListener,
+    routes: Routes,
+    health: tonic_health::server::HealthReporter,
+    tls: &TlsPem,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(duijie_proto::FILE_DESCRIPTOR_SET)
@@ -190,7 +206,6 @@ pub async fn serve(
         .build_v1()
         .context("building the reflection service")?;
     let routes = routes
-        .add_service(health_service)
         .add_service(reflection)
         .add_service(SessionServiceServer::new(SessionApi { service: service.to_owned() }));
     let tls = ServerTlsConfig::new()
