@@ -3,11 +3,13 @@
 //! projections moved in the same transaction — where each case stands, who took part, its legal
 //! time limits. `watch` sends DeadlineWarning/DeadlineBreached notices through the outbox;
 //! `stats` defines the supervisors' statistics; `verify` walks the chains; `api` is the `AuditService`
-//! gRPC service; `service` runs it all.
+//! gRPC service; `status` tells the agency services' audit gates how far behind the store is;
+//! `service` runs it all.
 
 pub mod api;
 pub mod service;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod verify;
 pub mod watch;

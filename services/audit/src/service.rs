@@ -1,5 +1,5 @@
-//! Running the audit service: migrations and partitions, the tap consumer, the deadline
-//! notices and their relay, retention, and the gRPC server, under one supervisor.
+//! Running the audit service: migrations and partitions, the tap consumer and its lag reports,
+//! the deadline notices and their relay, retention, and the gRPC server, under one supervisor.
 
 use std::time::Duration;
 
@@ -38,11 +38,20 @@ pub struct AuditConfig {
     /// A DeadlineWarning goes out this long before a limit falls due (ms).
     #[serde(with = "config::duration_ms")]
     pub warn_before_ms: Duration,
+    /// How often the audit service tells the agency services' audit gates how far behind it is
+    /// (ms, default 1 s; they ignore a report older than their `audit_gate.status_stale_ms`).
+    #[serde(with = "config::duration_ms")]
+    pub status_interval_ms: Duration,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { retention_days: 183, deadline_scan_ms: Duration::from_secs(60), warn_before_ms: Duration::from_secs(24 * 3600) }
+        Self {
+            retention_days: 183,
+            deadline_scan_ms: Duration::from_secs(60),
+            warn_before_ms: Duration::from_secs(24 * 3600),
+            status_interval_ms: Duration::from_secs(1),
+        }
     }
 }
 
@@ -103,6 +112,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     if cfg.audit.retention_days < MIN_RETENTION_DAYS {
         anyhow::bail!("audit.retention_days: {} is below the legal minimum of {MIN_RETENTION_DAYS} days", cfg.audit.retention_days);
     }
+    anyhow::ensure!(!cfg.audit.status_interval_ms.is_zero(), "audit.status_interval_ms must be above 0");
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
     let pool = db::pool(&cfg.bus.database);
     crate::migrator().run(&pool).await.context("migrating the audit database")?;
@@ -116,7 +126,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         topology.tap_queue(),
         Vec::new(),
         pool.clone(),
-        connector,
+        connector.clone(),
         topology.clone(),
         cfg.bus.consumer.clone(),
         AuditStore::default(),
@@ -130,6 +140,8 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     tasks.spawn(async move { ("relay".to_owned(), relay.run(t).await) });
     let t = token.clone();
     tasks.spawn(async move { ("tap consumer".to_owned(), consumer.run(t).await) });
+    let (c, top, stats, every, t) = (connector, topology.clone(), consumer_stats.clone(), cfg.audit.status_interval_ms, token.clone());
+    tasks.spawn(async move { ("lag reports".to_owned(), crate::status::run(c, top, stats, every, t).await) });
     let (p, top, t, a) = (pool.clone(), topology.clone(), token.clone(), cfg.audit.clone());
     tasks.spawn(async move { ("deadline notices".to_owned(), crate::watch::run(p, top, waker, a.warn_before_ms, a.deadline_scan_ms, t).await) });
     let (p, t, days) = (pool.clone(), token.clone(), cfg.audit.retention_days);
