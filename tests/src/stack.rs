@@ -73,14 +73,21 @@ pub struct Stack {
     dir: PathBuf,
 }
 
-/// How the agency services watch the audit store in tests: every 200 ms.
+/// How the agency services watch the audit store in tests: every 200 ms, the audit service's lag
+/// reports (every 200 ms here) stale after 1 s; the default marks, which a test's few messages
+/// never reach.
 pub fn test_gate() -> GateConfig {
-    GateConfig { enabled: true, max_backlog: 10_000, interval_ms: Duration::from_millis(200) }
+    GateConfig { interval_ms: Duration::from_millis(200), status_stale_ms: Duration::from_secs(1), ..GateConfig::default() }
 }
 
 impl Stack {
     /// Starts the five services for the demo agencies.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(test_gate()).await
+    }
+
+    /// [`Stack::start`] with the agency services' audit gates set to `gate`.
+    pub async fn start_with(gate: GateConfig) -> anyhow::Result<Self> {
         let mut bus = TestBus::new().await?;
         let ca = DevCa::generate("duijie test CA")?;
         let dir = std::env::temp_dir().join(format!("duijie-{}", bus.prefix));
@@ -115,6 +122,7 @@ impl Stack {
             grpc: grpc("audit")?,
             audit: duijie_audit::service::AuditConfig {
                 deadline_scan_ms: Duration::from_millis(200),
+                status_interval_ms: Duration::from_millis(200),
                 ..Default::default()
             },
         };
@@ -127,7 +135,7 @@ impl Stack {
                 grpc: grpc(name)?,
                 nodes: demo_nodes().into_iter().filter(|n| n.kind() == kind).collect(),
                 directory: directory.clone(),
-                audit_gate: test_gate(),
+                audit_gate: gate.clone(),
             };
             let token = bus.shutdown.child_token();
             let running = match kind {

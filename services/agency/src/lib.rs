@@ -91,6 +91,11 @@ impl Agency {
         self.gate.as_ref().is_none_or(|g| g.check().is_ok())
     }
 
+    /// The audit gate, if the service has one (its state, reason and transitions).
+    pub fn gate(&self) -> Option<&gate::AuditGate> {
+        self.gate.as_ref()
+    }
+
     fn check_known(&self, node: &AgencyNode, field: &str) -> Result<(), ApiError> {
         match &self.directory {
             Some(d) if !d.contains(node) => Err(ApiError::invalid(field, format!("unknown agency {node}"))),
