@@ -55,7 +55,7 @@ impl Agency {
             client_request_id: &referral.client_request_id,
             referral: referral.encode_to_vec(),
         };
-        let mut tx = self.pool.begin().await.context("beginning")?;
+        let mut tx = self.db.begin().await.context("beginning")?;
         let inserted = match store::insert_referred(&mut tx, &new).await {
             Ok(inserted) => inserted,
             Err(sqlx::Error::Database(e)) if e.constraint() == Some("cases_sent_case_code") => {
@@ -64,9 +64,11 @@ impl Agency {
             Err(e) => return Err(anyhow::Error::new(e).context("creating the case").into()),
         };
         if !inserted {
-            // A retry (or a concurrent duplicate) of a submit that already created the case.
+            // A retry (or a concurrent duplicate) of a submit that already created the case:
+            // found on this connection (the conflicting insert waited for the first submit's
+            // commit, so read committed sees it), then read as a view once it is given back.
+            let existing = store::referred_by_request(&mut tx, caller, &referral.client_request_id).await?;
             drop(tx);
-            let existing = store::referred_by_request(&self.pool, caller, &referral.client_request_id).await?;
             return self.view(caller, existing).await;
         }
         self.record_out(&mut tx, caller, &mut env, CaseState::Submitted).await?;
@@ -89,10 +91,10 @@ impl Agency {
         if !kind.allowed_senders().contains(&caller.kind()) {
             return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind().as_str())));
         }
-        let mut tx = self.pool.begin().await.context("beginning")?;
+        let mut tx = self.db.begin().await.context("beginning")?;
         let Some(stored) = store::case(&mut tx, caller, case_id, true).await? else {
-            drop(tx); // one connection at a time: never wait for a second while holding one
-            return Err(self.not_owned(caller, case_id).await);
+            // On this connection: a call never waits for a second one while it holds one.
+            return Err(self.not_owned(&mut tx, caller, case_id).await);
         };
         if let Some(key) = request_id.filter(|k| !k.is_empty())
             && let Claim::Retry { case_id: earlier } = idempotency::claim(&mut tx, caller, key, case_id).await?

@@ -11,6 +11,7 @@ use duijie_domain::{AgencyNode, CaseState, Role};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope, MessageKind, Referral};
 use prost::Message as _;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Agency;
@@ -92,10 +93,12 @@ impl Agency {
         self.check_serves(caller)?;
         // One snapshot for the row and its timeline, so a view never shows a message without
         // the state it led to.
-        let mut tx = store::snapshot(&self.pool).await?;
+        let mut tx = store::snapshot(&self.db).await?;
         let Some(stored) = store::case(&mut tx, caller, case_id, false).await? else {
-            drop(tx); // one connection at a time: never wait for a second while holding one
-            return Err(self.not_owned(caller, case_id).await);
+            // Ask on the same connection rather than take a second one: a call never waits for
+            // another connection while it holds one (many callers doing so would deadlock the
+            // pool). The snapshot is right for this: the case was not `caller`'s in it.
+            return Err(self.not_owned(&mut tx, caller, case_id).await);
         };
         let events = store::events(&mut tx, caller, &[case_id]).await?;
         drop(tx); // read-only: rolling back is ending it
@@ -150,7 +153,7 @@ impl Agency {
     /// `caller`'s cases, most recently changed first, with their deadline status.
     pub async fn list(&self, caller: &AgencyNode, filter: &ListFilter) -> Result<Vec<CaseSummary>, ApiError> {
         self.check_serves(caller)?;
-        let mut tx = store::snapshot(&self.pool).await?;
+        let mut tx = store::snapshot(&self.db).await?;
         let cases = store::list(&mut tx, caller, filter).await?;
         let ids: Vec<Uuid> = cases.iter().map(|c| c.case_id).collect();
         let events = store::events(&mut tx, caller, &ids).await?;
@@ -189,11 +192,12 @@ impl Agency {
     }
 
     /// The refusal for a case `who` does not have: `PERMISSION_DENIED` if another agency of this
-    /// service has it, `NOT_FOUND` if none has. Call it holding no connection of the pool.
-    pub(crate) async fn not_owned(&self, who: &AgencyNode, case_id: Uuid) -> ApiError {
+    /// service has it, `NOT_FOUND` if none has. Asked on `conn`, the connection the caller
+    /// already holds (never a second one).
+    pub(crate) async fn not_owned(&self, conn: &mut PgConnection, who: &AgencyNode, case_id: Uuid) -> ApiError {
         // Another agency's case is refused; a case that has just arrived for `who` (after the
         // caller's lookup) is still "not found", which a retry resolves.
-        match store::held_elsewhere(&self.pool, who, case_id).await {
+        match store::held_elsewhere(conn, who, case_id).await {
             Ok(true) => ApiError::PermissionDenied(format!("case {case_id} is not one of {who}'s cases")),
             Ok(false) => ApiError::NotFound(format!("no case {case_id} for {who}")),
             Err(e) => ApiError::Unexpected(e),
