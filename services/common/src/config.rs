@@ -245,6 +245,26 @@ pub fn load<T: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<T> {
 mod tests {
     use super::*;
 
+    /// The six services of the local stack hold at most 41 connections, each split so that its
+    /// calls and its bus work both have some (README, "Database connections").
+    #[test]
+    fn the_local_stack_keeps_to_its_connection_budget() -> anyhow::Result<()> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut total = 0;
+        for service in ["audit", "court", "procuratorate", "police", "petition", "mediation"] {
+            let db: DatabaseConfig = config::Config::builder()
+                .add_source(config::File::from(dir.join(service).join("base.yaml")))
+                .set_override("database.password", "not read from the file")?
+                .build()?
+                .get("database")?;
+            let (calls, bus) = db.pool_sizes().with_context(|| service.to_owned())?;
+            assert!(calls >= 4 && bus >= 2, "{service}: {calls} for calls, {bus} for the bus");
+            total += db.max_connections;
+        }
+        assert_eq!(total, 41);
+        Ok(())
+    }
+
     #[test]
     fn a_split_that_leaves_a_side_without_connections_is_refused() -> anyhow::Result<()> {
         let mut db = DatabaseConfig::from_url("postgres://u:p@localhost:5432/d")?;
