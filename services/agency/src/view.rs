@@ -73,6 +73,12 @@ pub struct CaseSummary {
     pub handed_on: bool,
 }
 
+/// A case row and its timeline as read for a view.
+pub(crate) struct LoadedView {
+    stored: StoredCase,
+    events: Vec<store::EventRow>,
+}
+
 /// Which of an agency's cases to list.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -94,14 +100,26 @@ impl Agency {
         // One snapshot for the row and its timeline, so a view never shows a message without
         // the state it led to.
         let mut tx = store::snapshot(&self.db).await?;
-        let Some(stored) = store::case(&mut tx, caller, case_id, false).await? else {
-            // Ask on the same connection rather than take a second one: a call never waits for
-            // another connection while it holds one (many callers doing so would deadlock the
-            // pool). The snapshot is right for this: the case was not `caller`'s in it.
-            return Err(self.not_owned(&mut tx, caller, case_id).await);
-        };
-        let events = store::events(&mut tx, caller, &[case_id]).await?;
+        let loaded = self.load_view(&mut tx, caller, case_id).await?;
         drop(tx); // read-only: rolling back is ending it
+        self.build_view(caller, loaded)
+    }
+
+    /// What a view of the case is made of, read on `conn`: a snapshot, or the transaction of an
+    /// action before its commit (which sees its own changes, and holds the case row). A case
+    /// that is not `caller`'s is refused by asking on the same connection, never a second one:
+    /// many calls each holding one connection and waiting for another would deadlock the pool.
+    pub(crate) async fn load_view(&self, conn: &mut PgConnection, caller: &AgencyNode, case_id: Uuid) -> Result<LoadedView, ApiError> {
+        let Some(stored) = store::case(conn, caller, case_id, false).await? else {
+            return Err(self.not_owned(conn, caller, case_id).await);
+        };
+        let events = store::events(conn, caller, &[case_id]).await?;
+        Ok(LoadedView { stored, events })
+    }
+
+    /// The view from what [`load_view`](Self::load_view) read (no database).
+    pub(crate) fn build_view(&self, caller: &AgencyNode, loaded: LoadedView) -> Result<CaseView, ApiError> {
+        let LoadedView { stored, events } = loaded;
         let mut timeline = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
         for ev in events {
