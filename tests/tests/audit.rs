@@ -751,11 +751,10 @@ async fn the_gate_closes_and_reopens_at_the_age_marks_of_the_audit_services_repo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_store_that_stops_recording_closes_the_gate_by_the_age_of_what_it_holds() -> anyhow::Result<()> {
-    let stack = Stack::start_with(GateConfig {
-        close_lag_ms: Duration::from_secs(4),
-        open_lag_ms: Duration::from_secs(2),
-        ..stack::test_gate()
-    })
+    let stack = Stack::start_with(
+        GateConfig { close_lag_ms: Duration::from_secs(4), open_lag_ms: Duration::from_secs(2), ..stack::test_gate() },
+        |_, _| {},
+    )
     .await?;
     let court = stack.clerk(&stack::court()).await?;
     let submit = |i: usize| {

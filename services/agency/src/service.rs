@@ -1,6 +1,8 @@
 //! Running one agency service: configuration, database migrations, the outbox relay, one inbox
 //! consumer per agency node it serves, inbox pruning, the audit gate, and the gRPC server (mTLS,
-//! health with the gate as `duijie.audit_gate`, reflection), all under one supervisor with graceful shutdown. The five service binaries
+//! health with the gate as `duijie.audit_gate`, reflection), all under one supervisor with
+//! graceful shutdown. The gRPC calls and the bus work have database pools of their own
+//! ([`db::ServicePools`]). The five service binaries
 //! differ only in their kind and their gRPC routes.
 
 use std::net::SocketAddr;
@@ -74,13 +76,15 @@ pub async fn start(
     }
     let directory = Directory::load(&cfg.directory)?;
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
-    let pool = db::pool(&cfg.bus.database);
+    // Bulkheads: gRPC calls on one pool, the relay, the consumers and the pruner on the other.
+    let pools = db::ServicePools::new(&cfg.bus.database)?;
+    let pool = pools.bus;
     crate::migrator().run(&pool).await.context("migrating the service database")?;
     let connector = Connector::new(cfg.bus.amqp.clone());
     let topology = Topology::new(cfg.bus.topology.clone());
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
     let relay_stats = relay.stats();
-    let mut agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(directory);
+    let mut agency = Agency::new(pools.api, topology.clone(), &nodes, Some(relay.waker())).with_directory(directory);
     let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes));
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());

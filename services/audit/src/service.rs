@@ -1,5 +1,6 @@
 //! Running the audit service: migrations and partitions, the tap consumer and its lag reports,
 //! the deadline notices and their relay, retention, and the gRPC server, under one supervisor.
+//! The gRPC calls and the bus work have database pools of their own ([`db::ServicePools`]).
 
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ pub const MIN_RETENTION_DAYS: u32 = 180;
 /// A started audit service.
 pub struct Running {
     pub addr: std::net::SocketAddr,
+    /// The service's bus pool (consumer, relay, watcher), also for tests' direct queries.
     pub pool: PgPool,
     pub consumer: std::sync::Arc<ConsumerStats>,
     pub shutdown: CancellationToken,
@@ -114,7 +116,10 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     }
     anyhow::ensure!(!cfg.audit.status_interval_ms.is_zero(), "audit.status_interval_ms must be above 0");
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
-    let pool = db::pool(&cfg.bus.database);
+    // Bulkheads: gRPC calls on one pool; the tap consumer, the relay, the deadline notices,
+    // retention and pruning on the other.
+    let pools = db::ServicePools::new(&cfg.bus.database)?;
+    let pool = pools.bus;
     crate::migrator().run(&pool).await.context("migrating the audit database")?;
     maintain_partitions(&pool, cfg.audit.retention_days).await?;
     let connector = Connector::new(cfg.bus.amqp.clone());
@@ -161,7 +166,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pool.clone()));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pools.api));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");

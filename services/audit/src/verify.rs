@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use duijie_proto::v1::Envelope;
 use futures::TryStreamExt as _;
 use prost::Message as _;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::store::record_hash;
@@ -65,11 +65,16 @@ fn column_mismatch(row: &Row) -> Option<String> {
     checks.iter().find(|(_, ok)| !ok).map(|(col, _)| format!("column {col} differs from the recorded envelope"))
 }
 
-/// Verifies the whole log.
+/// Verifies the whole log, on one connection of `pool`.
 pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
+    verify_log_on(&mut *pool.acquire().await.context("acquiring a connection")?).await
+}
+
+/// Verifies the whole log on `conn`.
+pub async fn verify_log_on(conn: &mut PgConnection) -> anyhow::Result<Report> {
     // After retention dropped old partitions, the chain continues from the last checkpoint.
     let checkpoint: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .context("reading the checkpoint")?;
     let (mut expected, mut prev_hash) = checkpoint.clone().map_or((1, Vec::new()), |(s, h)| (s + 1, h));
@@ -77,7 +82,7 @@ pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
     let mut cases: HashMap<Uuid, (i32, Vec<u8>)> = HashMap::new();
     let mut checked = 0u64;
     let sql = format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq");
-    let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).fetch(pool);
+    let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
     while let Some(row) = rows.try_next().await.context("reading the log")? {
         checked += 1;
         if row.seq != expected {
@@ -105,18 +110,25 @@ pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
         prev_hash = row.hash;
         expected += 1;
     }
+    drop(rows);
     let (head_seq, head_hash): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetch_one(pool).await.context("reading the head")?;
+        sqlx::query_as("SELECT last_seq, last_hash FROM audit_head WHERE id = 1").fetch_one(&mut *conn).await.context("reading the head")?;
     if head_seq != expected - 1 || (head_seq > 0 && head_hash != prev_hash) {
         return Ok(broken(checked, expected, format!("the log ends at record {} but its head says {head_seq}", expected - 1)));
     }
     Ok(Report { records_checked: checked, broken: None })
 }
 
-/// Verifies one case's chain (each record against its global predecessor too).
+/// Verifies one case's chain (each record against its global predecessor too), on one
+/// connection of `pool`.
 pub async fn verify_case(pool: &PgPool, case_id: Uuid) -> anyhow::Result<Report> {
+    verify_case_on(&mut *pool.acquire().await.context("acquiring a connection")?, case_id).await
+}
+
+/// [`verify_case`] on `conn`.
+pub async fn verify_case_on(conn: &mut PgConnection, case_id: Uuid) -> anyhow::Result<Report> {
     let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE case_id = $1 ORDER BY seq");
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(pool).await.context("reading the case")?;
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(&mut *conn).await.context("reading the case")?;
     let mut case_prev: Vec<u8> = Vec::new();
     let mut checked = 0u64;
     for (i, row) in rows.iter().enumerate() {
@@ -130,7 +142,7 @@ pub async fn verify_case(pool: &PgPool, case_id: Uuid) -> anyhow::Result<Report>
         }
         let prev: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
             .bind(row.seq - 1)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await
             .context("reading the previous record")?;
         let prev = match prev {
@@ -139,7 +151,7 @@ pub async fn verify_case(pool: &PgPool, case_id: Uuid) -> anyhow::Result<Report>
             None => {
                 let cp: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_checkpoints WHERE seq = $1")
                     .bind(row.seq - 1)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
                 match cp {
                     Some(h) => h,
