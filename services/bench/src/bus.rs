@@ -1,10 +1,11 @@
-//! `duijie-bench`: in one run on the same broker, measures
+//! The bus benchmark (`duijie-bench`): in one run on the same broker,
 //! (a) the raw ceiling: plain lapin publish with confirms + consume with acks on a durable quorum
 //!     queue, persistent messages of `--size` bytes;
 //! (b) the bus: envelopes of the same size committed to the outbox, relayed, consumed and
 //!     committed in an inbox, end to end;
 //! and the bus's end-to-end latency (staging commit requested → consumer commit) at a fixed
-//! offered rate. Prints both rates, their ratio, and latency p50/p99.
+//! offered rate. [`run`] prints both rates, their ratio, and latency p50/p99; the system
+//! benchmark calls [`BusUnderTest::throughput`] for the bus's rate in the same run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,20 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Parser;
 use duijie_common::CancellationToken;
 use duijie_common::amqp::{Connector, Topology};
-use duijie_domain::AgencyNode;
 use duijie_common::config::{AmqpConfig, ConsumerConfig, DatabaseConfig, RelayConfig, TopologyConfig};
 use duijie_common::envelope::{self, Header};
 use duijie_common::inbox::{Consumer, HandleError, Handler, Inbound};
 use duijie_common::outbox::{self, Relay, RelayWaker};
+use duijie_domain::AgencyNode;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, Channel, Referral};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -34,67 +34,67 @@ use prost::Message as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
-#[derive(Parser, Debug)]
-#[command(about = "Raw RabbitMQ ceiling vs the duijie bus (outbox -> relay -> inbox), and bus latency at a fixed rate")]
-struct Args {
+use crate::cpu::busy_cpu_seconds;
+
+/// What the bus benchmark measures and how.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BusArgs {
     /// Messages per throughput run (0: latency run only).
     #[arg(long, default_value_t = 30_000)]
-    messages: usize,
+    pub messages: usize,
     /// Rounds of (raw, bus) throughput runs; medians are reported.
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub rounds: usize,
     /// Message size in bytes (the envelope is padded to about this size).
     #[arg(long, default_value_t = 2048)]
-    size: usize,
+    pub size: usize,
     /// Outstanding publisher confirms in the raw publisher.
     #[arg(long, default_value_t = 1000)]
-    confirm_window: usize,
+    pub confirm_window: usize,
     /// Concurrent producers staging envelopes in the bus run.
     #[arg(long, default_value_t = 4)]
-    producers: usize,
+    pub producers: usize,
     /// Envelopes per staging transaction in the bus throughput run.
     #[arg(long, default_value_t = 50)]
-    stage_batch: usize,
+    pub stage_batch: usize,
     /// Offered rate of the latency run, messages per second (one envelope per transaction).
     #[arg(long, default_value_t = 1000)]
-    rate: u64,
+    pub rate: u64,
     /// Duration of the latency run in seconds.
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub seconds: u64,
     /// Relay batch size.
     #[arg(long, default_value_t = RelayConfig::default().batch_size)]
-    relay_batch: i64,
+    pub relay_batch: i64,
     /// Consumer prefetch.
     #[arg(long, default_value_t = ConsumerConfig::default().prefetch)]
-    prefetch: u16,
+    pub prefetch: u16,
     /// Consumer batch.
     #[arg(long, default_value_t = ConsumerConfig::default().batch_max)]
-    consumer_batch: usize,
+    pub consumer_batch: usize,
     /// RabbitMQ URL.
     #[arg(long, env = "DUIJIE_AMQP_URL", default_value = "amqp://duijie:duijie@127.0.0.1:5672/%2f")]
-    amqp_url: String,
+    pub amqp_url: String,
     /// PostgreSQL URL of a database the bench may create its own database from.
     #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie")]
-    database_url: String,
+    pub database_url: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let _telemetry = duijie_common::telemetry::init("duijie-bench", "warn", std::io::stderr)?;
+/// Runs the bus benchmark and prints its figures.
+pub async fn run(args: &BusArgs) -> anyhow::Result<()> {
     let amqp = AmqpConfig { url: args.amqp_url.clone().into(), connection_name: "duijie-bench".into() };
     let connector = Connector::new(amqp);
 
     println!("duijie-bench: {} messages of {} bytes, latency run {} msg/s for {} s", args.messages, args.size, args.rate, args.seconds);
-    let bus = BusUnderTest::new(&connector, &args).await?;
+    let bus = BusUnderTest::new(&connector, args).await?;
     if args.messages > 0 {
         // Alternate raw and bus runs so both see the same machine; report the medians.
         let (mut raws, mut buses) = (Vec::new(), Vec::new());
         for round in 1..=args.rounds {
             let cpu0 = busy_cpu_seconds();
-            let raw = raw_ceiling(&connector, &args).await.context("raw ceiling run")?;
+            let raw = raw_ceiling(&connector, args).await.context("raw ceiling run")?;
             let cpu1 = busy_cpu_seconds();
-            let bus_rate = bus.throughput(&args).await.context("bus throughput run")?;
+            let bus_rate = bus.throughput(args).await.context("bus throughput run")?;
             let cpu2 = busy_cpu_seconds();
             let per_msg = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) => format!("{:.0} µs CPU/msg", (b - a) * 1e6 / args.messages as f64),
@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         );
         println!("ratio bus/raw: {:.2}   (target >= 0.5)", bus_rate / raw);
     }
-    let lat = bus.latency(&args).await.context("bus latency run")?;
+    let lat = bus.latency(args).await.context("bus latency run")?;
     println!(
         "latency at {} msg/s offered, {} msgs (commit requested -> consumer commit): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms   (target p99 <= 50 ms)",
         args.rate,
@@ -129,16 +129,6 @@ async fn main() -> anyhow::Result<()> {
     bus.cleanup().await
 }
 
-/// Busy CPU time of the whole machine so far (all processes: broker, database, this one), from
-/// /proc/stat; on a saturated 2-core machine, throughput is the inverse of CPU per message.
-fn busy_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
-    let busy: f64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
-    Some(busy / 100.0)
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -146,7 +136,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Plain lapin: one publisher with a window of outstanding confirms, one consumer acking each
 /// message, on a durable quorum queue with persistent messages.
-async fn raw_ceiling(connector: &Connector, args: &Args) -> anyhow::Result<f64> {
+pub async fn raw_ceiling(connector: &Connector, args: &BusArgs) -> anyhow::Result<f64> {
     let queue = format!("bench.raw.{}", Uuid::new_v4().simple());
     let conn = connector.connect("bench raw").await?;
     let pub_ch = conn.create_channel().await?;
@@ -172,7 +162,8 @@ async fn raw_ceiling(connector: &Connector, args: &Args) -> anyhow::Result<f64> 
             d?.ack(BasicAckOptions::default()).await?;
             got += 1;
         }
-        anyhow::Ok(())
+        // Handed back, not dropped: see the cancel below.
+        anyhow::Ok(consumer)
     });
     let body = vec![b'x'; args.size];
     let mut window = VecDeque::with_capacity(args.confirm_window);
@@ -191,8 +182,13 @@ async fn raw_ceiling(connector: &Connector, args: &Args) -> anyhow::Result<f64> 
     for c in window {
         anyhow::ensure!(matches!(c.await?, Confirmation::Ack(None)), "raw publish not acked");
     }
-    consuming.await??;
+    let consumer = consuming.await??;
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    // Cancel the consumer and wait for the broker's cancel-ok before closing. Dropping an active
+    // lapin consumer sends basic.cancel from lapin's own task; a close right after it discards
+    // the awaited reply, and the cancel-ok that still arrives is then taken for a protocol
+    // violation ("UNEXPECTED-FRAME: unexpected basic cancel-ok", the connection torn down).
+    cons_ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
     pub_ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
     let _ = conn.close(200, "done".into()).await;
     let _ = cons_conn.close(200, "done".into()).await;
@@ -224,7 +220,9 @@ impl Handler for BenchHandler {
     }
 }
 
-struct BusUnderTest {
+/// A bus of its own: a fresh database with an outbox relay and an inbox consumer, a fresh
+/// topology prefix, producers staging envelopes.
+pub struct BusUnderTest {
     /// Used by the relay and the consumer, as a service gives its bus machinery its own pool.
     pool: PgPool,
     /// Used by the producers (a service's request handlers).
@@ -243,7 +241,8 @@ struct BusUnderTest {
 }
 
 impl BusUnderTest {
-    async fn new(connector: &Connector, args: &Args) -> anyhow::Result<Self> {
+    /// Creates the database and the topology and starts the relay and the consumer.
+    pub async fn new(connector: &Connector, args: &BusArgs) -> anyhow::Result<Self> {
         let admin = DatabaseConfig::from_url(&args.database_url)?;
         let db_name = format!("duijie_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
         let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
@@ -258,7 +257,10 @@ impl BusUnderTest {
         let from = AgencyNode::new(AgencyKind::Court, "431003")?;
         let to = AgencyNode::new(AgencyKind::Mediation, "431003-102")?;
         let ch_conn = connector.connect("bench declare").await?;
-        topology.declare(&ch_conn.create_channel().await?, std::slice::from_ref(&to)).await?;
+        let ch = ch_conn.create_channel().await?;
+        topology.declare(&ch, std::slice::from_ref(&to)).await?;
+        // The channel first: a channel dropped while its connection closes logs an error.
+        let _ = ch.close(200, "done".into()).await;
         let _ = ch_conn.close(200, "done".into()).await;
 
         let shutdown = CancellationToken::new();
@@ -327,7 +329,9 @@ impl BusUnderTest {
         Ok(())
     }
 
-    async fn throughput(&self, args: &Args) -> anyhow::Result<f64> {
+    /// Stages `args.messages` envelopes from `args.producers` producers and returns the
+    /// end-to-end rate (messages per second until the last is committed in the inbox).
+    pub async fn throughput(&self, args: &BusArgs) -> anyhow::Result<f64> {
         let base = self.applied.load(Ordering::Relaxed);
         let n = args.messages;
         let per_producer = n / args.producers;
@@ -368,7 +372,8 @@ impl BusUnderTest {
         Ok(total as f64 / start.elapsed().as_secs_f64())
     }
 
-    async fn latency(&self, args: &Args) -> anyhow::Result<Histogram<u64>> {
+    /// Offers `args.rate` messages per second for `args.seconds` and returns the latencies.
+    pub async fn latency(&self, args: &BusArgs) -> anyhow::Result<Histogram<u64>> {
         // Warm up: open the producer pool's connections (as a running service has them) and
         // send one second's worth unrecorded, so the figures are the steady state.
         let conns = futures::future::try_join_all((0..32).map(|_| self.producer_pool.acquire())).await?;
@@ -417,7 +422,8 @@ impl BusUnderTest {
         Ok(())
     }
 
-    async fn cleanup(self) -> anyhow::Result<()> {
+    /// Stops it and drops its database and queues.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let conn = self.connector.connect("bench cleanup").await?;
