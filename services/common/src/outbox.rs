@@ -264,27 +264,14 @@ impl Relay {
                         () = tokio::time::sleep(next_look) => {}
                     }
                 }
-                Ok(Some(batch)) if batch.rows.len() as i64 >= self.cfg.batch_size => {
-                    // More is probably waiting: commit this batch while claiming the next.
+                Ok(Some(batch)) => {
+                    // Commit this batch while claiming and publishing the next: the commit is
+                    // off the path of the messages that follow. Its confirms are all in, so the
+                    // next batch's returns are still attributed unambiguously, and the next
+                    // claim skips the rows it still holds (SKIP LOCKED).
                     db_backoff.reset();
                     let relay = self.clone();
                     committing = Some(tokio::spawn(async move { relay.finish(batch).await }));
-                }
-                Ok(Some(batch)) => {
-                    // Nothing more was waiting a moment ago: commit, then look again at once.
-                    match self.finish(batch).await {
-                        Err(RelayError::Db(e) | RelayError::Amqp(e)) => {
-                            tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay cannot use its database; retrying");
-                            if !db_backoff.wait(shutdown).await {
-                                let _ = conn.close(200, "shutdown".into()).await;
-                                return Ok(());
-                            }
-                        }
-                        Ok(outcome) => {
-                            db_backoff.reset();
-                            retry_due = earliest(retry_due, outcome.retry_in);
-                        }
-                    }
                 }
                 Err(RelayError::Amqp(e)) => return Err(e),
                 Err(RelayError::Db(e)) => {
@@ -351,6 +338,10 @@ impl Relay {
                 }
             }
         }
+        // Not waiting for the WAL flush is safe here: a crash that loses this commit leaves the
+        // rows in place, they are published again and the inboxes drop the copies — as after a
+        // crash before the commit. It spares the bus one of its three flushes per message.
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
         if !sent.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(&sent)
