@@ -129,22 +129,38 @@ impl ProcessGroup {
     }
 }
 
-/// Measures `groups` over `span`: the CPU each used, counted over the processes alive at both
-/// ends (a process that ended meanwhile is not counted; one that started counts from zero).
-pub async fn measure(groups: &[ProcessGroup], span: std::time::Duration) -> Vec<GroupUsage> {
-    let before: Vec<_> = groups.iter().map(ProcessGroup::look).collect();
-    let started = std::time::Instant::now();
-    tokio::time::sleep(span).await;
-    let secs = started.elapsed().as_secs_f64();
+/// What `groups` had used at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    at: std::time::Instant,
+    looks: Vec<std::collections::BTreeMap<u32, f64>>,
+}
+
+/// Takes a [`Snapshot`] of `groups`.
+pub fn snapshot(groups: &[ProcessGroup]) -> Snapshot {
+    Snapshot { at: std::time::Instant::now(), looks: groups.iter().map(ProcessGroup::look).collect() }
+}
+
+/// What `groups` used since `before`, counted over the processes alive at both ends (a process
+/// that ended meanwhile is not counted; one that started counts from zero).
+pub fn usage_since(groups: &[ProcessGroup], before: &Snapshot) -> Vec<GroupUsage> {
+    let secs = before.at.elapsed().as_secs_f64();
     groups
         .iter()
-        .zip(before)
+        .zip(&before.looks)
         .map(|(g, before)| {
             let after = g.look();
             let used: f64 = after.iter().map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0)).sum();
             GroupUsage { name: g.name.clone(), cores: used / secs, processes: after.keys().filter(|p| before.contains_key(p)).count() }
         })
         .collect()
+}
+
+/// Measures `groups` over `span` ([`usage_since`] a [`snapshot`] taken now).
+pub async fn measure(groups: &[ProcessGroup], span: std::time::Duration) -> Vec<GroupUsage> {
+    let before = snapshot(groups);
+    tokio::time::sleep(span).await;
+    usage_since(groups, &before)
 }
 
 #[cfg(test)]

@@ -83,11 +83,13 @@ pub struct SystemArgs {
     pub database_url: String,
 }
 
-/// The idle figures' names for PostgreSQL: the stack's backends, and what serves the whole
+/// The figures' names for PostgreSQL: the backends of each service's database, and what serves the whole
 /// cluster (postmaster, checkpointer, WAL writer, autovacuum, …; busy when other clients are).
-const PG_BACKENDS: &str = "PostgreSQL backends";
+const PG_BACKENDS: &str = "PostgreSQL for";
 const PG_SHARED: &str = "PostgreSQL postmaster and background";
 const RABBITMQ: &str = "RabbitMQ";
+/// This benchmark's own process, the clerks' side of the load.
+const DRIVER: &str = "driver (this benchmark)";
 
 /// The log line an agency service writes when its audit gate closes (`duijie_agency::gate`).
 const GATE_CLOSED_LOG: &str = "refusing new referrals";
@@ -134,6 +136,10 @@ struct LoadFigures {
     /// The machine's load average when the idle measurement ended (other work on it shows in
     /// the shared servers' figures).
     idle_load_average: String,
+    /// The machine's load average when the load ended.
+    load_load_average: String,
+    /// What each process group used during the load.
+    busy: Vec<cpu::GroupUsage>,
     cases: u32,
     failed: usize,
     first_failure: Option<String>,
@@ -181,8 +187,8 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
         wait_caught_up(stack, &ch, Duration::from_secs(60)).await.context("after the warm-up")?;
     }
 
+    let mut groups = process_groups(stack, args).await;
     let idle = if args.idle_secs > 0 {
-        let groups = process_groups(stack, args).await;
         println!("idle: measuring {} s of no traffic …", args.idle_secs);
         cpu::measure(&groups, Duration::from_secs(args.idle_secs)).await
     } else {
@@ -208,10 +214,14 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
     let sampling = CancellationToken::new();
     let started = Instant::now();
     let sampler = tokio::spawn(sample_tap(ch.clone(), stack.topology.tap_queue(), started, progress.clone(), sampling.clone()));
+    groups.push(ProcessGroup { name: DRIVER.into(), root: std::process::id(), with_root: true, children: Children::None });
     let cpu0 = cpu::busy_cpu_seconds();
+    let before = cpu::snapshot(&groups);
     let report = demo::run(&agencies, &cfg, &progress).await;
     let seconds = started.elapsed().as_secs_f64();
+    let busy = cpu::usage_since(&groups, &before);
     let cpu_seconds = cpu::busy_cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let load_load_average = load_average();
     eprintln!("load: {} cases in {seconds:.1} s; waiting for the audit store to catch up …", args.cases);
 
     let ended = Instant::now();
@@ -237,6 +247,8 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
     Ok(LoadFigures {
         idle,
         idle_load_average,
+        load_load_average,
+        busy,
         cases: args.cases,
         failed: failures.len(),
         first_failure: failures.first().map(|c| format!("{}: {}", c.case_code, c.error.as_ref().map(ToString::to_string).unwrap_or_default())),
@@ -265,9 +277,13 @@ async fn process_groups(stack: &ProcessStack, args: &SystemArgs) -> Vec<ProcessG
             // a background process names itself (checkpointer, walwriter, autovacuum launcher, …).
             // The backends of the stack's databases are the stack's; the postmaster and the
             // background processes serve every database of the cluster.
-            let ours = format!("sysbench_{}_", stack.id);
-            let backends = move |cmd: &str| cmd.contains(&ours) && is_client_backend(cmd);
-            groups.push(ProcessGroup { name: PG_BACKENDS.into(), root: pid, with_root: false, children: Children::Matching(Arc::new(backends)) });
+            for s in &stack.services {
+                // The database name followed by a space: `…_court` is not `…_court_x`.
+                let ours = format!(" sysbench_{}_{} ", stack.id, s.name);
+                let backends = move |cmd: &str| cmd.contains(&ours) && is_client_backend(cmd);
+                let name = format!("{PG_BACKENDS} {}", s.name);
+                groups.push(ProcessGroup { name, root: pid, with_root: false, children: Children::Matching(Arc::new(backends)) });
+            }
             groups.push(ProcessGroup { name: PG_SHARED.into(), root: pid, with_root: true, children: Children::Matching(Arc::new(|cmd: &str| !is_client_backend(cmd))) });
         }
         None => eprintln!("sysbench: PostgreSQL's processes are not visible here; its idle CPU is not measured"),
@@ -431,8 +447,8 @@ async fn isolation_and_report(args: &SystemArgs, load: LoadFigures) -> anyhow::R
 
     let idle_total: f64 = load.idle.iter().map(|g| g.cores).sum();
     if !load.idle.is_empty() {
-        let servers = [PG_BACKENDS, PG_SHARED, RABBITMQ];
-        let services: Vec<_> = load.idle.iter().filter(|g| !servers.contains(&g.name.as_str())).collect();
+        let is_server = |g: &&cpu::GroupUsage| g.name.starts_with(PG_BACKENDS) || g.name == PG_SHARED || g.name == RABBITMQ;
+        let services: Vec<_> = load.idle.iter().filter(|g| !is_server(g)).collect();
         let services_total: f64 = services.iter().map(|g| g.cores).sum();
         println!(
             "idle ({} s, no traffic, load average {}): whole stack {idle_total:.4} cores (target < 0.02)",
@@ -442,7 +458,13 @@ async fn isolation_and_report(args: &SystemArgs, load: LoadFigures) -> anyhow::R
             "  services {services_total:.4} cores ({})",
             services.iter().map(|g| format!("{} {:.4}", g.name, g.cores)).collect::<Vec<_>>().join(", ")
         );
-        for g in load.idle.iter().filter(|g| servers.contains(&g.name.as_str())) {
+        let backends: Vec<_> = load.idle.iter().filter(|g| g.name.starts_with(PG_BACKENDS)).collect();
+        println!(
+            "  PostgreSQL backends of the stack {:.4} cores ({} processes)",
+            backends.iter().map(|g| g.cores).sum::<f64>(),
+            backends.iter().map(|g| g.processes).sum::<usize>()
+        );
+        for g in load.idle.iter().filter(|g| g.name == PG_SHARED || g.name == RABBITMQ) {
             println!("  {} {:.4} cores ({} processes)", g.name, g.cores, g.processes);
         }
     }
@@ -460,6 +482,13 @@ async fn isolation_and_report(args: &SystemArgs, load: LoadFigures) -> anyhow::R
         load.seconds,
         all_calls - actions,
         load.cpu_seconds.map(|c| format!("; machine CPU {:.1} ms per case", c * 1000.0 / f64::from(load.cases))).unwrap_or_default()
+    );
+    println!("  load average at the end: {}", load.load_load_average);
+    let busy_total: f64 = load.busy.iter().map(|g| g.cores).sum();
+    println!(
+        "  CPU during the load: {busy_total:.2} cores, {:.1} ms per case — {}",
+        busy_total * load.seconds * 1000.0 / f64::from(load.cases),
+        load.busy.iter().map(|g| format!("{} {:.2}", g.name, g.cores)).collect::<Vec<_>>().join(", ")
     );
     println!("  final states: {}", load.by_state.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", "));
     if let Some(f) = &load.first_failure {
