@@ -168,8 +168,9 @@ pub struct RelayConfig {
     /// confirming); the batch is then published again after reconnecting.
     #[serde(with = "duration_ms")]
     pub confirm_timeout: Duration,
-    /// How often an idle relay looks for new rows (a [`crate::outbox::RelayWaker`] wakes it
-    /// sooner). A full batch is followed by the next one at once.
+    /// How often an idle relay looks for rows nobody woke it for: staged by another process on
+    /// the same database or left by a relay that crashed. Its own process's commits wake it at
+    /// once ([`crate::outbox::RelayWaker`]), and a full batch is followed by the next one at once.
     #[serde(with = "duration_ms")]
     pub poll_interval: Duration,
     /// First delay before republishing a row the broker returned or refused; doubles per attempt.
@@ -185,7 +186,7 @@ impl Default for RelayConfig {
         Self {
             batch_size: 250,
             confirm_timeout: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(20),
+            poll_interval: Duration::from_secs(1),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
         }
