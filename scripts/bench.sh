@@ -3,6 +3,10 @@
 # at 1,000 msg/s offered. Builds in release mode; prints the figures. Extra arguments go to
 # duijie-bench (see --help), e.g. scripts/bench.sh --messages 20000.
 # `scripts/bench.sh --audit` runs the audit store benchmark instead (10M log records).
+# `scripts/bench.sh --system` runs the system benchmark instead: the real stack (the audit service
+# and the five agency services, release builds, one process each) under N cases at C in flight,
+# idle CPU, audit lag, the gate, and in the same run the audit append rate and the bus's rate
+# (see duijie-system-bench --help).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -10,6 +14,12 @@ cd "$ROOT_DIR"
 "$SCRIPT_DIR/deps.sh" >/dev/null
 # shellcheck source=/dev/null
 . "$ROOT_DIR/target/duijie-env.sh"
+if [ "${1:-}" = --system ]; then
+	shift
+	cargo build --quiet --release -p duijie-bench -p duijie-audit -p duijie-court -p duijie-procuratorate \
+		-p duijie-police -p duijie-petition -p duijie-mediation
+	exec "$ROOT_DIR/target/release/duijie-system-bench" "$@"
+fi
 cargo build --quiet --release -p duijie-bench
 # scripts/bench.sh --audit [args]: the audit store at 10M records (see duijie-audit-bench --help).
 if [ "${1:-}" = --audit ]; then

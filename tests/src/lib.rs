@@ -120,15 +120,18 @@ impl TestBus {
         })
     }
 
-    /// Another fresh database on the same server (dropped by `cleanup`), migrated with `migrator`.
+    /// Another fresh database on the same server (dropped by `cleanup`), migrated with `migrator`:
+    /// one pool of 6 connections.
     pub async fn extra_database(&mut self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
         let cfg = self.extra_database_config().await?;
-        let pool = db::pool(&cfg);
+        let pool = db::pool(&DatabaseConfig { max_connections: 6, ..cfg });
         migrator.run(&pool).await?;
         Ok(pool)
     }
 
-    /// Another fresh, empty database on the same server (dropped by `cleanup`): its settings.
+    /// Another fresh, empty database on the same server (dropped by `cleanup`): its settings,
+    /// for a service of a test stack: 4 connections, 2 for its bus work and 2 for its gRPC
+    /// calls (README, "Database connections").
     pub async fn extra_database_config(&mut self) -> anyhow::Result<DatabaseConfig> {
         let name = format!("{}_{}", self.db_name, self.extra_dbs.len() + 1);
         let admin_cfg = DatabaseConfig::from_url(&self.pg_servers.database_url())?;
@@ -136,7 +139,7 @@ impl TestBus {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut admin).await?;
         let _ = admin.close().await;
         self.extra_dbs.push(name.clone());
-        Ok(DatabaseConfig { database: name, max_connections: 6, ..admin_cfg })
+        Ok(DatabaseConfig { database: name, max_connections: 4, bus_connections: 2, ..admin_cfg })
     }
 
     /// Declares the topology for `nodes`.
@@ -275,7 +278,7 @@ impl TestBus {
         for q in queues {
             ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
         }
-        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange()] {
+        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange(), self.topology.status_exchange()] {
             ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await?;
         }
         conn.close(200, "done".into()).await?;

@@ -10,7 +10,7 @@ use duijie_agency::gate::GateConfig;
 use duijie_agency::service::{self, Running, ServiceConfig};
 use duijie_domain::AgencyNode;
 use duijie_common::certs::DevCa;
-use duijie_common::config::{BusConfig, ConsumerConfig, TopologyConfig};
+use duijie_common::config::{BusConfig, ConsumerConfig, DatabaseConfig, TopologyConfig};
 use duijie_common::server::{GrpcConfig, TlsFiles, TlsPem};
 use duijie_proto::answered_case;
 use duijie_proto::v1::cases_service_client::CasesServiceClient;
@@ -70,17 +70,28 @@ pub struct Stack {
     pub audit: Option<duijie_audit::service::Running>,
     /// The audit service's configuration (to start it again after [`Stack::stop_audit`]).
     pub audit_cfg: duijie_audit::service::AuditServiceConfig,
+    /// Each service's database settings, by service name (see [`Stack::database`]).
+    databases: Vec<(String, DatabaseConfig)>,
     dir: PathBuf,
 }
 
-/// How the agency services watch the audit store in tests: every 200 ms.
+/// How the agency services watch the audit store in tests: every 200 ms, the audit service's lag
+/// reports (every 200 ms here) stale after 1 s; the default marks, which a test's few messages
+/// never reach.
 pub fn test_gate() -> GateConfig {
-    GateConfig { enabled: true, max_backlog: 10_000, interval_ms: Duration::from_millis(200) }
+    GateConfig { interval_ms: Duration::from_millis(200), status_stale_ms: Duration::from_secs(1), ..GateConfig::default() }
 }
 
 impl Stack {
     /// Starts the five services for the demo agencies.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(test_gate(), |_, _| {}).await
+    }
+
+    /// Starts the five services for the demo agencies with their audit gates set to `gate` and
+    /// `tune` changing the database settings of each (called with the service's name: `audit`,
+    /// `court`, …, `mediation`).
+    pub async fn start_with(gate: GateConfig, tune: impl Fn(&str, &mut DatabaseConfig)) -> anyhow::Result<Self> {
         let mut bus = TestBus::new().await?;
         let ca = DevCa::generate("duijie test CA")?;
         let dir = std::env::temp_dir().join(format!("duijie-{}", bus.prefix));
@@ -110,11 +121,19 @@ impl Stack {
             })
         };
         // The audit store first: agency services take referrals only while it records.
+        let mut databases = Vec::new();
+        let mut database = async |name: &str, bus: &mut TestBus| -> anyhow::Result<DatabaseConfig> {
+            let mut cfg = bus.extra_database_config().await?;
+            tune(name, &mut cfg);
+            databases.push((name.to_owned(), cfg.clone()));
+            Ok(cfg)
+        };
         let audit_cfg = duijie_audit::service::AuditServiceConfig {
-            bus: bus_cfg(bus.extra_database_config().await?),
+            bus: bus_cfg(database("audit", &mut bus).await?),
             grpc: grpc("audit")?,
             audit: duijie_audit::service::AuditConfig {
                 deadline_scan_ms: Duration::from_millis(200),
+                status_interval_ms: Duration::from_millis(200),
                 ..Default::default()
             },
         };
@@ -123,11 +142,11 @@ impl Stack {
         for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
             let name = kind.as_str();
             let cfg = ServiceConfig {
-                bus: bus_cfg(bus.extra_database_config().await?),
+                bus: bus_cfg(database(name, &mut bus).await?),
                 grpc: grpc(name)?,
                 nodes: demo_nodes().into_iter().filter(|n| n.kind() == kind).collect(),
                 directory: directory.clone(),
-                audit_gate: test_gate(),
+                audit_gate: gate.clone(),
             };
             let token = bus.shutdown.child_token();
             let running = match kind {
@@ -140,7 +159,7 @@ impl Stack {
             .with_context(|| format!("starting the {name} service"))?;
             services.push((kind, running));
         }
-        let stack = Self { bus, ca, services, audit: Some(audit), audit_cfg, dir };
+        let stack = Self { bus, ca, services, audit: Some(audit), audit_cfg, databases, dir };
         // The gates open once they saw the audit service consuming the tap.
         for (_, s) in &stack.services {
             let agency = s.agency.clone();
@@ -206,6 +225,12 @@ impl Stack {
             pki.write(self.ca.cert_pem(), n, &self.ca.agency(n)?)?;
         }
         Ok(pki)
+    }
+
+    /// The database settings of service `name` (`audit`, `court`, …, `mediation`), for a test
+    /// that looks into or locks that service's database.
+    pub fn database(&self, name: &str) -> anyhow::Result<&DatabaseConfig> {
+        self.databases.iter().find(|(n, _)| n == name).map(|(_, c)| c).ok_or_else(|| anyhow::anyhow!("no {name} service"))
     }
 
     /// This test's topology prefix (exchange and queue names).

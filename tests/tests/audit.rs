@@ -1,10 +1,11 @@
 //! The audit store: statistics of a replayed workload counted by hand, tamper detection, one
-//! record per envelope, a breach notice at the referring agency's queue, and a restart of the
-//! audit service mid-stream (during which new referrals are refused).
+//! record per envelope, a breach notice at the referring agency's queue, a restart of the audit
+//! service mid-stream (during which new referrals are refused), and the audit gate's marks.
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
+use duijie_agency::gate::{self, AuditGate, GateConfig, GateState, Lag, Seen, Why};
 use duijie_audit::service::{AuditConfig, AuditServiceConfig};
 use duijie_audit::store::AuditStore;
 use duijie_audit::{stats, verify};
@@ -18,7 +19,11 @@ use duijie_tests::stack::{self, Stack, agency_ref, referral, settled};
 use duijie_tests::{TestBus, node, wait_until};
 use prost::Message as _;
 use sqlx::{Executor as _, PgPool};
+use futures::StreamExt as _;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
 /// 10:00 China time on 2026-`month`-`day`.
@@ -804,6 +809,8 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
     for i in 0..10 {
         ids.push(submit(i).await.and_then(answered_case)?.case_id);
     }
+    let gate = stack.service(AgencyKind::Court)?.agency.gate().cloned().ok_or_else(|| anyhow::anyhow!("the court has no gate"))?;
+    let before = gate.state();
     // The audit service goes away while the centre signs for the cases.
     let signing = {
         let (centre, ids) = (centre.clone(), ids.clone());
@@ -830,6 +837,8 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
         Err(s) => anyhow::bail!("unexpected {s}"),
         Ok(_) => anyhow::bail!("a referral was taken while the audit store was down"),
     }
+    assert_eq!(gate.state().why, Some(Why::NoConsumer));
+    assert_eq!(gate_health(&court).await?, (ServingStatus::Serving, ServingStatus::NotServing), "only the gate is down");
     for id in &ids {
         court.wait_for(id, "RECEIVED").await?;
     }
@@ -874,6 +883,12 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
     assert!(missing.is_empty(), "messages the court saw but the audit store did not: {missing:?}");
     let verified = audit.verify(VerifyRequest::default()).await?.into_inner();
     assert!(verified.ok, "{verified:?}");
+    // The court's gate closed once and opened once over the stop and the start, whatever the
+    // backlog did meanwhile.
+    let after = gate.state();
+    assert_eq!((after.closings - before.closings, after.openings - before.openings), (1, 1), "{after:?}");
+    assert!(after.open);
+    assert_eq!(gate_health(&court).await?, (ServingStatus::Serving, ServingStatus::Serving));
     // The live figures, through the API: today's referrals and receipts, and who may read them.
     let today = GetStatisticsRequest {
         from: Some(prost_types::Timestamp { seconds: Utc::now().timestamp() - 86_400, nanos: 0 }),
@@ -898,5 +913,249 @@ async fn the_audit_service_restarted_mid_stream_misses_nothing_and_referrals_wai
         .get_statistics(GetStatisticsRequest { region: "431003".into(), ..today })
         .await;
     assert_eq!(elsewhere.map(|_| ()).map_err(|s| s.code()), Err(Code::PermissionDenied));
+    stack.stop().await
+}
+
+/// The overall health of `clerk`'s service and its `duijie.audit_gate`.
+async fn gate_health(clerk: &stack::Clerk) -> anyhow::Result<(ServingStatus, ServingStatus)> {
+    let health = HealthClient::new(clerk.ch.clone());
+    let status = |service: &str| {
+        let request = HealthCheckRequest { service: service.to_owned() };
+        let mut health = health.clone();
+        async move { anyhow::Ok(health.check(request).await?.into_inner().status()) }
+    };
+    let overall = status("").await?;
+    let gate = status(gate::HEALTH_SERVICE).await?;
+    Ok((overall, gate))
+}
+
+/// A gate watching a test's tap, with a stand-in for the audit service's consumer on it (it holds
+/// one message and never acks it, so what is published stays waiting).
+struct GateRig {
+    bus: TestBus,
+    gate: AuditGate,
+    ch: lapin::Channel,
+    _conn: lapin::Connection,
+    _consumer: lapin::Consumer,
+}
+
+impl GateRig {
+    async fn start(cfg: GateConfig) -> anyhow::Result<Self> {
+        use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+        let bus = TestBus::new().await?;
+        bus.declare(&[stack::court()]).await?;
+        let conn = bus.connector.connect("stand-in audit consumer").await?;
+        let consumer_ch = conn.create_channel().await?;
+        consumer_ch.basic_qos(1, BasicQosOptions::default()).await?;
+        let mut consumer = consumer_ch
+            .basic_consume(bus.topology.tap_queue().into(), "stand-in".into(), BasicConsumeOptions::default(), lapin::types::FieldTable::default())
+            .await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        // The stand-in takes one message and holds it: from here on, what is published waits.
+        ch.basic_publish("".into(), bus.topology.tap_queue().into(), Default::default(), b"held", lapin::BasicProperties::default()).await?.await?;
+        tokio::time::timeout(stack::WAIT, consumer.next()).await?.ok_or_else(|| anyhow::anyhow!("the stand-in got nothing"))??;
+        let gate = AuditGate::new("court", &[stack::court()]);
+        tokio::spawn(gate.clone().watch(bus.connector.clone(), bus.topology.clone(), cfg, bus.shutdown.child_token()));
+        Ok(Self { bus, gate, ch, _conn: conn, _consumer: consumer })
+    }
+
+    /// Leaves exactly `n` messages waiting in the tap (beside the one the stand-in holds),
+    /// publishing or taking away one at a time, so the backlog moves straight to `n` and no look
+    /// of the gate sees it pass through a mark on the way.
+    async fn fill(&self, n: u32) -> anyhow::Result<()> {
+        use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+        let tap = self.bus.topology.tap_queue();
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let waiting = self.ch.queue_declare(tap.clone().into(), passive, lapin::types::FieldTable::default()).await?.message_count();
+        for _ in n..waiting {
+            let m = self.ch.basic_get(tap.clone().into(), BasicGetOptions::default()).await?.ok_or_else(|| anyhow::anyhow!("the tap ran dry"))?;
+            m.delivery.ack(BasicAckOptions::default()).await?;
+        }
+        for _ in waiting..n {
+            self.ch
+                .basic_publish("".into(), tap.clone().into(), BasicPublishOptions::default(), b"x", lapin::BasicProperties::default())
+                .await?
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, what: &str, cond: impl Fn(&GateState) -> bool) -> anyhow::Result<GateState> {
+        wait_until(what, stack::WAIT, || {
+            let ok = cond(&self.gate.state());
+            async move { Ok(ok) }
+        })
+        .await?;
+        Ok(self.gate.state())
+    }
+
+    /// Waits for `looks` more decisions after the one that saw `seen`, and returns the state then.
+    async fn after_looks(&self, what: &str, seen: impl Fn(&Seen) -> bool, looks: u64) -> anyhow::Result<GateState> {
+        let first = self.wait(what, |s| s.seen.as_ref().is_some_and(&seen)).await?;
+        self.wait(&format!("{looks} more looks"), |s| s.looks >= first.looks + looks).await
+    }
+}
+
+fn backlog_is(n: u32) -> impl Fn(&Seen) -> bool {
+    move |s| matches!(s, Seen::Tap { backlog, .. } if *backlog == n)
+}
+
+fn lag_is(lag: Lag) -> impl Fn(&Seen) -> bool {
+    move |s| matches!(s, Seen::Tap { lag: l, .. } if *l == lag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_closes_above_the_high_backlog_mark_and_reopens_once_at_the_low_one() -> anyhow::Result<()> {
+    // No audit service reports its lag here: after the stale window the counts decide alone.
+    let cfg = GateConfig {
+        close_backlog: 20,
+        open_backlog: 5,
+        interval_ms: Duration::from_millis(100),
+        status_stale_ms: Duration::from_millis(300),
+        ..GateConfig::default()
+    };
+    let rig = GateRig::start(cfg).await?;
+    let mut reports = duijie_common::status::listen(&rig.ch, &rig.bus.topology, duijie_common::status::GATE_KEYS, "test").await?;
+    let s = rig.wait("the gate to open on an empty tap", |s| s.open).await?;
+    assert_eq!(s.seen, Some(Seen::Tap { consumers: 1, backlog: 0, lag: Lag::Unknown }), "no lag report: cannot tell");
+
+    rig.fill(24).await?;
+    let s = rig.wait("the gate to close above 20 messages", |s| s.why == Some(Why::Backlog { messages: 24, close: 20, open: 5 })).await?;
+    assert_eq!(s.closings, 1);
+    let refused = rig.gate.check().map_err(|e| e.to_string());
+    assert!(refused.as_ref().is_err_and(|e| e.contains("24 messages behind")), "{refused:?}");
+    // Its report on the status exchange says so, for `duijie-bus status`.
+    let closed_report = async {
+        while let Some(d) = reports.next().await {
+            let r = duijie_common::status::decode::<duijie_common::status::GateReport>(&d?.data);
+            if r.is_some_and(|r| !r.open && r.service == "court" && r.reason.contains("messages behind") && r.closings == 1) {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("the status consumer ended")
+    };
+    tokio::time::timeout(stack::WAIT, closed_report).await.map_err(|_| anyhow::anyhow!("no report of the closed gate"))??;
+
+    // Between the marks a closed gate stays closed...
+    rig.fill(12).await?;
+    let s = rig.after_looks("a look at 12 waiting", backlog_is(12), 10).await?;
+    assert!(!s.open && s.closings == 1, "{s:?}");
+    // ...reopens at the low mark...
+    rig.fill(5).await?;
+    let s = rig.wait("the gate to reopen at 5 messages", |s| s.open).await?;
+    assert_eq!((s.closings, s.openings), (1, 2));
+    // ...and stays open between the marks.
+    rig.fill(12).await?;
+    let s = rig.after_looks("a look at 12 waiting", backlog_is(12), 10).await?;
+    assert!(s.open && (s.closings, s.openings) == (1, 2), "{s:?}");
+    rig.bus.cleanup(&[stack::court()]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_closes_and_reopens_at_the_age_marks_of_the_audit_services_reports() -> anyhow::Result<()> {
+    let cfg = GateConfig {
+        close_lag_ms: Duration::from_secs(10),
+        open_lag_ms: Duration::from_secs(4),
+        interval_ms: Duration::from_millis(100),
+        status_stale_ms: Duration::from_millis(500),
+        ..GateConfig::default()
+    };
+    let rig = GateRig::start(cfg).await?;
+    // A stand-in for the audit service's reports: the lag in `tell`, none while it says None.
+    let (tell, told) = tokio::sync::watch::channel(Some(0_u64));
+    let (ch, topology, stop) = (rig.ch.clone(), rig.bus.topology.clone(), rig.bus.shutdown.child_token());
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let lag = *told.borrow();
+            if let Some(ms) = lag {
+                let report = duijie_common::status::AuditLag { at: Utc::now(), lag_ms: Some(ms), recorded: 0 };
+                duijie_common::status::publish(&ch, &topology, duijie_common::status::AUDIT_LAG_KEY, &report).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::Ok(())
+    });
+    let secs = |s| Lag::Known(Duration::from_secs(s));
+    let s = rig.wait("the gate to open on the audit service's report", |s| s.open).await?;
+    assert_eq!(s.seen, Some(Seen::Tap { consumers: 1, backlog: 0, lag: secs(0) }));
+
+    tell.send_replace(Some(30_000));
+    let s = rig.wait("the gate to close above 10 s", |s| !s.open).await?;
+    assert!(s.why.as_ref().is_some_and(|w| w.to_string().contains("30.0 s old")), "{s:?}");
+    tell.send_replace(Some(7_000));
+    let s = rig.after_looks("a look at 7 s", lag_is(secs(7)), 10).await?;
+    assert!(!s.open && s.closings == 1, "between the marks it stays closed: {s:?}");
+    tell.send_replace(Some(4_000));
+    let s = rig.wait("the gate to reopen at 4 s", |s| s.open).await?;
+    assert_eq!((s.closings, s.openings), (1, 2));
+    tell.send_replace(Some(7_000));
+    let s = rig.after_looks("a look at 7 s", lag_is(secs(7)), 10).await?;
+    assert!(s.open && s.closings == 1, "between the marks it stays open: {s:?}");
+    tell.send_replace(Some(12_000));
+    rig.wait("the gate to close above 10 s again", |s| !s.open).await?;
+    // The audit service falls silent: cannot tell, and the empty tap with its consumer decides.
+    tell.send_replace(None);
+    let s = rig.wait("the gate to reopen on the counts", |s| s.open).await?;
+    assert_eq!(s.seen, Some(Seen::Tap { consumers: 1, backlog: 0, lag: Lag::Unknown }));
+    assert_eq!((s.closings, s.openings), (2, 3));
+    rig.bus.cleanup(&[stack::court()]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_store_that_stops_recording_closes_the_gate_by_the_age_of_what_it_holds() -> anyhow::Result<()> {
+    let stack = Stack::start_with(
+        GateConfig { close_lag_ms: Duration::from_secs(4), open_lag_ms: Duration::from_secs(2), ..stack::test_gate() },
+        |_, _| {},
+    )
+    .await?;
+    let court = stack.clerk(&stack::court()).await?;
+    let submit = |i: usize| {
+        let court = court.clone();
+        async move {
+            court
+                .referrals()
+                .submit_referral(SubmitReferralRequest {
+                    to: Some(agency_ref(&stack::centre())),
+                    case_code: format!("JF-431003-2026-2{i:05}"),
+                    referral: Some(referral(&format!("stall-{i}"), ClockPolicyKind::CourtPreFiling)),
+                })
+                .await
+        }
+    };
+    let gate = stack.service(AgencyKind::Court)?.agency.gate().cloned().ok_or_else(|| anyhow::anyhow!("the court has no gate"))?;
+    let before = gate.state();
+    // The audit store cannot write (its tables are locked), but its consumer stays on the tap:
+    // only the age of what it holds can tell.
+    let pool = stack.audit.as_ref().map(|a| a.pool.clone()).ok_or_else(|| anyhow::anyhow!("no audit"))?;
+    let mut lock = pool.begin().await?;
+    lock.execute("LOCK TABLE inbox, audit_log IN EXCLUSIVE MODE").await?;
+    let id = submit(1).await.and_then(answered_case)?.case_id;
+    wait_until("the court's audit gate to close", stack::WAIT, || {
+        let open = gate.state().open;
+        async move { Ok(!open) }
+    })
+    .await?;
+    let s = gate.state();
+    assert!(matches!(s.why, Some(Why::Lag { .. })), "{s:?}");
+    assert!(matches!(s.seen, Some(Seen::Tap { consumers: 1, .. })), "the audit service kept consuming: {s:?}");
+    match submit(2).await {
+        Err(e) if e.code() == Code::Unavailable => assert!(e.message().contains("has not recorded"), "{e}"),
+        other => anyhow::bail!("a referral was taken while the audit store was stuck: {other:?}"),
+    }
+    assert_eq!(gate_health(&court).await?, (ServingStatus::Serving, ServingStatus::NotServing));
+    // Messages about cases on the bus still flow.
+    stack.clerk(&stack::centre()).await?.wait_for(&id, "DELIVERED").await?;
+
+    lock.rollback().await?;
+    wait_until("the court's audit gate to reopen", stack::WAIT, || {
+        let open = gate.state().open;
+        async move { Ok(open) }
+    })
+    .await?;
+    let after = gate.state();
+    assert_eq!((after.closings - before.closings, after.openings - before.openings), (1, 1), "{after:?}");
+    assert_eq!(gate_health(&court).await?, (ServingStatus::Serving, ServingStatus::Serving));
+    submit(3).await.and_then(answered_case)?;
     stack.stop().await
 }

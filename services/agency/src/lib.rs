@@ -27,12 +27,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use duijie_common::amqp::Topology;
+use duijie_common::db::ApiPool;
 use duijie_common::directory::Directory;
 use duijie_common::outbox::RelayWaker;
 use duijie_common::server::ApiError;
 use duijie_domain::AgencyNode;
 use duijie_domain::calendar::WorkCalendar;
-use sqlx::PgPool;
 
 pub use rules::{MAX_EXTENSION_DAYS, validate_referral};
 pub use view::{CaseSummary, CaseView, ListFilter, TimelineItem};
@@ -46,7 +46,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 /// One agency service's core, serving `nodes` (all of one kind).
 #[derive(Clone)]
 pub struct Agency {
-    pool: PgPool,
+    /// The gRPC calls' connections (the inbox hands its handler a connection of the bus pool).
+    db: ApiPool,
     topology: Topology,
     waker: Option<RelayWaker>,
     nodes: BTreeSet<AgencyNode>,
@@ -58,10 +59,13 @@ pub struct Agency {
 }
 
 impl Agency {
-    /// The core for `nodes`, on `pool` (migrated with [`migrator`]).
-    pub fn new(pool: PgPool, topology: Topology, nodes: &[AgencyNode], waker: Option<RelayWaker>) -> Self {
+    /// The core for `nodes`; its gRPC calls use `api_pool` (migrated with [`migrator`]), which
+    /// should be theirs alone ([`duijie_common::db::ServicePools`]; a `PgPool` is taken as an
+    /// [`ApiPool`] of its size): a call never waits for a second connection while holding one,
+    /// and a call that finds every connection in use is answered "busy".
+    pub fn new(api_pool: impl Into<ApiPool>, topology: Topology, nodes: &[AgencyNode], waker: Option<RelayWaker>) -> Self {
         Self {
-            pool,
+            db: api_pool.into(),
             topology,
             waker,
             nodes: nodes.iter().cloned().collect(),
@@ -89,6 +93,11 @@ impl Agency {
     /// Whether new referrals are taken now (always, without a gate).
     pub fn gate_open(&self) -> bool {
         self.gate.as_ref().is_none_or(|g| g.check().is_ok())
+    }
+
+    /// The audit gate, if the service has one (its state, reason and transitions).
+    pub fn gate(&self) -> Option<&gate::AuditGate> {
+        self.gate.as_ref()
     }
 
     fn check_known(&self, node: &AgencyNode, field: &str) -> Result<(), ApiError> {

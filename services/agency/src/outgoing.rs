@@ -55,7 +55,7 @@ impl Agency {
             client_request_id: &referral.client_request_id,
             referral: referral.encode_to_vec(),
         };
-        let mut tx = self.pool.begin().await.context("beginning")?;
+        let mut tx = self.db.begin().await.context("beginning")?;
         let inserted = match store::insert_referred(&mut tx, &new).await {
             Ok(inserted) => inserted,
             Err(sqlx::Error::Database(e)) if e.constraint() == Some("cases_sent_case_code") => {
@@ -64,15 +64,22 @@ impl Agency {
             Err(e) => return Err(anyhow::Error::new(e).context("creating the case").into()),
         };
         if !inserted {
-            // A retry (or a concurrent duplicate) of a submit that already created the case.
+            // A retry (or a concurrent duplicate) of a submit that already created the case:
+            // found on this connection (the conflicting insert waited for the first submit's
+            // commit, so read committed sees it), then read from a snapshot once it is given
+            // back (this call did nothing, so a "busy" answer to it is true).
+            let existing = store::referred_by_request(&mut tx, caller, &referral.client_request_id).await?;
             drop(tx);
-            let existing = store::referred_by_request(&self.pool, caller, &referral.client_request_id).await?;
             return self.view(caller, existing).await;
         }
         self.record_out(&mut tx, caller, &mut env, CaseState::Submitted).await?;
+        // The answer is read in the transaction itself (which holds the new case): a call that
+        // acted is not then refused for want of another connection, so a "busy" answer always
+        // means nothing was done.
+        let loaded = self.load_view(&mut tx, caller, case_id).await?;
         tx.commit().await.context("committing the referral")?;
         self.wake();
-        self.view(caller, case_id).await
+        self.build_view(caller, loaded)
     }
 
     /// Sends `payload` about `case_id` from `caller` to the other side of the handoff, if the
@@ -89,19 +96,20 @@ impl Agency {
         if !kind.allowed_senders().contains(&caller.kind()) {
             return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind().as_str())));
         }
-        let mut tx = self.pool.begin().await.context("beginning")?;
+        let mut tx = self.db.begin().await.context("beginning")?;
         let Some(stored) = store::case(&mut tx, caller, case_id, true).await? else {
-            drop(tx); // one connection at a time: never wait for a second while holding one
-            return Err(self.not_owned(caller, case_id).await);
+            // On this connection: a call never waits for a second one while it holds one.
+            return Err(self.not_owned(&mut tx, caller, case_id).await);
         };
         if let Some(key) = request_id.filter(|k| !k.is_empty())
             && let Claim::Retry { case_id: earlier } = idempotency::claim(&mut tx, caller, key, case_id).await?
         {
-            drop(tx);
             if earlier != case_id {
                 return Err(ApiError::invalid("idempotency-key", format!("already used for case {earlier}")));
             }
-            return self.view(caller, case_id).await;
+            let loaded = self.load_view(&mut tx, caller, case_id).await?;
+            drop(tx);
+            return self.build_view(caller, loaded);
         }
         // Only the two ends of the handoff act on a case; a committee that handed it on is out.
         if stored.case.role_of(caller) == Role::Other {
@@ -130,9 +138,11 @@ impl Agency {
         if let Some(to) = &hand_over {
             self.forward(&mut tx, caller, &stored, to, &env, lifecycle.state).await?;
         }
+        // The answer from this transaction (which holds the case row), as for a submit.
+        let loaded = self.load_view(&mut tx, caller, case_id).await?;
         tx.commit().await.context("committing")?;
         self.wake();
-        self.view(caller, case_id).await
+        self.build_view(caller, loaded)
     }
 
     /// Hands the case to `to`: a referral carrying the original referrer, why it moves, and the

@@ -1,6 +1,8 @@
 //! Running one agency service: configuration, database migrations, the outbox relay, one inbox
-//! consumer per agency node it serves, inbox pruning, and the gRPC server (mTLS, health,
-//! reflection), all under one supervisor with graceful shutdown. The five service binaries
+//! consumer per agency node it serves, inbox pruning, the audit gate, and the gRPC server (mTLS,
+//! health with the gate as `duijie.audit_gate`, reflection), all under one supervisor with
+//! graceful shutdown. The gRPC calls and the bus work have database pools of their own
+//! ([`db::ServicePools`]). The five service binaries
 //! differ only in their kind and their gRPC routes.
 
 use std::net::SocketAddr;
@@ -69,16 +71,21 @@ pub async fn start(
     if let Some(n) = nodes.iter().find(|n| n.kind() != kind) {
         anyhow::bail!("nodes: {n} is not a {} agency", kind.as_str());
     }
+    if cfg.audit_gate.enabled {
+        cfg.audit_gate.validate()?;
+    }
     let directory = Directory::load(&cfg.directory)?;
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
-    let pool = db::pool(&cfg.bus.database);
+    // Bulkheads: gRPC calls on one pool, the relay, the consumers and the pruner on the other.
+    let pools = db::ServicePools::new(&cfg.bus.database)?;
+    let pool = pools.bus;
     crate::migrator().run(&pool).await.context("migrating the service database")?;
     let connector = Connector::new(cfg.bus.amqp.clone());
     let topology = Topology::new(cfg.bus.topology.clone());
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
     let relay_stats = relay.stats();
-    let mut agency = Agency::new(pool.clone(), topology.clone(), &nodes, Some(relay.waker())).with_directory(directory);
-    let gate = cfg.audit_gate.enabled.then(crate::gate::AuditGate::new);
+    let mut agency = Agency::new(pools.api, topology.clone(), &nodes, Some(relay.waker())).with_directory(directory);
+    let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes));
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());
     }
@@ -91,7 +98,15 @@ pub async fn start(
         let t = token.clone();
         async move { ("relay".to_owned(), relay.run(t).await) }
     });
+    // The gate's state is a named service of the gRPC health (`duijie.audit_gate`); without a
+    // gate, referrals are always taken and it stays SERVING.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let at_start = if gate.is_some() { tonic_health::ServingStatus::NotServing } else { tonic_health::ServingStatus::Serving };
+    health.set_service_status(crate::gate::HEALTH_SERVICE, at_start).await;
     if let Some(g) = gate {
+        let (h, t) = (health.clone(), token.clone());
+        let mirror = g.clone();
+        tasks.spawn(async move { ("audit gate health".to_owned(), mirror.mirror_health(h, t).await) });
         let (c, top, gc, t) = (connector.clone(), topology.clone(), cfg.audit_gate.clone(), token.clone());
         tasks.spawn(async move { ("audit gate".to_owned(), g.watch(c, top, gc, t).await) });
     }
@@ -121,11 +136,11 @@ pub async fn start(
             ("inbox pruning".to_owned(), Ok(()))
         }
     });
-    let routes = routes(&agency);
+    let routes = routes(&agency).add_service(health_service);
     let grace = cfg.grpc.grace_ms;
     tasks.spawn({
         let t = token.clone();
-        async move { ("grpc".to_owned(), server::serve(name, listener, routes, &tls, t, grace).await) }
+        async move { ("grpc".to_owned(), server::serve_with_health(name, listener, routes, health, &tls, t, grace).await) }
     });
     tracing::info!(service = name, %addr, nodes = ?cfg.nodes.iter().map(ToString::to_string).collect::<Vec<_>>(), "serving");
     let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));

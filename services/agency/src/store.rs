@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use duijie_domain::{AgencyNode, Case, CaseState, Lifecycle};
 use duijie_proto::v1::{Channel, ClockPolicyKind, Envelope};
 use prost::Message as _;
-use sqlx::{PgConnection, PgPool};
+use duijie_common::db::{ApiPool, ApiTx};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::view::ListFilter;
@@ -148,12 +149,12 @@ pub async fn insert_referred(conn: &mut PgConnection, r: &NewReferral<'_>) -> Re
 }
 
 /// The case a referrer's earlier submit with `client_request_id` created.
-pub async fn referred_by_request(pool: &PgPool, owner: &AgencyNode, client_request_id: &str) -> anyhow::Result<Uuid> {
+pub async fn referred_by_request(conn: &mut PgConnection, owner: &AgencyNode, client_request_id: &str) -> anyhow::Result<Uuid> {
     sqlx::query_scalar("SELECT case_id FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND client_request_id = $3")
         .bind(owner.kind_str())
         .bind(owner.code())
         .bind(client_request_id)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .context("looking up the earlier submit")
 }
@@ -319,19 +320,20 @@ pub async fn last_inbound(conn: &mut PgConnection, owner: &AgencyNode, case_id: 
 }
 
 /// Whether a node other than `who` has the case (in this service's database).
-pub async fn held_elsewhere(pool: &PgPool, who: &AgencyNode, case_id: Uuid) -> anyhow::Result<bool> {
+pub async fn held_elsewhere(conn: &mut PgConnection, who: &AgencyNode, case_id: Uuid) -> anyhow::Result<bool> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE case_id = $1 AND (owner_kind, owner_code) <> ($2, $3))")
         .bind(case_id)
         .bind(who.kind_str())
         .bind(who.code())
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .context("looking for the case")
 }
 
-/// A read-only transaction that sees one snapshot of the database for all its statements.
-pub async fn snapshot(pool: &PgPool) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await.context("starting a read")?;
+/// A read-only transaction of a call that sees one snapshot of the database for all its
+/// statements.
+pub async fn snapshot(db: &ApiPool) -> anyhow::Result<ApiTx> {
+    let mut tx = db.begin().await.context("starting a read")?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("starting a read")?;
     Ok(tx)
 }

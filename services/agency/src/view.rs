@@ -11,6 +11,7 @@ use duijie_domain::{AgencyNode, CaseState, Role};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope, MessageKind, Referral};
 use prost::Message as _;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Agency;
@@ -72,6 +73,12 @@ pub struct CaseSummary {
     pub handed_on: bool,
 }
 
+/// A case row and its timeline as read for a view.
+pub(crate) struct LoadedView {
+    stored: StoredCase,
+    events: Vec<store::EventRow>,
+}
+
 /// Which of an agency's cases to list.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -92,13 +99,27 @@ impl Agency {
         self.check_serves(caller)?;
         // One snapshot for the row and its timeline, so a view never shows a message without
         // the state it led to.
-        let mut tx = store::snapshot(&self.pool).await?;
-        let Some(stored) = store::case(&mut tx, caller, case_id, false).await? else {
-            drop(tx); // one connection at a time: never wait for a second while holding one
-            return Err(self.not_owned(caller, case_id).await);
-        };
-        let events = store::events(&mut tx, caller, &[case_id]).await?;
+        let mut tx = store::snapshot(&self.db).await?;
+        let loaded = self.load_view(&mut tx, caller, case_id).await?;
         drop(tx); // read-only: rolling back is ending it
+        self.build_view(caller, loaded)
+    }
+
+    /// What a view of the case is made of, read on `conn`: a snapshot, or the transaction of an
+    /// action before its commit (which sees its own changes, and holds the case row). A case
+    /// that is not `caller`'s is refused by asking on the same connection, never a second one:
+    /// many calls each holding one connection and waiting for another would deadlock the pool.
+    pub(crate) async fn load_view(&self, conn: &mut PgConnection, caller: &AgencyNode, case_id: Uuid) -> Result<LoadedView, ApiError> {
+        let Some(stored) = store::case(conn, caller, case_id, false).await? else {
+            return Err(self.not_owned(conn, caller, case_id).await);
+        };
+        let events = store::events(conn, caller, &[case_id]).await?;
+        Ok(LoadedView { stored, events })
+    }
+
+    /// The view from what [`load_view`](Self::load_view) read (no database).
+    pub(crate) fn build_view(&self, caller: &AgencyNode, loaded: LoadedView) -> Result<CaseView, ApiError> {
+        let LoadedView { stored, events } = loaded;
         let mut timeline = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
         for ev in events {
@@ -150,7 +171,7 @@ impl Agency {
     /// `caller`'s cases, most recently changed first, with their deadline status.
     pub async fn list(&self, caller: &AgencyNode, filter: &ListFilter) -> Result<Vec<CaseSummary>, ApiError> {
         self.check_serves(caller)?;
-        let mut tx = store::snapshot(&self.pool).await?;
+        let mut tx = store::snapshot(&self.db).await?;
         let cases = store::list(&mut tx, caller, filter).await?;
         let ids: Vec<Uuid> = cases.iter().map(|c| c.case_id).collect();
         let events = store::events(&mut tx, caller, &ids).await?;
@@ -189,11 +210,12 @@ impl Agency {
     }
 
     /// The refusal for a case `who` does not have: `PERMISSION_DENIED` if another agency of this
-    /// service has it, `NOT_FOUND` if none has. Call it holding no connection of the pool.
-    pub(crate) async fn not_owned(&self, who: &AgencyNode, case_id: Uuid) -> ApiError {
+    /// service has it, `NOT_FOUND` if none has. Asked on `conn`, the connection the caller
+    /// already holds (never a second one).
+    pub(crate) async fn not_owned(&self, conn: &mut PgConnection, who: &AgencyNode, case_id: Uuid) -> ApiError {
         // Another agency's case is refused; a case that has just arrived for `who` (after the
         // caller's lookup) is still "not found", which a retry resolves.
-        match store::held_elsewhere(&self.pool, who, case_id).await {
+        match store::held_elsewhere(conn, who, case_id).await {
             Ok(true) => ApiError::PermissionDenied(format!("case {case_id} is not one of {who}'s cases")),
             Ok(false) => ApiError::NotFound(format!("no case {case_id} for {who}")),
             Err(e) => ApiError::Unexpected(e),

@@ -15,22 +15,32 @@ use duijie_proto::v1 as pb;
 use duijie_proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope};
+use duijie_common::db::{ApiConn, ApiPool};
 use prost::Message as _;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{stats, verify};
 
-/// The `AuditService` over the audit database.
+/// The `AuditService` over the audit database. Each call holds one connection at a time (the
+/// statistics take a second only when one is free at once).
 pub struct AuditApi {
-    pool: PgPool,
+    db: ApiPool,
     calendar: WorkCalendar,
 }
 
 impl AuditApi {
-    pub fn server(pool: PgPool) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self { pool, calendar: WorkCalendar::bundled() })
+    /// The service on `api_pool`, which should be the calls' own
+    /// ([`duijie_common::db::ServicePools`]; a `PgPool` is taken as an [`ApiPool`] of its size):
+    /// a call that finds every connection in use is answered "busy".
+    pub fn server(api_pool: impl Into<ApiPool>) -> AuditServiceServer<Self> {
+        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled() })
+    }
+
+    /// A connection for one call.
+    async fn conn(&self) -> Result<ApiConn, ApiError> {
+        self.db.acquire().await.map_err(ApiError::Unexpected)
     }
 }
 
@@ -72,9 +82,8 @@ fn visible(who: &AgencyNode) -> &'static str {
 }
 
 impl AuditApi {
-    async fn case_view(&self, c: &CaseRow) -> anyhow::Result<pb::AuditCase> {
-        let mut conn = self.pool.acquire().await.context("acquiring a connection")?;
-        let payloads = crate::store::case_payloads(&mut conn, c.case_id).await?;
+    async fn case_view(&self, conn: &mut PgConnection, c: &CaseRow) -> anyhow::Result<pb::AuditCase> {
+        let payloads = crate::store::case_payloads(conn, c.case_id).await?;
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
         Ok(self.case_view_from(c, &refs))
     }
@@ -99,7 +108,7 @@ impl AuditApi {
         }
     }
 
-    async fn find_case(&self, who: &AgencyNode, r: &pb::GetTimelineRequest) -> Result<CaseRow, ApiError> {
+    async fn find_case(&self, conn: &mut PgConnection, who: &AgencyNode, r: &pb::GetTimelineRequest) -> Result<CaseRow, ApiError> {
         let (cond, arg) = if !r.case_id.trim().is_empty() {
             let id = Uuid::parse_str(r.case_id.trim()).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?;
             ("c.case_id = $3::uuid", id.to_string())
@@ -116,7 +125,7 @@ impl AuditApi {
             .bind(who.kind().as_str())
             .bind(who.code())
             .bind(&arg)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await
             .context("looking up the case")?;
         match row {
@@ -157,15 +166,17 @@ fn hex(bytes: &[u8]) -> String {
 impl AuditService for AuditApi {
     async fn get_timeline(&self, req: Request<pb::GetTimelineRequest>) -> Result<Response<pb::GetTimelineResponse>, Status> {
         let who = caller(&req)?;
-        let case = self.find_case(&who, req.get_ref()).await?;
+        let mut conn = self.conn().await?;
+        let case = self.find_case(&mut conn, &who, req.get_ref()).await?;
         let rows: Vec<RecordRow> = sqlx::query_as(
             "SELECT chain, seq, case_seq, message_id, recorded_at, occurred_at, causation_id, trace_id, state_after, envelope, hash
              FROM audit_log WHERE case_id = $1 ORDER BY seq",
         )
         .bind(case.case_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("reading the timeline")))?;
+        drop(conn);
         let mut delivered: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut records = Vec::with_capacity(rows.len());
         let mut payloads = Vec::with_capacity(rows.len());
@@ -225,7 +236,7 @@ impl AuditService for AuditApi {
             .bind(who.code())
             .bind(r.min_age_seconds as f64)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await
             .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("listing open handoffs")))?;
         let now = Utc::now();
@@ -259,6 +270,7 @@ impl AuditService for AuditApi {
     async fn list_overdue(&self, req: Request<pb::ListOverdueRequest>) -> Result<Response<pb::ListOverdueResponse>, Status> {
         let who = caller(&req)?;
         let limit = i64::from(if req.get_ref().limit == 0 { 100 } else { req.get_ref().limit.min(1000) });
+        let mut conn = self.conn().await?;
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM audit_cases c
              WHERE c.closed_at IS NULL
@@ -271,12 +283,12 @@ impl AuditService for AuditApi {
             .bind(who.kind().as_str())
             .bind(who.code())
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("listing overdue cases")))?;
         let mut cases = Vec::with_capacity(rows.len());
         for c in &rows {
-            cases.push(self.case_view(c).await.map_err(ApiError::Unexpected)?);
+            cases.push(self.case_view(&mut conn, c).await.map_err(ApiError::Unexpected)?);
         }
         Ok(Response::new(pb::ListOverdueResponse { cases }))
     }
@@ -319,7 +331,11 @@ impl AuditService for AuditApi {
             channel,
             agency: agency.map(|a| (a.kind().as_str().to_owned(), a.code().to_owned())),
         };
-        let f = stats::statistics(&self.pool, &sel).await.map_err(ApiError::Unexpected)?;
+        let mut conn = self.conn().await?;
+        // The second statement beside the first only if a connection is free now.
+        let mut second = self.db.acquire_if_free().await.map_err(ApiError::Unexpected)?;
+        let f = stats::statistics_on(&mut conn, second.as_deref_mut(), &sel).await.map_err(ApiError::Unexpected)?;
+        drop((conn, second));
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Response::new(pb::GetStatisticsResponse {
             received: n(f.received),
@@ -351,11 +367,15 @@ impl AuditService for AuditApi {
             return Err(ApiError::PermissionDenied(format!("{who}: verifying the audit log is for supervisors")).into());
         }
         let case = req.get_ref().case_id.trim();
-        let report = if case.is_empty() {
-            verify::verify_log(&self.pool).await
+        let id = if case.is_empty() {
+            None
         } else {
-            let id = Uuid::parse_str(case).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?;
-            verify::verify_case(&self.pool, id).await
+            Some(Uuid::parse_str(case).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?)
+        };
+        let mut conn = self.conn().await?;
+        let report = match id {
+            None => verify::verify_log_on(&mut conn).await,
+            Some(id) => verify::verify_case_on(&mut conn, id).await,
         }
         .map_err(ApiError::Unexpected)?;
         let (first_broken_seq, problem) = report.broken.clone().map_or((0, String::new()), |(s, p)| (u64::try_from(s).unwrap_or(0), p));

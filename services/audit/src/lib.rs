@@ -4,12 +4,13 @@
 //! time limits. The log is one or more hash chains, a batch of envelopes appended in a few
 //! statements; `tree` commits to all chains' heads with one hash. `watch` sends
 //! DeadlineWarning/DeadlineBreached notices through the outbox; `stats` defines the supervisors'
-//! statistics; `verify` walks the chains; `api` is the `AuditService` gRPC service; `service`
-//! runs it all.
+//! statistics; `verify` walks the chains; `api` is the `AuditService` gRPC service; `status`
+//! tells the agency services' audit gates how far behind the store is; `service` runs it all.
 
 pub mod api;
 pub mod service;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod tree;
 pub mod verify;

@@ -1,5 +1,6 @@
-//! Running the audit service: migrations and partitions, the tap consumer, the deadline
-//! notices and their relay, retention, and the gRPC server, under one supervisor.
+//! Running the audit service: migrations and partitions, the tap consumer and its lag reports,
+//! the deadline notices and their relay, retention, and the gRPC server, under one supervisor.
+//! The gRPC calls and the bus work have database pools of their own ([`db::ServicePools`]).
 
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ pub struct AuditConfig {
     /// How often a tree head over the chains' heads is recorded, if the log moved (ms).
     #[serde(with = "config::duration_ms")]
     pub tree_head_ms: Duration,
+    /// How often the audit service tells the agency services' audit gates how far behind it is
+    /// (ms, default 1 s; they ignore a report older than their `audit_gate.status_stale_ms`).
+    #[serde(with = "config::duration_ms")]
+    pub status_interval_ms: Duration,
 }
 
 impl Default for AuditConfig {
@@ -56,6 +61,7 @@ impl Default for AuditConfig {
             warn_before_ms: Duration::from_secs(24 * 3600),
             chains: 1,
             tree_head_ms: Duration::from_secs(600),
+            status_interval_ms: Duration::from_secs(1),
         }
     }
 }
@@ -66,6 +72,7 @@ pub const MIN_RETENTION_DAYS: u32 = 180;
 /// A started audit service.
 pub struct Running {
     pub addr: std::net::SocketAddr,
+    /// The service's bus pool (consumer, relay, watcher), also for tests' direct queries.
     pub pool: PgPool,
     pub consumer: std::sync::Arc<ConsumerStats>,
     pub shutdown: CancellationToken,
@@ -121,8 +128,12 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     if cfg.audit.retention_days < MIN_RETENTION_DAYS {
         anyhow::bail!("audit.retention_days: {} is below the legal minimum of {MIN_RETENTION_DAYS} days", cfg.audit.retention_days);
     }
+    anyhow::ensure!(!cfg.audit.status_interval_ms.is_zero(), "audit.status_interval_ms must be above 0");
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
-    let pool = db::pool(&cfg.bus.database);
+    // Bulkheads: gRPC calls on one pool; the tap consumer, the relay, the deadline notices,
+    // retention and pruning on the other.
+    let pools = db::ServicePools::new(&cfg.bus.database)?;
+    let pool = pools.bus;
     crate::migrator().run(&pool).await.context("migrating the audit database")?;
     maintain_partitions(&pool, cfg.audit.retention_days).await?;
     let mut conn = pool.acquire().await.context("connecting to the audit database")?;
@@ -137,7 +148,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         topology.tap_queue(),
         Vec::new(),
         pool.clone(),
-        connector,
+        connector.clone(),
         topology.clone(),
         cfg.bus.consumer.clone(),
         AuditStore::default().with_chains(cfg.audit.chains),
@@ -151,6 +162,8 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     tasks.spawn(async move { ("relay".to_owned(), relay.run(t).await) });
     let t = token.clone();
     tasks.spawn(async move { ("tap consumer".to_owned(), consumer.run(t).await) });
+    let (c, top, stats, every, t) = (connector, topology.clone(), consumer_stats.clone(), cfg.audit.status_interval_ms, token.clone());
+    tasks.spawn(async move { ("lag reports".to_owned(), crate::status::run(c, top, stats, every, t).await) });
     let (p, top, t, a) = (pool.clone(), topology.clone(), token.clone(), cfg.audit.clone());
     tasks.spawn(async move { ("deadline notices".to_owned(), crate::watch::run(p, top, waker, a.warn_before_ms, a.deadline_scan_ms, t).await) });
     let (p, t, days) = (pool.clone(), token.clone(), cfg.audit.retention_days);
@@ -182,7 +195,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pool.clone()));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pools.api));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");

@@ -1,5 +1,5 @@
 //! The supervisors' statistics, defined once (every API and page that shows them calls
-//! [`statistics`]).
+//! [`statistics`] or, on connections it holds, [`statistics_on`]).
 //!
 //! Selection: the cases alive in the period (received before its end, not closed before its
 //! start), of the region (referrer or holder code starts with it), channel and agency (as
@@ -20,7 +20,7 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 
 /// Which cases the statistics count.
 #[derive(Debug, Clone, Default)]
@@ -136,32 +136,23 @@ fn bind<'q, O>(
     q.bind(sel.from).bind(sel.to).bind(&sel.region).bind(sel.channel).bind(kind).bind(code)
 }
 
-/// The figures for `sel`.
+/// The figures for `sel` from `pool` (tools and tests): on one connection, and on a second
+/// beside it only if one is idle (never waiting for a second while holding one).
 pub async fn statistics(pool: &PgPool, sel: &Selection) -> anyhow::Result<Figures> {
-    // The two statements run side by side on two connections (the counts scan in parallel
-    // workers; the closure times come from an index).
-    let counts = async {
-        let mut tx = pool.begin().await.context("beginning")?;
-        // No JIT compile for a statement that runs in well under a second.
-        sqlx::raw_sql("SET LOCAL jit = off").execute(&mut *tx).await?;
-        let c: Counts = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{COUNTS} {SELECTION}"))), sel)
-            .fetch_one(&mut *tx)
-            .await
-            .context("counting")?;
-        tx.commit().await?;
-        anyhow::Ok(c)
+    let mut first = pool.acquire().await.context("acquiring a connection")?;
+    let mut second = pool.try_acquire();
+    statistics_on(&mut first, second.as_deref_mut(), sel).await
+}
+
+/// The figures for `sel` on `conn`, and with `second` the two statements side by side (the
+/// counts scan in parallel workers; the closure times come from an index) — a call passes a
+/// second connection only when one was free at once, so it never waits for one while holding
+/// the first.
+pub async fn statistics_on(conn: &mut PgConnection, second: Option<&mut PgConnection>, sel: &Selection) -> anyhow::Result<Figures> {
+    let (c, (median, p90)) = match second {
+        Some(other) => tokio::try_join!(counts(conn, sel), days_to_closure(other, sel))?,
+        None => (counts(conn, sel).await?, days_to_closure(conn, sel).await?),
     };
-    let days = async {
-        let mut tx = pool.begin().await.context("beginning")?;
-        sqlx::raw_sql("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
-        let d: (Option<f64>, Option<f64>) = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{DAYS_TO_CLOSURE} {SELECTION}) closed"))), sel)
-            .fetch_one(&mut *tx)
-            .await
-            .context("days to closure")?;
-        tx.commit().await?;
-        anyhow::Ok(d)
-    };
-    let (c, (median, p90)) = tokio::try_join!(counts, days)?;
     Ok(Figures {
         received: c.received,
         received_self_accepted: c.received_self_accepted,
@@ -182,4 +173,27 @@ pub async fn statistics(pool: &PgPool, sel: &Selection) -> anyhow::Result<Figure
         median_days_to_closure: median,
         p90_days_to_closure: p90,
     })
+}
+
+async fn counts(conn: &mut PgConnection, sel: &Selection) -> anyhow::Result<Counts> {
+    let mut tx = conn.begin().await.context("beginning")?;
+    // No JIT compile for a statement that runs in well under a second.
+    sqlx::raw_sql("SET LOCAL jit = off").execute(&mut *tx).await?;
+    let c: Counts = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{COUNTS} {SELECTION}"))), sel)
+        .fetch_one(&mut *tx)
+        .await
+        .context("counting")?;
+    tx.commit().await?;
+    Ok(c)
+}
+
+async fn days_to_closure(conn: &mut PgConnection, sel: &Selection) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let mut tx = conn.begin().await.context("beginning")?;
+    sqlx::raw_sql("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
+    let d: (Option<f64>, Option<f64>) = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{DAYS_TO_CLOSURE} {SELECTION}) closed"))), sel)
+        .fetch_one(&mut *tx)
+        .await
+        .context("days to closure")?;
+    tx.commit().await?;
+    Ok(d)
 }

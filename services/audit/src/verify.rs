@@ -76,9 +76,9 @@ fn column_mismatch(row: &Row) -> Option<String> {
     checks.iter().find(|(_, ok)| !ok).map(|(col, _)| format!("column {col} differs from the recorded envelope"))
 }
 
-/// A read-only transaction that sees one snapshot for all its statements.
-async fn snapshot(pool: &PgPool) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await.context("beginning the verification")?;
+/// A read-only transaction on `conn` that sees one snapshot for all its statements.
+async fn snapshot(conn: &mut PgConnection) -> anyhow::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+    let mut tx = sqlx::Connection::begin(conn).await.context("beginning the verification")?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("taking a snapshot")?;
     Ok(tx)
 }
@@ -138,9 +138,14 @@ struct TreeHeadRow {
 /// What recorded tree heads say a chain's record at a position must hash to.
 type Commitments = HashMap<(i32, i64), Vec<(i64, Vec<u8>)>>;
 
-/// Verifies the whole log.
+/// Verifies the whole log, on one connection of `pool`.
 pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
-    let mut tx = snapshot(pool).await?;
+    verify_log_on(&mut *pool.acquire().await.context("acquiring a connection")?).await
+}
+
+/// Verifies the whole log on `conn`.
+pub async fn verify_log_on(conn: &mut PgConnection) -> anyhow::Result<Report> {
+    let mut tx = snapshot(conn).await?;
     let checkpoints = checkpoints(&mut tx).await?;
     let heads: HashMap<i32, ChainHead> = tree::heads(&mut tx).await?.into_iter().map(|h| (h.chain, h)).collect();
     let chains = u32::try_from(heads.len()).unwrap_or(u32::MAX);
@@ -281,9 +286,15 @@ async fn duplicate(conn: &mut PgConnection) -> anyhow::Result<Option<(i32, i64, 
     Ok(None)
 }
 
-/// Verifies one case's chain (each record against its chain predecessor too).
+/// Verifies one case's chain (each record against its chain predecessor too), on one
+/// connection of `pool`.
 pub async fn verify_case(pool: &PgPool, case_id: Uuid) -> anyhow::Result<Report> {
-    let mut tx = snapshot(pool).await?;
+    verify_case_on(&mut *pool.acquire().await.context("acquiring a connection")?, case_id).await
+}
+
+/// [`verify_case`] on `conn`.
+pub async fn verify_case_on(conn: &mut PgConnection, case_id: Uuid) -> anyhow::Result<Report> {
+    let mut tx = snapshot(conn).await?;
     let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE case_id = $1 ORDER BY chain, seq");
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(case_id).fetch_all(&mut *tx).await.context("reading the case")?;
     let mut case_prev: Vec<u8> = Vec::new();

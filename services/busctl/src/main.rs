@@ -4,7 +4,8 @@
 //! * `declare`  — declare the topology (exchanges, dead-letter queue, audit tap, inbox queues)
 //!   for the given agency nodes; idempotent;
 //! * `status`   — queue depths and consumers of the tap, the dead-letter queue and each node's
-//!   inbox, and unsent outbox rows of a database;
+//!   inbox; how far behind the audit store is and every agency service's audit gate (open or
+//!   closed and why), from the reports they publish on `<p>.audit.status`;
 //!
 //! Reading the audit store (timeline, statistics, verify) and dead letters are the operators'
 //! CLI, `duijie` (`services/cli`).
@@ -16,8 +17,11 @@ use clap::{Parser, Subcommand};
 use duijie_common::amqp::{Connector, Topology};
 use duijie_common::config::{AmqpConfig, DatabaseConfig, TopologyConfig};
 use duijie_domain::AgencyNode;
+use duijie_common::status::{self, AuditLag, GateReport};
+use futures::StreamExt as _;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "duijie-bus", about = "Operate the duijie referral bus: migrations, topology, queue status")]
@@ -57,9 +61,14 @@ enum Command {
         #[arg(required = true)]
         nodes: Vec<AgencyNode>,
     },
-    /// Show queue depths (tap, dead letters, and the inboxes of the given nodes).
+    /// Show queue depths (tap, dead letters, and the inboxes of the given nodes), the audit
+    /// store's lag and every agency service's audit gate.
     Status {
         nodes: Vec<AgencyNode>,
+        /// How long to listen for the audit service's and the gates' reports (ms; a gate reports
+        /// at every look, by default every 2 s; 0 skips them).
+        #[arg(long, default_value_t = 2500)]
+        listen_ms: u64,
     },
 }
 
@@ -96,9 +105,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = conn.close(200, "done".into()).await;
         }
         Command::Certs { dir, services, nodes } => write_dev_certs(&dir, &nodes, &services)?,
-        Command::Status { nodes } => {
+        Command::Status { nodes, listen_ms } => {
             let conn = connector.connect("status").await?;
             let ch = conn.create_channel().await?;
+            // Listen first, so that the reports arrive while the queues are looked at.
+            let reports = if listen_ms > 0 { Some(status::listen(&ch, &topology, "#", "duijie-bus status").await?) } else { None };
+            let listening = std::time::Instant::now();
             let mut queues = vec![topology.tap_queue(), topology.dead_queue()];
             queues.extend(nodes.iter().map(|n| topology.inbox_queue(n)));
             println!("{:<48} {:>10} {:>10}", "queue", "messages", "consumers");
@@ -109,10 +121,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(e) => anyhow::bail!("queue {q} is not declared ({e}); run `duijie-bus declare` first"),
                 }
             }
+            if let Some(reports) = reports {
+                let window = std::time::Duration::from_millis(listen_ms);
+                let heard = hear(reports, window.saturating_sub(listening.elapsed())).await;
+                print_reports(&heard, window);
+            }
             let _ = conn.close(200, "done".into()).await;
         }
     }
     Ok(())
+}
+
+/// The reports heard on the status exchange: the audit service's last, each gate's last.
+#[derive(Default)]
+struct Heard {
+    audit: Option<AuditLag>,
+    gates: std::collections::BTreeMap<(String, Vec<String>), GateReport>,
+}
+
+/// Collects reports for `window`.
+async fn hear(mut reports: lapin::Consumer, window: std::time::Duration) -> Heard {
+    let mut heard = Heard::default();
+    let deadline = tokio::time::sleep(window);
+    tokio::pin!(deadline);
+    loop {
+        let delivery = tokio::select! {
+            () = &mut deadline => return heard,
+            d = reports.next() => match d {
+                Some(Ok(d)) => d,
+                _ => return heard,
+            },
+        };
+        if delivery.routing_key.as_str() == status::AUDIT_LAG_KEY {
+            heard.audit = status::decode(&delivery.data).or(heard.audit);
+        } else if let Some(g) = status::decode::<GateReport>(&delivery.data) {
+            heard.gates.insert((g.service.clone(), g.nodes.clone()), g);
+        }
+    }
+}
+
+fn print_reports(heard: &Heard, window: std::time::Duration) {
+    let secs = window.as_secs_f64();
+    println!();
+    match &heard.audit {
+        None => println!("audit store: no report within {secs:.1} s (the audit service is down, or older than this tool)"),
+        Some(a) => {
+            let lag = match a.lag_ms {
+                Some(0) => "recording as messages arrive (nothing unrecorded)".to_owned(),
+                Some(ms) => format!("the oldest unrecorded message is {:.1} s old", Duration::from_millis(ms).as_secs_f64()),
+                None => "cannot tell how far behind (its consumer holds nothing while the tap holds messages)".to_owned(),
+            };
+            println!("audit store: {lag}; {} recorded since it started", a.recorded);
+        }
+    }
+    if heard.gates.is_empty() {
+        println!("audit gates: none reported within {secs:.1} s (no agency service running, or none this new)");
+        return;
+    }
+    println!("audit gates (new referrals):");
+    println!("  {:<14} {:<7} {:<20} {:>8}  nodes / reason", "service", "state", "since (UTC)", "closings");
+    for g in heard.gates.values() {
+        let state = if g.open { "open" } else { "CLOSED" };
+        println!("  {:<14} {:<7} {:<20} {:>8}  {}", g.service, state, g.since.format("%Y-%m-%d %H:%M:%S"), g.closings, g.nodes.join(" "));
+        if !g.open {
+            println!("  {:<52}  {}", "", g.reason);
+        }
+    }
 }
 
 async fn create_database_if_missing(cfg: &DatabaseConfig) -> anyhow::Result<()> {

@@ -20,12 +20,18 @@
 //! of what a seed means: a change to them must also change the case codes (the `D<seed>` tag),
 //! or a rerun against cases made by the old plans would try other steps on them. After each step the
 //! driver waits (polling `CasesService.GetCase`, with a deadline) until the other side of the handoff
-//! received every message the acting side has sent — never a fixed sleep.
+//! received every message the acting side has sent — never a fixed sleep. It looks again after
+//! 5 ms, then twice as long each time up to `poll`, so a quick handoff is seen quickly without
+//! flooding the services with reads while a slow one is awaited.
+//!
+//! The system benchmark (`duijie-system-bench`) drives its load through [`run`] and hears of every
+//! call through a [`CallObserver`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::IsTerminal as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Datelike as _;
@@ -51,8 +57,12 @@ use tonic::transport::Channel as GrpcChannel;
 use crate::error::{CliError, CliResult};
 use crate::{Ctx, output};
 
-/// How often the driver looks at the other side while waiting.
-const POLL: Duration = Duration::from_millis(100);
+/// The longest the driver waits between two looks at the other side (and between retries of a
+/// call the service could not take yet).
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// The first wait before looking at the other side again; doubled each time up to the poll cap.
+const FIRST_POLL: Duration = Duration::from_millis(5);
 
 /// `duijie demo`.
 #[derive(Args, Debug)]
@@ -84,6 +94,47 @@ pub struct DemoConfig {
     pub mixed: bool,
     pub concurrency: usize,
     pub step_timeout: Duration,
+    /// The longest wait between two looks at the other side ([`POLL`] for the command).
+    pub poll: Duration,
+    /// Hears of every gRPC call the run makes (none for the command).
+    pub observer: Option<Arc<dyn CallObserver>>,
+}
+
+/// Told of every gRPC call a demo run makes, answered or refused: what the system benchmark
+/// measures per method.
+pub trait CallObserver: Send + Sync + std::fmt::Debug {
+    /// `method` (the gRPC method name, e.g. `SignFor`, `GetCase`) answered with `code`
+    /// (`Ok` for an answer) after `took`.
+    fn answered(&self, method: &'static str, took: Duration, code: tonic::Code);
+}
+
+impl DemoConfig {
+    /// Runs `call` as `method`, telling the observer how it went.
+    async fn observed<T>(&self, method: &'static str, call: impl Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+        let started = Instant::now();
+        let answer = call.await;
+        if let Some(o) = &self.observer {
+            o.answered(method, started.elapsed(), answer.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok));
+        }
+        answer
+    }
+}
+
+/// Waits between looks: [`FIRST_POLL`], then twice as long each time, up to a cap.
+struct Backoff {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    fn new(cap: Duration) -> Self {
+        Self { next: FIRST_POLL.min(cap), cap }
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.cap);
+    }
 }
 
 /// One agency with its own certificate's channel.
@@ -541,9 +592,9 @@ fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
 
 /// Calls `f` until it answers, retrying while the service is unavailable (restarting, or new
 /// referrals paused while the audit store catches up), up to `deadline`.
-async fn call(what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) -> CliResult<CaseView> {
+async fn call(cfg: &DemoConfig, method: &'static str, what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) -> CliResult<CaseView> {
     loop {
-        match f().await {
+        match cfg.observed(method, f()).await {
             Ok(v) => return Ok(v),
             Err(s) => {
                 let e = CliError::from_status(what, &s);
@@ -552,17 +603,18 @@ async fn call(what: &str, deadline: Instant, mut f: impl FnMut() -> CallFuture) 
                 }
             }
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(cfg.poll).await;
     }
 }
 
 /// Waits until `other` has received every message `view`'s agency has sent in the case.
-async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<CaseView> {
+async fn sync(cfg: &DemoConfig, view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<CaseView> {
     // Only what went to `other`: a hand-over also sends the case to the next committee.
     let sent: Vec<&str> =
         view.timeline.iter().filter(|e| e.direction == "out" && other.who.is(e.recipient.as_ref())).map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
-    let read = || async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) };
+    let read = || cfg.observed("GetCase", async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) });
+    let mut poll = Backoff::new(cfg.poll);
     loop {
         match read().await {
             // A view is one snapshot: the state shown is the one after those messages.
@@ -575,15 +627,17 @@ async fn sync(view: &CaseView, other: &Agent, deadline: Instant) -> CliResult<Ca
         if Instant::now() >= deadline {
             return Err(CliError::Unavailable(format!("timed out waiting for {} to receive what was sent in case {}", other.who, view.case_code)));
         }
-        tokio::time::sleep(POLL).await;
+        poll.wait().await;
     }
 }
 
 /// Waits until `new_holder` holds the case handed to it.
-async fn held_by(view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliResult<CaseView> {
+async fn held_by(cfg: &DemoConfig, view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliResult<CaseView> {
     let what = format!("reading case {} as {}", view.case_code, new_holder.who);
+    let mut poll = Backoff::new(cfg.poll);
     loop {
-        match new_holder.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) {
+        let read = async { new_holder.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) };
+        match cfg.observed("GetCase", read).await {
             Ok(v) if !v.handed_on => return Ok(v),
             Ok(_) => {}
             // Until the hand-over arrives the case is the old holder's, which the same
@@ -594,7 +648,7 @@ async fn held_by(view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliR
         if Instant::now() >= deadline {
             return Err(CliError::Unavailable(format!("timed out waiting for {} to take case {}", new_holder.who, view.case_code)));
         }
-        tokio::time::sleep(POLL).await;
+        poll.wait().await;
     }
 }
 
@@ -734,19 +788,19 @@ impl Agencies {
     }
 
     /// Drives one case; `report` is filled in as it goes, so a failure still says how far it got.
-    async fn drive(&self, plan: &CasePlan, step_timeout: Duration, report: &mut CaseReport) -> CliResult<()> {
+    async fn drive(&self, plan: &CasePlan, cfg: &DemoConfig, report: &mut CaseReport) -> CliResult<()> {
         let referrer = self.agent(plan.referrer);
         let mut desk = plan.holder;
         let mut holder = self.agent(desk);
-        let deadline = || Instant::now() + step_timeout;
+        let deadline = || Instant::now() + cfg.step_timeout;
         let submit = SubmitReferralRequest { to: Some(AgencyRef::from(&holder.who)), case_code: plan.case_code.clone(), referral: Some(plan.referral.clone()) };
-        let view = call(&format!("submitting {}", plan.case_code), deadline(), || {
+        let view = call(cfg, "SubmitReferral", &format!("submitting {}", plan.case_code), deadline(), || {
             let (mut r, req) = (referrer.referrals(), submit.clone());
             Box::pin(async move { r.submit_referral(req).await.and_then(answered_case) })
         })
         .await?;
         report.case_id = Some(view.case_id.clone());
-        let mut last = sync(&view, holder, deadline()).await?;
+        let mut last = sync(cfg, &view, holder, deadline()).await?;
         report.state = Some(last.state.clone());
         for (i, step) in plan.steps.iter().copied().take(plan.stop).enumerate() {
             let (actor, other) = match step.action()?.side {
@@ -758,13 +812,13 @@ impl Agencies {
             let what = format!("{label} of {} as {}", plan.case_code, actor.who);
             // Every step carries its key: a rerun of the seed is answered with the case as it
             // is, nothing sent twice (the services keep the keys).
-            let acted = call(&what, deadline(), self.request(plan, desk, step, &view.case_id, &key)).await?;
-            last = sync(&acted, other, deadline()).await?;
+            let acted = call(cfg, step.action()?.rpc, &what, deadline(), self.request(plan, desk, step, &view.case_id, &key)).await?;
+            last = sync(cfg, &acted, other, deadline()).await?;
             if let Step::HandOn { .. } = step {
                 // The town committee holds the case from now on, once the hand-over reached it.
                 desk = Desk::Town;
                 holder = self.agent(desk);
-                last = held_by(&acted, holder, deadline()).await?;
+                last = held_by(cfg, &acted, holder, deadline()).await?;
             }
             report.steps_done = i + 1;
             report.state = Some(last.state.clone());
@@ -793,7 +847,7 @@ pub async fn run(agencies: &Agencies, cfg: &DemoConfig, progress: &ProgressBar) 
                 state: None,
                 error: None,
             };
-            if let Err(e) = agencies.drive(plan, cfg.step_timeout, &mut report).await {
+            if let Err(e) = agencies.drive(plan, cfg, &mut report).await {
                 progress.suspend(|| eprintln!("duijie: demo case {} failed after {} step(s): {e}", plan.case_code, report.steps_done));
                 report.error = Some(e);
             }
@@ -815,7 +869,15 @@ pub async fn run_cli(ctx: &Ctx, args: DemoArgs) -> CliResult<()> {
         return Err(CliError::Usage("--cases must be at least 1".into()));
     }
     let seed = args.seed.unwrap_or_else(|| rand::rng().random_range(1..100_000));
-    let cfg = DemoConfig { cases: args.cases, seed, mixed: args.mixed, concurrency: args.concurrency, step_timeout: Duration::from_secs(args.step_timeout_secs) };
+    let cfg = DemoConfig {
+        cases: args.cases,
+        seed,
+        mixed: args.mixed,
+        concurrency: args.concurrency,
+        step_timeout: Duration::from_secs(args.step_timeout_secs),
+        poll: POLL,
+        observer: None,
+    };
     let agencies = Agencies::from_ctx(ctx)?;
     let progress = ProgressBar::with_draw_target(
         Some(u64::from(cfg.cases)),
@@ -873,7 +935,7 @@ mod tests {
     use super::*;
 
     fn cfg(seed: u64, mixed: bool) -> DemoConfig {
-        DemoConfig { cases: 12, seed, mixed, concurrency: 1, step_timeout: Duration::from_secs(1) }
+        DemoConfig { cases: 12, seed, mixed, concurrency: 1, step_timeout: Duration::from_secs(1), poll: POLL, observer: None }
     }
 
     #[test]

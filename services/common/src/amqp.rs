@@ -5,6 +5,7 @@
 //! <p>.handoff  (topic)  ──<kind>.<code>.*──▶ <p>.inbox.<kind>.<code>   (quorum; one per agency node)
 //!                       ──<kind>.<code>.*──▶ <p>.audit.tap             (quorum; a copy of every handoff)
 //! <p>.dead     (fanout) ──────────────────▶ <p>.dead                   (quorum; poison messages with reasons)
+//! <p>.audit.status (topic) ──audit.lag, gate.<service>──▶ each reader's own exclusive queue
 //! ```
 //!
 //! The tap is bound with each agency's pattern rather than `#` so that `mandatory` still
@@ -79,6 +80,20 @@ impl Topology {
         format!("{}.dead", self.cfg.prefix)
     }
 
+    /// The topic exchange of the reports about the audit store: the audit service's lag and
+    /// every agency service's gate ([`crate::status`]).
+    pub fn status_exchange(&self) -> String {
+        format!("{}.audit.status", self.cfg.prefix)
+    }
+
+    /// Declares the status exchange (idempotent). Its readers bind queues of their own.
+    pub async fn declare_status(&self, ch: &Channel) -> anyhow::Result<()> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare(self.status_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .context("declaring the audit status exchange")
+    }
+
     /// The audit tap queue.
     pub fn tap_queue(&self) -> String {
         format!("{}.audit.tap", self.cfg.prefix)
@@ -107,8 +122,8 @@ impl Topology {
         args
     }
 
-    /// Declares exchanges, the dead queue, the tap, and the inbox queue of each node with its
-    /// bindings (to its own queue and to the tap). Idempotent.
+    /// Declares exchanges (also the status exchange), the dead queue, the tap, and the inbox
+    /// queue of each node with its bindings (to its own queue and to the tap). Idempotent.
     pub async fn declare(&self, ch: &Channel, nodes: &[AgencyNode]) -> anyhow::Result<()> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         ch.exchange_declare(self.handoff_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
@@ -117,6 +132,7 @@ impl Topology {
         ch.exchange_declare(self.dead_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
             .await
             .context("declaring the dead-letter exchange")?;
+        self.declare_status(ch).await?;
 
         let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
         let mut dead_args = FieldTable::default();

@@ -38,13 +38,37 @@ pub struct DatabaseConfig {
     pub database: String,
     #[serde(default)]
     pub require_ssl: bool,
-    /// Upper bound on pooled connections.
+    /// Every connection this process may hold to the database. A service splits them into two
+    /// pools ([`crate::db::ServicePools`]): `bus_connections` for the bus work and the rest for
+    /// its gRPC calls; a tool or test with one pool ([`crate::db::pool`]) uses them all.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Of `max_connections`, the connections a service reserves for the bus work (outbox relay,
+    /// inbox consumers, inbox pruning; the audit service's deadline watcher and retention), so
+    /// that gRPC calls cannot starve it. At least 1, less than `max_connections`.
+    #[serde(default = "default_bus_connections")]
+    pub bus_connections: u32,
+    /// How long a bus task waits for a connection, and a connection may take to open, before
+    /// the database counts as unreachable (ms).
+    #[serde(default = "default_acquire_timeout", with = "duration_ms")]
+    pub acquire_timeout_ms: Duration,
+    /// How long a gRPC call waits for its turn at a connection of the calls' pool, every one
+    /// being in use by other calls, before it is answered "busy" (`UNAVAILABLE`, retry; ms). See
+    /// [`crate::db::ApiPool`].
+    #[serde(default = "default_acquire_timeout", with = "duration_ms")]
+    pub busy_after_ms: Duration,
 }
 
 fn default_max_connections() -> u32 {
     10
+}
+
+fn default_bus_connections() -> u32 {
+    3
+}
+
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl DatabaseConfig {
@@ -64,6 +88,18 @@ impl DatabaseConfig {
             .ssl_mode(if self.require_ssl { PgSslMode::Require } else { PgSslMode::Prefer })
     }
 
+    /// The sizes of a service's two pools ([`crate::db::ServicePools`]): `(calls, bus)`, that is
+    /// `(max_connections - bus_connections, bus_connections)`; refused if either would be empty.
+    pub fn pool_sizes(&self) -> anyhow::Result<(u32, u32)> {
+        let (max, bus) = (self.max_connections, self.bus_connections);
+        anyhow::ensure!(
+            bus >= 1 && bus < max,
+            "database.bus_connections ({bus}) must be at least 1 and less than database.max_connections ({max}), \
+             which leaves the gRPC calls the rest"
+        );
+        Ok((max - bus, bus))
+    }
+
     /// Parses `postgres://user:password@host:port/database`, the form the stack script prints.
     pub fn from_url(url: &str) -> anyhow::Result<Self> {
         let opts: PgConnectOptions = url.parse().context("parsing a PostgreSQL URL")?;
@@ -81,6 +117,9 @@ impl DatabaseConfig {
             database: opts.get_database().unwrap_or("postgres").to_owned(),
             require_ssl: false,
             max_connections: default_max_connections(),
+            bus_connections: default_bus_connections(),
+            acquire_timeout_ms: default_acquire_timeout(),
+            busy_after_ms: default_acquire_timeout(),
         })
     }
 }
@@ -129,8 +168,9 @@ pub struct RelayConfig {
     /// confirming); the batch is then published again after reconnecting.
     #[serde(with = "duration_ms")]
     pub confirm_timeout: Duration,
-    /// How often an idle relay looks for new rows (a [`crate::outbox::RelayWaker`] wakes it
-    /// sooner). A full batch is followed by the next one at once.
+    /// How often an idle relay looks for rows nobody woke it for: staged by another process on
+    /// the same database or left by a relay that crashed. Its own process's commits wake it at
+    /// once ([`crate::outbox::RelayWaker`]), and a full batch is followed by the next one at once.
     #[serde(with = "duration_ms")]
     pub poll_interval: Duration,
     /// First delay before republishing a row the broker returned or refused; doubles per attempt.
@@ -146,7 +186,7 @@ impl Default for RelayConfig {
         Self {
             batch_size: 250,
             confirm_timeout: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(20),
+            poll_interval: Duration::from_secs(1),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
         }
@@ -200,4 +240,40 @@ pub fn load<T: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<T> {
         .context("reading configuration")?
         .try_deserialize()
         .context("configuration does not match the expected shape")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The six services of the local stack hold at most 41 connections, each split so that its
+    /// calls and its bus work both have some (README, "Database connections").
+    #[test]
+    fn the_local_stack_keeps_to_its_connection_budget() -> anyhow::Result<()> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut total = 0;
+        for service in ["audit", "court", "procuratorate", "police", "petition", "mediation"] {
+            let db: DatabaseConfig = config::Config::builder()
+                .add_source(config::File::from(dir.join(service).join("base.yaml")))
+                .set_override("database.password", "not read from the file")?
+                .build()?
+                .get("database")?;
+            let (calls, bus) = db.pool_sizes().with_context(|| service.to_owned())?;
+            assert!(calls >= 4 && bus >= 2, "{service}: {calls} for calls, {bus} for the bus");
+            total += db.max_connections;
+        }
+        assert_eq!(total, 41);
+        Ok(())
+    }
+
+    #[test]
+    fn a_split_that_leaves_a_side_without_connections_is_refused() -> anyhow::Result<()> {
+        let mut db = DatabaseConfig::from_url("postgres://u:p@localhost:5432/d")?;
+        assert_eq!(db.pool_sizes()?, (7, 3));
+        db.bus_connections = 10;
+        assert!(db.pool_sizes().is_err());
+        db.bus_connections = 0;
+        assert!(db.pool_sizes().is_err());
+        Ok(())
+    }
 }

@@ -111,6 +111,22 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Sessions restarted after losing the broker.
     pub restarts: AtomicU64,
+    /// Publish time (AMQP `timestamp`, seconds since the epoch) of the oldest delivery taken and
+    /// not yet acked; 0 once the consumer waits for the broker with nothing in hand. A session
+    /// that ends holding a batch leaves it set: those messages come again. How the audit service
+    /// tells how far behind it is ([`ConsumerStats::holding_since`]).
+    pub oldest_held: AtomicU64,
+}
+
+impl ConsumerStats {
+    /// Since when (publish time, whole seconds) the oldest message in hand has waited; `None`
+    /// while the consumer holds nothing.
+    pub fn holding_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self.oldest_held.load(Ordering::Relaxed) {
+            0 => None,
+            s => chrono::DateTime::from_timestamp(i64::try_from(s).ok()?, 0),
+        }
+    }
 }
 
 /// Result of applying one message.
@@ -350,12 +366,24 @@ impl<H: Handler> Consumer<H> {
             .with_context(|| format!("consuming {}", self.queue))?;
         tracing::info!(consumer = %self.name, queue = %self.queue, "consumer connected");
         loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => {
-                    let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
+            if shutdown.is_cancelled() {
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+            let first = match deliveries.next().now_or_never() {
+                Some(d) => d,
+                None => {
+                    // Nothing buffered: everything delivered so far is acked. (Cleared here, not
+                    // at the ack, so that between two batches the next one never reads as none.)
+                    self.stats.oldest_held.store(0, Ordering::Relaxed);
+                    tokio::select! {
+                        () = shutdown.cancelled() => {
+                            let _ = conn.close(200, "shutdown".into()).await;
+                            return Ok(());
+                        }
+                        d = deliveries.next() => d,
+                    }
                 }
-                d = deliveries.next() => d,
             };
             let Some(first) = first else { anyhow::bail!("the broker ended the consumer") };
             let mut batch = vec![first.context("receiving a delivery")?];
@@ -367,6 +395,9 @@ impl<H: Handler> Consumer<H> {
                     None => break,
                 }
             }
+            let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+            let oldest = batch.iter().map(|d| d.properties.timestamp().unwrap_or(now)).min().unwrap_or(now);
+            self.stats.oldest_held.store(oldest.max(1), Ordering::Relaxed);
             if !self.process(&ch, &dead_ch, batch, shutdown).await? {
                 let _ = conn.close(200, "shutdown".into()).await;
                 return Ok(());

@@ -124,17 +124,52 @@ impl From<ApiError> for Status {
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Unexpected(e) => {
+                // Every connection for calls in use: load, not a fault. Retry in a moment.
+                if let Some(busy) = e.chain().find_map(|c| c.downcast_ref::<crate::db::Busy>()) {
+                    tracing::warn!(
+                        connections = busy.connections,
+                        waited_ms = busy.waited.as_millis() as u64,
+                        error = format!("{e:#}"),
+                        "service busy: no database connection for the call; answered UNAVAILABLE (retry)"
+                    );
+                    return busy_status();
+                }
                 // A database that is restarting or unreachable is a reason to retry, not a bug.
                 let outage = e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(crate::db::is_outage));
                 tracing::error!(error = format!("{e:#}"), outage, "request failed");
                 if outage {
-                    Status::unavailable("a dependency is unavailable; the request was not completed, retry later")
+                    Status::unavailable(OUTAGE_MESSAGE)
                 } else {
                     Status::internal("internal error; the request was not completed")
                 }
             }
         }
     }
+}
+
+/// The answer of a busy service (`UNAVAILABLE`): every database connection for calls stayed in
+/// use by other calls for the whole wait ([`crate::db::Busy`]). It carries a
+/// `google.rpc.ErrorInfo` with reason [`BUSY_REASON`] and a `google.rpc.RetryInfo`.
+pub const BUSY_MESSAGE: &str = "the service is busy; the request was not completed, retry in a moment";
+
+/// `google.rpc.ErrorInfo.reason` of a busy answer (domain `duijie`).
+pub const BUSY_REASON: &str = "SERVICE_BUSY";
+
+/// How long a busy answer suggests waiting before the retry (`google.rpc.RetryInfo`).
+pub const BUSY_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The answer (`UNAVAILABLE`) when the database cannot be reached or is restarting.
+pub const OUTAGE_MESSAGE: &str = "a dependency is unavailable; the request was not completed, retry later";
+
+fn busy_status() -> Status {
+    let mut details = ErrorDetails::with_error_info(BUSY_REASON, "duijie", std::collections::HashMap::new());
+    details.set_retry_info(Some(BUSY_RETRY_DELAY));
+    Status::with_error_details(Code::Unavailable, BUSY_MESSAGE, details)
+}
+
+/// Whether `status` is a busy answer ([`BUSY_MESSAGE`]), as opposed to an outage or a closed gate.
+pub fn is_busy(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.get_error_details().error_info().is_some_and(|i| i.reason == BUSY_REASON)
 }
 
 /// The agency named by the caller's client certificate: subject common name `<kind>:<code>`.
@@ -183,6 +218,22 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    serve_with_health(service, listener, routes.add_service(health_service), health, tls, shutdown, grace).await
+}
+
+/// [`serve`] with a health service the caller made ([`tonic_health::server::health_reporter`]) and
+/// already added to `routes`, so that it can report named services beside the overall status
+/// (`""`, which this function sets SERVING, and NOT_SERVING at shutdown): the agency services
+/// report their audit gate as `duijie.audit_gate`.
+pub async fn serve_with_health(
+    service: &str,
+    listener: TcpListener,
+    routes: Routes,
+    health: tonic_health::server::HealthReporter,
+    tls: &TlsPem,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(duijie_proto::FILE_DESCRIPTOR_SET)
@@ -190,7 +241,6 @@ pub async fn serve(
         .build_v1()
         .context("building the reflection service")?;
     let routes = routes
-        .add_service(health_service)
         .add_service(reflection)
         .add_service(SessionServiceServer::new(SessionApi { service: service.to_owned() }));
     let tls = ServerTlsConfig::new()
@@ -251,5 +301,23 @@ mod tests {
         let internal = Status::from(ApiError::Unexpected(anyhow::anyhow!("password=secret in a DSN")));
         assert_eq!(internal.code(), Code::Internal);
         assert!(!internal.message().contains("secret"), "internals never reach the caller");
+    }
+
+    #[test]
+    fn a_busy_service_and_an_unreachable_database_answer_differently() {
+        let busy = crate::db::Busy { connections: 6, waited: Duration::from_secs(5) };
+        let status = Status::from(ApiError::Unexpected(anyhow::Error::new(busy).context("beginning a transaction")));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), BUSY_MESSAGE);
+        assert!(is_busy(&status));
+        assert_eq!(status.get_error_details().retry_info().and_then(|r| r.retry_delay), Some(BUSY_RETRY_DELAY));
+
+        // With a slot held, a pool that cannot connect times out: the database is down.
+        let down = Status::from(ApiError::Unexpected(anyhow::Error::new(sqlx::Error::PoolTimedOut).context("connecting to the database")));
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(down.message(), OUTAGE_MESSAGE);
+        assert!(!is_busy(&down));
+        // A closed audit gate is UNAVAILABLE too, and not "busy".
+        assert!(!is_busy(&Status::from(ApiError::Unavailable("new referrals are paused".into()))));
     }
 }

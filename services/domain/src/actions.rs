@@ -6,8 +6,6 @@
 
 use duijie_proto::v1::{AgencyKind, Channel, MessageKind};
 
-use crate::agency::AgencyNode;
-use crate::case::{Case, Role};
 use crate::lifecycle::CaseState;
 
 /// Which end of the handoff takes an action.
@@ -209,16 +207,6 @@ impl Action {
             _ => open,
         }
     }
-}
-
-/// The actions `me` may take on `case` in situation `at`, in table order.
-pub fn offered(case: &Case, me: &AgencyNode, at: Situation) -> Vec<&'static Action> {
-    let side = match case.role_of(me) {
-        Role::Referrer => Side::Referrer,
-        Role::Holder => Side::Holder,
-        Role::Other => return Vec::new(),
-    };
-    ACTIONS.iter().filter(|a| a.offered(side, me.kind(), at)).collect()
 }
 
 #[cfg(test)]

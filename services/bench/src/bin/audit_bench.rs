@@ -9,16 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use duijie_bench::append::{AppendShape, append_rate, node, templates};
 use duijie_common::CancellationToken;
-use duijie_domain::AgencyNode;
 use duijie_common::certs::DevCa;
 use duijie_common::config::DatabaseConfig;
-use duijie_common::envelope::{self, Header};
 use duijie_proto::v1::audit_service_client::AuditServiceClient;
-use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::*;
 use hdrhistogram::Histogram;
-use prost::Message as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -60,72 +57,6 @@ struct Args {
     database: String,
     #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie", hide_env_values = true)]
     database_url: String,
-}
-
-fn node(kind: AgencyKind, code: &str) -> anyhow::Result<AgencyNode> {
-    Ok(AgencyNode::new(kind, code)?)
-}
-
-/// Encoded envelopes of typical size for the kinds a case goes through; the generated records
-/// reuse them (the benchmark reads records, it does not verify them).
-fn templates() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let header = Header {
-        case_id: Uuid::now_v7(),
-        case_code: "JF-431003-2026-000001".into(),
-        channel: Channel::Court,
-        sender: node(AgencyKind::Court, "431003")?,
-        recipient: node(AgencyKind::Mediation, "431003")?,
-        causation_id: Some(Uuid::now_v7()),
-    };
-    let party = |id: &str, name: &str| Party {
-        party_id: id.into(),
-        role: PartyRole::Plaintiff as i32,
-        name: name.into(),
-        identity: Some(IdentityDocument { document_type: IdDocumentType::ResidentIdCard as i32, number: "11010519491231002X".into() }),
-        contact: "13800000000".into(),
-        address: "湖南省郴州市北湖区人民路1号".into(),
-        ..Default::default()
-    };
-    let payloads = vec![
-        Payload::Referral(Referral {
-            legal_basis: "《民事诉讼法》第一百二十五条".into(),
-            parties: vec![party("p1", "张三"), party("p2", "李四")],
-            cause_of_action: "民间借贷纠纷".into(),
-            facts: "2024年3月被告向原告借款5万元，约定一年内归还，至今未还。原告多次催要未果，诉至法院。".into(),
-            claims: vec!["判令被告归还借款50000元".into(), "承担诉讼费用".into()],
-            amount: Some(Money { currency: "CNY".into(), minor_units: 5_000_000 }),
-            clock_policy: Some(ClockPolicy { kind: ClockPolicyKind::CourtOrdinary as i32, ..Default::default() }),
-            client_request_id: "court-431003-req-000001".into(),
-            ..Default::default()
-        }),
-        Payload::DeliveryEvidence(DeliveryEvidence {
-            evidence_type: EvidenceType::Delivered as i32,
-            message_id: Uuid::now_v7().to_string(),
-            message_kind: MessageKind::Referral as i32,
-            consumer: "mediation:431003".into(),
-            ..Default::default()
-        }),
-        Payload::Receipt(Receipt { signed_by: "王明".into(), signer_position: "收案员".into(), ..Default::default() }),
-        Payload::Accept(Accept { accepted_by: "王明".into(), local_reference: "北调受字〔2026〕123号".into(), ..Default::default() }),
-        Payload::Assignment(Assignment { mediator: Some(Mediator { mediator_id: "M-07".into(), name: "赵调解".into(), ..Default::default() }), ..Default::default() }),
-        Payload::Progress(Progress { summary: "已分别约谈双方当事人，初步了解争议焦点。".into(), sessions_held: 1, ..Default::default() }),
-        Payload::Outcome(Outcome {
-            kind: Some(outcome::Kind::Settled(outcome::Settled {
-                terms: vec!["被告于三十日内归还借款50000元".into(), "原告放弃利息请求".into()],
-                ..Default::default()
-            })),
-        }),
-        Payload::Performance(Performance { status: PerformanceStatus::Performed as i32, ..Default::default() }),
-        Payload::FollowUp(FollowUp { conducted_by: "赵调解".into(), summary: "双方对结果满意".into(), ..Default::default() }),
-        Payload::Closure(Closure { basis: ClosureBasis::Performed as i32, summary: "案结事了".into(), closed_by: "王明".into() }),
-    ];
-    Ok(payloads
-        .into_iter()
-        .map(|p| {
-            let env = envelope::build(&header, p);
-            (env.kind().routing_segment().to_owned(), env.encode_to_vec())
-        })
-        .collect())
 }
 
 /// Consecutive stretches of the log, each with its own set of cases.
@@ -248,7 +179,19 @@ async fn fill(pool: &PgPool, records: i64, per_case: i64) -> anyhow::Result<()> 
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.append {
-        return append_rate(&args, n).await;
+        let shape = AppendShape { batch: args.batch, chains: args.chains, writers: args.writers };
+        let rate = append_rate(&args.database_url, &args.database, n, shape).await?;
+        println!(
+            "audit append rate: {n} envelopes in {:.1} s = {:.0} envelopes/s ({:.3} ms each), {} cases, batches of {}, {} chains, {} writers (log verified)",
+            rate.seconds,
+            rate.per_second(),
+            rate.seconds * 1000.0 / n as f64,
+            rate.cases,
+            shape.batch,
+            shape.chains,
+            shape.writers
+        );
+        return Ok(());
     }
     anyhow::ensure!(
         args.per_case > 0 && args.records % (args.per_case * BLOCKS) == 0,
@@ -373,83 +316,5 @@ async fn main() -> anyhow::Result<()> {
     );
     shutdown.cancel();
     let _ = server.await;
-    Ok(())
-}
-
-/// Appends `n` envelopes (cases of ten messages, interleaved as on the bus) through
-/// `AuditStore::append_batch`, `--batch` per transaction, by `--writers` concurrent writers,
-/// and prints the rate.
-async fn append_rate(args: &Args, n: usize) -> anyhow::Result<()> {
-    let admin = DatabaseConfig::from_url(&args.database_url)?;
-    let name = format!("{}_append", args.database);
-    let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut conn).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut conn).await?;
-    let writers = args.writers.max(1);
-    let max_connections = u32::try_from(writers + 1).unwrap_or(u32::MAX);
-    let pool = duijie_common::db::pool(&DatabaseConfig { database: name.clone(), max_connections, ..admin });
-    duijie_audit::migrator().run(&pool).await.context("migrating")?;
-    duijie_audit::store::ensure_chains(&mut *pool.acquire().await?, args.chains).await?;
-    let kinds = templates()?;
-    let cases: Vec<Uuid> = (0..n.div_ceil(10).max(1)).map(|_| Uuid::now_v7()).collect();
-    let (court, centre) = (node(AgencyKind::Court, "431003")?, node(AgencyKind::Mediation, "431003")?);
-    // Message i is the (i / cases)-th message of case i % cases, so every case's messages are
-    // spread over the run, as concurrent cases are on the bus.
-    let envs: Vec<Envelope> = (0..n)
-        .map(|i| {
-            let case = cases[i % cases.len()];
-            let k = (i / cases.len()) % kinds.len();
-            let mut env = Envelope::decode(kinds[k].1.as_slice())?;
-            let referrer_speaks = k == 0;
-            env.message_id = Uuid::now_v7().to_string();
-            env.case_id = case.to_string();
-            env.sender = Some(AgencyRef::from(if referrer_speaks { &court } else { &centre }));
-            env.recipient = Some(AgencyRef::from(if referrer_speaks { &centre } else { &court }));
-            anyhow::Ok(env)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let store = duijie_audit::store::AuditStore::default().with_chains(args.chains);
-    // Each writer takes the cases of its chains (as a tap partitioned by case would give it),
-    // or every writers-th case when there are fewer chains than writers.
-    let share = |env: &Envelope| -> usize {
-        let case = Uuid::parse_str(&env.case_id).unwrap_or_default();
-        let chain = usize::try_from(duijie_audit::store::chain_of(case, args.chains)).unwrap_or(0);
-        if args.chains as usize >= writers { chain % writers } else { (case.as_u64_pair().1 as usize) % writers }
-    };
-    let mut shares: Vec<Vec<Envelope>> = vec![Vec::new(); writers];
-    for env in envs {
-        let w = share(&env);
-        shares[w].push(env);
-    }
-    let batch = args.batch.max(1);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for envs in shares {
-        let (pool, store) = (pool.clone(), store.clone());
-        tasks.spawn(async move {
-            for chunk in envs.chunks(batch) {
-                let mut tx = pool.begin().await?;
-                let refs: Vec<&Envelope> = chunk.iter().collect();
-                store.append_batch(&mut tx, &refs).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                tx.commit().await?;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let report = duijie_audit::verify::verify_log(&pool).await?;
-    anyhow::ensure!(report.ok() && report.records_checked == n as u64, "the log does not verify after the run: {report:?}");
-    println!(
-        "audit append rate: {n} envelopes in {secs:.1} s = {:.0} envelopes/s ({:.3} ms each), {} cases, batches of {batch}, {} chains, {writers} writers (log verified)",
-        n as f64 / secs,
-        secs * 1000.0 / n as f64,
-        cases.len(),
-        args.chains
-    );
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))).execute(&mut conn).await?;
     Ok(())
 }

@@ -1,0 +1,87 @@
+//! How far behind the audit store is, told to the agency services' audit gates. The audit service
+//! is the one place that knows what it has recorded: its tap consumer keeps the publish time (the
+//! relay's AMQP `timestamp`) of the oldest message it holds and has not acked
+//! ([`ConsumerStats::holding_since`]), and the tap is consumed in order, so that message is the
+//! oldest unrecorded one. Every `audit.status_interval_ms` this task publishes an
+//! [`AuditLag`] on `<p>.audit.status` (routing key `audit.lag`). Nothing here reads the tap's
+//! messages: with nothing in hand it only asks the broker how many wait (a passive declare).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use duijie_common::CancellationToken;
+use duijie_common::amqp::{Connector, Topology};
+use duijie_common::backoff::Backoff;
+use duijie_common::inbox::ConsumerStats;
+use duijie_common::reconnect::run_sessions;
+use duijie_common::status::{self, AUDIT_LAG_KEY, AuditLag};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+
+/// The lag reported: the age of the oldest message in hand (`holding_since`); with none in hand,
+/// 0 if the tap is empty, else `None` — the messages waiting there have not reached the consumer
+/// (it is not consuming, or has just started), so their age cannot be told from here.
+pub fn lag_ms(now: DateTime<Utc>, holding_since: Option<DateTime<Utc>>, tap_waiting: Option<u32>) -> Option<u64> {
+    match (holding_since, tap_waiting) {
+        (Some(since), _) => Some(u64::try_from((now - since).num_milliseconds()).unwrap_or(0)),
+        (None, Some(0)) => Some(0),
+        (None, _) => None,
+    }
+}
+
+/// Publishes the lag of `consumer` (the tap consumer) every `interval` until `shutdown`, on a
+/// connection of its own (a session of the shared reconnect loop).
+pub async fn run(connector: Connector, topology: Topology, consumer: Arc<ConsumerStats>, interval: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let backoff = Backoff::new(Duration::from_millis(100).min(interval), interval.max(Duration::from_secs(1)));
+    let (connector, topology, consumer, token) = (&connector, &topology, &consumer, &shutdown);
+    run_sessions("audit status", token, backoff, move |_| session(connector, topology, consumer, interval, token)).await;
+    Ok(())
+}
+
+async fn session(connector: &Connector, topology: &Topology, consumer: &ConsumerStats, interval: Duration, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let conn = connector.connect("audit status").await?;
+    let ch = conn.create_channel().await.context("opening the audit status channel")?;
+    topology.declare_status(&ch).await?;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = conn.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+            _ = tick.tick() => {}
+        }
+        let holding = consumer.holding_since();
+        let waiting = match holding {
+            Some(_) => None,
+            None => {
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                let tap = ch.queue_declare(topology.tap_queue().into(), passive, FieldTable::default()).await.context("looking at the audit tap")?;
+                Some(tap.message_count())
+            }
+        };
+        let now = Utc::now();
+        let report = AuditLag { at: now, lag_ms: lag_ms(now, holding, waiting), recorded: consumer.applied.load(Ordering::Relaxed) };
+        status::publish(&ch, topology, AUDIT_LAG_KEY, &report).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_the_age_of_the_oldest_message_in_hand_or_nothing_when_all_is_recorded() {
+        let now = Utc::now();
+        let since = now - chrono::Duration::milliseconds(7_250);
+        assert_eq!(lag_ms(now, Some(since), None), Some(7_250));
+        assert_eq!(lag_ms(now, Some(since), Some(30)), Some(7_250), "what waits in the tap is younger");
+        assert_eq!(lag_ms(now, None, Some(0)), Some(0));
+        assert_eq!(lag_ms(now, None, Some(3)), None, "waiting in the tap, not in hand: cannot tell");
+        assert_eq!(lag_ms(now, Some(now + chrono::Duration::seconds(1)), None), Some(0), "a clock ahead of ours is no lag");
+    }
+}

@@ -1,0 +1,319 @@
+//! The real stack as production runs it: the audit service and the five agency services as
+//! separate processes (the release binaries next to the benchmark's own), each started from its
+//! configuration file in `config/<service>` as `scripts/run.sh` does, with what must differ
+//! from the local stack given through `DUIJIE_*` variables: a fresh database per service, a fresh
+//! topology prefix, a development CA of its own and any free port. Logs go to
+//! `target/sysbench/<id>/<service>.log`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use duijie_cli::demo::{Agencies, Agent};
+use duijie_common::amqp::{Connector, Topology};
+use duijie_common::certs::DevCa;
+use duijie_common::config::{AmqpConfig, DatabaseConfig, TopologyConfig};
+use duijie_domain::AgencyNode;
+use duijie_proto::v1::AgencyKind;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use secrecy::ExposeSecret as _;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The services of the stack, the audit service first (agency services take new referrals
+/// only while it records). The console is left out: it serves browsers and does nothing on its
+/// own.
+pub const SERVICES: [&str; 6] = ["audit", "court", "procuratorate", "police", "petition", "mediation"];
+
+/// The agencies the services act for (`config/<service>/base.yaml`) and the demo drives.
+pub fn demo_nodes() -> anyhow::Result<Vec<AgencyNode>> {
+    [
+        (AgencyKind::Court, "431003"),
+        (AgencyKind::Procuratorate, "431003"),
+        (AgencyKind::Police, "431003-01"),
+        (AgencyKind::Petition, "431003"),
+        (AgencyKind::Mediation, "431003"),
+        (AgencyKind::Mediation, "431003-102"),
+        (AgencyKind::Mediation, "431003-102-05"),
+    ]
+    .into_iter()
+    .map(|(kind, code)| Ok(AgencyNode::new(kind, code)?))
+    .collect()
+}
+
+/// Where the stack runs and what it runs on.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The directory holding the service binaries (`duijie-<service>`).
+    pub bin_dir: PathBuf,
+    /// The repository root: `config/<service>` and `config/directory.yaml` are read from here.
+    pub root: PathBuf,
+    pub amqp_url: String,
+    pub database_url: String,
+}
+
+/// One running service process.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    pub name: &'static str,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    /// Its database.
+    pub pool: PgPool,
+    child: tokio::process::Child,
+}
+
+/// The running stack.
+#[derive(Debug)]
+pub struct ProcessStack {
+    /// Names this run's databases (`sysbench_<id>_<service>`), prefix and directory.
+    pub id: String,
+    /// The topology prefix, `sysbench<id>`.
+    pub prefix: String,
+    pub topology: Topology,
+    pub connector: Connector,
+    pub dir: PathBuf,
+    pub services: Vec<ServiceProcess>,
+    pub ca: DevCa,
+    admin: DatabaseConfig,
+    databases: Vec<String>,
+}
+
+impl ProcessStack {
+    /// Creates the databases, declares the topology, writes the certificates and starts every
+    /// service; returns once each listens.
+    pub async fn start(opts: &StackOptions) -> anyhow::Result<Self> {
+        for svc in SERVICES {
+            let bin = opts.bin_dir.join(format!("duijie-{svc}"));
+            anyhow::ensure!(
+                bin.is_file(),
+                "{} is missing: build the services first (cargo build --release -p duijie-{svc}; scripts/bench.sh --system does)",
+                bin.display()
+            );
+        }
+        let id = Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let dir = opts.root.join("target").join("sysbench").join(&id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let admin = DatabaseConfig::from_url(&opts.database_url)?;
+        let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
+        let mut databases = Vec::new();
+        for svc in SERVICES {
+            let name = format!("sysbench_{id}_{svc}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut conn).await?;
+            databases.push(name);
+        }
+        let _ = conn.close().await;
+
+        let connector = Connector::new(AmqpConfig { url: opts.amqp_url.clone().into(), connection_name: "duijie-sysbench".into() });
+        let prefix = format!("sysbench{id}");
+        let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), ..Default::default() });
+        // Queues first, so the first referral is routable whichever consumer starts first.
+        let amqp = connector.connect("sysbench declare").await?;
+        let ch = amqp.create_channel().await?;
+        topology.declare(&ch, &demo_nodes()?).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        let _ = amqp.close(200, "declared".into()).await;
+
+        let ca = DevCa::generate("duijie system benchmark CA")?;
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem())?;
+        let mut stack = Self { id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases };
+        for (svc, database) in SERVICES.into_iter().zip(stack.databases.clone()) {
+            let process = stack.spawn(opts, svc, &database, &ca_path).await;
+            match process {
+                Ok(p) => stack.services.push(p),
+                Err(e) => {
+                    stack.stop().await;
+                    stack.cleanup().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(stack)
+    }
+
+    async fn spawn(&self, opts: &StackOptions, svc: &'static str, database: &str, ca_path: &Path) -> anyhow::Result<ServiceProcess> {
+        let (cert, key) = self.ca.issue(&format!("duijie-{svc}"), &["localhost", "127.0.0.1"])?;
+        let (cert_path, key_path) = (self.dir.join(format!("service-{svc}.pem")), self.dir.join(format!("service-{svc}-key.pem")));
+        std::fs::write(&cert_path, cert)?;
+        std::fs::write(&key_path, key)?;
+        let log = self.dir.join(format!("{svc}.log"));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let child = tokio::process::Command::new(opts.bin_dir.join(format!("duijie-{svc}")))
+            .current_dir(&opts.root)
+            .env("DUIJIE_CONFIG_DIR", opts.root.join("config").join(svc))
+            .env("DUIJIE_DATABASE__HOST", &self.admin.host)
+            .env("DUIJIE_DATABASE__PORT", self.admin.port.to_string())
+            .env("DUIJIE_DATABASE__USERNAME", &self.admin.username)
+            .env("DUIJIE_DATABASE__PASSWORD", self.admin.password.expose_secret())
+            .env("DUIJIE_DATABASE__DATABASE", database)
+            .env("DUIJIE_AMQP__URL", &opts.amqp_url)
+            .env("DUIJIE_TOPOLOGY__PREFIX", &self.prefix)
+            .env("DUIJIE_GRPC__LISTEN", "127.0.0.1:0")
+            .env("DUIJIE_GRPC__TLS__CA", ca_path)
+            .env("DUIJIE_GRPC__TLS__CERT", &cert_path)
+            .env("DUIJIE_GRPC__TLS__KEY", &key_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting duijie-{svc}"))?;
+        let pid = child.id().context("the service exited at once")?;
+        let pool = duijie_common::db::pool(&DatabaseConfig { database: database.to_owned(), max_connections: 2, ..self.admin.clone() });
+        let mut process = ServiceProcess { name: svc, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log, pool, child };
+        process.addr = process.wait_listening(Duration::from_secs(60)).await?;
+        Ok(process)
+    }
+
+    /// The demo agencies, each calling its own service with its own certificate.
+    pub fn agencies(&self) -> anyhow::Result<Agencies> {
+        let agent = |kind: AgencyKind, code: &str| -> anyhow::Result<Agent> {
+            let who = AgencyNode::new(kind, code)?;
+            let service = self.service(kind.as_str())?;
+            let ch = duijie_common::client::channel(&service.addr.to_string(), "localhost", &self.ca.agency(&who)?)?;
+            Ok(Agent { who, ch })
+        };
+        Ok(Agencies {
+            court: agent(AgencyKind::Court, "431003")?,
+            police: agent(AgencyKind::Police, "431003-01")?,
+            petition: agent(AgencyKind::Petition, "431003")?,
+            procuratorate: agent(AgencyKind::Procuratorate, "431003")?,
+            centre: agent(AgencyKind::Mediation, "431003")?,
+            town: agent(AgencyKind::Mediation, "431003-102")?,
+            village: agent(AgencyKind::Mediation, "431003-102-05")?,
+        })
+    }
+
+    /// The service process named `name`.
+    pub fn service(&self, name: &str) -> anyhow::Result<&ServiceProcess> {
+        self.services.iter().find(|s| s.name == name).with_context(|| format!("no service {name}"))
+    }
+
+    /// Messages ready in `queue` (not counting those a consumer holds unacked).
+    pub async fn queue_depth(&self, ch: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        Ok(ch.queue_declare(queue.into(), passive, FieldTable::default()).await?.message_count())
+    }
+
+    /// Whether the audit store has recorded everything the services sent: no outbox row left in
+    /// any service, nothing waiting in the tap or an inbox queue, and the audit store's inbox
+    /// holds at least as many messages as the agencies' inboxes together (every message that
+    /// reached an agency also reached the tap; a dead-lettered one reached only the tap).
+    pub async fn audit_caught_up(&self, ch: &lapin::Channel) -> anyhow::Result<bool> {
+        let mut delivered = 0;
+        let mut recorded = 0;
+        for s in &self.services {
+            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&s.pool).await?;
+            if unsent > 0 {
+                return Ok(false);
+            }
+            let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&s.pool).await?;
+            if s.name == "audit" { recorded = inbox } else { delivered += inbox }
+        }
+        let mut queues = vec![self.topology.tap_queue()];
+        queues.extend(demo_nodes()?.iter().map(|n| self.topology.inbox_queue(n)));
+        for q in queues {
+            if self.queue_depth(ch, &q).await? > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(recorded >= delivered)
+    }
+
+    /// Stops every service (SIGTERM: each drains its calls and tasks; SIGKILL after 20 s).
+    pub async fn stop(&mut self) {
+        for s in self.services.iter_mut().rev() {
+            s.stop().await;
+        }
+    }
+
+    /// Drops the databases and deletes the queues and exchanges (the logs stay).
+    pub async fn cleanup(&self) {
+        for s in &self.services {
+            s.pool.close().await;
+        }
+        if let Err(e) = self.delete_topology().await {
+            eprintln!("sysbench: deleting the queues of prefix {}: {e:#}", self.prefix);
+        }
+        let dropped = async {
+            let mut conn = PgConnection::connect_with(&self.admin.connect_options()).await?;
+            for db in &self.databases {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{db}" WITH (FORCE)"#))).execute(&mut conn).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = dropped.await {
+            eprintln!("sysbench: dropping the databases sysbench_{}_*: {e:#}", self.id);
+        }
+    }
+
+    async fn delete_topology(&self) -> anyhow::Result<()> {
+        let conn = self.connector.connect("sysbench cleanup").await?;
+        let ch = conn.create_channel().await?;
+        let mut queues = vec![self.topology.dead_queue(), self.topology.tap_queue()];
+        queues.extend(demo_nodes()?.iter().map(|n| self.topology.inbox_queue(n)));
+        for q in queues {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
+        }
+        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange()] {
+            ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+impl ServiceProcess {
+    /// Waits for the line `<name> listening on <addr>` the process prints once it serves.
+    async fn wait_listening(&mut self, within: Duration) -> anyhow::Result<SocketAddr> {
+        let started = Instant::now();
+        let marker = format!("{} listening on ", self.name);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(addr) = text.lines().find_map(|l| l.strip_prefix(&marker)) {
+                return addr.trim().parse().with_context(|| format!("duijie-{} printed a bad address {addr:?}", self.name));
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("duijie-{} exited ({status}) before it listened:\n{}", self.name, tail(&text, 20));
+            }
+            anyhow::ensure!(started.elapsed() < within, "duijie-{} did not listen within {within:?}:\n{}", self.name, tail(&text, 20));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The length of its log now (to read only what it writes from here on).
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Lines of its log written after `from` (a [`ServiceProcess::log_len`]) that contain `needle`.
+    pub fn log_lines_since(&self, from: u64, needle: &str) -> usize {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+        String::from_utf8_lossy(&text[start..]).lines().filter(|l| l.contains(needle)).count()
+    }
+
+    async fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // `kill -TERM`: the services shut down gracefully on SIGTERM (tokio's Child only kills).
+        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().await;
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.is_err() {
+            eprintln!("sysbench: duijie-{} did not stop within 20 s; killing it", self.name);
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
