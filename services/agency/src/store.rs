@@ -84,6 +84,58 @@ pub async fn case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lo
     row.map(StoredCase::try_from).transpose()
 }
 
+/// `owner`'s copy of the case with its timeline, in one statement: one snapshot without a
+/// transaction, one round trip (a look at a case is most of the calls an agency gets).
+pub async fn case_with_timeline(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<(StoredCase, Vec<EventRow>)>> {
+    let row: Option<CaseTimelineRow> = sqlx::query_as(
+        "SELECT c.case_id, c.case_code, c.channel, c.referrer_kind, c.referrer_code, c.holder_kind, c.holder_code,
+                c.state, c.before_cancel, c.clock_policy, c.referral, c.updated_at,
+                t.envelopes, t.kinds, t.directions, t.states, t.times
+         FROM cases c
+         LEFT JOIN LATERAL (
+             SELECT array_agg(e.envelope ORDER BY e.seq) AS envelopes, array_agg(e.kind ORDER BY e.seq) AS kinds,
+                    array_agg(e.direction ORDER BY e.seq) AS directions, array_agg(e.state_after ORDER BY e.seq) AS states,
+                    array_agg(e.occurred_at ORDER BY e.seq) AS times
+             FROM case_events e
+             WHERE e.owner_kind = c.owner_kind AND e.owner_code = c.owner_code AND e.case_id = c.case_id
+         ) t ON true
+         WHERE c.owner_kind = $1 AND c.owner_code = $2 AND c.case_id = $3",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .bind(case_id)
+    .fetch_optional(conn)
+    .await
+    .context("reading the case and its timeline")?;
+    let Some(CaseTimelineRow { case, envelopes, kinds, directions, states, times }) = row else { return Ok(None) };
+    let (envelopes, kinds, directions, states, times) =
+        (envelopes.unwrap_or_default(), kinds.unwrap_or_default(), directions.unwrap_or_default(), states.unwrap_or_default(), times.unwrap_or_default());
+    anyhow::ensure!(
+        [kinds.len(), directions.len(), states.len(), times.len()].iter().all(|n| *n == envelopes.len()),
+        "the timeline's columns came back with different lengths"
+    );
+    let events = envelopes
+        .into_iter()
+        .zip(kinds)
+        .zip(directions)
+        .zip(states)
+        .zip(times)
+        .map(|((((envelope, kind), direction), state_after), occurred_at)| EventRow { case_id, envelope, kind, direction, state_after, occurred_at })
+        .collect();
+    Ok(Some((StoredCase::try_from(case)?, events)))
+}
+
+#[derive(sqlx::FromRow)]
+struct CaseTimelineRow {
+    #[sqlx(flatten)]
+    case: CaseRow,
+    envelopes: Option<Vec<Vec<u8>>>,
+    kinds: Option<Vec<String>>,
+    directions: Option<Vec<String>>,
+    states: Option<Vec<String>>,
+    times: Option<Vec<DateTime<Utc>>>,
+}
+
 /// `owner`'s cases, most recently changed first.
 pub async fn list(conn: &mut PgConnection, owner: &AgencyNode, filter: &ListFilter) -> anyhow::Result<Vec<StoredCase>> {
     let sql = format!(

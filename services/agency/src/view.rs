@@ -97,11 +97,11 @@ impl Agency {
     /// which must reach the parties; everybody else sees them masked.
     pub async fn view(&self, caller: &AgencyNode, case_id: Uuid) -> Result<CaseView, ApiError> {
         self.check_serves(caller)?;
-        // One snapshot for the row and its timeline, so a view never shows a message without
+        // One statement reads the row and its timeline, so a view never shows a message without
         // the state it led to.
-        let mut tx = store::snapshot(&self.db).await?;
-        let loaded = self.load_view(&mut tx, caller, case_id).await?;
-        drop(tx); // read-only: rolling back is ending it
+        let mut conn = self.db.acquire().await?;
+        let loaded = self.load_view(&mut conn, caller, case_id).await?;
+        drop(conn);
         self.build_view(caller, loaded)
     }
 
@@ -110,10 +110,9 @@ impl Agency {
     /// that is not `caller`'s is refused by asking on the same connection, never a second one:
     /// many calls each holding one connection and waiting for another would deadlock the pool.
     pub(crate) async fn load_view(&self, conn: &mut PgConnection, caller: &AgencyNode, case_id: Uuid) -> Result<LoadedView, ApiError> {
-        let Some(stored) = store::case(conn, caller, case_id, false).await? else {
+        let Some((stored, events)) = store::case_with_timeline(conn, caller, case_id).await? else {
             return Err(self.not_owned(conn, caller, case_id).await);
         };
-        let events = store::events(conn, caller, &[case_id]).await?;
         Ok(LoadedView { stored, events })
     }
 

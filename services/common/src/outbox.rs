@@ -270,8 +270,21 @@ impl Relay {
                     // next batch's returns are still attributed unambiguously, and the next
                     // claim skips the rows it still holds (SKIP LOCKED).
                     db_backoff.reset();
+                    let full = i64::try_from(batch.rows.len()).unwrap_or(i64::MAX) >= self.cfg.batch_size;
                     let relay = self.clone();
                     committing = Some(tokio::spawn(async move { relay.finish(batch).await }));
+                    // A batch that was not full took every row there was: claim again when
+                    // woken (a commit that staged more wakes the relay, and a wake during this
+                    // batch is kept) or at the next poll, not at once for nothing. Under load
+                    // most batches are small, and an empty claim is three statements.
+                    if !full {
+                        let next_look = retry_due.map_or(self.cfg.poll_interval, |due| due.saturating_duration_since(tokio::time::Instant::now()).min(self.cfg.poll_interval));
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = self.wake.notified() => {}
+                            () = tokio::time::sleep(next_look) => {}
+                        }
+                    }
                 }
                 Err(RelayError::Amqp(e)) => return Err(e),
                 Err(RelayError::Db(e)) => {
