@@ -224,6 +224,24 @@ async fn court_channel_failed_returned_filed_for_trial_closed() -> anyhow::Resul
     centre.mediation().report_outcome(ReportOutcomeRequest { case_id: id.clone(), outcome: Some(failed) }).await?;
     let returned = court.wait_for(&id, "FAILED").await?;
     assert_eq!(returned.allowed_next, [MessageKind::DispositionNotice as i32, MessageKind::SupervisionNotice as i32]);
+    // The returned case is an open handoff until the court disposes of it: from the centre,
+    // waiting for the court's disposition.
+    let open = |id: String| {
+        let stack = &stack;
+        async move {
+            let mut a = stack.auditor(&stack::court()).await?;
+            let all = a.list_open_handoffs(ListOpenHandoffsRequest::default()).await?.into_inner().handoffs;
+            anyhow::Ok(all.into_iter().find(|h| h.case_id == id))
+        }
+    };
+    duijie_tests::wait_until("the failed case among the court's open handoffs", stack::WAIT, || {
+        let id = id.clone();
+        let open = &open;
+        async move { Ok(open(id).await?.is_some_and(|h| h.waiting_for == "disposition")) }
+    })
+    .await?;
+    let handoff = open(id.clone()).await?.ok_or_else(|| anyhow::anyhow!("the handoff went away"))?;
+    assert_eq!((handoff.from, handoff.to), (Some(agency_ref(&stack::centre())), Some(agency_ref(&stack::court()))));
 
     // A court disposes as a court: a police penalty is not among its dispositions.
     let dispose = |kind: DispositionKind| DisposeRequest {
@@ -237,6 +255,7 @@ async fn court_channel_failed_returned_filed_for_trial_closed() -> anyhow::Resul
     let at_centre = centre.wait_for(&id, "CLOSED").await?;
     assert!(kinds(&at_centre).contains(&MessageKind::DispositionNotice));
     audit_agrees(&stack, &court, &id, "CLOSED").await?;
+    assert!(open(id.clone()).await?.is_none(), "a disposed case is no open handoff");
     stack.stop().await
 }
 

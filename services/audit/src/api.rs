@@ -225,7 +225,8 @@ impl AuditService for AuditApi {
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM audit_cases c
              WHERE c.closed_at IS NULL
-               AND c.state IN ('SUBMITTED', 'DELIVERED', 'RECEIVED', 'CANCEL_REQUESTED', 'CONFIRMATION_REQUESTED', 'CONFIRMATION_ACCEPTED')
+               AND c.state IN ('SUBMITTED', 'DELIVERED', 'RECEIVED', 'CANCEL_REQUESTED', 'CONFIRMATION_REQUESTED', 'CONFIRMATION_ACCEPTED',
+                               'REJECTED', 'FAILED', 'WITHDRAWN', 'DEFAULTED', 'CONFIRMATION_DENIED')
                AND c.state_since <= now() - make_interval(secs => $3)
                AND {}
              ORDER BY c.state_since LIMIT $4",
@@ -250,7 +251,10 @@ impl AuditService for AuditApi {
                     "DELIVERED" => ("receipt", referrer, holder),
                     "RECEIVED" => ("triage", referrer, holder),
                     "CANCEL_REQUESTED" => ("cancel_answer", referrer, holder),
-                    _ => ("confirmation_decision", holder, referrer),
+                    "CONFIRMATION_REQUESTED" | "CONFIRMATION_ACCEPTED" => ("confirmation_decision", holder, referrer),
+                    // Returned to the referrer (rejected, failed, withdrawn, defaulted, confirmation
+                    // denied): its disposition is awaited (处置反馈).
+                    _ => ("disposition", holder, referrer),
                 };
                 pb::OpenHandoff {
                     case_id: c.case_id.to_string(),
