@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use duijie_agency::gate::GateConfig;
 use duijie_agency::service::{self, Running, ServiceConfig};
 use duijie_domain::AgencyNode;
+use duijie_common::CancellationToken;
 use duijie_common::certs::DevCa;
 use duijie_common::config::{BusConfig, ConsumerConfig, DatabaseConfig, TopologyConfig};
 use duijie_common::server::{GrpcConfig, TlsFiles, TlsPem};
@@ -70,6 +71,8 @@ pub struct Stack {
     pub audit: Option<duijie_audit::service::Running>,
     /// The audit service's configuration (to start it again after [`Stack::stop_audit`]).
     pub audit_cfg: duijie_audit::service::AuditServiceConfig,
+    /// Each agency service's configuration (to start it again, [`Stack::restart_service`]).
+    service_cfgs: Vec<(AgencyKind, ServiceConfig)>,
     /// Each service's database settings, by service name (see [`Stack::database`]).
     databases: Vec<(String, DatabaseConfig)>,
     dir: PathBuf,
@@ -139,6 +142,7 @@ impl Stack {
         };
         let audit = duijie_audit::service::start(audit_cfg.clone(), bus.shutdown.child_token()).await.context("starting the audit service")?;
         let mut services = Vec::new();
+        let mut service_cfgs = Vec::new();
         for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
             let name = kind.as_str();
             let cfg = ServiceConfig {
@@ -148,18 +152,11 @@ impl Stack {
                 directory: directory.clone(),
                 audit_gate: gate.clone(),
             };
-            let token = bus.shutdown.child_token();
-            let running = match kind {
-                AgencyKind::Court => service::start("court", kind, cfg, duijie_court::routes, token).await,
-                AgencyKind::Procuratorate => service::start("procuratorate", kind, cfg, duijie_procuratorate::routes, token).await,
-                AgencyKind::Police => service::start("police", kind, cfg, duijie_police::routes, token).await,
-                AgencyKind::Petition => service::start("petition", kind, cfg, duijie_petition::routes, token).await,
-                _ => service::start("mediation", kind, cfg, duijie_mediation::routes, token).await,
-            }
-            .with_context(|| format!("starting the {name} service"))?;
+            let running = start_service(kind, cfg.clone(), bus.shutdown.child_token()).await?;
+            service_cfgs.push((kind, cfg));
             services.push((kind, running));
         }
-        let stack = Self { bus, ca, services, audit: Some(audit), audit_cfg, databases, dir };
+        let stack = Self { bus, ca, services, service_cfgs, audit: Some(audit), audit_cfg, databases, dir };
         // The gates open once they saw the audit service consuming the tap.
         for (_, s) in &stack.services {
             let agency = s.agency.clone();
@@ -170,6 +167,19 @@ impl Stack {
             .await?;
         }
         Ok(stack)
+    }
+
+    /// Stops the agency service of `kind` (it drains, as on SIGTERM) and starts it again on its
+    /// database and queues, on a new port: clerks of it must connect again.
+    pub async fn restart_service(&mut self, kind: AgencyKind) -> anyhow::Result<()> {
+        let i = self.services.iter().position(|(k, _)| *k == kind).ok_or_else(|| anyhow::anyhow!("no {kind:?} service"))?;
+        let (_, old) = self.services.remove(i);
+        old.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), old.handle).await.with_context(|| format!("{kind:?} did not stop"))???;
+        let cfg = self.service_cfgs.iter().find(|(k, _)| *k == kind).map(|(_, c)| c.clone()).ok_or_else(|| anyhow::anyhow!("no {kind:?} config"))?;
+        let running = start_service(kind, cfg, self.bus.shutdown.child_token()).await?;
+        self.services.push((kind, running));
+        Ok(())
     }
 
     /// Stops the audit service (graceful), leaving the agency services running.
@@ -279,6 +289,18 @@ impl Stack {
         let _ = std::fs::remove_dir_all(&self.dir);
         self.bus.cleanup(&demo_nodes()).await
     }
+}
+
+/// Starts the agency service of `kind` with `cfg`.
+async fn start_service(kind: AgencyKind, cfg: ServiceConfig, token: CancellationToken) -> anyhow::Result<Running> {
+    match kind {
+        AgencyKind::Court => service::start("court", kind, cfg, duijie_court::routes, token).await,
+        AgencyKind::Procuratorate => service::start("procuratorate", kind, cfg, duijie_procuratorate::routes, token).await,
+        AgencyKind::Police => service::start("police", kind, cfg, duijie_police::routes, token).await,
+        AgencyKind::Petition => service::start("petition", kind, cfg, duijie_petition::routes, token).await,
+        _ => service::start("mediation", kind, cfg, duijie_mediation::routes, token).await,
+    }
+    .with_context(|| format!("starting the {} service", kind.as_str()))
 }
 
 /// One agency's gRPC clients.

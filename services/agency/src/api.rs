@@ -132,6 +132,22 @@ fn parse_page_token(t: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> 
 
 #[tonic::async_trait]
 impl CasesService for CasesApi {
+    type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let me = caller(&req)?;
+        let from = match req.get_ref().cursor.trim() {
+            "" => None,
+            c => Some(crate::feed::Cursor::parse(c)?),
+        };
+        let changes = self.agency.watch(&me, from).await?;
+        let stream = futures::stream::unfold(changes, |mut rx| async move {
+            let item = rx.recv().await?;
+            Some((item.map(watch_response).map_err(Status::from), rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_case(&self, req: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
         let me = caller(&req)?;
         let id = case_id(&req.get_ref().case_id)?;
@@ -275,4 +291,18 @@ impl ReferralsService for ReferralsApi {
         })
         .await
     }
+}
+
+fn watch_response(c: crate::feed::Change) -> pb::WatchResponse {
+    let mut r = pb::WatchResponse { cursor: c.cursor.to_string(), ..Default::default() };
+    if let Some(case) = c.case {
+        r.case_id = case.case_id.to_string();
+        r.case_code = case.case_code;
+        r.kind = case.kind as i32;
+        r.direction = case.direction;
+        r.message_id = case.message_id.to_string();
+        r.state_after = case.state_after.as_str().to_owned();
+        r.occurred_at = Some(ts(case.occurred_at));
+    }
+    r
 }

@@ -169,6 +169,13 @@ impl Handler for Agency {
         }
     }
 
+    async fn prepare(&self, conn: &mut PgConnection, msgs: &[&Inbound]) -> Result<(), HandleError> {
+        // The batch's cases, locked before the inbox row gives the transaction its id (the live
+        // feed's order within a case: store::lock_cases).
+        let keys: Vec<i64> = msgs.iter().filter_map(|m| Uuid::parse_str(&m.envelope.case_id).ok()).map(store::case_lock_key).collect();
+        store::lock_cases(conn, &keys).await.map_err(db)
+    }
+
     fn committed(&self, _msg: &Inbound) {
         self.wake(); // the delivery evidence staged with it can go out at once
     }

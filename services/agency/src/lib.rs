@@ -7,6 +7,7 @@
 //! | [`outgoing`] | what an agency sends: a referral, a step on a case ([`Agency::submit_referral`], [`Agency::send_once`]) |
 //! | [`incoming`] | what reaches it over the bus: the inbox [`Handler`](duijie_common::inbox::Handler), delivery evidence |
 //! | [`view`] | what it reads: a case with its timeline and limits, a page of cases |
+//! | [`feed`] | its case changes as they happen, from a resumable cursor (`Watch`) |
 //! | [`store`] | every SQL statement of the crate |
 //! | [`rules`] | input rules of what it sends; refusals mapped to gRPC and to dead-letter reasons |
 //! | [`idempotency`] | an action at most once per idempotency key |
@@ -14,6 +15,7 @@
 //! | [`service`], [`gate`] | running a service; pausing referrals while the audit store cannot record |
 
 pub mod api;
+pub mod feed;
 pub mod gate;
 pub mod idempotency;
 pub mod incoming;
@@ -26,6 +28,7 @@ pub mod view;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use duijie_common::CancellationToken;
 use duijie_common::amqp::Topology;
 use duijie_common::db::ApiPool;
 use duijie_common::directory::Directory;
@@ -56,6 +59,10 @@ pub struct Agency {
     /// Closed while the audit store cannot record: no new referrals then.
     gate: Option<gate::AuditGate>,
     calendar: WorkCalendar,
+    /// Bumped after every commit that changed a case here: wakes the live feeds ([`feed`]).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Cancelled when the service stops: the live feeds end (their clients resume elsewhere).
+    stopping: CancellationToken,
 }
 
 impl Agency {
@@ -72,6 +79,8 @@ impl Agency {
             directory: None,
             gate: None,
             calendar: WorkCalendar::bundled(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -87,6 +96,14 @@ impl Agency {
     #[must_use]
     pub fn with_gate(mut self, gate: gate::AuditGate) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// The live feeds end when `token` is cancelled (the service's shutdown): a stream would
+    /// otherwise hold the gRPC server's graceful shutdown for its whole grace period.
+    #[must_use]
+    pub fn with_stopping(mut self, token: CancellationToken) -> Self {
+        self.stopping = token;
         self
     }
 
@@ -115,9 +132,12 @@ impl Agency {
         if self.serves(caller) { Ok(()) } else { Err(ApiError::PermissionDenied(format!("this service does not act for {caller}"))) }
     }
 
+    /// After a commit that changed a case: the relay may have envelopes to send, and the live
+    /// feeds something to show.
     fn wake(&self) {
         if let Some(w) = &self.waker {
             w.wake();
         }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

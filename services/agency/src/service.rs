@@ -94,6 +94,7 @@ pub async fn start(
 
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
     let token = shutdown.child_token();
+    let agency = agency.with_stopping(token.clone());
     tasks.spawn({
         let t = token.clone();
         async move { ("relay".to_owned(), relay.run(t).await) }

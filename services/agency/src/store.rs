@@ -84,6 +84,32 @@ pub async fn case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lo
     row.map(StoredCase::try_from).transpose()
 }
 
+/// The advisory lock key of a case (its id folded to 64 bits; a collision only makes two cases
+/// wait for each other).
+pub fn case_lock_key(case_id: Uuid) -> i64 {
+    let (hi, lo) = case_id.as_u64_pair();
+    i64::from_ne_bytes((hi ^ lo).to_ne_bytes())
+}
+
+/// Takes the transaction's locks on `cases` (keys from [`case_lock_key`]) in ascending order. Every
+/// transaction that writes a case's timeline takes its lock first, before its first write gives
+/// it a transaction id: so within a case, transaction ids rise in timeline order and the live
+/// feed (`feed.rs`, ordered by transaction id) keeps each case's order.
+pub async fn lock_cases(conn: &mut PgConnection, keys: &[i64]) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) AS ordered")
+        .bind(&keys)
+        .fetch_one(conn)
+        .await
+        .context("locking the cases")?;
+    Ok(())
+}
+
 /// `owner`'s copy of the case with its timeline, in one statement: one snapshot without a
 /// transaction, one round trip (a look at a case is most of the calls an agency gets).
 pub async fn case_with_timeline(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<(StoredCase, Vec<EventRow>)>> {
@@ -388,4 +414,59 @@ pub async fn snapshot(db: &ApiPool) -> anyhow::Result<ApiTx> {
     let mut tx = db.begin().await.context("starting a read")?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.context("starting a read")?;
     Ok(tx)
+}
+
+/// One timeline row as the live feed hands it out.
+#[derive(sqlx::FromRow)]
+pub struct FeedRow {
+    /// The writing transaction's id (`xid8` as text).
+    pub tx: String,
+    pub seq: i64,
+    pub case_id: Uuid,
+    pub case_code: String,
+    pub message_id: Uuid,
+    pub kind: String,
+    pub direction: String,
+    pub state_after: String,
+    pub occurred_at: DateTime<Utc>,
+    /// Written by a transaction older than every one still running: final, and nothing not yet
+    /// visible can come before it (migration `0104_feed.sql`).
+    pub ready: bool,
+}
+
+/// `owner`'s timeline rows after `(tx, seq)` in feed order, at most `limit`; the ready ones come
+/// first (a row not ready holds back every row after it).
+pub async fn feed_after(conn: &mut PgConnection, owner: &AgencyNode, tx: &str, seq: i64, limit: i64) -> anyhow::Result<Vec<FeedRow>> {
+    sqlx::query_as(
+        "SELECT e.tx::text AS tx, e.seq, e.case_id, c.case_code, e.message_id, e.kind, e.direction, e.state_after, e.occurred_at,
+                e.tx < pg_snapshot_xmin(pg_current_snapshot()) AS ready
+         FROM case_events e
+         JOIN cases c ON c.owner_kind = e.owner_kind AND c.owner_code = e.owner_code AND c.case_id = e.case_id
+         WHERE e.owner_kind = $1 AND e.owner_code = $2 AND (e.tx, e.seq) > ($3::xid8, $4)
+         ORDER BY e.tx, e.seq
+         LIMIT $5",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .bind(tx)
+    .bind(seq)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .context("reading the case changes")
+}
+
+/// Where `owner`'s feed stands now: the last row that is ready, or `("0", 0)` before any.
+pub async fn feed_end(conn: &mut PgConnection, owner: &AgencyNode) -> anyhow::Result<(String, i64)> {
+    let last: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tx::text, seq FROM case_events
+         WHERE owner_kind = $1 AND owner_code = $2 AND tx < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY tx DESC, seq DESC LIMIT 1",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .fetch_optional(conn)
+    .await
+    .context("reading where the case changes stand")?;
+    Ok(last.unwrap_or_else(|| ("0".to_owned(), 0)))
 }

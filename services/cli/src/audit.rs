@@ -19,9 +19,18 @@ use crate::{Ctx, output};
 /// `duijie watch`.
 #[derive(Args, Debug)]
 pub struct WatchArgs {
-    /// A case id (UUID) or a case code. A case the audit store has not recorded within 10 s is
-    /// an error (exit 3, no such case).
-    pub case: String,
+    /// A case id (UUID) or a case code: follow it in the audit store. A case the audit store has
+    /// not recorded within 10 s is an error (exit 3, no such case). Without it: follow every case
+    /// of the `--as` agency as its own service sees them change (its live feed), resuming from
+    /// the last cursor whenever the stream breaks.
+    pub case: Option<String>,
+    /// Without a case: resume after this cursor (printed with each change in `--json`); `0`
+    /// from the agency's first message; absent, from now.
+    #[arg(long, conflicts_with_all = ["case", "until", "interval_ms"])]
+    pub cursor: Option<String>,
+    /// Without a case: stop (exit 0) after this many changes.
+    #[arg(long, conflicts_with = "case")]
+    pub count: Option<u64>,
     /// How often to ask the audit store (milliseconds).
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
@@ -203,6 +212,12 @@ pub fn parse_until(s: &str) -> Result<String, String> {
 /// `--until`; exit 3 when it ended (CLOSED or CANCELLED) in another state, or when no such case
 /// is recorded within the grace period; exit 4 on `--timeout-secs` while it is still open.
 pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
+    let Some(case) = args.case.clone() else {
+        if args.until.is_some() {
+            return Err(CliError::Usage("--until needs a case".into()));
+        }
+        return crate::feed::follow(ctx, crate::feed::FeedArgs { cursor: args.cursor, count: args.count, timeout_secs: args.timeout_secs }).await;
+    };
     let mut client = ctx.audit()?;
     // Validated by clap already; again here for callers building WatchArgs themselves.
     let until = args.until.as_deref().map(parse_until).transpose().map_err(|e| CliError::Usage(format!("--until: {e}")))?;
@@ -216,7 +231,7 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
     // Since when the audit store has answered NOT_FOUND without a break.
     let mut not_found_since: Option<tokio::time::Instant> = None;
     loop {
-        match client.get_timeline(timeline_request(&args.case)).await {
+        match client.get_timeline(timeline_request(&case)).await {
             Ok(t) => {
                 not_found_since = None;
                 let t: GetTimelineResponse = t.into_inner();
@@ -254,7 +269,7 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
                             return Ok(());
                         }
                         if is_final(&c.state) {
-                            return Err(CliError::Refused(format!("case {} ended in {}: it can no longer reach {u}", args.case, c.state)));
+                            return Err(CliError::Refused(format!("case {} ended in {}: it can no longer reach {u}", case, c.state)));
                         }
                     }
                 }
@@ -267,31 +282,31 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> CliResult<()> {
                 if now.duration_since(since) >= grace {
                     return Err(CliError::Refused(format!(
                         "no such case {}: not recorded in the audit store after {} s ({})",
-                        args.case,
+                        case,
                         grace.as_secs(),
                         s.message()
                     )));
                 }
                 if !said_waiting {
-                    eprintln!("duijie: waiting for case {}: {}", args.case, s.message());
+                    eprintln!("duijie: waiting for case {}: {}", case, s.message());
                     said_waiting = true;
                 }
             }
             // The audit service restarting: keep watching.
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 if !said_waiting {
-                    eprintln!("duijie: waiting for case {}: {}", args.case, s.message());
+                    eprintln!("duijie: waiting for case {}: {}", case, s.message());
                     said_waiting = true;
                 }
             }
-            Err(s) => return Err(CliError::from_status(&format!("watching {}", args.case), &s)),
+            Err(s) => return Err(CliError::from_status(&format!("watching {}", case), &s)),
         }
         if let Some(d) = deadline {
             let now = tokio::time::Instant::now();
             if now >= d {
                 let state = last_state.as_deref().unwrap_or("not recorded");
                 let goal = until.as_deref().map(|u| format!(", not {u}")).unwrap_or_default();
-                return Err(CliError::Unavailable(format!("timed out after {} s watching {}: state {state}{goal}", args.timeout_secs.unwrap_or(0), args.case)));
+                return Err(CliError::Unavailable(format!("timed out after {} s watching {}: state {state}{goal}", args.timeout_secs.unwrap_or(0), case)));
             }
             tokio::time::sleep(interval.min(d - now)).await;
         } else {

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod dead;
 pub mod demo;
 pub mod error;
+pub mod feed;
 pub mod output;
 pub mod send;
 
@@ -91,7 +92,8 @@ pub enum Command {
         /// A case id (UUID) or a case code (e.g. JF-431003-2026-000123).
         case: String,
     },
-    /// Follow a case live: prints each new audit record and state change until a state is reached.
+    /// Follow a case live in the audit store until a state is reached; or, without a case, every
+    /// case of the `--as` agency as they change (its live feed).
     Watch(audit::WatchArgs),
     /// Open cases with a legal time limit past due (超期案件).
     Overdue,

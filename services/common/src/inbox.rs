@@ -95,6 +95,14 @@ pub trait Handler: Send + Sync + 'static {
         }
     }
 
+    /// Runs first in every transaction the consumer applies messages in, before anything is
+    /// written: e.g. to take, in a fixed order, the locks the handler will need (a handler that
+    /// must see its writes ordered by transaction id needs them before the inbox row gives the
+    /// transaction one). `msgs` are the messages the transaction may apply. By default nothing.
+    fn prepare<'a>(&'a self, _conn: &'a mut PgConnection, _msgs: &'a [&'a Inbound]) -> impl Future<Output = Result<(), HandleError>> + Send + 'a {
+        async { Ok(()) }
+    }
+
     /// Called for each applied message once its transaction has committed (e.g. to wake
     /// watchers or take measurements). Must not fail; the message is already applied.
     fn committed(&self, _msg: &Inbound) {}
@@ -457,7 +465,14 @@ impl<H: Handler> Consumer<H> {
     /// A message refused on its own is dead-lettered; the others are applied.
     async fn apply_batch(&self, decoded: &[Result<Inbound, String>]) -> anyhow::Result<Vec<Applied>> {
         let handler = self.handler.as_ref();
+        let msgs: Vec<&Inbound> = decoded.iter().flatten().collect();
+        let prepared = async |tx: &mut PgConnection, msgs: &[&Inbound]| match handler.prepare(tx, msgs).await {
+            Ok(()) => Ok(()),
+            Err(HandleError::Transient(e)) => Err(e.context("preparing a batch")),
+            Err(HandleError::Rejected(r)) => Err(anyhow::anyhow!("the handler could not prepare a batch: {r}")),
+        };
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
+        prepared(&mut tx, &msgs).await?;
         match apply_batch_fast(&mut tx, &self.name, handler, decoded).await {
             Ok(Some(outcomes)) => match tx.commit().await {
                 Ok(()) => return Ok(outcomes),
@@ -469,6 +484,7 @@ impl<H: Handler> Consumer<H> {
         }
 
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
+        prepared(&mut tx, &msgs).await?;
         let mut outcomes = Vec::with_capacity(decoded.len());
         for d in decoded {
             outcomes.push(match d {
@@ -488,6 +504,7 @@ impl<H: Handler> Consumer<H> {
                 Err(reason) => Applied::Rejected(reason.clone()),
                 Ok(msg) => {
                     let mut tx = self.pool.begin().await.context("beginning a message transaction")?;
+                    prepared(&mut tx, &[msg]).await?;
                     match refusal_as_outcome(apply_one(&mut tx, &self.name, handler, msg).await)? {
                         Applied::Applied => match tx.commit().await {
                             Ok(()) => Applied::Applied,
