@@ -319,6 +319,21 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "the case's chain in order");
     bin.expect(&["timeline", "JF-NO-SUCH-CASE"], 3).await?;
 
+    // The court's own feed from the start: its messages of the demo's cases, each with the cursor
+    // to resume from; resumed from the third, the fourth comes next.
+    let fed = bin.expect(&["watch", "--as", "court:431003", "--cursor", "0", "--count", "6", "--json"], 0).await?;
+    let lines: Vec<Value> = fed.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 6, "{fed:?}");
+    assert!(lines.iter().all(|l| case_ids.iter().any(|id| l["case_id"] == id.as_str())), "{fed:?}");
+    assert_eq!((lines[0]["kind"].as_str(), lines[0]["direction"].as_str()), (Some("referral"), Some("out")), "{fed:?}");
+    let cursors: std::collections::HashSet<&str> = lines.iter().filter_map(|l| l["cursor"].as_str()).collect();
+    assert_eq!(cursors.len(), 6, "{fed:?}");
+    let third = lines[2]["cursor"].as_str().unwrap_or_default();
+    let resumed = bin.expect(&["watch", "--as", "court:431003", "--cursor", third, "--count", "1", "--json"], 0).await?.json()?;
+    assert_eq!(resumed["message_id"], lines[3]["message_id"], "{resumed}");
+    bin.expect(&["watch", "--cursor", "0", "--count", "1"], 2).await?; // whose feed?
+    bin.expect(&["watch", "--as", "court:431003", "--cursor", "nonsense", "--count", "1"], 3).await?;
+
     // A state the closed case will never reach: exit 3 at once, not after the timeout.
     let t0 = Instant::now();
     let ended = bin.expect(&["watch", &case_id, "--until", "in_mediation", "--interval-ms", "200", "--timeout-secs", "20"], 3).await?;
