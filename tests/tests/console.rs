@@ -414,3 +414,64 @@ async fn actions_act_once_cross_site_posts_are_refused_and_the_petition_office_c
     console.handle.abort();
     stack.stop().await
 }
+
+/// Waits (without reloading) until `css` matches on the page.
+async fn appears(b: &Browser, css: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    while !b.exists(css).await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{css} never appeared without a reload");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_refreshes_by_itself_and_a_case_page_says_when_its_case_changed() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let console = browser::start_console(&stack).await?;
+    let mut b = Browser::start(&format!("http://{}", console.addr), "live_inbox").await?;
+    let court = stack.clerk(&stack::court()).await?;
+    let send = |code: &'static str, request: &'static str| {
+        let court = court.clone();
+        async move {
+            let r = stack::referral(request, ClockPolicyKind::CourtOrdinary);
+            let view = court
+                .referrals()
+                .submit_referral(SubmitReferralRequest { to: Some(stack::agency_ref(&stack::centre())), case_code: code.into(), referral: Some(r) })
+                .await
+                .and_then(answered_case)?;
+            anyhow::Ok(view.case_id)
+        }
+    };
+    // The centre's inbox is open; a referral arrives and shows up with nobody reloading.
+    b.sign_in(&stack::centre()).await?;
+    b.goto("/cases").await?;
+    let first = send("JF-431003-2026-L0001", "live-1").await?;
+    appears(&b, &format!("#cases tr[data-case='{first}']")).await?;
+    b.no_script_errors().await?;
+    b.shot("inbox-refreshed-by-itself").await?;
+
+    // On the case page, while the clerk types: the court amends the case; the page says so and
+    // keeps what was typed.
+    b.goto(&format!("/cases/{first}")).await?;
+    assert!(!b.client.find(fantoccini::Locator::Css("#live-notice")).await?.is_displayed().await?, "no notice before anything changed");
+    b.fill("#sign_for-signed_by", "王明").await?;
+    court
+        .referrals()
+        .supervise(SuperviseRequest { case_id: first.clone(), notice: Some(SupervisionNotice { instructions: "请尽快签收".into(), ..Default::default() }) })
+        .await?;
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    while !b.client.find(fantoccini::Locator::Css("#live-notice")).await?.is_displayed().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the case page never said its case changed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.value("#sign_for-signed_by").await?, "王明", "what the clerk typed is kept");
+    b.shot("case-changed-notice").await?;
+    b.click("#live-reload").await?;
+    assert!(b.client.source().await?.contains("请尽快签收"), "after the reload the supervision notice is on the page");
+    b.no_script_errors().await?;
+
+    b.close().await?;
+    console.handle.abort();
+    stack.stop().await
+}

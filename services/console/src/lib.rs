@@ -15,6 +15,7 @@ mod backend;
 mod charts;
 mod forms;
 mod labels;
+mod live;
 mod pages;
 mod tls;
 
@@ -91,6 +92,8 @@ pub(crate) struct AppState {
     /// `demo` sign-in: the identities with a certificate in the PKI directory, read once at
     /// start (empty otherwise).
     pub demo_identities: Arc<Vec<AgencyNode>>,
+    /// Cancelled when the console stops: the live event streams end.
+    pub stopping: CancellationToken,
 }
 
 impl AppState {
@@ -133,6 +136,7 @@ fn router(state: AppState) -> Router {
         .route("/cases/{id}/act", post(pages::act))
         .route("/search", get(pages::search))
         .route("/dashboard", get(pages::dashboard))
+        .route("/events", get(live::events))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(guard))
@@ -189,6 +193,7 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
         sign_in: cfg.sign_in,
         names: Arc::new(names),
         demo_identities: Arc::new(demo_identities),
+        stopping: shutdown.clone(),
     };
     let app = router(state);
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;

@@ -77,6 +77,7 @@ th{background:#e9eef4;font-weight:normal;color:#44546a}tr.overdue td{background:
 .overdue-text{color:#b42318;font-weight:bold}.soon-text{color:#b54708}.muted{color:#6b7785}
 .banner{padding:10px 14px;margin:0 0 16px;border-radius:4px}.banner.error{background:#fde8e8;border:1px solid #f1a5a5;color:#8a1c1c}
 .banner.ok{background:#e6f4ea;border:1px solid #9fd3ad;color:#1e5b2f}
+.banner.live{background:#fff7e0;border:1px solid #f0d58a;color:#6b4e00;margin:12px 24px 0}
 .card{background:#fff;border:1px solid #d8dee6;border-radius:4px;padding:12px 16px;margin:0 0 14px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:14px}
 label{display:block;margin:8px 0 2px;color:#44546a}input[type=text],input[type=date],input[type=number],select,textarea{width:100%;padding:6px;border:1px solid #b8c2cc;border-radius:3px;font:inherit}
@@ -150,8 +151,13 @@ fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: Markup) -> M
                         }
                     }
                 }
+                @let live = state.is_some_and(|(_, me)| me.kind() != AgencyKind::Supervisor);
+                @if live {
+                    p.banner.live #live-notice hidden { "本案有新动态。" a #live-reload href="" { "刷新查看" } }
+                }
                 main { (body) }
                 script { (PreEscaped(KEEP_FORMS)) }
+                @if live { script { (PreEscaped(crate::live::SCRIPT)) } }
             }
         }
     }
