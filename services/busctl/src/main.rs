@@ -49,9 +49,10 @@ enum Command {
         #[arg(required = true)]
         nodes: Vec<AgencyNode>,
     },
-    /// Create a development CA and one certificate per agency node in DIR (kept if present):
-    /// ca.pem, <kind>-<code>.pem, <kind>-<code>-key.pem, and a server certificate per
-    /// `--service` (service-<name>.pem). For the local stack only.
+    /// Issue development certificates in DIR: the CA the first time (ca.pem, and its key
+    /// ca-key.pem, kept to issue more later), then for each node and `--service` that has none
+    /// yet: <kind>-<code>.pem and <kind>-<code>-key.pem, service-<name>.pem. Certificates already
+    /// there are kept; a new agency's is signed by the same CA. For the local stack only.
     Certs {
         #[arg(long)]
         dir: std::path::PathBuf,
@@ -209,31 +210,66 @@ async fn create_database_if_missing(cfg: &DatabaseConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The development CA's name (its certificate's common name).
+const DEV_CA_NAME: &str = "duijie development CA";
+
+/// Issues what is missing in `dir`: the development CA the first time (ca.pem and its key,
+/// ca-key.pem), then a certificate per node and per service that has none yet, from the CA
+/// already there, so an agency added later is trusted by everything already running.
+/// Certificates already issued are kept (re-issuing would invalidate the ones handed out).
 fn write_dev_certs(dir: &std::path::Path, nodes: &[AgencyNode], services: &[String]) -> anyhow::Result<()> {
     use duijie_common::certs::DevCa;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca_path = dir.join("ca.pem");
-    if ca_path.exists() {
-        // Re-issuing would invalidate certificates already handed out; keep what is there.
-        println!("development CA already in {} (delete the directory to start over)", dir.display());
-        return Ok(());
-    }
-    let ca = DevCa::generate("duijie development CA")?;
+    let (ca_path, ca_key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let mut wanted: Vec<(String, std::path::PathBuf, std::path::PathBuf)> = Vec::new();
     for node in nodes {
-        let tls = ca.agency(node)?;
         let stem = format!("{}-{}", node.kind().as_str(), node.code());
-        std::fs::write(dir.join(format!("{stem}.pem")), &tls.cert)?;
-        write_private(&dir.join(format!("{stem}-key.pem")), &tls.key)?;
-        println!("  {node:<28} {}", dir.join(format!("{stem}.pem")).display());
+        wanted.push((node.to_string(), dir.join(format!("{stem}.pem")), dir.join(format!("{stem}-key.pem"))));
     }
     for name in services {
-        let (cert, key) = ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?;
-        std::fs::write(dir.join(format!("service-{name}.pem")), cert)?;
-        write_private(&dir.join(format!("service-{name}-key.pem")), key.as_bytes())?;
-        println!("  service {name:<20} {}", dir.join(format!("service-{name}.pem")).display());
+        wanted.push((format!("service {name}"), dir.join(format!("service-{name}.pem")), dir.join(format!("service-{name}-key.pem"))));
     }
-    std::fs::write(&ca_path, ca.cert_pem())?;
-    println!("development CA {}", ca_path.display());
+    let missing: Vec<&(String, std::path::PathBuf, std::path::PathBuf)> = wanted.iter().filter(|(_, cert, key)| !(cert.exists() && key.exists())).collect();
+    let ca = match (ca_path.exists(), ca_key_path.exists()) {
+        (true, true) => {
+            let cert = std::fs::read_to_string(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+            let key = std::fs::read_to_string(&ca_key_path).with_context(|| format!("reading {}", ca_key_path.display()))?;
+            DevCa::load(DEV_CA_NAME, &cert, &key)?
+        }
+        (true, false) if missing.is_empty() => {
+            println!("development CA in {} (its key is not kept: it can issue nothing more); every certificate asked for is there", dir.display());
+            return Ok(());
+        }
+        (true, false) => anyhow::bail!(
+            "{} has a CA certificate but not its key (made by an older duijie-bus), so it cannot issue {}: delete {} and run again (every certificate is then issued anew)",
+            dir.display(),
+            missing.iter().map(|(what, _, _)| what.as_str()).collect::<Vec<_>>().join(", "),
+            dir.display()
+        ),
+        (false, _) => {
+            let ca = DevCa::generate(DEV_CA_NAME)?;
+            write_private(&ca_key_path, ca.key_pem().as_bytes())?;
+            std::fs::write(&ca_path, ca.cert_pem()).with_context(|| format!("writing {}", ca_path.display()))?;
+            println!("development CA {} (key {})", ca_path.display(), ca_key_path.display());
+            ca
+        }
+    };
+    for (what, cert_path, key_path) in &wanted {
+        if cert_path.exists() && key_path.exists() {
+            println!("  kept    {what:<28} {}", cert_path.display());
+            continue;
+        }
+        let (cert, key) = match what.strip_prefix("service ") {
+            Some(name) => ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?,
+            None => {
+                let tls = ca.agency(&what.parse::<AgencyNode>()?)?;
+                (String::from_utf8(tls.cert)?, String::from_utf8(tls.key)?)
+            }
+        };
+        write_private(key_path, key.as_bytes())?;
+        std::fs::write(cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
+        println!("  issued  {what:<28} {}", cert_path.display());
+    }
     Ok(())
 }
 

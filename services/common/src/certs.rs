@@ -32,18 +32,39 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = rcgen::date_time_ymd(to.year(), to.month() as u8, to.day() as u8);
 }
 
+/// The CA's parameters: what its certificate says about it and what its issuer stamps into the
+/// certificates it signs (subject, key usages, key identifier), the same for a CA made now and
+/// one read back from its files.
+fn ca_params(name: &str) -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(DnType::OrganizationName, "duijie development CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
 impl DevCa {
     /// A new CA named `name`, valid ten years.
     pub fn generate(name: &str) -> anyhow::Result<Self> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "duijie development CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let mut params = ca_params(name)?;
         validity(&mut params, 3650);
         let key = KeyPair::generate().context("generating the CA key")?;
         let cert = params.self_signed(&key).context("self-signing the CA")?;
         Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+    }
+
+    /// The CA named `name` from its certificate and private key (PEM), as [`DevCa::key_pem`] and
+    /// [`DevCa::cert_pem`] gave them: it issues certificates that chain to the same CA
+    /// certificate, so an agency added later is trusted by everything already running.
+    pub fn load(name: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::from_pem(key_pem).context("reading the CA key")?;
+        Ok(Self { cert_pem: cert_pem.to_owned(), issuer: Issuer::new(ca_params(name)?, key) })
+    }
+
+    /// The CA's private key (PEM): keep it (readable by its owner only) to issue more later.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// The CA certificate (PEM), to trust on both sides.
