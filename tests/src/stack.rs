@@ -73,6 +73,9 @@ pub struct Stack {
     pub audit_cfg: duijie_audit::service::AuditServiceConfig,
     /// Each agency service's configuration (to start it again, [`Stack::restart_service`]).
     service_cfgs: Vec<(AgencyKind, ServiceConfig)>,
+    /// Services started for agencies beyond the demo ones ([`Stack::start_service_for`]), with
+    /// their nodes.
+    extra: Vec<(Vec<AgencyNode>, Running)>,
     /// Each service's database settings, by service name (see [`Stack::database`]).
     databases: Vec<(String, DatabaseConfig)>,
     dir: PathBuf,
@@ -103,7 +106,9 @@ impl Stack {
         std::fs::write(&ca_path, ca.cert_pem())?;
         // Queues first, so the first referral is routable however the consumers race.
         bus.declare(&demo_nodes()).await?;
-        let directory = demo_directory();
+        // The test's own copy of the directory: a test may add agencies to it while it runs.
+        let directory = dir.join("directory.yaml");
+        std::fs::copy(demo_directory(), &directory).context("copying the agency directory")?;
         let (amqp_cfg, prefix) = (bus.amqp_cfg.clone(), bus.prefix.clone());
         let bus_cfg = |database| BusConfig {
             database,
@@ -150,13 +155,14 @@ impl Stack {
                 grpc: grpc(name)?,
                 nodes: demo_nodes().into_iter().filter(|n| n.kind() == kind).collect(),
                 directory: directory.clone(),
+                directory_reload_ms: Duration::from_millis(200),
                 audit_gate: gate.clone(),
             };
             let running = start_service(kind, cfg.clone(), bus.shutdown.child_token()).await?;
             service_cfgs.push((kind, cfg));
             services.push((kind, running));
         }
-        let stack = Self { bus, ca, services, service_cfgs, audit: Some(audit), audit_cfg, databases, dir };
+        let stack = Self { bus, ca, services, service_cfgs, extra: Vec::new(), audit: Some(audit), audit_cfg, databases, dir };
         // The gates open once they saw the audit service consuming the tap.
         for (_, s) in &stack.services {
             let agency = s.agency.clone();
@@ -180,6 +186,37 @@ impl Stack {
         let running = start_service(kind, cfg, self.bus.shutdown.child_token()).await?;
         self.services.push((kind, running));
         Ok(())
+    }
+
+    /// The test's agency directory file, which every service of the stack reads (and reads
+    /// again when it changes).
+    pub fn directory_file(&self) -> PathBuf {
+        self.dir.join("directory.yaml")
+    }
+
+    /// Starts one more service of `kind` acting for `nodes` (a new region's agencies), on a
+    /// database of its own, with the stack's directory, broker and audit gate; declares their
+    /// queues first. Returns where it listens.
+    pub async fn start_service_for(&mut self, kind: AgencyKind, nodes: Vec<AgencyNode>) -> anyhow::Result<std::net::SocketAddr> {
+        let mut cfg = self.service_cfgs.iter().find(|(k, _)| *k == kind).map(|(_, c)| c.clone()).ok_or_else(|| anyhow::anyhow!("no {kind:?} config"))?;
+        cfg.bus.database = self.bus.extra_database_config().await?;
+        cfg.nodes = nodes.clone();
+        cfg.grpc.listen = "127.0.0.1:0".parse()?;
+        self.bus.declare(&nodes).await?;
+        let running = start_service(kind, cfg, self.bus.shutdown.child_token()).await?;
+        let addr = running.addr;
+        self.extra.push((nodes, running));
+        Ok(addr)
+    }
+
+    /// A clerk of `who` on the service listening at `addr`.
+    pub async fn clerk_at(&self, who: &AgencyNode, addr: std::net::SocketAddr) -> anyhow::Result<Clerk> {
+        let cert = self.ca.agency(who)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(&cert.cert, &cert.key));
+        Ok(Clerk { who: who.clone(), ch: Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await? })
     }
 
     /// Stops the audit service (graceful), leaving the agency services running.
@@ -281,13 +318,21 @@ impl Stack {
         for (_, s) in &self.services {
             s.shutdown.cancel();
         }
+        for (_, s) in &self.extra {
+            s.shutdown.cancel();
+        }
         for (kind, s) in self.services {
             tokio::time::timeout(Duration::from_secs(20), s.handle)
                 .await
                 .with_context(|| format!("{kind:?} did not stop"))???;
         }
+        let mut nodes = demo_nodes();
+        for (extra, s) in self.extra {
+            tokio::time::timeout(Duration::from_secs(20), s.handle).await.context("a service for more agencies did not stop")???;
+            nodes.extend(extra);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
-        self.bus.cleanup(&demo_nodes()).await
+        self.bus.cleanup(&nodes).await
     }
 }
 

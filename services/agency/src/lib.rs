@@ -31,7 +31,7 @@ use std::sync::Arc;
 use duijie_common::CancellationToken;
 use duijie_common::amqp::Topology;
 use duijie_common::db::ApiPool;
-use duijie_common::directory::Directory;
+use duijie_common::directory::LiveDirectory;
 use duijie_common::outbox::RelayWaker;
 use duijie_common::server::ApiError;
 use duijie_domain::AgencyNode;
@@ -55,7 +55,7 @@ pub struct Agency {
     waker: Option<RelayWaker>,
     nodes: BTreeSet<AgencyNode>,
     /// Agencies a case may be sent or handed to; `None` accepts any well-formed agency.
-    directory: Option<Arc<Directory>>,
+    directory: Option<LiveDirectory>,
     /// Closed while the audit store cannot record: no new referrals then.
     gate: Option<gate::AuditGate>,
     calendar: WorkCalendar,
@@ -87,8 +87,8 @@ impl Agency {
     /// Only agencies in `known` may receive a case from this service (the agency directory of
     /// the deployment); any other recipient is refused as an unknown agency.
     #[must_use]
-    pub fn with_directory(mut self, known: Directory) -> Self {
-        self.directory = Some(Arc::new(known));
+    pub fn with_directory(mut self, known: impl Into<LiveDirectory>) -> Self {
+        self.directory = Some(known.into());
         self
     }
 
@@ -119,7 +119,7 @@ impl Agency {
 
     fn check_known(&self, node: &AgencyNode, field: &str) -> Result<(), ApiError> {
         match &self.directory {
-            Some(d) if !d.contains(node) => Err(ApiError::invalid(field, format!("unknown agency {node}"))),
+            Some(d) if !d.current().contains(node) => Err(ApiError::invalid(field, format!("unknown agency {node}"))),
             _ => Ok(()),
         }
     }

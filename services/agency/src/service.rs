@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use duijie_common::amqp::{Connector, Topology};
-use duijie_common::directory::Directory;
+use duijie_common::directory::LiveDirectory;
 use duijie_domain::AgencyNode;
 use duijie_common::config::BusConfig;
 use duijie_common::inbox::{Consumer, ConsumerStats};
@@ -35,12 +35,20 @@ pub struct ServiceConfig {
     /// The agency nodes this process acts for, as `kind:code` (all of the service's kind),
     /// e.g. a district centre and its town and village committees.
     pub nodes: Vec<AgencyNode>,
-    /// The deployment's agency directory file ([`Directory`]): a referral or hand-over to an
-    /// agency not in it is refused as an unknown agency.
+    /// The deployment's agency directory file ([`duijie_common::directory::Directory`]): a referral or hand-over to an
+    /// agency not in it is refused as an unknown agency. Read again when it changes (looked at
+    /// every `directory_reload_ms`), so an agency added to it needs no restart.
     pub directory: PathBuf,
+    /// How often to look whether the directory file changed (ms, default 5 s).
+    #[serde(default = "default_directory_reload", with = "duijie_common::config::duration_ms")]
+    pub directory_reload_ms: std::time::Duration,
     /// Pause new referrals while the audit store cannot record.
     #[serde(default)]
     pub audit_gate: crate::gate::GateConfig,
+}
+
+fn default_directory_reload() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 
 /// A started service.
@@ -74,7 +82,8 @@ pub async fn start(
     if cfg.audit_gate.enabled {
         cfg.audit_gate.validate()?;
     }
-    let directory = Directory::load(&cfg.directory)?;
+    anyhow::ensure!(!cfg.directory_reload_ms.is_zero(), "directory_reload_ms must be above 0");
+    let directory = LiveDirectory::load(&cfg.directory)?;
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
     // Bulkheads: gRPC calls on one pool, the relay, the consumers and the pruner on the other.
     let pools = db::ServicePools::new(&cfg.bus.database)?;
@@ -84,7 +93,7 @@ pub async fn start(
     let topology = Topology::new(cfg.bus.topology.clone());
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
     let relay_stats = relay.stats();
-    let mut agency = Agency::new(pools.api, topology.clone(), &nodes, Some(relay.waker())).with_directory(directory);
+    let mut agency = Agency::new(pools.api, topology.clone(), &nodes, Some(relay.waker())).with_directory(directory.clone());
     let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes));
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());
@@ -98,6 +107,13 @@ pub async fn start(
     tasks.spawn({
         let t = token.clone();
         async move { ("relay".to_owned(), relay.run(t).await) }
+    });
+    tasks.spawn({
+        let (t, every) = (token.clone(), cfg.directory_reload_ms);
+        async move {
+            directory.watch(every, t).await;
+            ("agency directory".to_owned(), Ok(()))
+        }
     });
     // The gate's state is a named service of the gRPC health (`duijie.audit_gate`); without a
     // gate, referrals are always taken and it stays SERVING.

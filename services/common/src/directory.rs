@@ -3,7 +3,9 @@
 //! the console, so adding an agency is one entry in one place.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use duijie_domain::AgencyNode;
@@ -68,6 +70,79 @@ impl Directory {
     }
 }
 
+/// The directory file as it is now: read again whenever it changes ([`LiveDirectory::watch`]),
+/// so an agency added to the file can receive cases without a restart. A changed file that does
+/// not read (a typo mid-edit) is logged and the last good directory stays in force.
+#[derive(Debug, Clone)]
+pub struct LiveDirectory {
+    path: Option<PathBuf>,
+    current: Arc<RwLock<Arc<Directory>>>,
+    /// The file's modification time and length when last read.
+    stamp: Arc<Mutex<Option<(SystemTime, u64)>>>,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl LiveDirectory {
+    /// The directory file at `path`, which must read now.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let seen = stamp(path);
+        let directory = Directory::load(path)?;
+        Ok(Self { path: Some(path.to_owned()), current: Arc::new(RwLock::new(Arc::new(directory))), stamp: Arc::new(Mutex::new(seen)) })
+    }
+
+    /// The directory now.
+    pub fn current(&self) -> Arc<Directory> {
+        // A poisoned lock still holds a whole directory (it is only ever replaced at once).
+        self.current.read().map_or_else(|p| Arc::clone(&p.into_inner()), |d| Arc::clone(&d))
+    }
+
+    /// Reads the file again if it changed since it was last read; whether the directory was
+    /// replaced.
+    pub fn refresh(&self) -> bool {
+        let Some(path) = &self.path else { return false };
+        let now = stamp(path);
+        let mut seen = self.stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now == *seen {
+            return false;
+        }
+        *seen = now;
+        match Directory::load(path) {
+            Ok(d) => {
+                let before = self.current().entries().count();
+                tracing::info!(path = %path.display(), agencies = d.entries().count(), before, "agency directory reloaded");
+                *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(d);
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = format!("{e:#}"), "the changed agency directory does not read; the last good one stays in force");
+                false
+            }
+        }
+    }
+
+    /// Looks at the file every `every` until `shutdown`.
+    pub async fn watch(self, every: Duration, shutdown: crate::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            self.refresh();
+        }
+    }
+}
+
+impl From<Directory> for LiveDirectory {
+    /// A directory that never changes (no file behind it).
+    fn from(d: Directory) -> Self {
+        Self { path: None, current: Arc::new(RwLock::new(Arc::new(d))), stamp: Arc::new(Mutex::new(None)) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +158,24 @@ mod tests {
         let centre: AgencyNode = "mediation:431003".parse().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.name_of(&centre), Some("苏仙区矛盾纠纷调解中心"));
         assert!(d.entries().count() >= 7);
+    }
+
+    #[test]
+    fn a_changed_file_is_read_again_and_a_broken_one_leaves_the_last_good() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("directory.yaml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        write("agencies:\n  - { id: \"court:1\", name: \"甲\" }\n");
+        let live = LiveDirectory::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let added = entry("mediation:2", "乙").id;
+        assert!(!live.current().contains(&added));
+        assert!(!live.refresh(), "unchanged");
+        write("agencies:\n  - { id: \"court:1\", name: \"甲\" }\n  - { id: \"mediation:2\", name: \"乙调解委员会\" }\n");
+        assert!(live.refresh());
+        assert!(live.current().contains(&added));
+        write("agencies: [ { id: \"court:1\" ");
+        assert!(!live.refresh(), "a broken file is not taken");
+        assert!(live.current().contains(&added), "the last good directory stays");
     }
 
     #[test]
