@@ -73,6 +73,14 @@ for svc in "${SERVICES[@]}"; do SERVICE_ARGS+=(--service "$svc"); done
 "$BUS" certs --dir "$ROOT_DIR/target/pki" "${SERVICE_ARGS[@]}" "${DEMO_NODES[@]}" supervisor:431003 >&2
 
 stop_services
+port_of() { sed -nE 's/^ *listen: *[^:]+:([0-9]+).*/\1/p' "$ROOT_DIR/config/$1/base.yaml"; }
+# Our own services are stopped now: a port still taken belongs to another program, and a
+# service started beside it would fail to bind while the check below saw the port open.
+for svc in "${SERVICES[@]}"; do
+	if port_open 127.0.0.1 "$(port_of "$svc")"; then
+		die "port $(port_of "$svc") (duijie-$svc, config/$svc/base.yaml) is taken by another program; nothing was started"
+	fi
+done
 # Secrets reach the services through the environment, never through the config files.
 DB_BASE=${DUIJIE_DATABASE_URL%/*}
 export DUIJIE_AMQP__URL="$DUIJIE_AMQP_URL"
@@ -85,7 +93,6 @@ for svc in "${SERVICES[@]}"; do
 		>"$RUN_DIR/$svc.log" 2>&1 </dev/null &
 	echo $! >"$RUN_DIR/$svc.pid"
 done
-port_of() { sed -nE 's/^ *listen: *[^:]+:([0-9]+).*/\1/p' "$ROOT_DIR/config/$1/base.yaml"; }
 # Up when it listens; given up on as soon as the process exits.
 listening_or_dead() { port_open 127.0.0.1 "$2" || ! kill -0 "$1" 2>/dev/null; }
 for svc in "${SERVICES[@]}"; do
@@ -93,7 +100,10 @@ for svc in "${SERVICES[@]}"; do
 	wait_for 60 "duijie-$svc to listen" listening_or_dead "$pid" "$(port_of "$svc")" || true
 	if ! kill -0 "$pid" 2>/dev/null || ! port_open 127.0.0.1 "$(port_of "$svc")"; then
 		tail -20 "$RUN_DIR/$svc.log" >&2 || true
-		die "duijie-$svc did not start; log: $RUN_DIR/$svc.log"
+		# A start that fails partway stops what it started: otherwise those keep their ports and
+		# the next start fails on them.
+		stop_services
+		die "duijie-$svc did not start (the services started with it are stopped again); log: $RUN_DIR/$svc.log"
 	fi
 done
 log "the audit service, the five agency services and the console are up"
@@ -103,7 +113,8 @@ DUIJIE="$ROOT_DIR/target/debug/duijie"
 log "loading the demo data set (36 cases across the four channels)"
 "$DUIJIE" demo --cases 36 --mixed --seed 1 >"$RUN_DIR/demo.log" 2>&1 || {
 	tail -20 "$RUN_DIR/demo.log" >&2
-	die "loading the demo data failed; log: $RUN_DIR/demo.log"
+	stop_services
+	die "loading the demo data failed (the services are stopped again); log: $RUN_DIR/demo.log"
 }
 
 cat <<INFO
