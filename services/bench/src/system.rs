@@ -57,6 +57,10 @@ pub struct SystemArgs {
     /// looks after 5 ms, then twice as long each time up to this.
     #[arg(long, default_value_t = 100)]
     pub poll_ms: u64,
+    /// Learn that a handoff arrived from the agencies' live feeds (`CasesService.Watch`) and read
+    /// the case once, instead of looking at it until it arrived (as clients without the feed do).
+    #[arg(long)]
+    pub watch: bool,
     /// How long one step may take, retries included (seconds).
     #[arg(long, default_value_t = 120)]
     pub step_timeout_secs: u64,
@@ -167,6 +171,8 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
     let agencies = stack.agencies()?;
     let poll = Duration::from_millis(args.poll_ms.max(1));
     let step_timeout = Duration::from_secs(args.step_timeout_secs);
+    // With --watch the driver learns of arrivals from the agencies' live feeds.
+    let arrivals = if args.watch { Some(duijie_cli::feed::Arrivals::follow(&agencies.all()).await.context("following the live feeds")?) } else { None };
     let amqp = stack.connector.connect("sysbench watch").await?;
     let ch = amqp.create_channel().await?;
 
@@ -180,6 +186,7 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
             step_timeout,
             poll,
             observer: None,
+            arrivals: arrivals.clone(),
         };
         let warm = demo::run(&agencies, &cfg, &ProgressBar::hidden()).await;
         if let Some(c) = warm.failures().next() {
@@ -207,6 +214,7 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
         step_timeout,
         poll,
         observer: Some(observer.clone()),
+        arrivals: arrivals.clone(),
     };
     let logs: Vec<u64> = stack.services.iter().map(|s| s.log_len()).collect();
     let since = chrono::Utc::now();

@@ -84,6 +84,10 @@ pub struct DemoArgs {
     /// How long one step may wait for the other side (seconds).
     #[arg(long, default_value_t = 60)]
     pub step_timeout_secs: u64,
+    /// Learn that a handoff arrived from the agencies' live feeds (`CasesService.Watch`) instead
+    /// of looking at the case until it did.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// What to generate.
@@ -98,6 +102,9 @@ pub struct DemoConfig {
     pub poll: Duration,
     /// Hears of every gRPC call the run makes (none for the command).
     pub observer: Option<Arc<dyn CallObserver>>,
+    /// The agencies' live feeds: when set, the driver waits for what the feed says arrived and
+    /// then reads the case once, instead of looking at it until it arrived.
+    pub arrivals: Option<Arc<crate::feed::Arrivals>>,
 }
 
 /// Told of every gRPC call a demo run makes, answered or refused: what the system benchmark
@@ -203,6 +210,14 @@ impl Desk {
 }
 
 impl Agencies {
+    /// Every agency with the channel to its service.
+    pub fn all(&self) -> Vec<(AgencyNode, GrpcChannel)> {
+        [&self.court, &self.police, &self.petition, &self.procuratorate, &self.centre, &self.town, &self.village]
+            .into_iter()
+            .map(|a| (a.who.clone(), a.ch.clone()))
+            .collect()
+    }
+
     /// Channels for the demo agencies, with their certificates from the context's PKI.
     pub fn from_ctx(ctx: &Ctx) -> CliResult<Self> {
         let agent = |desk: Desk| -> CliResult<Agent> {
@@ -613,6 +628,9 @@ async fn sync(cfg: &DemoConfig, view: &CaseView, other: &Agent, deadline: Instan
     let sent: Vec<&str> =
         view.timeline.iter().filter(|e| e.direction == "out" && other.who.is(e.recipient.as_ref())).map(|e| e.message_id.as_str()).collect();
     let what = || format!("reading case {} as {}", view.case_code, other.who);
+    if let Some(a) = &cfg.arrivals {
+        a.wait(&other.who.to_string(), &sent, deadline).await;
+    }
     let read = || cfg.observed("GetCase", async { other.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) });
     let mut poll = Backoff::new(cfg.poll);
     loop {
@@ -634,6 +652,9 @@ async fn sync(cfg: &DemoConfig, view: &CaseView, other: &Agent, deadline: Instan
 /// Waits until `new_holder` holds the case handed to it.
 async fn held_by(cfg: &DemoConfig, view: &CaseView, new_holder: &Agent, deadline: Instant) -> CliResult<CaseView> {
     let what = format!("reading case {} as {}", view.case_code, new_holder.who);
+    if let Some(a) = &cfg.arrivals {
+        a.wait(&new_holder.who.to_string(), &[view.case_id.as_str()], deadline).await;
+    }
     let mut poll = Backoff::new(cfg.poll);
     loop {
         let read = async { new_holder.cases().get_case(GetCaseRequest { case_id: view.case_id.clone() }).await.and_then(answered_case) };
@@ -877,8 +898,17 @@ pub async fn run_cli(ctx: &Ctx, args: DemoArgs) -> CliResult<()> {
         step_timeout: Duration::from_secs(args.step_timeout_secs),
         poll: POLL,
         observer: None,
+        arrivals: None,
     };
     let agencies = Agencies::from_ctx(ctx)?;
+    let cfg = if args.watch {
+        let arrivals = crate::feed::Arrivals::follow(&agencies.all())
+            .await
+            .map_err(|e| CliError::Unavailable(format!("following the agencies' live feeds: {e:#}")))?;
+        DemoConfig { arrivals: Some(arrivals), ..cfg }
+    } else {
+        cfg
+    };
     let progress = ProgressBar::with_draw_target(
         Some(u64::from(cfg.cases)),
         if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
@@ -935,7 +965,7 @@ mod tests {
     use super::*;
 
     fn cfg(seed: u64, mixed: bool) -> DemoConfig {
-        DemoConfig { cases: 12, seed, mixed, concurrency: 1, step_timeout: Duration::from_secs(1), poll: POLL, observer: None }
+        DemoConfig { cases: 12, seed, mixed, concurrency: 1, step_timeout: Duration::from_secs(1), poll: POLL, observer: None, arrivals: None }
     }
 
     #[test]

@@ -93,3 +93,94 @@ fn print_change(ctx: &Ctx, c: &WatchResponse) {
         );
     }
 }
+
+/// What each demo agency has received, as its live feed tells it (`CasesService.Watch`): a
+/// driver waits on this instead of polling `GetCase` until a handoff arrived.
+#[derive(Debug)]
+pub struct Arrivals {
+    /// (agency, message id) and (agency, case id) of every change seen.
+    seen: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Bumped after every change seen.
+    version: tokio::sync::watch::Sender<u64>,
+    stop: duijie_common::CancellationToken,
+}
+
+impl Arrivals {
+    /// Follows the feeds of `agents` (agency, channel to its service) from now on; returns once
+    /// every stream has started, so nothing sent afterwards is missed. Each stream resumes from
+    /// its cursor when it breaks, until the returned value is dropped.
+    pub async fn follow(agents: &[(duijie_domain::AgencyNode, tonic::transport::Channel)]) -> anyhow::Result<std::sync::Arc<Self>> {
+        let arrivals = std::sync::Arc::new(Self {
+            seen: std::sync::Mutex::default(),
+            version: tokio::sync::watch::Sender::new(0),
+            stop: duijie_common::CancellationToken::new(),
+        });
+        for (who, ch) in agents {
+            let mut client = CasesServiceClient::new(ch.clone());
+            let mut stream = client.watch(WatchRequest::default()).await?.into_inner();
+            let start = stream.message().await?.ok_or_else(|| anyhow::anyhow!("{who}: the feed ended at once"))?;
+            let (this, who) = (std::sync::Arc::downgrade(&arrivals), who.to_string());
+            let stop = arrivals.stop.clone();
+            tokio::spawn(async move {
+                let mut cursor = start.cursor;
+                loop {
+                    loop {
+                        let next = tokio::select! {
+                            () = stop.cancelled() => return,
+                            n = stream.message() => n,
+                        };
+                        let Ok(Some(change)) = next else { break };
+                        cursor.clone_from(&change.cursor);
+                        let Some(this) = this.upgrade() else { return };
+                        this.saw(&who, change);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match client.watch(WatchRequest { cursor: cursor.clone() }).await {
+                        Ok(s) => stream = s.into_inner(),
+                        Err(_) => continue,
+                    }
+                }
+            });
+        }
+        Ok(arrivals)
+    }
+
+    fn saw(&self, who: &str, change: WatchResponse) {
+        if change.case_id.is_empty() {
+            return;
+        }
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            seen.insert((who.to_owned(), change.message_id));
+            seen.insert((who.to_owned(), change.case_id));
+        }
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn has_all(&self, who: &str, ids: &[&str]) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter().all(|id| seen.contains(&(who.to_owned(), (*id).to_owned())))
+    }
+
+    /// Waits until `who`'s feed has shown every one of `ids` (message or case ids), or until
+    /// `deadline`; whether it did.
+    pub async fn wait(&self, who: &str, ids: &[&str], deadline: std::time::Instant) -> bool {
+        let mut changed = self.version.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if self.has_all(who, ids) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
+                return self.has_all(who, ids);
+            }
+        }
+    }
+}
+
+impl Drop for Arrivals {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

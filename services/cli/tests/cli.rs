@@ -319,6 +319,10 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "the case's chain in order");
     bin.expect(&["timeline", "JF-NO-SUCH-CASE"], 3).await?;
 
+    // Driven from the live feeds instead of looking until a handoff arrived: the same end.
+    let fed_demo = bin.expect(&["demo", "--cases", "4", "--seed", "9", "--watch", "--json"], 0).await?.json()?;
+    assert_eq!(fed_demo["by_state"]["CLOSED"], 4, "{fed_demo}");
+
     // The court's own feed from the start: its messages of the demo's cases, each with the cursor
     // to resume from; resumed from the third, the fourth comes next.
     let fed = bin.expect(&["watch", "--as", "court:431003", "--cursor", "0", "--count", "6", "--json"], 0).await?;
