@@ -373,9 +373,20 @@ impl<H: Handler> Consumer<H> {
             .await
             .with_context(|| format!("consuming {}", self.queue))?;
         tracing::info!(consumer = %self.name, queue = %self.queue, "consumer connected");
+        let outcome = self.consume(&ch, &dead_ch, &mut deliveries, shutdown).await;
+        // Closed before the consumer is dropped, whether it stopped or failed: a lapin consumer
+        // dropped while its channel is open sends basic.cancel from lapin's own task, and a
+        // connection closed right after makes the broker's cancel-ok an unexpected frame.
+        let reason = if outcome.is_ok() { "shutdown" } else { "restarting after an error" };
+        let _ = conn.close(200, reason.into()).await;
+        drop(deliveries);
+        outcome
+    }
+
+    /// Takes batches from `deliveries` and applies them until shutdown (`Ok`) or a broker error.
+    async fn consume(&self, ch: &Channel, dead_ch: &Channel, deliveries: &mut lapin::Consumer, shutdown: &CancellationToken) -> anyhow::Result<()> {
         loop {
             if shutdown.is_cancelled() {
-                let _ = conn.close(200, "shutdown".into()).await;
                 return Ok(());
             }
             let first = match deliveries.next().now_or_never() {
@@ -385,10 +396,7 @@ impl<H: Handler> Consumer<H> {
                     // at the ack, so that between two batches the next one never reads as none.)
                     self.stats.oldest_held.store(0, Ordering::Relaxed);
                     tokio::select! {
-                        () = shutdown.cancelled() => {
-                            let _ = conn.close(200, "shutdown".into()).await;
-                            return Ok(());
-                        }
+                        () = shutdown.cancelled() => return Ok(()),
                         d = deliveries.next() => d,
                     }
                 }
@@ -406,8 +414,7 @@ impl<H: Handler> Consumer<H> {
             let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
             let oldest = batch.iter().map(|d| d.properties.timestamp().unwrap_or(now)).min().unwrap_or(now);
             self.stats.oldest_held.store(oldest.max(1), Ordering::Relaxed);
-            if !self.process(&ch, &dead_ch, batch, shutdown).await? {
-                let _ = conn.close(200, "shutdown".into()).await;
+            if !self.process(ch, dead_ch, batch, shutdown).await? {
                 return Ok(());
             }
         }
