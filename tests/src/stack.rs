@@ -211,12 +211,7 @@ impl Stack {
 
     /// A clerk of `who` on the service listening at `addr`.
     pub async fn clerk_at(&self, who: &AgencyNode, addr: std::net::SocketAddr) -> anyhow::Result<Clerk> {
-        let cert = self.ca.agency(who)?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
-            .domain_name("localhost")
-            .identity(Identity::from_pem(&cert.cert, &cert.key));
-        Ok(Clerk { who: who.clone(), ch: Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await? })
+        Ok(Clerk { who: who.clone(), ch: self.connect(addr, Some(&self.ca.agency(who)?)).await? })
     }
 
     /// Stops the audit service (graceful), leaving the agency services running.
@@ -239,12 +234,7 @@ impl Stack {
     /// A connection to the audit service as `who` (an agency or `supervisor:<region>`).
     pub async fn auditor(&self, who: &AgencyNode) -> anyhow::Result<duijie_proto::v1::audit_service_client::AuditServiceClient<Channel>> {
         let addr = self.audit.as_ref().map(|a| a.addr).ok_or_else(|| anyhow::anyhow!("the audit service is stopped"))?;
-        let cert = self.ca.agency(who)?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
-            .domain_name("localhost")
-            .identity(Identity::from_pem(&cert.cert, &cert.key));
-        let ch = Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+        let ch = self.connect(addr, Some(&self.ca.agency(who)?)).await?;
         Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(ch))
     }
 
@@ -292,7 +282,11 @@ impl Stack {
 
     /// A connection to the service of `service_kind`, presenting `cert` (or none).
     pub async fn channel(&self, service_kind: AgencyKind, cert: Option<&TlsPem>) -> anyhow::Result<Channel> {
-        let addr = self.service(service_kind)?.addr;
+        self.connect(self.service(service_kind)?.addr, cert).await
+    }
+
+    /// A connection to the service listening at `addr`, presenting `cert` (or none).
+    async fn connect(&self, addr: std::net::SocketAddr, cert: Option<&TlsPem>) -> anyhow::Result<Channel> {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca.cert_pem())).domain_name("localhost");
         if let Some(c) = cert {
             tls = tls.identity(Identity::from_pem(&c.cert, &c.key));

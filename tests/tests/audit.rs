@@ -660,6 +660,9 @@ async fn a_log_written_before_the_chains_verifies_after_the_migration_and_contin
     // other case are recorded in January 2025 (on chain 0 they cannot be: its records never go
     // back in time), the rest now.
     sqlx::raw_sql(jan).execute(&legacy).await?;
+    // As the service does at start with `audit.chains: 3` (otherwise a chain gets its head only
+    // once a case lands on it, which random case ids may not do).
+    duijie_audit::store::ensure_chains(&mut *legacy.acquire().await?, 3).await?;
     let rest: Vec<Story> = stories[1..].iter().map(|s| Story { envs: s.envs[..2].to_vec(), code: s.code.clone(), referrer: s.referrer.clone(), centre: s.centre.clone(), ..*s }).collect();
     let old = AuditStore::recording_at(Utc.with_ymd_and_hms(2025, 1, 20, 8, 0, 0).single().unwrap_or_default()).with_chains(3);
     append_batched(&legacy, &old, &interleaved(&rest.iter().collect::<Vec<_>>()), 16).await?;
