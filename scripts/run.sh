@@ -158,6 +158,7 @@ Audit store and dead letters from the command line (as the district supervisor b
   target/debug/duijie timeline JF-431003-2026-D1M-0001      target/debug/duijie watch <case> --until closed
   target/debug/duijie stats --region 431003                 target/debug/duijie overdue | open | verify
   target/debug/duijie dead list                             target/debug/duijie dead replay --id <message id>
+  target/debug/duijie --as mediation:431003 watch           (an agency's case changes as they happen: its live feed)
 
 Queue depths now:
 INFO

@@ -28,7 +28,7 @@ use duijie_domain::AgencyNode;
 use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::db::is_transient;
-use crate::reconnect::run_sessions;
+use crate::reconnect::run_counted_sessions;
 use crate::trace::W3cContext;
 
 /// How long dead-lettering waits for the broker's confirm before giving up on the connection.
@@ -343,19 +343,12 @@ impl<H: Handler> Consumer<H> {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown`, reconnecting after broker restarts ([`run_sessions`]). It does not
+    /// Runs until `shutdown`, reconnecting after broker restarts ([`run_counted_sessions`]). It does not
     /// prune the inbox: the table is shared by every consumer on the database, so the process
     /// runs one [`crate::db::prune_inbox_periodically`] for all of them.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (consumer, token) = (&self, &shutdown);
-        run_sessions(&format!("consumer {}", self.name), token, Backoff::reconnect(), move |_| async move {
-            let session = consumer.session(token).await;
-            if session.is_err() {
-                consumer.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            }
-            session
-        })
-        .await;
+        run_counted_sessions(&format!("consumer {}", self.name), token, Backoff::reconnect(), &consumer.stats.restarts, move |_| consumer.session(token)).await;
         Ok(())
     }
 

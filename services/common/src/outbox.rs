@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::amqp::{Connector, Topology};
 use crate::backoff::{Backoff, retry_delay};
 use crate::config::RelayConfig;
-use crate::reconnect::run_sessions;
+use crate::reconnect::run_counted_sessions;
 use crate::trace::W3cContext;
 
 /// Why an envelope could not be staged.
@@ -197,18 +197,11 @@ impl Relay {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown`: reconnects to the broker ([`run_sessions`]) and waits out database
+    /// Runs until `shutdown`: reconnects to the broker ([`run_counted_sessions`]) and waits out database
     /// outages itself.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (relay, token) = (&self, &shutdown);
-        run_sessions(&format!("outbox relay {}", self.name), token, Backoff::reconnect(), move |_| async move {
-            let session = relay.session(token).await;
-            if session.is_err() {
-                relay.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            }
-            session
-        })
-        .await;
+        run_counted_sessions(&format!("outbox relay {}", self.name), token, Backoff::reconnect(), &relay.stats.restarts, move |_| relay.session(token)).await;
         Ok(())
     }
 

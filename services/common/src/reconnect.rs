@@ -4,6 +4,7 @@
 //! after a backoff when it fails.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,26 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     sessions(name, shutdown, backoff, HEALTHY_SESSION, session).await;
+}
+
+/// [`run_sessions`], counting each session that failed in `restarts` (the relay's and the
+/// consumers' statistics).
+pub async fn run_counted_sessions<F, Fut>(name: &str, shutdown: &CancellationToken, backoff: Backoff, restarts: &AtomicU64, mut session: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    run_sessions(name, shutdown, backoff, |attempt| {
+        let ended = session(attempt);
+        async move {
+            let ended = ended.await;
+            if ended.is_err() {
+                restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            ended
+        }
+    })
+    .await;
 }
 
 /// [`run_sessions`] with the healthy threshold as a parameter (tests shorten it).
