@@ -116,7 +116,7 @@ impl Handler for Agency {
             store::insert_event(conn, &owner, env, Direction::In, state).await.map_err(db)?;
             return self.evidence(conn, &owner, env).await;
         }
-        let stored = store::case(conn, &owner, case_id, true)
+        let stored = store::locked_case(conn, &owner, case_id)
             .await
             .map_err(|e| match e.downcast_ref::<sqlx::Error>() {
                 Some(_) => db(e),

@@ -99,7 +99,7 @@ impl Agency {
         let mut tx = self.db.begin().await.context("beginning")?;
         // Before the first write: the live feed's order within a case (store::lock_cases).
         store::lock_cases(&mut tx, &[store::case_lock_key(case_id)]).await?;
-        let Some(stored) = store::case(&mut tx, caller, case_id, true).await? else {
+        let Some(stored) = store::locked_case(&mut tx, caller, case_id).await? else {
             // On this connection: a call never waits for a second one while it holds one.
             return Err(self.not_owned(&mut tx, caller, case_id).await);
         };

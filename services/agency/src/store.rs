@@ -68,12 +68,10 @@ impl TryFrom<CaseRow> for StoredCase {
 const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
         state, before_cancel, clock_policy, referral, updated_at";
 
-/// `owner`'s copy of the case, locked for a state change when `lock`.
-pub async fn case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, lock: bool) -> anyhow::Result<Option<StoredCase>> {
-    let sql = format!(
-        "SELECT {CASE_COLUMNS} FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
+/// `owner`'s copy of the case, its row locked for a state change (a read goes through
+/// [`case_with_timeline`]).
+pub async fn locked_case(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<StoredCase>> {
+    let sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 FOR UPDATE");
     let row: Option<CaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(owner.kind_str())
         .bind(owner.code())

@@ -250,12 +250,7 @@ impl Relay {
                     db_backoff.reset();
                     // A retry that fell due before this claim began was in it.
                     retry_due = retry_due.filter(|due| *due > claiming);
-                    let next_look = retry_due.map_or(self.cfg.poll_interval, |due| due.saturating_duration_since(tokio::time::Instant::now()).min(self.cfg.poll_interval));
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = self.wake.notified() => {}
-                        () = tokio::time::sleep(next_look) => {}
-                    }
+                    self.idle(retry_due, shutdown).await;
                 }
                 Ok(Some(batch)) => {
                     // Commit this batch while claiming and publishing the next: the commit is
@@ -271,12 +266,7 @@ impl Relay {
                     // batch is kept) or at the next poll, not at once for nothing. Under load
                     // most batches are small, and an empty claim is three statements.
                     if !full {
-                        let next_look = retry_due.map_or(self.cfg.poll_interval, |due| due.saturating_duration_since(tokio::time::Instant::now()).min(self.cfg.poll_interval));
-                        tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            () = self.wake.notified() => {}
-                            () = tokio::time::sleep(next_look) => {}
-                        }
+                        self.idle(retry_due, shutdown).await;
                     }
                 }
                 Err(RelayError::Amqp(e)) => return Err(e),
@@ -288,6 +278,18 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits for a wake (a commit in this process staged rows; one that came meanwhile is kept),
+    /// the earliest unsent row falling due, the idle poll, or shutdown, whichever comes first.
+    async fn idle(&self, retry_due: Option<tokio::time::Instant>, shutdown: &CancellationToken) {
+        let poll = self.cfg.poll_interval;
+        let next_look = retry_due.map_or(poll, |due| due.saturating_duration_since(tokio::time::Instant::now()).min(poll));
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(next_look) => {}
         }
     }
 
