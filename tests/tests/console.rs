@@ -152,13 +152,33 @@ async fn court_refers_centre_settles_court_sees_outcome_and_whole_timeline() -> 
     assert!(b.exists("#error").await?);
     assert!(!b.client.source().await?.contains("张三"));
 
-    // The supervisor's dashboard counts the case, with its charts.
+    // The centre registers a dispute the 148 hotline handed over (自行受理): accepted at once.
+    b.sign_in(&stack::centre()).await?;
+    assert_eq!(b.text("#nav-new").await?, "自行受理");
+    b.goto("/cases/new").await?;
+    b.fill("#received_by", "周接待").await?;
+    b.fill("#cause_of_action", "邻里纠纷").await?;
+    b.fill("#facts", "邻居装修噪音扰民，经148热线转来。").await?;
+    b.select("#category", &(DisputeCategory::Neighbour as i32).to_string()).await?;
+    b.fill("#p0_name", "王五").await?;
+    b.click("#submit-referral").await?;
+    assert!(b.text("#error").await?.contains("受理来源"), "the source is required");
+    b.select("#source", &(IntakeSource::Hotline148 as i32).to_string()).await?;
+    b.select("#risk_level", &(RiskLevel::Low as i32).to_string()).await?;
+    b.click("#submit-referral").await?;
+    assert!(b.text("#ok").await?.contains("登记成功"));
+    assert_eq!(b.client.find(fantoccini::Locator::Css("#case-state")).await?.attr("data-state").await?.as_deref(), Some("ACCEPTED"));
+    b.shot("centre-self-intake").await?;
+
+    // The supervisor's dashboard counts both cases, the centre's own by source, with its charts.
     b.sign_in(&duijie_tests::node(AgencyKind::Supervisor, "431003")).await?;
     b.goto("/dashboard").await?;
     let received = b.text("#stat-received b").await?;
-    assert_eq!(received, "1", "one case received in the district this year");
+    assert_eq!(received, "2", "two cases received in the district this year");
+    assert_eq!(b.text("#stat-received_self_accepted b").await?, "1");
     assert_eq!(b.text("#stat-settled b").await?, "1");
-    assert_eq!(b.client.find_all(fantoccini::Locator::Css("#charts svg")).await?.len(), 3);
+    assert_eq!(b.client.find_all(fantoccini::Locator::Css("#charts svg")).await?.len(), 4);
+    assert!(b.client.source().await?.contains("148热线"), "received by source");
     b.shot("supervisor-dashboard").await?;
 
     b.close().await?;

@@ -36,6 +36,7 @@ pub fn case_view(v: &CaseView) -> pb::CaseView {
         timeline: v.timeline.iter().map(timeline_entry).collect(),
         allowed_next: v.allowed_next.iter().map(|k| *k as i32).collect(),
         handed_on: v.handed_on,
+        court: v.court.as_ref().map(AgencyRef::from),
     }
 }
 

@@ -10,7 +10,7 @@ use duijie_common::outbox;
 use duijie_domain::agency::ref_str;
 use duijie_domain::{AgencyNode, Case, CaseState, Effects, Lifecycle, Message};
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::{AgencyKind, AgencyRef, ClockPolicyKind, DeliveryEvidence, Envelope, EvidenceType, Referral};
+use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, ConfirmationRequest, DeliveryEvidence, Envelope, EvidenceType, Referral};
 use prost::Message as _;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -52,7 +52,8 @@ impl Agency {
             return Err(HandleError::Rejected(format!("case {case_id} already exists here")));
         }
         if let Some(f) = &referral.forwarded {
-            let mut lc = Lifecycle::referred();
+            // A self-accepted case's history starts accepted (its registration is its referral).
+            let mut lc = if env.channel() == Channel::SelfIntake { Lifecycle::at(CaseState::Accepted, None) } else { Lifecycle::referred() };
             for bytes in &f.history {
                 let prior = Envelope::decode(bytes.as_slice()).map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
                 prior.check().map_err(|e| HandleError::Rejected(format!("history: {e}")))?;
@@ -68,6 +69,40 @@ impl Agency {
             }
         }
         Ok(case.lifecycle.state)
+    }
+
+    /// Opens `court`'s copy of a case `sender` applies to it for judicial confirmation, when the
+    /// court does not have the case (it did not refer it): from the referrer and referral the
+    /// application carries. `false` when the court has the case already (its own referral, or a
+    /// redelivered application), which then goes through the desk as any message does.
+    async fn open_application(
+        &self,
+        conn: &mut PgConnection,
+        court: &AgencyNode,
+        sender: &AgencyNode,
+        env: &Envelope,
+        request: &ConfirmationRequest,
+    ) -> Result<bool, HandleError> {
+        let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
+        if store::case_exists(conn, court, case_id).await.map_err(db)? {
+            return Ok(false);
+        }
+        if !court.is(request.court.as_ref()) {
+            return Err(HandleError::Rejected(format!("a confirmation application for {} reached {court}", ref_str(request.court.as_ref()))));
+        }
+        if sender.kind() != AgencyKind::Mediation {
+            return Err(HandleError::Rejected(format!("{sender} does not apply for judicial confirmation")));
+        }
+        let referrer = AgencyNode::from_ref(request.case_referrer.as_ref())
+            .map_err(|e| HandleError::Rejected(format!("the application names no valid referrer of the case: {e}")))?;
+        let referral = request.case_referral.as_ref().ok_or_else(|| HandleError::Rejected("the application carries no case_referral".into()))?;
+        let case = Case::applied_to(court.clone(), env.channel(), referrer, sender.clone());
+        let clock = referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
+        if !store::insert_applied(conn, court, case_id, &env.case_code, &case, clock, &referral.encode_to_vec()).await.map_err(|e| db(e.into()))? {
+            return Ok(false);
+        }
+        store::insert_event(conn, court, env, Direction::In, case.lifecycle.state).await.map_err(db)?;
+        Ok(true)
     }
 
     /// Delivery evidence back to the sender for what `owner` durably took.
@@ -116,6 +151,12 @@ impl Handler for Agency {
             store::insert_event(conn, &owner, env, Direction::In, state).await.map_err(db)?;
             return self.evidence(conn, &owner, env).await;
         }
+        if let Payload::ConfirmationRequest(request) = payload
+            && owner.kind() == AgencyKind::Court
+            && self.open_application(conn, &owner, &sender, env, request).await?
+        {
+            return self.evidence(conn, &owner, env).await;
+        }
         let stored = store::locked_case(conn, &owner, case_id)
             .await
             .map_err(|e| match e.downcast_ref::<sqlx::Error>() {
@@ -156,12 +197,12 @@ impl Handler for Agency {
                 // This body did take it: the referrer gets its evidence, then the holder's.
                 self.evidence(conn, &owner, env).await
             }
-            Effects::Apply { lifecycle, new_holder, evidence } => {
+            Effects::Apply { lifecycle, new_holder, court, evidence } => {
                 let revised = match payload {
                     Payload::Amendment(a) => a.revised.as_ref().map(|r| rules::amended(&stored.referral, r)).transpose().map_err(malformed)?,
                     _ => None,
                 };
-                store::update(conn, &owner, case_id, &lifecycle, new_holder.as_ref(), revised.as_ref()).await.map_err(db)?;
+                store::update(conn, &owner, case_id, &lifecycle, new_holder.as_ref(), court.as_ref(), revised.as_ref()).await.map_err(db)?;
                 store::insert_event(conn, &owner, env, Direction::In, lifecycle.state).await.map_err(db)?;
                 if evidence { self.evidence(conn, &owner, env).await } else { Ok(()) }
             }

@@ -9,7 +9,7 @@ use duijie_common::server::ApiError;
 use duijie_domain::case::channel_of;
 use duijie_domain::{AgencyNode, Case, CaseState, Effects, Message, Role};
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::{AgencyKind, AgencyRef, ClockPolicyKind, Envelope, ForwardedCase, MessageKind, Referral};
+use duijie_proto::v1::{AgencyKind, AgencyRef, ClockPolicyKind, ConfirmationRequest, Envelope, ForwardedCase, MessageKind, Referral};
 use prost::Message as _;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -43,9 +43,38 @@ impl Agency {
             g.check()?;
         }
         let channel = channel_of(caller.kind()).ok_or_else(|| ApiError::PermissionDenied("no channel for this agency".into()))?;
-        let case = Case::referred(channel, caller.clone(), to.clone());
+        self.open_case(caller, Case::referred(channel, caller.clone(), to.clone()), case_code, referral).await
+    }
+
+    /// Registers a dispute `caller`, a mediation body, took in itself (自行受理): a case it
+    /// holds from the start, accepted, whose messages go to the audit store only. A retried
+    /// register (same `client_request_id`) returns the case of the first one.
+    pub async fn register_case(&self, caller: &AgencyNode, case_code: &str, referral: Referral) -> Result<CaseView, ApiError> {
+        self.check_serves(caller)?;
+        if caller.kind() != AgencyKind::Mediation {
+            return Err(ApiError::PermissionDenied(format!("{caller}: only a mediation body registers a case it took in itself")));
+        }
+        if case_code.trim().is_empty() {
+            return Err(ApiError::invalid("case_code", "is required"));
+        }
+        if referral.forwarded.is_some() {
+            return Err(ApiError::invalid("referral.forwarded", "is set only by a mediation body handing a case on"));
+        }
+        if referral.intake.is_none() {
+            return Err(ApiError::invalid("referral.intake", "is required: how the dispute came in, its risk level and who received it"));
+        }
+        rules::validate_referral(&referral)?;
+        if let Some(g) = &self.gate {
+            g.check()?;
+        }
+        self.open_case(caller, Case::registered(caller.clone()), case_code, referral).await
+    }
+
+    /// Creates `case`, sent by `caller` with `referral`, and stages its first message.
+    async fn open_case(&self, caller: &AgencyNode, case: Case, case_code: &str, referral: Referral) -> Result<CaseView, ApiError> {
+        let (channel, to) = (case.channel, case.holder.clone());
         let case_id = Uuid::now_v7();
-        let header = Header { case_id, case_code: case_code.to_owned(), channel, sender: caller.clone(), recipient: to.clone(), causation_id: None };
+        let header = Header { case_id, case_code: case_code.to_owned(), channel, sender: caller.clone(), recipient: to, causation_id: None };
         let mut env = envelope::build(&header, Payload::Referral(referral.clone()));
         let new = NewReferral {
             case_id,
@@ -72,7 +101,7 @@ impl Agency {
             drop(tx);
             return self.view(caller, existing).await;
         }
-        self.record_out(&mut tx, caller, &mut env, CaseState::Submitted).await?;
+        self.record_out(&mut tx, caller, &mut env, case.lifecycle.state).await?;
         // The answer is read in the transaction itself (which holds the new case): a call that
         // acted is not then refused for want of another connection, so a "busy" answer always
         // means nothing was done.
@@ -118,13 +147,23 @@ impl Agency {
             return Err(ApiError::PermissionDenied(format!("{caller} no longer holds case {case_id}")));
         }
         let revised = rules::check_payload(&payload, &stored.referral)?;
-        let Effects::Send { lifecycle, new_holder, recipient, hand_over } =
+        let Effects::Send { lifecycle, new_holder, recipient, copy_to, hand_over, court } =
             stored.case.decide(Message::Outgoing { sender: caller, payload: &payload }).map_err(refused)?
         else {
             return Err(anyhow::anyhow!("the desk answered a message to send with something else").into());
         };
         if let Some(to) = &hand_over {
             self.check_known(to, if kind == MessageKind::Redirect { "redirect.to" } else { "escalation.to_agency" })?;
+        }
+        let mut payload = payload;
+        if let Payload::ConfirmationRequest(r) = &mut payload {
+            self.check_application_limit(&mut tx, caller, case_id, r).await?;
+        }
+        if let (Some(c), Payload::ConfirmationRequest(r)) = (&court, &mut payload) {
+            self.check_known(c, "confirmation_request.court")?;
+            // The court did not refer the case: it opens its copy from these.
+            r.case_referrer = Some(AgencyRef::from(&stored.case.referrer));
+            r.case_referral = Some(Referral::decode(stored.referral.as_slice()).context("decoding the stored referral")?);
         }
         let header = Header {
             case_id,
@@ -134,9 +173,17 @@ impl Agency {
             recipient,
             causation_id: store::last_inbound(&mut tx, caller, case_id).await?,
         };
+        let copy = copy_to.map(|to| (to, payload.clone()));
         let mut env = envelope::build(&header, payload);
-        store::update(&mut tx, caller, case_id, &lifecycle, new_holder.as_ref(), revised.as_ref()).await?;
+        store::update(&mut tx, caller, case_id, &lifecycle, new_holder.as_ref(), court.as_ref(), revised.as_ref()).await?;
         self.record_out(&mut tx, caller, &mut env, lifecycle.state).await?;
+        if let Some((to, payload)) = copy {
+            // The referrer's copy (抄送) of a confirmation another court examines: a message of
+            // its own, caused by the original, staged with it.
+            let header = Header { recipient: to, causation_id: Uuid::parse_str(&env.message_id).ok(), ..header };
+            let mut copy = envelope::build(&header, payload);
+            self.record_out(&mut tx, caller, &mut copy, lifecycle.state).await?;
+        }
         if let Some(to) = &hand_over {
             self.forward(&mut tx, caller, &stored, to, &env, lifecycle.state).await?;
         }
@@ -145,6 +192,34 @@ impl Agency {
         tx.commit().await.context("committing")?;
         self.wake();
         self.build_view(caller, loaded)
+    }
+
+    /// Judicial confirmation is applied for within 30 days of the agreement taking effect
+    /// (人民调解法 第三十三条): from `agreement_signed_at`, or else from the settlement the case
+    /// reported (then written into the application, so the court sees the date it was judged by).
+    async fn check_application_limit(&self, tx: &mut PgConnection, caller: &AgencyNode, case_id: Uuid, r: &mut ConfirmationRequest) -> Result<(), ApiError> {
+        let now = chrono::Utc::now();
+        let signed = match envelope::from_timestamp(r.agreement_signed_at.as_ref()) {
+            Some(t) if t > now + chrono::Duration::days(1) => {
+                return Err(ApiError::invalid("request.agreement_signed_at", "is in the future"));
+            }
+            Some(t) => t,
+            None => {
+                let Some(t) = store::settled_at(tx, caller, case_id).await? else { return Ok(()) };
+                r.agreement_signed_at = Some(envelope::timestamp(t));
+                t
+            }
+        };
+        let due = self.calendar.due(signed, duijie_domain::calendar::Period::Days(30));
+        if now > due {
+            return Err(ApiError::FailedPrecondition(format!(
+                "judicial confirmation must be applied for within 30 days of the agreement (人民调解法 第三十三条): \
+                 the agreement of {} passed its limit on {}; the parties may instead change the agreement or sue on it",
+                signed.format("%Y-%m-%d"),
+                due.format("%Y-%m-%d")
+            )));
+        }
+        Ok(())
     }
 
     /// Hands the case to `to`: a referral carrying the original referrer, why it moves, and the

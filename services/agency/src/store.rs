@@ -33,6 +33,8 @@ struct CaseRow {
     referrer_code: String,
     holder_kind: String,
     holder_code: String,
+    court_kind: Option<String>,
+    court_code: Option<String>,
     state: String,
     before_cancel: Option<String>,
     clock_policy: i32,
@@ -56,6 +58,10 @@ impl TryFrom<CaseRow> for StoredCase {
                 channel: Channel::try_from(r.channel).unwrap_or(Channel::Unspecified),
                 referrer: AgencyNode::from_parts(&r.referrer_kind, &r.referrer_code).context("the case's referrer")?,
                 holder: AgencyNode::from_parts(&r.holder_kind, &r.holder_code).context("the case's holder")?,
+                court: match (&r.court_kind, &r.court_code) {
+                    (Some(kind), Some(code)) => Some(AgencyNode::from_parts(kind, code).context("the case's confirming court")?),
+                    _ => None,
+                },
                 lifecycle,
             },
             clock_policy: ClockPolicyKind::try_from(r.clock_policy).unwrap_or(ClockPolicyKind::Unspecified),
@@ -65,7 +71,7 @@ impl TryFrom<CaseRow> for StoredCase {
     }
 }
 
-const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code,
+const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, court_kind, court_code,
         state, before_cancel, clock_policy, referral, updated_at";
 
 /// `owner`'s copy of the case, its row locked for a state change (a read goes through
@@ -80,6 +86,31 @@ pub async fn locked_case(conn: &mut PgConnection, owner: &AgencyNode, case_id: U
         .await
         .context("reading the case")?;
     row.map(StoredCase::try_from).transpose()
+}
+
+/// When the case's settlement was reported (the Outcome that left it SETTLED), in `owner`'s timeline.
+pub async fn settled_at(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT max(occurred_at) FROM case_events
+         WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 AND kind = 'outcome' AND state_after = 'SETTLED'",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .bind(case_id)
+    .fetch_one(conn)
+    .await
+    .context("looking for the settlement")
+}
+
+/// Whether `owner` has a copy of the case.
+pub async fn case_exists(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3)")
+        .bind(owner.kind_str())
+        .bind(owner.code())
+        .bind(case_id)
+        .fetch_one(conn)
+        .await
+        .context("looking for the case")
 }
 
 /// The advisory lock key of a case (its id folded to 64 bits; a collision only makes two cases
@@ -113,7 +144,7 @@ pub async fn lock_cases(conn: &mut PgConnection, keys: &[i64]) -> anyhow::Result
 pub async fn case_with_timeline(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<Option<(StoredCase, Vec<EventRow>)>> {
     let row: Option<CaseTimelineRow> = sqlx::query_as(
         "SELECT c.case_id, c.case_code, c.channel, c.referrer_kind, c.referrer_code, c.holder_kind, c.holder_code,
-                c.state, c.before_cancel, c.clock_policy, c.referral, c.updated_at,
+                c.court_kind, c.court_code, c.state, c.before_cancel, c.clock_policy, c.referral, c.updated_at,
                 t.envelopes, t.kinds, t.directions, t.states, t.times
          FROM cases c
          LEFT JOIN LATERAL (
@@ -167,7 +198,8 @@ pub async fn list(conn: &mut PgConnection, owner: &AgencyNode, filter: &ListFilt
          WHERE owner_kind = $1 AND owner_code = $2
            -- a state filter asks for cases this agency acts on: not those it handed on
            AND ($3::text IS NULL OR (state = $3 AND ((holder_kind = owner_kind AND holder_code = owner_code)
-                                                  OR (referrer_kind = owner_kind AND referrer_code = owner_code))))
+                                                  OR (referrer_kind = owner_kind AND referrer_code = owner_code)
+                                                  OR (court_kind = owner_kind AND court_code = owner_code))))
            AND ($4::int IS NULL OR channel = $4)
            AND ($5::timestamptz IS NULL OR (updated_at, case_id) < ($5, $6))
          ORDER BY updated_at DESC, case_id DESC
@@ -279,20 +311,57 @@ pub async fn insert_received(
         > 0)
 }
 
-/// Stores a case's new position (and its new holder, when the step moved it; its amended
-/// referral and clock policy, when amended).
+/// `court`'s copy of a case a mediation body applied to it for judicial confirmation (the
+/// court did not refer it); `false` if the case exists here already.
+pub async fn insert_applied(
+    conn: &mut PgConnection,
+    court: &AgencyNode,
+    case_id: Uuid,
+    case_code: &str,
+    case: &Case,
+    clock_policy: ClockPolicyKind,
+    referral: &[u8],
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO cases (owner_kind, owner_code, case_id, case_code, channel, referrer_kind, referrer_code,
+                            holder_kind, holder_code, court_kind, court_code, state, clock_policy, referral)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $2, $10, $11, $12)
+         ON CONFLICT (owner_kind, owner_code, case_id) DO NOTHING",
+    )
+    .bind(court.kind_str())
+    .bind(court.code())
+    .bind(case_id)
+    .bind(case_code)
+    .bind(case.channel as i32)
+    .bind(case.referrer.kind_str())
+    .bind(case.referrer.code())
+    .bind(case.holder.kind_str())
+    .bind(case.holder.code())
+    .bind(case.lifecycle.state.as_str())
+    .bind(clock_policy as i32)
+    .bind(referral)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Stores a case's new position (and its new holder, when the step moved it; the court a
+/// confirmation application named; its amended referral and clock policy, when amended).
 pub async fn update(
     conn: &mut PgConnection,
     owner: &AgencyNode,
     case_id: Uuid,
     lc: &Lifecycle,
     new_holder: Option<&AgencyNode>,
+    court: Option<&AgencyNode>,
     referral: Option<&(Vec<u8>, i32)>,
 ) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE cases SET state = $4, before_cancel = $5,
                 holder_kind = COALESCE($6, holder_kind), holder_code = COALESCE($7, holder_code),
-                referral = COALESCE($8, referral), clock_policy = COALESCE($9, clock_policy), updated_at = now()
+                referral = COALESCE($8, referral), clock_policy = COALESCE($9, clock_policy),
+                court_kind = COALESCE($10, court_kind), court_code = COALESCE($11, court_code), updated_at = now()
          WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
     )
     .bind(owner.kind_str())
@@ -304,6 +373,8 @@ pub async fn update(
     .bind(new_holder.map(|h| h.code()))
     .bind(referral.map(|(bytes, _)| bytes.as_slice()))
     .bind(referral.map(|(_, clock)| *clock))
+    .bind(court.map(AgencyNode::kind_str))
+    .bind(court.map(|c| c.code()))
     .execute(conn)
     .await
     .context("updating the case")?;

@@ -25,6 +25,8 @@ pub struct CaseView {
     pub channel: Channel,
     pub referrer: AgencyNode,
     pub holder: AgencyNode,
+    /// The court a confirmation application was made to, when it is not the referrer.
+    pub court: Option<AgencyNode>,
     pub state: CaseState,
     pub clock_policy: ClockPolicyKind,
     /// The referral, identity numbers masked unless the caller holds the case (see
@@ -157,6 +159,7 @@ impl Agency {
             state: case.lifecycle.state,
             referrer: case.referrer,
             holder: case.holder,
+            court: case.court,
             clock_policy,
             referral,
             // The clocks are the holder's and the referrer's, not a former holder's.

@@ -227,6 +227,8 @@ impl AuditService for AuditApi {
              WHERE c.closed_at IS NULL
                AND c.state IN ('SUBMITTED', 'DELIVERED', 'RECEIVED', 'CANCEL_REQUESTED', 'CONFIRMATION_REQUESTED', 'CONFIRMATION_ACCEPTED',
                                'REJECTED', 'FAILED', 'WITHDRAWN', 'DEFAULTED', 'CONFIRMATION_DENIED')
+               -- a self-accepted case is returned to no one: its holder closes it
+               AND (c.channel <> 5 OR c.state NOT IN ('REJECTED', 'FAILED', 'WITHDRAWN', 'DEFAULTED', 'CONFIRMATION_DENIED'))
                AND c.state_since <= now() - make_interval(secs => $3)
                AND {}
              ORDER BY c.state_since LIMIT $4",
@@ -348,6 +350,11 @@ impl AuditService for AuditApi {
             received_police: n(f.received_police),
             received_petition: n(f.received_petition),
             received_procuratorate: n(f.received_procuratorate),
+            received_by_intake_source: f
+                .received_by_intake_source
+                .iter()
+                .map(|(source, count)| pb::IntakeSourceCount { source: *source, count: n(*count) })
+                .collect(),
             signed_for: n(f.signed_for),
             accepted: n(f.accepted),
             rejected: n(f.rejected),

@@ -8,7 +8,8 @@
 //!
 //! | figure | counts |
 //! |---|---|
-//! | received | referrals (the case's first record); by source = the referrer's kind (`self_accepted`: a mediation body registered the case itself) |
+//! | received | referrals (the case's first record); by source = the referrer's kind (`self_accepted`: a mediation body registered the case itself, CHANNEL_SELF_INTAKE) |
+//! | received by intake source | self-accepted cases received, by the intake's `IntakeSource` (来访, 148, 12345, 网上, 网格排查, 部门移交) |
 //! | signed_for / accepted / rejected | first Receipt / Accept / Reject |
 //! | mediated | outcomes reported (settled + failed + withdrawn) |
 //! | settled / failed | outcomes of that kind |
@@ -44,6 +45,8 @@ pub struct Figures {
     pub received_police: i64,
     pub received_petition: i64,
     pub received_procuratorate: i64,
+    /// Self-accepted cases received, by `IntakeSource` (its number, 1…6), every source listed.
+    pub received_by_intake_source: Vec<(i32, i64)>,
     pub signed_for: i64,
     pub accepted: i64,
     pub rejected: i64,
@@ -83,7 +86,13 @@ const SELECTION: &str = "
 const COUNTS: &str = "
 SELECT
     count(*) FILTER (WHERE received_at >= $1) AS received,
-    count(*) FILTER (WHERE received_at >= $1 AND referrer_kind = 'mediation') AS received_self_accepted,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5) AS received_self_accepted,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5 AND intake_source = 1) AS intake_walk_in,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5 AND intake_source = 2) AS intake_hotline_148,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5 AND intake_source = 3) AS intake_hotline_12345,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5 AND intake_source = 4) AS intake_online,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5 AND intake_source = 5) AS intake_grid_screening,
+    count(*) FILTER (WHERE received_at >= $1 AND channel = 5 AND intake_source = 6) AS intake_department_transfer,
     count(*) FILTER (WHERE received_at >= $1 AND referrer_kind = 'court') AS received_court,
     count(*) FILTER (WHERE received_at >= $1 AND referrer_kind = 'police') AS received_police,
     count(*) FILTER (WHERE received_at >= $1 AND referrer_kind = 'petition') AS received_petition,
@@ -115,6 +124,12 @@ struct Counts {
     received_police: i64,
     received_petition: i64,
     received_procuratorate: i64,
+    intake_walk_in: i64,
+    intake_hotline_148: i64,
+    intake_hotline_12345: i64,
+    intake_online: i64,
+    intake_grid_screening: i64,
+    intake_department_transfer: i64,
     signed_for: i64,
     accepted: i64,
     rejected: i64,
@@ -160,6 +175,14 @@ pub async fn statistics_on(conn: &mut PgConnection, second: Option<&mut PgConnec
         received_police: c.received_police,
         received_petition: c.received_petition,
         received_procuratorate: c.received_procuratorate,
+        received_by_intake_source: vec![
+            (1, c.intake_walk_in),
+            (2, c.intake_hotline_148),
+            (3, c.intake_hotline_12345),
+            (4, c.intake_online),
+            (5, c.intake_grid_screening),
+            (6, c.intake_department_transfer),
+        ],
         signed_for: c.signed_for,
         accepted: c.accepted,
         rejected: c.rejected,

@@ -89,26 +89,31 @@ pub fn chain_of(case_id: Uuid, chains: u32) -> i32 {
 /// ([`Case::decide`]), so a message their desk refuses is recorded with the state unchanged
 /// (`None`: no step). A case whose referral never reached the log has no referrer to judge by:
 /// its lifecycle alone decides.
-fn observe(c: &CaseRow, lc: Lifecycle, env: &Envelope, payload: &Payload) -> (Lifecycle, Option<Step>) {
+/// Also returns the court a confirmation application named, when it is not the referrer.
+fn observe(c: &CaseRow, lc: Lifecycle, env: &Envelope, payload: &Payload) -> (Lifecycle, Option<Step>, Option<AgencyNode>) {
     let from = lc.state;
     let ends = AgencyNode::from_parts(&c.referrer_kind, &c.referrer_code).and_then(|r| Ok((r, AgencyNode::from_parts(&c.holder_kind, &c.holder_code)?)));
-    let Ok((referrer, holder)) = ends else {
+    let (Ok((referrer, holder)), Ok(recipient)) = (ends, AgencyNode::from_ref(env.recipient.as_ref())) else {
         let mut lc = lc;
         let step = lc.apply(payload).ok();
-        return (lc, step);
+        return (lc, step, None);
+    };
+    let court = match (&c.court_kind, &c.court_code) {
+        (Some(kind), Some(code)) => AgencyNode::from_parts(kind, code).ok(),
+        _ => None,
     };
     // Delivery evidence speaks for the agency it names as `delivered_to`.
     let speaker = match payload {
         Payload::DeliveryEvidence(ev) => AgencyNode::from_ref(ev.delivered_to.as_ref()),
         _ => AgencyNode::from_ref(env.sender.as_ref()),
     };
-    let case = Case { channel: Channel::try_from(c.channel).unwrap_or(Channel::Unspecified), referrer, holder, lifecycle: lc.clone() };
-    match speaker.map(|s| case.decide(Message::Observed { sender: &s, payload })) {
-        Ok(Ok(Effects::Apply { lifecycle, new_holder, .. })) => {
+    let case = Case { channel: Channel::try_from(c.channel).unwrap_or(Channel::Unspecified), referrer, holder, court, lifecycle: lc.clone() };
+    match speaker.map(|s| case.decide(Message::Observed { sender: &s, recipient: &recipient, payload })) {
+        Ok(Ok(Effects::Apply { lifecycle, new_holder, court, .. })) => {
             let step = Step { from, to: lifecycle.state, new_holder: new_holder.as_ref().map(AgencyRef::from) };
-            (lifecycle, Some(step))
+            (lifecycle, Some(step), court)
         }
-        _ => (lc, None),
+        _ => (lc, None, None),
     }
 }
 
@@ -200,11 +205,19 @@ struct CaseRow {
     last_hash: Vec<u8>,
     overdue_since: Option<DateTime<Utc>>,
     chain: i32,
+    /// How a self-accepted case came in (`IntakeSource`; 0 for a referred case).
+    intake_source: i32,
+    /// Its risk level at intake (`RiskLevel`; 0 for a referred case).
+    risk_level: i32,
+    /// The court a confirmation application named, when it is not the referrer.
+    court_kind: Option<String>,
+    court_code: Option<String>,
 }
 
 const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state, before_cancel,
      state_since, clock_policy, received_at, signed_at, accepted_at, rejected_at, outcome, outcome_at,
-     confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash, overdue_since, chain";
+     confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash, overdue_since, chain,
+     intake_source, risk_level, court_kind, court_code";
 
 /// A case during a batch.
 struct Working {
@@ -457,10 +470,17 @@ impl AuditStore {
             // The first record of a case: its referral (or, if the referral never reached the
             // log, the first message seen). The referrer is the referral's sender, the holder
             // its recipient.
+            // A case a body registered itself starts signed for and accepted.
+            let intake = match payload {
+                Payload::Referral(r) if r.forwarded.is_none() => r.intake.as_ref(),
+                _ => None,
+            };
             let lc = match payload {
+                _ if intake.is_some() => Lifecycle::at(CaseState::Accepted, None),
                 Payload::Referral(_) => Lifecycle::referred(),
                 _ => Lifecycle::at(CaseState::Submitted, None),
             };
+            let registered = intake.map(|_| at);
             let (referrer, holder, clock) = match payload {
                 Payload::Referral(r) => {
                     let referrer = r.forwarded.as_ref().and_then(|f| f.original_referrer.as_ref()).or(env.sender.as_ref());
@@ -481,8 +501,8 @@ impl AuditStore {
                 state_since: at,
                 clock_policy: clock,
                 received_at: at,
-                signed_at: None,
-                accepted_at: None,
+                signed_at: registered,
+                accepted_at: registered,
                 rejected_at: None,
                 outcome: None,
                 outcome_at: None,
@@ -493,6 +513,10 @@ impl AuditStore {
                 last_hash: Vec::new(),
                 overdue_since: None,
                 chain: chain_of(case_id, self.chains),
+                intake_source: intake.map_or(0, |i| i.source),
+                risk_level: intake.map_or(0, |i| i.risk_level),
+                court_kind: None,
+                court_code: None,
             };
             cases.insert(case_id, Working { row, timing: moves_limits(payload, None), existed: false, events: Vec::new() });
             return Ok(lc.state.as_str());
@@ -501,11 +525,15 @@ impl AuditStore {
         let current = Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?);
         // Where the case stands after this message (the same machine the agencies run; a
         // message their machine refuses is still recorded, with the state unchanged).
-        let (lc, step) = match payload {
+        let (lc, step, court) = match payload {
             // A case handed on (redirect, escalation): the holder changed with the hand-over.
-            Payload::Referral(_) => (current, None),
+            Payload::Referral(_) => (current, None, None),
             p => observe(c, current, env, p),
         };
+        if let Some(court) = court {
+            c.court_kind = Some(court.kind_str().to_owned());
+            c.court_code = Some(court.code().to_owned());
+        }
         if let Some(h) = step.as_ref().and_then(|s| s.new_holder.as_ref()) {
             c.holder_kind = kind_of(Some(h)).to_owned();
             c.holder_code.clone_from(&h.code);
@@ -725,7 +753,7 @@ async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sq
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                               $9::text[], $10::timestamptz[], $11::int[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[],
                               $15::timestamptz[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[],
-                              $20::timestamptz[], $21::int[], $22::bytea[], $23::timestamptz[], $24::int[])
+                              $20::timestamptz[], $21::int[], $22::bytea[], $23::timestamptz[], $24::int[], $25::int[], $26::int[], $27::text[], $28::text[])
          ON CONFLICT (case_id) DO UPDATE SET
              holder_kind = EXCLUDED.holder_kind, holder_code = EXCLUDED.holder_code, state = EXCLUDED.state,
              before_cancel = EXCLUDED.before_cancel, state_since = EXCLUDED.state_since, clock_policy = EXCLUDED.clock_policy,
@@ -733,7 +761,8 @@ async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sq
              outcome = EXCLUDED.outcome, outcome_at = EXCLUDED.outcome_at,
              confirmation_requested_at = EXCLUDED.confirmation_requested_at,
              confirmation_granted_at = EXCLUDED.confirmation_granted_at, closed_at = EXCLUDED.closed_at,
-             last_case_seq = EXCLUDED.last_case_seq, last_hash = EXCLUDED.last_hash, overdue_since = EXCLUDED.overdue_since"
+             last_case_seq = EXCLUDED.last_case_seq, last_hash = EXCLUDED.last_hash, overdue_since = EXCLUDED.overdue_since,
+             court_kind = EXCLUDED.court_kind, court_code = EXCLUDED.court_code"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(column!(case_id))
@@ -760,6 +789,10 @@ async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sq
         .bind(column!(last_hash))
         .bind(column!(overdue_since))
         .bind(column!(chain))
+        .bind(column!(intake_source))
+        .bind(column!(risk_level))
+        .bind(column!(court_kind))
+        .bind(column!(court_code))
         .execute(conn)
         .await?;
     Ok(())

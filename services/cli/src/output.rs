@@ -47,13 +47,14 @@ pub fn channel(c: i32) -> &'static str {
     Channel::try_from(c).map(|c| c.as_str()).unwrap_or("?")
 }
 
-/// The channel's Chinese name (诉调, 警调, 访调, 检调).
+/// The channel's Chinese name (诉调, 警调, 访调, 检调, 自行受理).
 pub fn channel_zh(c: i32) -> &'static str {
     match Channel::try_from(c) {
         Ok(Channel::Court) => "诉调",
         Ok(Channel::Police) => "警调",
         Ok(Channel::Petition) => "访调",
         Ok(Channel::Procuratorate) => "检调",
+        Ok(Channel::SelfIntake) => "自行受理",
         _ => "?",
     }
 }

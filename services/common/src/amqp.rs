@@ -4,6 +4,7 @@
 //! ```text
 //! <p>.handoff  (topic)  ──<kind>.<code>.*──▶ <p>.inbox.<kind>.<code>   (quorum; one per agency node)
 //!                       ──<kind>.<code>.*──▶ <p>.audit.tap             (quorum; a copy of every handoff)
+//!                       ──record.#─────────▶ <p>.audit.tap             (a body's messages to itself: recorded only)
 //! <p>.dead     (fanout) ──────────────────▶ <p>.dead                   (quorum; poison messages with reasons)
 //! <p>.audit.status (topic) ──audit.lag, gate.<service>──▶ each reader's own exclusive queue
 //! ```
@@ -151,6 +152,18 @@ impl Topology {
         ch.queue_declare(self.tap_queue().into(), qopts, self.work_queue_args())
             .await
             .context("declaring the audit tap queue")?;
+        // A self-accepted case's messages (sender and recipient the same body) go to the audit
+        // store only (Envelope::routing_key).
+        let record = format!("{}.#", duijie_proto::RECORD_PREFIX);
+        ch.queue_bind(
+            self.tap_queue().into(),
+            self.handoff_exchange().into(),
+            record.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding the audit tap to the records")?;
 
         for node in nodes {
             let queue = self.inbox_queue(node);

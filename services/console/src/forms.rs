@@ -98,20 +98,36 @@ pub fn yuan_to_fen(s: &str) -> Option<i64> {
     duijie_domain::money::yuan_to_fen(&s.replace([',', '，', ' '], ""))
 }
 
-/// The new-referral form for a referrer of `me`.
+/// The 自行受理 form of a mediation body: the dispute as on a referral, with how it came in,
+/// its risk level and who received it (the service puts it on the people's mediation clock).
+pub fn intake(f: &Fields, me: &AgencyNode) -> Result<RegisterCaseRequest, UiError> {
+    let r = referral(f, me, &[])?;
+    Ok(RegisterCaseRequest { case_code: r.case_code, referral: r.referral })
+}
+
+/// The new-referral form for a referrer of `me` (for a mediation body: its own intake, see [`intake`]).
 pub fn referral(f: &Fields, me: &AgencyNode, bodies: &[(AgencyNode, String)]) -> Result<SubmitReferralRequest, UiError> {
     let mut c = Check::default();
-    let to = c.required(f, "to", "接收调解组织");
-    let to = to.parse::<AgencyNode>().ok().filter(|n| bodies.iter().any(|(b, _)| b == n)).map(|n| AgencyRef::from(&n));
-    if to.is_none() && !f.get("to").is_empty() {
-        c.fail("to", "接收调解组织不在名录中".into());
-    }
+    let own = me.kind() == AgencyKind::Mediation;
+    let (to, mode, clock, intake) = if own {
+        let source = enum_value::<IntakeSource>(f, "source", &mut c, "受理来源");
+        let risk_level = enum_value::<RiskLevel>(f, "risk_level", &mut c, "风险等级");
+        let received_by = c.required(f, "received_by", "接待人").to_owned();
+        (None, 0, ClockPolicyKind::PeoplesMediation as i32, Some(Intake { source, risk_level, received_by }))
+    } else {
+        let to = c.required(f, "to", "接收调解组织");
+        let to = to.parse::<AgencyNode>().ok().filter(|n| bodies.iter().any(|(b, _)| b == n)).map(|n| AgencyRef::from(&n));
+        if to.is_none() && !f.get("to").is_empty() {
+            c.fail("to", "接收调解组织不在名录中".into());
+        }
+        let mode = enum_value::<ReferralMode>(f, "mode", &mut c, "移送方式");
+        let clock = enum_value::<ClockPolicyKind>(f, "clock_policy", &mut c, "计时规则");
+        if clock > 0 && !referrers::of(me.kind()).is_some_and(|r| r.clock_policies.iter().any(|k| *k as i32 == clock)) {
+            c.fail("clock_policy", "本机构不能选择该计时规则".into());
+        }
+        (to, mode, clock, None)
+    };
     let case_code = c.required(f, "case_code", "解纷码").to_owned();
-    let mode = enum_value::<ReferralMode>(f, "mode", &mut c, "移送方式");
-    let clock = enum_value::<ClockPolicyKind>(f, "clock_policy", &mut c, "计时规则");
-    if clock > 0 && !referrers::of(me.kind()).is_some_and(|r| r.clock_policies.iter().any(|k| *k as i32 == clock)) {
-        c.fail("clock_policy", "本机构不能选择该计时规则".into());
-    }
     let registered_at = date(f, "registered_at", &mut c, "立案时间");
     let category = enum_value::<DisputeCategory>(f, "category", &mut c, "纠纷类型");
     let cause = c.required(f, "cause_of_action", "案由").to_owned();
@@ -181,6 +197,7 @@ pub fn referral(f: &Fields, me: &AgencyNode, bodies: &[(AgencyNode, String)]) ->
             clock_policy: Some(ClockPolicy { kind: clock, ..Default::default() }),
             client_request_id: f.get("client_request_id").to_owned(),
             note: f.get("note").to_owned(),
+            intake,
             ..Default::default()
         }),
     })
@@ -307,12 +324,13 @@ fn choices(key: &str, field: &str, me: AgencyKind, state: Option<CaseState>) -> 
     }
 }
 
-/// Which end of the case `me` is, if either.
+/// Which end of the case `me` is, if either (the body holding a self-accepted case is its
+/// holder; the court a confirmation was applied to decides as a referring court would).
 fn side_of(me: &AgencyNode, view: &CaseView) -> Option<Side> {
-    if me.is(view.referrer.as_ref()) {
-        Some(Side::Referrer)
-    } else if me.is(view.holder.as_ref()) {
+    if me.is(view.holder.as_ref()) {
         Some(Side::Holder)
+    } else if me.is(view.referrer.as_ref()) || me.is(view.court.as_ref()) {
+        Some(Side::Referrer)
     } else {
         None
     }
@@ -324,6 +342,8 @@ struct CaseChoices<'a> {
     state: Option<CaseState>,
     /// The mediation bodies other than `me` (a case is handed on to one of them).
     others: Vec<(String, String)>,
+    /// The directory's courts (a confirmation is applied for at one of them).
+    courts: Vec<(String, String)>,
     parties: Vec<(String, String)>,
     /// The case's time limits still running (the ones an extension can be asked for).
     running_limits: Vec<(String, String)>,
@@ -339,7 +359,12 @@ impl<'a> CaseChoices<'a> {
         Self {
             me,
             state: CaseState::parse(&view.state),
-            others: bodies.iter().filter(|(n, _)| n != me).map(|(n, name)| (n.to_string(), name.clone())).collect(),
+            others: bodies
+                .iter()
+                .filter(|(n, _)| n != me && n.kind() == AgencyKind::Mediation)
+                .map(|(n, name)| (n.to_string(), name.clone()))
+                .collect(),
+            courts: bodies.iter().filter(|(n, _)| n.kind() == AgencyKind::Court).map(|(n, name)| (n.to_string(), name.clone())).collect(),
             parties,
             running_limits: view.deadlines.iter().filter(|d| d.met_at.is_none()).map(|d| (d.limit.to_string(), labels::time_limit(d.limit()).to_owned())).collect(),
         }
@@ -360,6 +385,7 @@ impl<'a> CaseChoices<'a> {
                 // Only a withdrawal names a party: the outcome form stands without one.
                 Input::Party => (Widget::Select(self.parties.clone()), false),
                 Input::Agency => (Widget::Select(self.others.clone()), true),
+                Input::Court => (Widget::Select(self.courts.clone()), false),
                 Input::RunningLimit => (Widget::Select(self.running_limits.clone()), true),
             };
             if must_choose && matches!(&widget, Widget::Select(o) if o.is_empty()) {
@@ -603,7 +629,13 @@ fn request(view: &CaseView, action: &Action, f: &Fields) -> Result<Call, UiError
             let applicants = view.referral.as_ref().map(|r| r.parties.iter().map(|p| p.party_id.clone()).collect()).unwrap_or_default();
             Call::RequestConfirmation(RequestConfirmationRequest {
                 case_id: id,
-                request: Some(ConfirmationRequest { agreement: Some(agreement(&f.lines("terms"))), applicant_party_ids: applicants, ..Default::default() }),
+                request: Some(ConfirmationRequest {
+                    agreement: Some(agreement(&f.lines("terms"))),
+                    agreement_signed_at: date(f, "agreement_signed_on", &mut c, "协议签订日期"),
+                    applicant_party_ids: applicants,
+                    court: agency_ref(f.get("court")),
+                    ..Default::default()
+                }),
             })
         }
         "performance" => {
@@ -783,6 +815,7 @@ mod tests {
             Input::Number | Input::Choice | Input::Party | Input::RunningLimit => "1",
             Input::Check => "on",
             Input::Agency => "mediation:431003-102",
+            Input::Court => "court:431003",
         }
     }
 
@@ -850,12 +883,17 @@ mod tests {
         limited.allowed_next = vec![MessageKind::Accept as i32];
         assert_eq!(keys(&centre, &limited, &bodies), ["accept"]);
 
-        // 司法确认 on the court channel only; the court decides it.
+        // 司法确认 at a named court, whichever channel; the court decides it, also one that did
+        // not refer the case (then only that).
         let settled = case(&court, &centre, CaseState::Settled);
         assert!(keys(&centre, &settled, &bodies).contains(&"request_confirmation"));
         let police = node("police:431003-01");
-        assert!(!keys(&centre, &case(&police, &centre, CaseState::Settled), &bodies).contains(&"request_confirmation"));
+        assert!(keys(&centre, &case(&police, &centre, CaseState::Settled), &bodies).contains(&"request_confirmation"));
         assert_eq!(keys(&court, &case(&court, &centre, CaseState::ConfirmationRequested), &bodies), ["supervise", "decide_confirmation"]);
+        let mut applied = case(&police, &centre, CaseState::ConfirmationRequested);
+        applied.court = Some(AgencyRef::from(&court));
+        applied.allowed_next = vec![MessageKind::ConfirmationDecision as i32];
+        assert_eq!(keys(&court, &applied, &bodies), ["decide_confirmation"]);
     }
 
     #[test]

@@ -42,11 +42,44 @@ pub fn channel(c: Channel) -> &'static str {
         Channel::Police => "警调",
         Channel::Petition => "访调",
         Channel::Procuratorate => "检调",
+        Channel::SelfIntake => "自行受理",
         Channel::Unspecified => "—",
     }
 }
 
-pub const CHANNELS: [Channel; 4] = [Channel::Court, Channel::Police, Channel::Petition, Channel::Procuratorate];
+pub const CHANNELS: [Channel; 5] = [Channel::Court, Channel::Police, Channel::Petition, Channel::Procuratorate, Channel::SelfIntake];
+
+/// How a self-accepted dispute came in (受理来源).
+pub fn intake_source(s: IntakeSource) -> &'static str {
+    match s {
+        IntakeSource::WalkIn => "来访",
+        IntakeSource::Hotline148 => "148热线",
+        IntakeSource::Hotline12345 => "12345热线",
+        IntakeSource::Online => "网上申请",
+        IntakeSource::GridScreening => "网格排查",
+        IntakeSource::DepartmentTransfer => "部门移交",
+        IntakeSource::Unspecified => "—",
+    }
+}
+
+pub const INTAKE_SOURCES: [IntakeSource; 6] = [
+    IntakeSource::WalkIn,
+    IntakeSource::Hotline148,
+    IntakeSource::Hotline12345,
+    IntakeSource::Online,
+    IntakeSource::GridScreening,
+    IntakeSource::DepartmentTransfer,
+];
+
+/// 风险等级.
+pub fn risk_level(r: RiskLevel) -> &'static str {
+    match r {
+        RiskLevel::Low => "低",
+        RiskLevel::Medium => "中",
+        RiskLevel::High => "高",
+        RiskLevel::Unspecified => "—",
+    }
+}
 
 pub fn agency_kind(k: AgencyKind) -> &'static str {
     match k {

@@ -107,6 +107,11 @@ impl AppState {
             .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind()), node.code()), ToOwned::to_owned)
     }
 
+    /// Every agency of the directory, with its name.
+    pub fn agencies(&self) -> Vec<(AgencyNode, String)> {
+        self.names.entries().map(|(n, name)| (n.clone(), name.to_owned())).collect()
+    }
+
     /// The mediation bodies a case can be sent or handed to.
     pub fn mediation_bodies(&self) -> Vec<(AgencyNode, String)> {
         self.names

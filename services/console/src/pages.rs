@@ -12,6 +12,7 @@ use duijie_domain::{AgencyNode, actions};
 use duijie_proto::answered_case;
 use duijie_proto::v1::audit_service_client::AuditServiceClient;
 use duijie_proto::v1::cases_service_client::CasesServiceClient;
+use duijie_proto::v1::mediation_service_client::MediationServiceClient;
 use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::*;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -136,7 +137,8 @@ fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: Markup) -> M
                                 a href="/dashboard" { "统计分析" }
                             } @else {
                                 a href="/cases" { @if me.kind() == AgencyKind::Mediation { "收件箱" } @else { "我移送的案件" } }
-                                @if me.kind() != AgencyKind::Mediation { a #nav-new href="/cases/new" { "新建移送" } }
+                                @if me.kind() == AgencyKind::Mediation { a #nav-new href="/cases/new" { "自行受理" } }
+                                @else { a #nav-new href="/cases/new" { "新建移送" } }
                                 a href="/dashboard" { "本机构统计" }
                             }
                         }
@@ -354,8 +356,8 @@ pub async fn list(State(st): State<AppState>, Me(me): Me, Query(q): Query<ListQu
 // ---------------------------------------------------------------------------------------------
 
 pub async fn new_referral(State(st): State<AppState>, Me(me): Me) -> Response {
-    if !matches!(me.kind(), AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate) {
-        return error_page(Some((&st, &me)), StatusCode::FORBIDDEN, "只有法院、检察院、公安机关和信访部门可以移送案件。").into_response();
+    if !matches!(me.kind(), AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate | AgencyKind::Mediation) {
+        return error_page(Some((&st, &me)), StatusCode::FORBIDDEN, "只有法院、检察院、公安机关和信访部门可以移送案件，调解组织可以自行受理。").into_response();
     }
     let serial = uuid::Uuid::new_v4().as_u128() % 1_000_000;
     let defaults = Fields(vec![
@@ -364,18 +366,28 @@ pub async fn new_referral(State(st): State<AppState>, Me(me): Me) -> Response {
         ("p0_consent".into(), "on".into()),
         ("p1_consent".into(), "on".into()),
     ]);
-    Html(page(Some((&st, &me)), "新建移送", referral_form(&st, &me, &defaults, &[])).into_string()).into_response()
+    Html(page(Some((&st, &me)), new_title(&me), referral_form(&st, &me, &defaults, &[])).into_string()).into_response()
+}
+
+/// 自行受理 for a mediation body, 新建移送 for a referrer.
+fn new_title(me: &AgencyNode) -> &'static str {
+    if me.kind() == AgencyKind::Mediation { "自行受理" } else { "新建移送" }
 }
 
 pub async fn submit_referral(State(st): State<AppState>, Me(me): Me, Form(pairs): Form<Vec<(String, String)>>) -> Response {
     let f = Fields(pairs);
     let result = async {
-        let req = forms::referral(&f, &me, &st.mediation_bodies())?;
         let ch = st.backend.own(&me)?;
+        if me.kind() == AgencyKind::Mediation {
+            let req = forms::intake(&f, &me)?;
+            return Ok::<_, UiError>(MediationServiceClient::new(ch).register_case(req).await.and_then(answered_case)?);
+        }
+        let req = forms::referral(&f, &me, &st.mediation_bodies())?;
         Ok::<_, UiError>(ReferralsServiceClient::new(ch).submit_referral(req).await.and_then(answered_case)?)
     }
     .await;
     match result {
+        Ok(view) if me.kind() == AgencyKind::Mediation => Redirect::to(&format!("/cases/{}?ok=registered", view.case_id)).into_response(),
         Ok(view) => Redirect::to(&format!("/cases/{}?ok=submitted", view.case_id)).into_response(),
         Err(e) => {
             log_error(&e);
@@ -387,7 +399,7 @@ pub async fn submit_referral(State(st): State<AppState>, Me(me): Me, Form(pairs)
                 div.banner.error #error { (e.message()) }
                 (referral_form(&st, &me, &f, &errors))
             };
-            (e.http_status(), Html(page(Some((&st, &me)), "新建移送", body).into_string())).into_response()
+            (e.http_status(), Html(page(Some((&st, &me)), new_title(&me), body).into_string())).into_response()
         }
     }
 }
@@ -427,11 +439,24 @@ fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, 
     let categories = opts((1..=17).filter_map(|i| DisputeCategory::try_from(i).ok()).map(|c| (c as i32, labels::category(c))).collect());
     let roles = opts([PartyRole::Applicant, PartyRole::Respondent, PartyRole::Plaintiff, PartyRole::Defendant, PartyRole::Victim, PartyRole::Offender, PartyRole::Petitioner, PartyRole::ThirdParty].into_iter().map(|r| (r as i32, labels::party_role(r))).collect());
     let id_types = opts((1..=7).filter_map(|i| IdDocumentType::try_from(i).ok()).map(|t| (t as i32, labels::id_type(t))).collect());
+    let own = me.kind() == AgencyKind::Mediation;
+    let sources = opts(labels::INTAKE_SOURCES.iter().map(|s| (*s as i32, labels::intake_source(*s))).collect());
+    let risks = opts([RiskLevel::Low, RiskLevel::Medium, RiskLevel::High].iter().map(|r| (*r as i32, labels::risk_level(*r))).collect());
     html! {
-        h1 { "新建移送" }
+        h1 { (new_title(me)) }
         form #new-referral method="post" action="/cases/new" data-keep=(format!("{me}:new-referral")) novalidate {
             input type="hidden" name="client_request_id" value=(f.get("client_request_id")) data-keep-field;
             div.grid {
+                @if own {
+                    div.card #intake {
+                        h2 { "受理信息" }
+                        (text_input(f, errors, "case_code", "解纷码", "text"))
+                        (select_input(f, errors, "source", "受理来源", &sources))
+                        (select_input(f, errors, "risk_level", "风险等级", &risks))
+                        (text_input(f, errors, "received_by", "接待人", "text"))
+                        p.muted { "自行受理的案件登记即为受理，按人民调解期限（一个月）计时。" }
+                    }
+                } @else {
                 div.card {
                     h2 { "移送信息" }
                     (select_input(f, errors, "to", "接收调解组织", &bodies))
@@ -443,6 +468,7 @@ fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, 
                     }
                     (text_input(f, errors, "source_reference", "原案号 / 警情号 / 信访件编号", "text"))
                     (text_input(f, errors, "legal_basis", "法律依据", "text"))
+                }
                 }
                 div.card {
                     h2 { "纠纷情况" }
@@ -467,7 +493,7 @@ fn referral_form(st: &AppState, me: &AgencyNode, f: &Fields, errors: &[(String, 
                     }
                 }
             }
-            button #submit-referral type="submit" { "移送" }
+            button #submit-referral type="submit" { @if own { "登记受理" } @else { "移送" } }
         }
     }
 }
@@ -487,6 +513,7 @@ pub async fn case_page(State(st): State<AppState>, Me(me): Me, Path(id): Path<St
     let ok = match q.ok.as_str() {
         "" => None,
         "submitted" => Some(("移送成功，案件已进入对接平台。".to_owned(), "new-referral".to_owned())),
+        "registered" => Some(("登记成功，案件已受理（自行受理）。".to_owned(), "new-referral".to_owned())),
         key => Some((format!("已办理：{}。", action_title(key)), format!("{id}-{key}"))),
     };
     render_case(&st, &me, &id, ok, None).await
@@ -551,7 +578,7 @@ async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(Strin
 
 fn case_summary(st: &AppState, me: &AgencyNode, v: &CaseView, failed: Option<&Failed>) -> Markup {
     let referral = v.referral.clone().unwrap_or_default();
-    let actions = forms::actions_for(me, v, &st.mediation_bodies());
+    let actions = forms::actions_for(me, v, &st.agencies());
     let party_ids = referral.parties.iter().map(|p| p.party_id.clone()).collect::<Vec<_>>().join(",");
     html! {
         div.grid {
@@ -886,7 +913,14 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         ("警调".to_owned(), total.received_police as f64),
         ("访调".to_owned(), total.received_petition as f64),
         ("检调".to_owned(), total.received_procuratorate as f64),
+        ("自行受理".to_owned(), total.received_self_accepted as f64),
     ];
+    // 自行受理 by how the disputes came in (来访, 148, 12345, 网上, 网格排查, 部门移交).
+    let by_source: Vec<(String, f64)> = total
+        .received_by_intake_source
+        .iter()
+        .map(|s| (labels::intake_source(s.source()).to_owned(), s.count as f64))
+        .collect();
     let success: Vec<(String, f64)> = labels::CHANNELS.iter().zip(&per_channel).map(|(c, s)| (labels::channel(*c).to_owned(), s.success_rate)).collect();
     let title = if supervisor { "统计分析" } else { "本机构统计" };
     let body = html! {
@@ -900,6 +934,7 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         }
         div.stats #stats {
             (stat("收案", total.received.to_string(), "received"))
+            (stat("自行受理", total.received_self_accepted.to_string(), "received_self_accepted"))
             (stat("签收", total.signed_for.to_string(), "signed_for"))
             (stat("受理", total.accepted.to_string(), "accepted"))
             (stat("不予受理", total.rejected.to_string(), "rejected"))
@@ -918,6 +953,7 @@ pub async fn dashboard(State(st): State<AppState>, Me(me): Me, Query(q): Query<D
         h2 { "图表" }
         div.charts #charts {
             (charts::bars("各渠道收案数", &by_channel, |v| format!("{v:.0}")))
+            (charts::bars("自行受理来源", &by_source, |v| format!("{v:.0}")))
             (charts::bars("各渠道调解成功率", &success, pct))
             (charts::trend("逐月收案与结案", &trend, ("收案", "结案")))
         }

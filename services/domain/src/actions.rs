@@ -32,6 +32,8 @@ pub enum Input {
     Party,
     /// Another mediation body of the directory.
     Agency,
+    /// A court of the directory.
+    Court,
     /// One of the case's running time limits.
     RunningLimit,
 }
@@ -110,7 +112,11 @@ pub const ACTIONS: &[Action] = &[
             f("explanation", "说明", Area, false),
         ] },
     Action { key: "request_confirmation", kind: K::ConfirmationRequest, rpc: "RequestConfirmation", label: "申请司法确认", side: Side::Holder, only: &[],
-        fields: &[f("terms", "调解协议内容（每行一条，与报告的协议一致）", Area, true)] },
+        fields: &[
+            f("terms", "调解协议内容（每行一条，与报告的协议一致）", Area, true),
+            f("court", "受理法院（移送法院受理时可不选）", Court, false),
+            f("agreement_signed_on", "协议签订日期（不填则以报告调解成功之日计）", Date, false),
+        ] },
     Action { key: "performance", kind: K::Performance, rpc: "RecordPerformance", label: "记录履行情况", side: Side::Holder, only: &[],
         fields: &[f("status", "履行情况", Choice, true), f("note", "说明", Area, false)] },
     Action { key: "follow_up", kind: K::FollowUp, rpc: "RecordFollowUp", label: "记录回访", side: Side::Holder, only: &[],
@@ -193,14 +199,14 @@ impl Action {
     /// Whether `kind` on `side` may take it in `at` (the console shows it; the service may still
     /// refuse details, e.g. a ruling that needs the application accepted first).
     pub fn offered(&self, side: Side, kind: AgencyKind, at: Situation) -> bool {
-        if !self.taken_by(side, kind) || !at.state.allowed().contains(&self.kind) {
+        if !self.taken_by(side, kind) || !crate::case::allowed_on(at.channel, at.state).contains(&self.kind) {
             return false;
         }
         let open = !at.state.is_final();
         let petition_closing = kind == AgencyKind::Petition && at.state == CaseState::Closed;
         match self.key {
-            // 司法确认 goes to the referring court: only on the court channel.
-            "request_confirmation" => open && at.channel == Channel::Court,
+            // 司法确认 goes to a named court, whichever channel the case came from.
+            "request_confirmation" => open,
             // 信访办结 is the one step after the centre closed the case.
             "close_petition" => petition_closing && !at.disposed,
             "dispose" => open && !at.disposed,
@@ -287,6 +293,6 @@ mod tests {
         assert!(keys(AgencyKind::Court, at(CaseState::Failed, false)).contains(&"dispose"));
         assert_eq!(keys(AgencyKind::Court, at(CaseState::Closed, false)), Vec::<&str>::new(), "nothing on a closed case but 办结");
         assert_eq!(keys(AgencyKind::Court, at(CaseState::Cancelled, false)), Vec::<&str>::new());
-        assert!(!ACTIONS.iter().any(|a| a.offered(Side::Holder, AgencyKind::Mediation, at(CaseState::Settled, false)) && a.key == "request_confirmation"));
+        assert!(ACTIONS.iter().any(|a| a.offered(Side::Holder, AgencyKind::Mediation, at(CaseState::Settled, false)) && a.key == "request_confirmation"), "any court may confirm a petition case's agreement");
     }
 }

@@ -10,16 +10,20 @@ use duijie_proto::v1::{AgencyKind, Channel, MessageKind, Referral};
 
 use crate::actions::Side;
 use crate::agency::{AgencyNode, ref_str};
-use crate::lifecycle::{CaseState, Lifecycle, Refusal};
+use crate::lifecycle::{CaseState, Lifecycle, Refusal, Step};
 
 /// A case: who referred it, who holds it now, and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Case {
     pub channel: Channel,
     /// The referring agency (court, police, petition office, procuratorate); the holder answers it.
+    /// On a self-accepted case (CHANNEL_SELF_INTAKE) the mediation body that registered it.
     pub referrer: AgencyNode,
     /// The mediation body that has the case now.
     pub holder: AgencyNode,
+    /// The court examining the case's judicial confirmation application when it is not the
+    /// referrer (named in the ConfirmationRequest); it speaks only to decide on it.
+    pub court: Option<AgencyNode>,
     pub lifecycle: Lifecycle,
 }
 
@@ -28,6 +32,8 @@ pub struct Case {
 pub enum Role {
     Referrer,
     Holder,
+    /// The court a confirmation application was made to, not being the referrer.
+    Court,
     /// Neither end: a body that handed the case on, or a stranger.
     Other,
 }
@@ -40,19 +46,28 @@ pub enum Message<'a> {
     /// `owner`'s copy of the case receives `payload`, sent by `sender` (for delivery evidence:
     /// the agency the evidence names as `delivered_to`, for whom the bus speaks).
     Incoming { owner: &'a AgencyNode, sender: &'a AgencyNode, payload: &'a Payload },
-    /// The audit store saw `payload` from `sender` on the bus (whoever received it).
-    Observed { sender: &'a AgencyNode, payload: &'a Payload },
+    /// The audit store saw `payload` from `sender` to `recipient` on the bus.
+    Observed { sender: &'a AgencyNode, recipient: &'a AgencyNode, payload: &'a Payload },
 }
 
 /// What a message does to the case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effects {
     /// Send it: the case moves to `lifecycle` (and `new_holder`), the message goes to
-    /// `recipient`, and a case handed to another body goes there as a forwarded referral.
-    Send { lifecycle: Lifecycle, new_holder: Option<AgencyNode>, recipient: AgencyNode, hand_over: Option<AgencyNode> },
-    /// Apply it: the case moves to `lifecycle` (and `new_holder`); `evidence` says whether the
-    /// sender is owed delivery evidence.
-    Apply { lifecycle: Lifecycle, new_holder: Option<AgencyNode>, evidence: bool },
+    /// `recipient` (and a copy to `copy_to`: the referrer of a confirmation another court
+    /// examines), and a case handed to another body goes there as a forwarded referral. `court`:
+    /// the court a confirmation application names, when it is not the referrer.
+    Send {
+        lifecycle: Lifecycle,
+        new_holder: Option<AgencyNode>,
+        recipient: AgencyNode,
+        copy_to: Option<AgencyNode>,
+        hand_over: Option<AgencyNode>,
+        court: Option<AgencyNode>,
+    },
+    /// Apply it: the case moves to `lifecycle` (and `new_holder`, `court` as for `Send`);
+    /// `evidence` says whether the sender is owed delivery evidence.
+    Apply { lifecycle: Lifecycle, new_holder: Option<AgencyNode>, court: Option<AgencyNode>, evidence: bool },
     /// Record it in the timeline with no effect on the case (evidence from a body that handed
     /// the case on; what still reaches a body that handed it on).
     Record,
@@ -78,6 +93,24 @@ pub fn channel_of(kind: AgencyKind) -> Option<Channel> {
     }
 }
 
+/// What a self-accepted case does not know: its registering body asks, amends, cancels and
+/// disposes nothing (it is the holder, or handed the case on), so these kinds never apply.
+const NO_REFERRER: [MessageKind; 4] = [MessageKind::InfoRequest, MessageKind::Amendment, MessageKind::Cancellation, MessageKind::DispositionNotice];
+
+/// The kinds `state` allows on `channel`: the lifecycle's rule, except that a self-accepted case
+/// has no referrer to answer or to dispose of it, so its holder closes a returned case itself
+/// (a failed mediation: 终结, the parties told of their other remedies).
+pub fn allowed_on(channel: Channel, state: CaseState) -> Vec<MessageKind> {
+    let mut kinds = state.allowed();
+    if channel == Channel::SelfIntake {
+        kinds.retain(|k| !NO_REFERRER.contains(k));
+        if state.is_returned() {
+            kinds.insert(0, MessageKind::Closure);
+        }
+    }
+    kinds
+}
+
 /// The field of a hand-over message that names the new holder.
 fn hand_over_field(p: &Payload) -> &'static str {
     match p {
@@ -89,27 +122,105 @@ fn hand_over_field(p: &Payload) -> &'static str {
 impl Case {
     /// A case `referrer` just referred to `holder`.
     pub fn referred(channel: Channel, referrer: AgencyNode, holder: AgencyNode) -> Self {
-        Self { channel, referrer, holder, lifecycle: Lifecycle::referred() }
+        Self { channel, referrer, holder, court: None, lifecycle: Lifecycle::referred() }
     }
 
-    /// How `agency` stands to the case.
+    /// `court`'s copy of a case `holder` applied to it for judicial confirmation, not having
+    /// been referred by it: it opens with the application.
+    pub fn applied_to(court: AgencyNode, channel: Channel, referrer: AgencyNode, holder: AgencyNode) -> Self {
+        Self { channel, referrer, holder, court: Some(court), lifecycle: Lifecycle::at(CaseState::ConfirmationRequested, None) }
+    }
+
+    /// The court a confirmation application goes to: the one it names, or else the referrer
+    /// if that is a court.
+    pub fn confirming_court(&self, request: &duijie_proto::v1::ConfirmationRequest) -> Result<AgencyNode, Refusal> {
+        let field = "confirmation_request.court";
+        let court = match &request.court {
+            Some(c) if !c.code.is_empty() || c.kind != 0 => {
+                AgencyNode::from_ref(Some(c)).map_err(|e| Refusal::BadAgency { field, reason: format!("not a valid agency: {e}") })?
+            }
+            _ if self.referrer.kind() == AgencyKind::Court => return Ok(self.referrer.clone()),
+            _ => {
+                return Err(Refusal::NotForThisCase(format!(
+                    "name the court to apply to (confirmation_request.court): this case's referrer is {}, not a court",
+                    self.referrer
+                )));
+            }
+        };
+        if court.kind() != AgencyKind::Court {
+            return Err(Refusal::BadAgency { field, reason: format!("{court} is not a court") });
+        }
+        Ok(court)
+    }
+
+    /// Whether `payload` from `sender` to `recipient` is the referrer's copy of a confirmation
+    /// another court examines (the application, or that court's decision): the referrer
+    /// follows it, the audit store records it without moving the case a second time.
+    pub fn is_copy(&self, sender: &AgencyNode, recipient: &AgencyNode, payload: &Payload) -> bool {
+        if *recipient != self.referrer || self.referrer == self.holder {
+            return false;
+        }
+        match payload {
+            Payload::ConfirmationRequest(r) => *sender == self.holder && self.confirming_court(r).is_ok_and(|c| c != self.referrer),
+            Payload::ConfirmationDecision(_) => self.court.as_ref() == Some(sender),
+            _ => false,
+        }
+    }
+
+    /// A case `body` took in itself (自行受理): the body is both ends, and the case starts
+    /// signed for and accepted.
+    pub fn registered(body: AgencyNode) -> Self {
+        Self { channel: Channel::SelfIntake, referrer: body.clone(), holder: body, court: None, lifecycle: Lifecycle::at(CaseState::Accepted, None) }
+    }
+
+    /// How `agency` stands to the case (the body holding a self-accepted case is its holder).
     pub fn role_of(&self, agency: &AgencyNode) -> Role {
-        if *agency == self.referrer {
-            Role::Referrer
-        } else if *agency == self.holder {
+        if *agency == self.holder {
             Role::Holder
+        } else if *agency == self.referrer {
+            Role::Referrer
+        } else if self.court.as_ref() == Some(agency) {
+            Role::Court
         } else {
             Role::Other
         }
     }
 
+    /// The kinds the case's state allows on its channel ([`allowed_on`]).
+    pub fn allowed(&self) -> Vec<MessageKind> {
+        allowed_on(self.channel, self.lifecycle.state)
+    }
+
     /// What `owner` may send next: nothing once the case is over or handed on.
     pub fn allowed_next(&self, owner: &AgencyNode) -> Vec<MessageKind> {
-        if self.lifecycle.state.is_final() || self.role_of(owner) == Role::Other {
-            Vec::new()
-        } else {
-            self.lifecycle.state.allowed()
+        match self.role_of(owner) {
+            _ if self.lifecycle.state.is_final() => Vec::new(),
+            Role::Other => Vec::new(),
+            // A court the application was made to only decides on it.
+            Role::Court => self.allowed().into_iter().filter(|k| *k == MessageKind::ConfirmationDecision).collect(),
+            Role::Referrer | Role::Holder => self.allowed(),
         }
+    }
+
+    /// Moves `lifecycle` by `payload` under the case's channel ([`allowed_on`]); `crossed`: a
+    /// holder's message that crossed the referrer's cancel request.
+    fn step(&self, lifecycle: &mut Lifecycle, payload: &Payload, crossed: bool) -> Result<Step, Refusal> {
+        let from = lifecycle.state;
+        if self.channel == Channel::SelfIntake && !bus_fact(payload) && !matches!(payload, Payload::Referral(_)) {
+            let (kind, allowed) = (payload.kind(), allowed_on(self.channel, from));
+            if !allowed.contains(&kind) {
+                return Err(Refusal::NotAllowed { state: from, kind, allowed });
+            }
+            if kind == MessageKind::Closure && from.is_returned() {
+                lifecycle.state = CaseState::Closed;
+                return Ok(Step { from, to: CaseState::Closed, new_holder: None });
+            }
+        }
+        let step = if crossed { lifecycle.apply_crossing(payload) } else { lifecycle.apply(payload) };
+        step.map_err(|r| match r {
+            Refusal::NotAllowed { state, kind, .. } => Refusal::NotAllowed { state, kind, allowed: allowed_on(self.channel, state) },
+            other => other,
+        })
     }
 
     /// Decides what `msg` does, or why the case refuses it. Nothing changes here: the caller
@@ -118,7 +229,12 @@ impl Case {
         match msg {
             Message::Outgoing { sender, payload } => self.outgoing(sender, payload),
             Message::Incoming { owner, sender, payload } => self.incoming(Some(owner), sender, payload),
-            Message::Observed { sender, payload } => self.incoming(None, sender, payload),
+            Message::Observed { sender, recipient, payload } => {
+                if self.is_copy(sender, recipient, payload) {
+                    return Ok(Effects::Record);
+                }
+                self.incoming(None, sender, payload)
+            }
         }
     }
 
@@ -127,22 +243,33 @@ impl Case {
         if matches!(payload, Payload::Referral(_)) {
             return Err(Refusal::AlreadyReferred(self.lifecycle.state));
         }
-        let side = match self.role_of(sender) {
+        let role = self.role_of(sender);
+        let side = match role {
             Role::Referrer => Side::Referrer,
             Role::Holder => Side::Holder,
+            // The court applied to decides as a referring court would.
+            Role::Court if kind == MessageKind::ConfirmationDecision => Side::Referrer,
+            Role::Court => return Err(Refusal::NotPermitted { agency: sender.clone(), kind }),
             Role::Other => return Err(Refusal::NotAParty { agency: sender.to_string() }),
         };
         if !crate::actions::for_kind(kind).any(|a| a.taken_by(side, sender.kind())) {
             return Err(Refusal::NotPermitted { agency: sender.clone(), kind });
         }
-        if matches!(payload, Payload::ConfirmationRequest(_)) && self.referrer.kind() != AgencyKind::Court {
-            return Err(Refusal::NotForThisCase(format!(
-                "a judicial confirmation request goes to the referring court, and this case's referrer is {}",
-                self.referrer
-            )));
-        }
+        // A confirmation goes to the court applied to; a referrer that is not that court gets
+        // a copy of the application and of the court's decisions.
+        let (court, confirmation_copy) = match payload {
+            Payload::ConfirmationRequest(r) => {
+                let court = self.confirming_court(r)?;
+                let copy = (self.referrer != court && self.referrer != self.holder).then(|| self.referrer.clone());
+                (Some(court).filter(|c| *c != self.referrer), copy)
+            }
+            Payload::ConfirmationDecision(_) if role == Role::Court => {
+                (None, (self.referrer != self.holder).then(|| self.referrer.clone()))
+            }
+            _ => (None, None),
+        };
         let mut lifecycle = self.lifecycle.clone();
-        let step = lifecycle.apply(payload)?;
+        let step = self.step(&mut lifecycle, payload, false)?;
         let new_holder = self.new_holder(payload, step.new_holder.as_ref())?;
         // Handing the case to another body: only to a mediation body other than the holder.
         let hand_over = new_holder.clone().filter(|h| *h != self.holder);
@@ -151,9 +278,14 @@ impl Case {
         {
             return Err(Refusal::BadAgency { field: hand_over_field(payload), reason: "a case is handed on only to a mediation body".into() });
         }
-        // Referrers talk to the holder; the holder answers the referrer.
-        let recipient = if side == Side::Referrer { self.holder.clone() } else { self.referrer.clone() };
-        Ok(Effects::Send { lifecycle, new_holder, recipient, hand_over })
+        // Referrers (and the court applied to) talk to the holder; the holder answers the
+        // referrer, except for a confirmation application, which goes to its court.
+        let recipient = match (&court, side) {
+            (Some(c), _) => c.clone(),
+            (None, Side::Referrer) => self.holder.clone(),
+            (None, Side::Holder) => self.referrer.clone(),
+        };
+        Ok(Effects::Send { lifecycle, new_holder, recipient, copy_to: confirmation_copy, hand_over, court })
     }
 
     /// A message arriving at `owner`'s copy (`None`: seen by the audit store on the bus).
@@ -169,9 +301,12 @@ impl Case {
             Role::Other if matches!(payload, Payload::DeliveryEvidence(_)) => return Ok(Effects::Record),
             Role::Other if !notice => return Err(Refusal::NotAParty { agency: sender.to_string() }),
             Role::Other => {}
-            Role::Referrer | Role::Holder if bus_fact(payload) => {}
-            Role::Referrer | Role::Holder => {
-                let side = if speaker == Role::Referrer { Side::Referrer } else { Side::Holder };
+            Role::Referrer | Role::Holder | Role::Court if bus_fact(payload) => {}
+            Role::Court if !matches!(payload, Payload::ConfirmationDecision(_)) => {
+                return Err(Refusal::NotPermitted { agency: sender.clone(), kind: payload.kind() });
+            }
+            Role::Referrer | Role::Holder | Role::Court => {
+                let side = if speaker == Role::Holder { Side::Holder } else { Side::Referrer };
                 if !crate::actions::for_kind(payload.kind()).any(|a| a.taken_by(side, sender.kind())) {
                     return Err(Refusal::NotPermitted { agency: sender.clone(), kind: payload.kind() });
                 }
@@ -197,9 +332,13 @@ impl Case {
         let crossed = speaker == Role::Holder
             && lifecycle.state == CaseState::CancelRequested
             && !matches!(payload, Payload::CancellationConfirmation(_));
-        let step = if crossed { lifecycle.apply_crossing(payload)? } else { lifecycle.apply(payload)? };
+        let step = self.step(&mut lifecycle, payload, crossed)?;
         let new_holder = self.new_holder(payload, step.new_holder.as_ref())?;
-        Ok(Effects::Apply { lifecycle, new_holder, evidence: owner.is_some() && !bus_fact(payload) })
+        let court = match payload {
+            Payload::ConfirmationRequest(r) => Some(self.confirming_court(r)?).filter(|c| *c != self.referrer),
+            _ => None,
+        };
+        Ok(Effects::Apply { lifecycle, new_holder, court, evidence: owner.is_some() && !bus_fact(payload) })
     }
 
     fn new_holder(&self, payload: &Payload, named: Option<&duijie_proto::v1::AgencyRef>) -> Result<Option<AgencyNode>, Refusal> {
@@ -230,16 +369,17 @@ impl Case {
                 ref_str(f.forwarded_by.as_ref())
             )));
         }
+        // A self-accepted case handed on keeps the body that registered it as its referrer.
         let original = AgencyNode::from_ref(f.original_referrer.as_ref())
             .ok()
-            .filter(|n| channel_of(n.kind()).is_some())
+            .filter(|n| channel_of(n.kind()).is_some() || (channel == Channel::SelfIntake && n.kind() == AgencyKind::Mediation))
             .ok_or_else(|| Refusal::Malformed("a forwarded referral names no referring agency as its original referrer".into()))?;
         let state = match f.reason() {
             MessageKind::Redirect => CaseState::Delivered,
             MessageKind::Escalation => CaseState::InMediation,
             other => return Err(Refusal::Malformed(format!("a case is not handed on by {other}"))),
         };
-        Ok(Case { channel, referrer: original, holder: owner.clone(), lifecycle: Lifecycle::at(state, None) })
+        Ok(Case { channel, referrer: original, holder: owner.clone(), court: None, lifecycle: Lifecycle::at(state, None) })
     }
 }
 
@@ -301,10 +441,13 @@ mod tests {
     /// Applies what the desk decided, as the services store it.
     fn apply(c: &mut Case, e: &Effects) {
         match e {
-            Effects::Send { lifecycle, new_holder, .. } | Effects::Apply { lifecycle, new_holder, .. } => {
+            Effects::Send { lifecycle, new_holder, court, .. } | Effects::Apply { lifecycle, new_holder, court, .. } => {
                 c.lifecycle = lifecycle.clone();
                 if let Some(h) = new_holder {
                     c.holder = h.clone();
+                }
+                if court.is_some() {
+                    c.court.clone_from(court);
                 }
             }
             Effects::Record | Effects::PassOn { .. } => {}
@@ -352,6 +495,114 @@ mod tests {
         }
         assert_eq!((at_court.lifecycle.state, at_centre.lifecycle.state), (CaseState::Closed, CaseState::Closed));
         assert!(at_centre.allowed_next(&centre()).is_empty(), "nothing more on a closed case");
+    }
+
+    fn decision(d: ConfirmationDecisionKind) -> Payload {
+        Payload::ConfirmationDecision(ConfirmationDecision { decision: d as i32, ..Default::default() })
+    }
+    fn apply_to(court: &AgencyNode) -> Payload {
+        Payload::ConfirmationRequest(ConfirmationRequest { court: Some(AgencyRef::from(court)), ..Default::default() })
+    }
+
+    #[test]
+    fn a_self_accepted_case_escalates_settles_is_confirmed_by_a_named_court_and_closes() {
+        let village = node("mediation:431003-102-05");
+        let mut at_village = Case::registered(village.clone());
+        assert_eq!((at_village.lifecycle.state, at_village.role_of(&village)), (CaseState::Accepted, Role::Holder));
+        let next = at_village.allowed_next(&village);
+        assert!(next.contains(&MessageKind::Escalation) && next.contains(&MessageKind::Outcome), "{next:?}");
+        assert!(!next.contains(&MessageKind::InfoRequest), "there is no referrer to ask");
+        // Its messages go to itself: recorded by the audit store only.
+        assert!(matches!(out(&at_village, &village, &Payload::Assignment(Assignment::default())), Ok(Effects::Send { recipient, copy_to: None, .. }) if recipient == village));
+        assert!(matches!(out(&at_village, &village, &Payload::InfoRequest(InfoRequest::default())), Err(Refusal::NotAllowed { .. })));
+        // Escalated to the town committee, which answers the village from then on.
+        send(&mut at_village, &village, &escalate(&town()));
+        assert_eq!((at_village.holder.clone(), at_village.role_of(&village)), (town(), Role::Referrer));
+        let forwarded = Referral {
+            forwarded: Some(ForwardedCase {
+                original_referrer: Some(AgencyRef::from(&village)),
+                forwarded_by: Some(AgencyRef::from(&village)),
+                reason: MessageKind::Escalation as i32,
+                history: vec![],
+            }),
+            ..Default::default()
+        };
+        let mut at_town = Case::receive(&town(), &village, Channel::SelfIntake, &forwarded).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!((at_town.referrer.clone(), at_town.lifecycle.state), (village.clone(), CaseState::InMediation));
+        exchange(&mut at_town, &mut at_village, &town(), &village, &settled());
+        // Judicial confirmation: the court must be named (the referrer is no court).
+        let unnamed = out(&at_town, &town(), &Payload::ConfirmationRequest(ConfirmationRequest::default()));
+        assert!(matches!(&unnamed, Err(Refusal::NotForThisCase(m)) if m.contains("confirmation_request.court")), "{unnamed:?}");
+        assert!(matches!(out(&at_town, &town(), &apply_to(&centre())), Err(Refusal::BadAgency { field: "confirmation_request.court", .. })));
+        let e = out(&at_town, &town(), &apply_to(&court()));
+        assert!(matches!(&e, Ok(Effects::Send { recipient, copy_to: Some(v), court: Some(c), .. }) if *recipient == court() && *v == village && *c == court()), "{e:?}");
+        apply(&mut at_town, &e.unwrap_or(Effects::Record));
+        take(&mut at_village, &village, &town(), &apply_to(&court()));
+        assert_eq!((at_village.court.clone(), at_village.role_of(&court())), (Some(court()), Role::Court));
+        // The court opens its copy from the application and decides; the village gets copies.
+        let mut at_court = Case::applied_to(court(), Channel::SelfIntake, village.clone(), town());
+        assert_eq!(at_court.allowed_next(&court()), vec![MessageKind::ConfirmationDecision]);
+        for d in [ConfirmationDecisionKind::Accepted, ConfirmationDecisionKind::Granted] {
+            let e = out(&at_court, &court(), &decision(d));
+            assert!(matches!(&e, Ok(Effects::Send { recipient, copy_to: Some(v), .. }) if *recipient == town() && *v == village), "{e:?}");
+            apply(&mut at_court, &e.unwrap_or(Effects::Record));
+            take(&mut at_town, &town(), &court(), &decision(d));
+            take(&mut at_village, &village, &court(), &decision(d));
+        }
+        assert!(matches!(out(&at_court, &court(), &Payload::SupervisionNotice(SupervisionNotice::default())), Err(Refusal::NotPermitted { .. })), "the court only decides");
+        for p in [Payload::Performance(Performance { status: PerformanceStatus::Performed as i32, ..Default::default() }), Payload::Closure(Closure::default())] {
+            exchange(&mut at_town, &mut at_village, &town(), &village, &p);
+        }
+        assert_eq!((at_town.lifecycle.state, at_village.lifecycle.state, at_court.lifecycle.state), (CaseState::Closed, CaseState::Closed, CaseState::Confirmed));
+        // The audit store moves the case on the originals and records the village's copies.
+        let mut log = Case { court: None, ..at_town.clone() };
+        log.lifecycle = Lifecycle::at(CaseState::Settled, None);
+        let seen = |c: &Case, s: &AgencyNode, r: &AgencyNode, p: &Payload| c.decide(Message::Observed { sender: s, recipient: r, payload: p });
+        assert_eq!(seen(&log, &town(), &village, &apply_to(&court())), Ok(Effects::Record));
+        let e = seen(&log, &town(), &court(), &apply_to(&court()));
+        apply(&mut log, &e.unwrap_or(Effects::Record));
+        assert_eq!((log.lifecycle.state, log.court.clone()), (CaseState::ConfirmationRequested, Some(court())));
+        assert_eq!(seen(&log, &court(), &village, &decision(ConfirmationDecisionKind::Accepted)), Ok(Effects::Record));
+        assert!(matches!(seen(&log, &court(), &town(), &decision(ConfirmationDecisionKind::Accepted)), Ok(Effects::Apply { .. })));
+    }
+
+    #[test]
+    fn a_self_accepted_case_that_failed_is_closed_by_its_holder() {
+        let body = centre();
+        let mut c = Case::registered(body.clone());
+        let failed = Payload::Outcome(Outcome { kind: Some(outcome::Kind::Failed(outcome::Failed::default())) });
+        send(&mut c, &body, &failed);
+        let next = c.allowed_next(&body);
+        assert!(next.contains(&MessageKind::Closure) && !next.contains(&MessageKind::DispositionNotice), "{next:?}");
+        send(&mut c, &body, &Payload::Closure(Closure::default()));
+        assert_eq!(c.lifecycle.state, CaseState::Closed);
+        // A referred case that failed still waits for its referrer's disposition.
+        let referred = case_at(CaseState::Failed);
+        assert!(matches!(out(&referred, &centre(), &Payload::Closure(Closure::default())), Err(Refusal::NotAllowed { .. })));
+    }
+
+    #[test]
+    fn a_police_case_is_confirmed_by_a_court_with_copies_to_the_police() {
+        let police = node("police:431003-01");
+        let mut at_centre = Case { channel: Channel::Police, referrer: police.clone(), ..case_at(CaseState::Settled) };
+        let mut at_police = at_centre.clone();
+        let e = out(&at_centre, &centre(), &apply_to(&court()));
+        assert!(matches!(&e, Ok(Effects::Send { recipient, copy_to: Some(p), .. }) if *recipient == court() && *p == police), "{e:?}");
+        apply(&mut at_centre, &e.unwrap_or(Effects::Record));
+        take(&mut at_police, &police, &centre(), &apply_to(&court()));
+        let mut at_court = Case::applied_to(court(), Channel::Police, police.clone(), centre());
+        for d in [ConfirmationDecisionKind::Accepted, ConfirmationDecisionKind::Denied] {
+            send(&mut at_court, &court(), &decision(d));
+            take(&mut at_centre, &centre(), &court(), &decision(d));
+            take(&mut at_police, &police, &court(), &decision(d));
+        }
+        assert_eq!((at_centre.lifecycle.state, at_police.lifecycle.state), (CaseState::ConfirmationDenied, CaseState::ConfirmationDenied));
+        // Another court has no say.
+        let other = node("court:431000");
+        assert!(matches!(into(&at_centre, &centre(), &other, &decision(ConfirmationDecisionKind::Granted)), Err(Refusal::NotAParty { .. })));
+        // The referring court of a 诉调 case still decides without being named, and no copy goes out.
+        let e = out(&case_at(CaseState::Settled), &centre(), &Payload::ConfirmationRequest(ConfirmationRequest::default()));
+        assert!(matches!(&e, Ok(Effects::Send { recipient, copy_to: None, court: None, .. }) if *recipient == court()), "{e:?}");
     }
 
     #[test]
@@ -417,7 +668,7 @@ mod tests {
     fn redirect_hands_the_case_to_another_committee_which_answers_the_referrer() {
         let mut at_centre = case_at(CaseState::Received);
         let e = out(&at_centre, &centre(), &redirect(&town()));
-        let Ok(Effects::Send { lifecycle, new_holder, recipient, hand_over }) = e.clone() else { panic!("{e:?}") };
+        let Ok(Effects::Send { lifecycle, new_holder, recipient, hand_over, .. }) = e.clone() else { panic!("{e:?}") };
         assert_eq!((lifecycle.state, new_holder, recipient, hand_over), (CaseState::Submitted, Some(town()), court(), Some(town())));
         apply(&mut at_centre, &e.unwrap_or(Effects::Record));
         assert_eq!(at_centre.role_of(&centre()), Role::Other, "the centre handed it on");
@@ -533,7 +784,8 @@ mod tests {
                 let mut log = case_at(at);
                 for p in order {
                     let sender = if matches!(p, Payload::Cancellation(_)) { court() } else { centre() };
-                    if let Ok(e) = log.decide(Message::Observed { sender: &sender, payload: p }) {
+                    let recipient = if sender == court() { centre() } else { court() };
+                    if let Ok(e) = log.decide(Message::Observed { sender: &sender, recipient: &recipient, payload: p }) {
                         apply(&mut log, &e);
                     }
                 }
@@ -557,10 +809,10 @@ mod tests {
     #[test]
     fn the_audit_store_follows_the_same_desk() {
         let c = case_at(CaseState::Received);
-        let seen = c.decide(Message::Observed { sender: &centre(), payload: &accept() });
+        let seen = c.decide(Message::Observed { sender: &centre(), recipient: &court(), payload: &accept() });
         assert!(matches!(seen, Ok(Effects::Apply { evidence: false, ref lifecycle, .. }) if lifecycle.state == CaseState::Accepted));
-        let refused = c.decide(Message::Observed { sender: &centre(), payload: &settled() });
+        let refused = c.decide(Message::Observed { sender: &centre(), recipient: &court(), payload: &settled() });
         assert!(matches!(refused, Err(Refusal::NotAllowed { .. })));
-        assert_eq!(c.decide(Message::Observed { sender: &town(), payload: &delivered(MessageKind::Referral) }), Ok(Effects::Record));
+        assert_eq!(c.decide(Message::Observed { sender: &town(), recipient: &court(), payload: &delivered(MessageKind::Referral) }), Ok(Effects::Record));
     }
 }

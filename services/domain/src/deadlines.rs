@@ -104,6 +104,12 @@ impl Facts {
         for (at, payload) in events {
             let at = *at;
             match payload {
+                // A case a body registered itself is signed for and accepted as it is registered.
+                Payload::Referral(r) if r.intake.is_some() && r.forwarded.is_none() => {
+                    for slot in [&mut f.referral, &mut f.receipt, &mut f.accept, &mut f.triage] {
+                        first(slot, at);
+                    }
+                }
                 Payload::Referral(_) => first(&mut f.referral, at),
                 Payload::Receipt(_) => first(&mut f.receipt, at),
                 Payload::Accept(_) => {

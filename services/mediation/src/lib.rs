@@ -223,6 +223,46 @@ impl MediationService for MediationApi {
         })
         .await
     }
+
+    async fn register_case(&self, req: Request<pb::RegisterCaseRequest>) -> Result<Response<pb::RegisterCaseResponse>, Status> {
+        let me = duijie_common::server::caller(&req)?;
+        let r = req.into_inner();
+        let mut referral = required(r.referral, "referral")?;
+        if referral.client_request_id.trim().is_empty() {
+            return Err(ApiError::invalid("referral.client_request_id", "is required so that a retried register is not registered twice").into());
+        }
+        check_intake(referral.intake.as_ref())?;
+        // A body's own intake runs on the people's mediation clock (人民调解, one month).
+        match referral.clock_policy.as_ref().map(|c| c.kind()) {
+            None | Some(pb::ClockPolicyKind::Unspecified) => {
+                referral.clock_policy = Some(pb::ClockPolicy { kind: pb::ClockPolicyKind::PeoplesMediation as i32, ..Default::default() });
+            }
+            Some(pb::ClockPolicyKind::PeoplesMediation) => {}
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "referral.clock_policy.kind",
+                    format!("{} does not apply to a case the body took in itself (CLOCK_POLICY_KIND_PEOPLES_MEDIATION does)", other.as_str_name()),
+                )
+                .into());
+            }
+        }
+        duijie_agency::validate_referral(&referral).map_err(|e| e.within("referral"))?;
+        let view = self.agency.register_case(&me, &r.case_code, referral).await?;
+        Ok(Response::new(duijie_agency::api::case_view(&view).into()))
+    }
+}
+
+/// What a self-accepted case must say about its intake: the source, the risk level and the
+/// person who received it.
+fn check_intake(intake: Option<&pb::Intake>) -> Result<(), ApiError> {
+    let i = intake.ok_or_else(|| ApiError::invalid("referral.intake", "is required: source, risk level and who received it"))?;
+    if matches!(pb::IntakeSource::try_from(i.source), Ok(pb::IntakeSource::Unspecified) | Err(_)) {
+        return Err(ApiError::invalid("referral.intake.source", "walk-in, 148 hotline, 12345 hotline, online, grid screening or department transfer is required"));
+    }
+    if matches!(pb::RiskLevel::try_from(i.risk_level), Ok(pb::RiskLevel::Unspecified) | Err(_)) {
+        return Err(ApiError::invalid("referral.intake.risk_level", "low, medium or high is required"));
+    }
+    non_empty(&i.received_by, "referral.intake.received_by")
 }
 
 /// The mediation service's gRPC routes.

@@ -73,5 +73,6 @@ case_answers!(
     RecordPerformanceResponse,
     RecordFollowUpResponse,
     CloseResponse,
+    RegisterCaseResponse,
     AnswerCancellationResponse,
 );

@@ -335,8 +335,8 @@ impl fmt::Display for AgencyKind {
 
 impl Channel {
     /// Lowercase name for logs and metrics labels: `"court"` (诉调),
-    /// `"police"` (警调), `"petition"` (访调), `"procuratorate"` (检调);
-    /// `"unspecified"` otherwise.
+    /// `"police"` (警调), `"petition"` (访调), `"procuratorate"` (检调),
+    /// `"self_intake"` (自行受理); `"unspecified"` otherwise.
     pub fn as_str(&self) -> &'static str {
         match self {
             Channel::Unspecified => "unspecified",
@@ -344,6 +344,7 @@ impl Channel {
             Channel::Police => "police",
             Channel::Petition => "petition",
             Channel::Procuratorate => "procuratorate",
+            Channel::SelfIntake => "self_intake",
         }
     }
 }
@@ -419,6 +420,9 @@ impl fmt::Debug for IdentityDocument {
             .finish()
     }
 }
+
+/// The first segment of the routing key of a message a body sends itself (recorded only).
+pub const RECORD_PREFIX: &str = "record";
 
 /// A parsed AMQP routing key `<recipient kind>.<recipient code>.<message kind>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -545,9 +549,10 @@ impl Envelope {
             .ok_or(ContractError::MissingAgency { role: "sender" })?
             .kind();
         let kind = self.kind();
-        // A mediation body hands a case it holds to another one with a forwarded referral.
-        let forwarded = matches!(&self.payload, Some(Payload::Referral(r)) if r.forwarded.is_some());
-        if kind.allowed_senders().contains(&sender) || (forwarded && sender == AgencyKind::Mediation) {
+        // A mediation body hands a case it holds to another one with a forwarded referral, and
+        // registers a case it took in itself with a referral to itself.
+        let own = matches!(&self.payload, Some(Payload::Referral(r)) if r.forwarded.is_some() || r.intake.is_some());
+        if kind.allowed_senders().contains(&sender) || (own && sender == AgencyKind::Mediation) {
             Ok(())
         } else {
             Err(ContractError::SenderNotAllowed { sender, kind })
@@ -557,18 +562,25 @@ impl Envelope {
     /// The AMQP routing key `<recipient kind>.<recipient code>.<message kind>`,
     /// e.g. `mediation.431003-102.referral`, after [`check`](Self::check)
     /// accepted the envelope.
+    ///
+    /// A message a body sends itself (a self-accepted case, where the body is both ends) has
+    /// no one to deliver it to: it is published as `record.<kind>.<code>.<message kind>`, which
+    /// only the audit tap binds, so it is recorded and goes nowhere else.
     pub fn routing_key(&self) -> Result<String, ContractError> {
         self.check()?;
         let recipient = self
             .recipient
             .as_ref()
             .ok_or(ContractError::MissingAgency { role: "recipient" })?;
-        Ok(RoutingKey {
+        let key = RoutingKey {
             recipient_kind: recipient.kind(),
             recipient_code: recipient.code.clone(),
             kind: self.kind(),
+        };
+        if self.sender.as_ref() == Some(recipient) {
+            return Ok(format!("{RECORD_PREFIX}.{key}"));
         }
-        .to_string())
+        Ok(key.to_string())
     }
 
     /// Decodes an encoded envelope and [`check`](Self::check)s it.

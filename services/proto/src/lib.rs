@@ -23,7 +23,7 @@ mod answers;
 mod contract;
 
 pub use answers::{CaseAnswer, answered_case};
-pub use contract::{ContractError, RoutingKey, is_valid_agency_code};
+pub use contract::{ContractError, RECORD_PREFIX, RoutingKey, is_valid_agency_code};
 pub use prost;
 pub use prost_types;
 

@@ -100,6 +100,11 @@ fn mediator(id: &str, name: &str) -> v1::Mediator {
 
 fn referral() -> v1::Referral {
     v1::Referral {
+        intake: Some(v1::Intake {
+            source: v1::IntakeSource::Hotline148 as i32,
+            risk_level: v1::RiskLevel::Medium as i32,
+            received_by: "周接待".to_owned(),
+        }),
         legal_basis: "《中华人民共和国民事诉讼法》第125条".to_owned(),
         mode: v1::ReferralMode::Entrusted as i32,
         source_reference: "(2026)湘1003民诉前调123号".to_owned(),
@@ -221,6 +226,9 @@ fn sample(kind: MessageKind) -> Option<Payload> {
             agreement_signed_at: Some(ts(3 * 86_400)),
             applicant_party_ids: vec!["p1".to_owned(), "p2".to_owned()],
             documents: vec![attachment("司法确认申请书.pdf")],
+            court: Some(v1::AgencyRef::new(v1::AgencyKind::Court, "431003")),
+            case_referrer: Some(v1::AgencyRef::new(v1::AgencyKind::Police, "431003-01")),
+            case_referral: Some(referral()),
         }),
         MessageKind::ConfirmationDecision => {
             Payload::ConfirmationDecision(v1::ConfirmationDecision {
@@ -860,7 +868,7 @@ fn every_case_rpc_answers_with_its_own_response_wrapping_the_case() {
             }
         }
     }
-    assert_eq!(case_rpcs.len(), 25, "{case_rpcs:?}");
+    assert_eq!(case_rpcs.len(), 26, "{case_rpcs:?}");
 }
 
 #[test]
