@@ -13,6 +13,10 @@ use duijie_tests::stack::{self, Stack, agency_ref, referral};
 use duijie_tests::{browser, node, wait_until};
 use tonic::Code;
 
+/// A row of `audit_lookups`: outcome, case code, case id, factor kind, client address, and the
+/// whole row (without its time and id) as JSON.
+type LookupRow = (String, String, Option<uuid::Uuid>, Option<String>, String, String);
+
 /// A resident identity number: `first17` and its GB 11643 check character.
 fn resident_id(first17: &str) -> String {
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
@@ -201,7 +205,7 @@ async fn a_party_looks_up_their_case_by_code_and_factor_and_sees_nothing_else() 
 
     // Every attempt recorded: 3 found, 6 not found, from the party's address; the factor never.
     let pool = &stack.audit.as_ref().ok_or_else(|| anyhow::anyhow!("audit stopped"))?.pool;
-    let rows: Vec<(String, String, Option<uuid::Uuid>, Option<String>, String, String)> =
+    let rows: Vec<LookupRow> =
         sqlx::query_as("SELECT outcome, case_code, case_id, factor_kind, client_address, (to_jsonb(l) - 'at' - 'id')::text FROM audit_lookups l ORDER BY id").fetch_all(pool).await?;
     let count = |o: &str| rows.iter().filter(|r| r.0 == o).count();
     assert_eq!((count("found"), count("not_found"), count("limited")), (3, 6, 0), "{rows:?}");

@@ -406,7 +406,7 @@ impl AuditService for AuditApi {
         // Only the console asks, on a party's behalf: an agency reads its cases through the calls
         // above, and nobody else may try codes and factors against the store.
         let via = caller_name(&req)?;
-        if !self.lookup.callers.iter().any(|c| *c == via) {
+        if !self.lookup.callers.contains(&via) {
             return Err(ApiError::PermissionDenied(format!("{via}: the parties' lookup is answered to the console only")).into());
         }
         let mut conn = self.conn().await?;

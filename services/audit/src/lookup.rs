@@ -277,7 +277,7 @@ pub async fn lookup(
     .context("counting recent lookups")?;
     let mut attempt = Attempt { address, code: &code, case_id: None, outcome: "limited", factor_kind: None, via };
     if by_address >= i64::from(cfg.address_attempts) || by_code >= i64::from(cfg.case_failures) {
-        record(&mut *tx, &attempt).await?;
+        record(&mut tx, &attempt).await?;
         tx.commit().await.context("committing the lookup record")?;
         tracing::info!(by_address, by_code, "lookup refused: rate limit");
         return Err(ApiError::ResourceExhausted(LIMITED_MESSAGE.to_owned()));
@@ -295,7 +295,7 @@ pub async fn lookup(
     // With no candidate, the nil id reads nothing: the same statements run for every attempt.
     let ids: Vec<Uuid> = if candidates.is_empty() { vec![Uuid::nil()] } else { candidates.iter().map(|c| c.case_id).collect() };
     for (i, id) in ids.iter().enumerate() {
-        let payloads = crate::store::case_payloads(&mut *tx, *id).await?;
+        let payloads = crate::store::case_payloads(&mut tx, *id).await?;
         let listed = parties(&payloads);
         let code_of_case = cfg.access_code_secret.as_ref().map(|s| access_code(s, *id));
         let matched = match_factor(&req.factor, &listed, code_of_case.as_deref());
@@ -309,7 +309,7 @@ pub async fn lookup(
         }
     }
     attempt.outcome = if answer.is_some() { "found" } else { "not_found" };
-    record(&mut *tx, &attempt).await?;
+    record(&mut tx, &attempt).await?;
     tx.commit().await.context("committing the lookup record")?;
     answer.ok_or_else(|| ApiError::NotFound(NOT_FOUND_MESSAGE.to_owned()))
 }
