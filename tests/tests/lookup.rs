@@ -281,3 +281,59 @@ async fn lookups_are_limited_per_case_and_per_address_and_misses_read_alike() ->
     assert_eq!(via, vec![("duijie-console".to_owned(),)]);
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_uses_the_lookup_page_in_a_browser() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let code = "JF-431003-2026-000301";
+    let id = submit(&stack, code, referral("browser-1", ClockPolicyKind::CourtOrdinary)).await?;
+    let centre = stack.clerk(&stack::centre()).await?;
+    centre.wait_for(&id, "DELIVERED").await?;
+    centre
+        .mediation()
+        .sign_for(SignForRequest { case_id: id.clone(), receipt: Some(Receipt { signed_by: "王明".into(), signer_position: "收案员".into(), ..Default::default() }) })
+        .await?;
+    wait_in_audit(&stack, &id, &["RECEIVED"]).await?;
+    let console = browser::start_console(&stack).await?;
+    let mut b = browser::Browser::start(&format!("http://{}", console.addr), "party_lookup").await?;
+
+    // The court clerk prints the receipt from the case page.
+    b.sign_in(&stack::court()).await?;
+    b.goto(&format!("/cases/{id}")).await?;
+    assert_eq!(b.text("#receipt-code").await?, code);
+    let access = b.text("#receipt-access-code").await?;
+    assert_eq!(access.len(), 8, "{access}");
+    b.shot("receipt").await?;
+
+    // The party, without the clerk's sign-in, with a wrong factor first.
+    b.client.delete_all_cookies().await?;
+    let mut p = b;
+    p.goto("/lookup").await?;
+    p.fill("#case_code", code).await?;
+    p.fill("#factor", "000000").await?;
+    p.click("#lookup-submit").await?;
+    assert!(p.text("#error").await?.contains(NOT_FOUND_MESSAGE));
+    assert_eq!(p.value("#case_code").await?, code, "the code typed is kept");
+    assert_eq!(p.value("#factor").await?, "", "the factor is not");
+    p.shot("lookup-miss").await?;
+    p.fill("#factor", "31002X").await?;
+    p.click("#lookup-submit").await?;
+    assert!(p.text("#result-state").await?.contains("调解组织已签收"));
+    assert_eq!(p.text("#result-party").await?, "张*（申请人）");
+    assert!(p.text("#result-holder").await?.contains("苏仙区矛盾纠纷调解中心"));
+    assert!(p.text("#result-due").await?.contains("剩余"));
+    p.no_script_errors().await?;
+    // The page is short: a smaller window for the screenshot (docs/console-lookup-page.png).
+    p.client.set_window_size(960, 520).await?;
+    p.shot("lookup-result").await?;
+    // With the access code from the receipt.
+    p.goto("/lookup").await?;
+    p.fill("#case_code", code).await?;
+    p.fill("#factor", &access.to_lowercase()).await?;
+    p.click("#lookup-submit").await?;
+    assert!(p.text("#result-next").await?.contains("调解组织审查是否受理"));
+    assert!(!p.exists("#result-party").await?, "the access code names no party");
+
+    console.handle.abort();
+    stack.stop().await
+}
