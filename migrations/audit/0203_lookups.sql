@@ -35,3 +35,6 @@ DO $$ BEGIN
 EXCEPTION WHEN insufficient_privilege OR undefined_object THEN
     RAISE NOTICE 'role duijie_audit_writer not granted audit_lookups: %', SQLERRM;
 END $$;
+
+-- A party may type the code in any case: the lookup compares upper(case_code).
+CREATE INDEX audit_cases_code_upper ON audit_cases (upper(case_code));
