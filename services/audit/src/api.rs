@@ -423,7 +423,7 @@ impl AuditService for AuditApi {
         let mut conn = self.conn().await?;
         let case = self.find_case(&mut conn, &who, &pb::GetTimelineRequest { case_id: id.to_string(), case_code: String::new() }).await?;
         drop(conn);
-        let access_code = self.lookup.access_code_secret.as_ref().map(|s| lookup::access_code(s, case.case_id)).unwrap_or_default();
+        let access_code = self.lookup.access_code_secret.as_ref().and_then(|s| lookup::access_code(s, case.case_id)).unwrap_or_default();
         Ok(Response::new(pb::GetAccessCodeResponse { case_code: case.case_code, access_code }))
     }
 }
