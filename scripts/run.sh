@@ -85,6 +85,8 @@ done
 DB_BASE=${DUIJIE_DATABASE_URL%/*}
 export DUIJIE_AMQP__URL="$DUIJIE_AMQP_URL"
 export DUIJIE_DATABASE__PASSWORD=duijie
+# The audit service derives the parties' access codes (当事人查询码) from this; local use only.
+export DUIJIE_AUDIT__LOOKUP__ACCESS_CODE_SECRET=duijie-local-access-codes
 for svc in "${SERVICES[@]}"; do
 	if [ "$svc" != console ]; then
 		"$BUS" migrate --database-url "$DB_BASE/duijie_$svc" >/dev/null # creates the database if missing
@@ -137,6 +139,7 @@ Web console:  http://127.0.0.1:$(port_of console)/   (Simplified Chinese; pick a
     mediation:431003-102-05   塘溪村人民调解委员会 (village committee)
     supervisor:431003         苏仙区综治中心 (supervisor: statistics dashboard)
   Demo data: 36 cases in different states ($RUN_DIR/demo.log)
+  Parties' lookup (当事人查询, no sign-in): http://127.0.0.1:$(port_of console)/lookup  (a case page shows its 查询码)
 
 Command line: target/debug/duijie --help   (send, watch, timeline, overdue, stats, verify, dead, demo)
 

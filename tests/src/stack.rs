@@ -63,6 +63,9 @@ pub fn demo_nodes() -> Vec<AgencyNode> {
     vec![court(), procuratorate(), police(), petition(), centre(), town(), village()]
 }
 
+/// The audit service's access-code secret in a test stack (parties' lookup).
+pub const TEST_ACCESS_CODE_SECRET: &str = "duijie test access codes";
+
 /// The five services of one test.
 pub struct Stack {
     pub bus: TestBus,
@@ -142,6 +145,7 @@ impl Stack {
             audit: duijie_audit::service::AuditConfig {
                 deadline_scan_ms: Duration::from_millis(200),
                 status_interval_ms: Duration::from_millis(200),
+                lookup: duijie_audit::lookup::LookupConfig { access_code_secret: Some(TEST_ACCESS_CODE_SECRET.into()), ..Default::default() },
                 ..Default::default()
             },
         };
@@ -238,6 +242,15 @@ impl Stack {
         Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(ch))
     }
 
+    /// A connection to the audit service presenting a certificate with common name `name`
+    /// (e.g. `duijie-console`, the console's own identity), not an agency's.
+    pub async fn auditor_named(&self, name: &str) -> anyhow::Result<duijie_proto::v1::audit_service_client::AuditServiceClient<Channel>> {
+        let addr = self.audit.as_ref().map(|a| a.addr).ok_or_else(|| anyhow::anyhow!("the audit service is stopped"))?;
+        let (cert, key) = self.ca.issue(name, &["localhost", "127.0.0.1"])?;
+        let tls = TlsPem { ca: self.ca.cert_pem().as_bytes().to_vec(), cert: cert.into_bytes(), key: key.into_bytes() };
+        Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(self.connect(addr, Some(&tls)).await?))
+    }
+
     /// Where this stack's services listen, for the console and the command line.
     pub fn endpoints(&self) -> anyhow::Result<duijie_common::client::Endpoints> {
         let addr = |kind| self.service(kind).map(|s| s.addr.to_string());
@@ -261,6 +274,11 @@ impl Stack {
         for n in &who {
             pki.write(self.ca.cert_pem(), n, &self.ca.agency(n)?)?;
         }
+        // The console's own certificate, as `duijie-bus certs --service console` issues it: the
+        // parties' lookup is asked with it.
+        let (cert, key) = self.ca.issue("duijie-console", &["localhost", "127.0.0.1"])?;
+        std::fs::write(pki.dir().join("service-console.pem"), cert)?;
+        std::fs::write(pki.dir().join("service-console-key.pem"), key)?;
         Ok(pki)
     }
 

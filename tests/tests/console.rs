@@ -319,8 +319,12 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
     let page = https_get(console.addr, &ca, Some((&stranger.cert, &stranger.key)), "/cases").await?;
     assert!(page.starts_with("HTTP/1.1 403") && page.contains("没有该机构的访问证书"), "{}", &page[..page.len().min(400)]);
 
-    // No certificate, or one of another CA: no page at all.
-    assert!(https_get(console.addr, &ca, None, "/cases").await.is_err_and(|e| !e.to_string().is_empty()), "a browser without a certificate is refused");
+    // No certificate: the public lookup page only (parties hold none); every agency page refused.
+    let page = https_get(console.addr, &ca, None, "/cases").await?;
+    assert!(page.starts_with("HTTP/1.1 403") && page.contains("请使用机构数字证书"), "{}", &page[..page.len().min(400)]);
+    let page = https_get(console.addr, &ca, None, "/lookup").await?;
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("当事人查询"), "{}", &page[..page.len().min(400)]);
+    // One of another CA: no page at all.
     let foreign = duijie_common::certs::DevCa::generate("foreign CA")?.agency(&stack::court())?;
     assert!(https_get(console.addr, &ca, Some((&foreign.cert, &foreign.key)), "/cases").await.is_err(), "a certificate of another CA is refused");
 

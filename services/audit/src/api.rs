@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use duijie_domain::AgencyNode;
 use duijie_common::envelope::{from_timestamp, timestamp as ts};
-use duijie_common::server::{ApiError, caller};
+use duijie_common::server::{ApiError, caller, caller_name};
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
 use duijie_proto::v1 as pb;
@@ -21,6 +21,7 @@ use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::lookup::{self, LookupConfig};
 use crate::{stats, verify};
 
 /// The `AuditService` over the audit database. Each call holds one connection at a time (the
@@ -28,6 +29,7 @@ use crate::{stats, verify};
 pub struct AuditApi {
     db: ApiPool,
     calendar: WorkCalendar,
+    lookup: LookupConfig,
 }
 
 impl AuditApi {
@@ -35,7 +37,13 @@ impl AuditApi {
     /// ([`duijie_common::db::ServicePools`]; a `PgPool` is taken as an [`ApiPool`] of its size):
     /// a call that finds every connection in use is answered "busy".
     pub fn server(api_pool: impl Into<ApiPool>) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled() })
+        Self::server_with(api_pool, LookupConfig::default())
+    }
+
+    /// The service with the parties' lookup set up by `lookup` (who may call it, the access-code
+    /// secret, the rate limits).
+    pub fn server_with(api_pool: impl Into<ApiPool>, lookup: LookupConfig) -> AuditServiceServer<Self> {
+        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup })
     }
 
     /// A connection for one call.
@@ -48,7 +56,7 @@ fn from_ts(t: Option<&prost_types::Timestamp>, field: &str) -> Result<DateTime<U
     from_timestamp(t).ok_or_else(|| ApiError::invalid(field, "is required"))
 }
 
-fn agency_ref(kind: &str, code: &str) -> AgencyRef {
+pub(crate) fn agency_ref(kind: &str, code: &str) -> AgencyRef {
     AgencyRef { kind: AgencyKind::parse(kind).map_or(0, |k| k as i32), code: code.to_owned() }
 }
 
@@ -399,5 +407,30 @@ impl AuditService for AuditApi {
             chains: report.chains,
             tree_head_hex: report.tree_head.as_deref().map(hex).unwrap_or_default(),
         }))
+    }
+
+    async fn lookup_case(&self, req: Request<pb::LookupCaseRequest>) -> Result<Response<pb::LookupCaseResponse>, Status> {
+        // Only the console asks, on a party's behalf: an agency reads its cases through the calls
+        // above, and nobody else may try codes and factors against the store.
+        let via = caller_name(&req)?;
+        if !self.lookup.callers.contains(&via) {
+            return Err(ApiError::PermissionDenied(format!("{via}: the parties' lookup is answered to the console only")).into());
+        }
+        let mut conn = self.conn().await?;
+        let answer = lookup::lookup(&mut conn, &self.lookup, &self.calendar, &via, req.get_ref()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn get_access_code(&self, req: Request<pb::GetAccessCodeRequest>) -> Result<Response<pb::GetAccessCodeResponse>, Status> {
+        let who = caller(&req)?;
+        if who.kind() == AgencyKind::Supervisor {
+            return Err(ApiError::PermissionDenied(format!("{who}: access codes are for the agencies of the case")).into());
+        }
+        let id = Uuid::parse_str(req.get_ref().case_id.trim()).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?;
+        let mut conn = self.conn().await?;
+        let case = self.find_case(&mut conn, &who, &pb::GetTimelineRequest { case_id: id.to_string(), case_code: String::new() }).await?;
+        drop(conn);
+        let access_code = self.lookup.access_code_secret.as_ref().and_then(|s| lookup::access_code(s, case.case_id)).unwrap_or_default();
+        Ok(Response::new(pb::GetAccessCodeResponse { case_code: case.case_code, access_code }))
     }
 }

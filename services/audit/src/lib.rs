@@ -4,10 +4,12 @@
 //! time limits. The log is one or more hash chains, a batch of envelopes appended in a few
 //! statements; `tree` commits to all chains' heads with one hash. `watch` sends
 //! DeadlineWarning/DeadlineBreached notices through the outbox; `stats` defines the supervisors'
-//! statistics; `verify` walks the chains; `api` is the `AuditService` gRPC service; `status`
+//! statistics; `verify` walks the chains; `api` is the `AuditService` gRPC service; `lookup` answers a
+//! party's lookup by case code (当事人查询) for the console; `status`
 //! tells the agency services' audit gates how far behind the store is; `service` runs it all.
 
 pub mod api;
+pub mod lookup;
 pub mod service;
 pub mod stats;
 pub mod status;

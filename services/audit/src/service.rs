@@ -51,6 +51,9 @@ pub struct AuditConfig {
     /// (ms, default 1 s; they ignore a report older than their `audit_gate.status_stale_ms`).
     #[serde(with = "config::duration_ms")]
     pub status_interval_ms: Duration,
+    /// The parties' lookup by case code (`audit.lookup`): who may ask, the access-code secret
+    /// (`DUIJIE_AUDIT__LOOKUP__ACCESS_CODE_SECRET`), the rate limits.
+    pub lookup: crate::lookup::LookupConfig,
 }
 
 impl Default for AuditConfig {
@@ -62,6 +65,7 @@ impl Default for AuditConfig {
             chains: 1,
             tree_head_ms: Duration::from_secs(600),
             status_interval_ms: Duration::from_secs(1),
+            lookup: crate::lookup::LookupConfig::default(),
         }
     }
 }
@@ -129,6 +133,14 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         anyhow::bail!("audit.retention_days: {} is below the legal minimum of {MIN_RETENTION_DAYS} days", cfg.audit.retention_days);
     }
     anyhow::ensure!(!cfg.audit.status_interval_ms.is_zero(), "audit.status_interval_ms must be above 0");
+    let l = &cfg.audit.lookup;
+    anyhow::ensure!(
+        l.address_attempts > 0 && l.case_failures > 0 && !l.address_window_ms.is_zero() && !l.case_window_ms.is_zero(),
+        "audit.lookup: the attempts and windows must be above 0"
+    );
+    if l.access_code_secret.is_none() {
+        tracing::info!("audit.lookup.access_code_secret not set: parties' access codes are neither issued nor accepted");
+    }
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
     // Bulkheads: gRPC calls on one pool; the tap consumer, the relay, the deadline notices,
     // retention and pruning on the other.
@@ -195,7 +207,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server(pools.api));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_with(pools.api, cfg.audit.lookup.clone()));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");

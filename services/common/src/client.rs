@@ -119,6 +119,17 @@ impl Pki {
         Ok(TlsPem { ca: read("ca.pem".into())?, cert: read(format!("{}.pem", Self::stem(who)))?, key: read(format!("{}-key.pem", Self::stem(who)))? })
     }
 
+    /// The CA certificate and service `name`'s own certificate and key (`service-<name>.pem`,
+    /// as `duijie-bus certs --service <name>` writes them; common name `duijie-<name>`): for the
+    /// few calls a service makes as itself, such as the console's parties' lookup.
+    pub fn service(&self, name: &str) -> anyhow::Result<TlsPem> {
+        let read = |file: String| {
+            let path = self.dir.join(file);
+            std::fs::read(&path).with_context(|| format!("reading {} (no certificate for service {name}?)", path.display()))
+        };
+        Ok(TlsPem { ca: read("ca.pem".into())?, cert: read(format!("service-{name}.pem"))?, key: read(format!("service-{name}-key.pem"))? })
+    }
+
     /// Every agency identity with a certificate and key in the directory, sorted.
     pub fn identities(&self) -> anyhow::Result<Vec<AgencyNode>> {
         let mut out = Vec::new();

@@ -86,6 +86,9 @@ pub enum ApiError {
     /// A dependency is down or the bus is not accepting new work; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller (or the address it asks for) made too many attempts; retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Anything else: logged with its cause, reported without internals.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -123,6 +126,7 @@ impl From<ApiError> for Status {
             }
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Unexpected(e) => {
                 // Every connection for calls in use: load, not a fault. Retry in a moment.
                 if let Some(busy) = e.chain().find_map(|c| c.downcast_ref::<crate::db::Busy>()) {
@@ -180,15 +184,29 @@ pub fn caller<T>(req: &Request<T>) -> Result<AgencyNode, Status> {
     agency_of_certificate(der.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
 }
 
-/// Reads `<kind>:<code>` from a DER certificate's subject common name.
-pub fn agency_of_certificate(der: &[u8]) -> anyhow::Result<AgencyNode> {
+/// The subject common name of the caller's client certificate, whatever it names: for the few
+/// calls a service (not an agency) makes, such as the console's `LookupCase` (`duijie-console`).
+/// No certificate or an unreadable one is `UNAUTHENTICATED`.
+pub fn caller_name<T>(req: &Request<T>) -> Result<String, Status> {
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let der = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    common_name_of_certificate(der.as_ref()).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+/// A DER certificate's subject common name.
+pub fn common_name_of_certificate(der: &[u8]) -> anyhow::Result<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("unreadable: {e}"))?;
-    let cn = cert
-        .subject()
+    cert.subject()
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| anyhow::anyhow!("no subject common name"))?;
+        .map(ToOwned::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no subject common name"))
+}
+
+/// Reads `<kind>:<code>` from a DER certificate's subject common name.
+pub fn agency_of_certificate(der: &[u8]) -> anyhow::Result<AgencyNode> {
+    let cn = common_name_of_certificate(der)?;
     let node: AgencyNode = cn.parse().map_err(|e| anyhow::anyhow!("common name: {e}"))?;
     // The bus signs only its own evidence and notices; no caller speaks as the bus.
     anyhow::ensure!(node.kind() != AgencyKind::Bus, "unknown agency kind \"bus\"");

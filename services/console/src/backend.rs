@@ -26,14 +26,19 @@ impl Backend {
     }
 
     fn channel(&self, addr: &str, who: &AgencyNode) -> Result<Channel, UiError> {
-        let key = (addr.to_owned(), who.to_string());
+        self.channel_as(addr, &who.to_string(), || self.pki.identity(who))
+    }
+
+    /// A channel to `addr` presenting the certificate `tls` gives, cached under `name`.
+    fn channel_as(&self, addr: &str, name: &str, tls: impl FnOnce() -> anyhow::Result<duijie_common::server::TlsPem>) -> Result<Channel, UiError> {
+        let key = (addr.to_owned(), name.to_owned());
         // A poisoned lock only means another request panicked while inserting; the map is
         // still a valid cache.
         let mut map = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(ch) = map.get(&key) {
             return Ok(ch.clone());
         }
-        let tls = self.pki.identity(who).map_err(|e| UiError::NoCredential(format!("{e:#}")))?;
+        let tls = tls().map_err(|e| UiError::NoCredential(format!("{e:#}")))?;
         let ch = client::channel(addr, &self.endpoints.tls_domain, &tls).map_err(UiError::Internal)?;
         map.insert(key, ch.clone());
         Ok(ch)
@@ -43,6 +48,14 @@ impl Backend {
     pub fn own(&self, who: &AgencyNode) -> Result<Channel, UiError> {
         let addr = self.endpoints.of(who.kind()).ok_or_else(|| UiError::Forbidden("该身份没有对应的机构服务".into()))?.to_owned();
         self.channel(&addr, who)
+    }
+
+    /// The audit service as the console itself (`service-console.pem` of the PKI directory,
+    /// common name `duijie-console`): the parties' lookup, which no agency may ask. Cached under
+    /// a name no agency has (an agency is always `<kind>:<code>`).
+    pub fn audit_as_console(&self) -> Result<Channel, UiError> {
+        let addr = self.endpoints.audit.clone();
+        self.channel_as(&addr, "service console", || self.pki.service("console"))
     }
 
     /// The audit service, as `who`.

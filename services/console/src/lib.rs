@@ -10,12 +10,15 @@
 //! * Pages: `/cases` (a referrer's cases or a mediation body's inbox), `/cases/new` (send a
 //!   referral), `/cases/{id}` (the case with its audit timeline and the actions its state
 //!   allows), `/search?code=`, `/dashboard` (statistics with charts and the overdue list).
+//! * Public, no sign-in: `/lookup` and `POST /api/lookup`, a party's lookup by case code and a
+//!   second factor (`lookup.rs`), asked of the audit service with the console's own certificate.
 
 mod backend;
 mod charts;
 mod forms;
 mod labels;
 mod live;
+mod lookup;
 mod pages;
 mod tls;
 
@@ -142,6 +145,9 @@ fn router(state: AppState) -> Router {
         .route("/search", get(pages::search))
         .route("/dashboard", get(pages::dashboard))
         .route("/events", get(live::events))
+        // Public: the parties' lookup, no sign-in (the audit service limits and records it).
+        .route("/lookup", get(lookup::page_form).post(lookup::page_submit))
+        .route("/api/lookup", post(lookup::api))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(guard))
@@ -208,6 +214,8 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
             let grace = cfg.grace_ms;
             tokio::spawn(async move {
                 let stop = shutdown.clone();
+                // The peer address reaches the handlers (the parties' lookup counts by it).
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
                 let mut serve = std::pin::pin!(serve.into_future());
                 tokio::select! {

@@ -53,6 +53,10 @@ impl FromRequestParts<AppState> for Me {
             },
             SignIn::ClientCertificate => match parts.extensions.get::<crate::tls::PeerAgency>() {
                 Some(crate::tls::PeerAgency(Ok(n))) => Ok(Me(n.clone())),
+                // A connection without a certificate reaches only the public pages (the lookup).
+                Some(crate::tls::PeerAgency(Err(e))) if e == crate::tls::NO_CERTIFICATE => {
+                    Err(error_page(None, StatusCode::FORBIDDEN, "请使用机构数字证书访问本控制台。当事人查询请访问 /lookup。").into_response())
+                }
                 Some(crate::tls::PeerAgency(Err(e))) => {
                     tracing::info!(error = %e, "browser certificate names no agency");
                     Err(error_page(None, StatusCode::FORBIDDEN, "无法识别您的机构证书：证书主题须为“机构类型:机构代码”。").into_response())
@@ -115,7 +119,7 @@ const KEEP_FORMS: &str = r#"
 })();
 "#;
 
-fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: Markup) -> Markup {
+pub(crate) fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="zh-CN" {
@@ -185,14 +189,14 @@ fn log_error(e: &UiError) {
     }
 }
 
-fn china_time(ts: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn china_time(ts: Option<&prost_types::Timestamp>) -> String {
     let Some(ts) = ts else { return "—".into() };
     let Some(tz) = chrono::FixedOffset::east_opt(8 * 3600) else { return "—".into() };
     Utc.timestamp_opt(ts.seconds, 0).single().map_or_else(|| "—".into(), |t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())
 }
 
 /// "剩余 3 天" / "已超期 2 天", and the row class it deserves.
-fn countdown(due: Option<&prost_types::Timestamp>, overdue: bool) -> (String, &'static str) {
+pub(crate) fn countdown(due: Option<&prost_types::Timestamp>, overdue: bool) -> (String, &'static str) {
     let Some(due) = due else { return ("—".into(), "") };
     let left = due.seconds - Utc::now().timestamp();
     if overdue || left < 0 {
@@ -558,6 +562,23 @@ async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(Strin
             Err(e)
         }
     };
+    // The receipt a party takes home (当事人查询回执): for an agency of the case; a refusal or an
+    // audit service that cannot answer leaves it out of the page, nothing else.
+    let receipt = match view {
+        Some(_) => match async {
+            let ch = st.backend.audit(me)?;
+            Ok::<_, UiError>(AuditServiceClient::new(ch).get_access_code(GetAccessCodeRequest { case_id: id.to_owned() }).await?.into_inner())
+        }
+        .await
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log_error(&e);
+                None
+            }
+        },
+        None => None,
+    };
     let status = failed.as_ref().map_or(StatusCode::OK, |f| f.error.http_status());
     let code = view.as_ref().map(|v| v.case_code.clone()).or_else(|| audit.as_ref().ok().and_then(|a| a.case.as_ref().map(|c| c.case_code.clone()))).unwrap_or_default();
     let body = html! {
@@ -565,6 +586,7 @@ async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(Strin
         @if let Some(f) = &failed { div.banner.error #error { (f.error.message()) } }
         h1 { "案件 " span #case-code { (code) } }
         @if let Some(v) = &view { (case_summary(st, me, v, failed.as_ref())) }
+        @if let Some(r) = &receipt { (receipt_card(r)) }
         @match &audit {
             Ok(t) => (audit_timeline(st, t)),
             Err(e) => {
@@ -574,6 +596,24 @@ async fn render_case(st: &AppState, me: &AgencyNode, id: &str, ok: Option<(Strin
         }
     };
     (status, Html(page(Some((st, me)), &format!("案件 {code}"), body).into_string())).into_response()
+}
+
+/// What the agency hands the party so they can follow the case at `/lookup`.
+fn receipt_card(r: &GetAccessCodeResponse) -> Markup {
+    html! {
+        div.card #lookup-receipt {
+            h2 { "当事人查询回执" }
+            dl.kv {
+                dt { "解纷码" } dd { code #receipt-code { (r.case_code) } }
+                @if r.access_code.is_empty() {
+                    dt { "查询码" } dd.muted { "未启用：当事人凭本人身份证号码后六位查询" }
+                } @else {
+                    dt { "查询码" } dd { code #receipt-access-code { (r.access_code) } }
+                }
+            }
+            p.muted { "请告知当事人：在本平台“当事人查询”页面（/lookup）输入解纷码和查询码（或本人身份证号码后六位），即可查看案件进展。" }
+        }
+    }
 }
 
 fn case_summary(st: &AppState, me: &AgencyNode, v: &CaseView, failed: Option<&Failed>) -> Markup {

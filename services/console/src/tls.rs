@@ -1,6 +1,7 @@
-//! HTTPS with browser certificates (`client_certificate` sign-in): the TLS handshake requires a
+//! HTTPS with browser certificates (`client_certificate` sign-in): the TLS handshake checks a
 //! certificate of the agencies' CA, and the agency named by its common name is attached to
-//! every request of the connection — the same rule the gRPC services apply.
+//! every request of the connection — the same rule the gRPC services apply. A connection
+//! without a certificate is let through to the public pages only (the parties' lookup).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::ConsoleTls;
+
+/// What [`PeerAgency`] holds for a connection that presented no certificate: such a browser
+/// reaches the public pages (the parties' lookup) and nothing else.
+pub const NO_CERTIFICATE: &str = "没有客户端证书";
 
 /// The agency of the browser certificate of this connection.
 #[derive(Clone, Debug)]
@@ -33,6 +38,9 @@ pub fn acceptor(cfg: &ConsoleTls) -> anyhow::Result<TlsAcceptor> {
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        // Optional at the handshake so that parties, who hold no certificate, reach the public
+        // lookup page; every agency page still requires one (`pages::Me`).
+        .allow_unauthenticated()
         .build()
         .context("client certificate verifier")?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -83,9 +91,10 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .ok_or_else(|| "没有客户端证书".to_owned())
+                .ok_or_else(|| NO_CERTIFICATE.to_owned())
                 .and_then(|der| duijie_common::server::agency_of_certificate(der.as_ref()).map_err(|e| e.to_string()));
-            let app = app.layer(axum::Extension(PeerAgency(agency)));
+            // The peer address too, as axum's own server gives it (the parties' lookup counts by it).
+            let app = app.layer(axum::Extension(PeerAgency(agency))).layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
