@@ -211,6 +211,7 @@ fn parties(payloads: &[(DateTime<Utc>, Payload)]) -> Vec<Party> {
 struct Candidate {
     case_id: Uuid,
     case_code: String,
+    channel: i32,
     holder_kind: String,
     holder_code: String,
     state: String,
@@ -284,7 +285,7 @@ pub async fn lookup(
     }
     // Every case under the code (normally one); an empty code matches none but costs the same.
     let candidates: Vec<Candidate> = sqlx::query_as(
-        "SELECT case_id, case_code, holder_kind, holder_code, state, state_since, clock_policy, closed_at
+        "SELECT case_id, case_code, channel, holder_kind, holder_code, state, state_since, clock_policy, closed_at
          FROM audit_cases WHERE upper(case_code) = $1 ORDER BY received_at DESC LIMIT 4",
     )
     .bind(&code)
@@ -315,7 +316,11 @@ pub async fn lookup(
 }
 
 fn respond(c: &Candidate, payloads: &[(DateTime<Utc>, Payload)], m: &Matched<'_>, calendar: &WorkCalendar) -> pb::LookupCaseResponse {
-    let (state_label, next_step) = state_for_party(&c.state);
+    let (state_label, mut next_step) = state_for_party(&c.state);
+    // A case the body took in itself has no referring agency to take it back: the body closes it.
+    if c.channel == duijie_proto::v1::Channel::SelfIntake as i32 && next_step == "移送机构依法继续处理" {
+        next_step = "调解组织结案，并告知当事人其他解决途径";
+    }
     let open = c.closed_at.is_none() && !next_step.is_empty();
     let now = Utc::now();
     let due = if open {

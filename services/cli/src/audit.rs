@@ -410,6 +410,9 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
             "received": s.received, "received_court": s.received_court, "received_police": s.received_police,
             "received_petition": s.received_petition, "received_procuratorate": s.received_procuratorate,
             "received_self_accepted": s.received_self_accepted,
+            "received_by_intake_source": s.received_by_intake_source.iter()
+                .map(|c| (c.source().as_str_name().trim_start_matches("INTAKE_SOURCE_").to_lowercase(), c.count))
+                .collect::<std::collections::BTreeMap<_, _>>(),
             "signed_for": s.signed_for, "accepted": s.accepted, "rejected": s.rejected,
             "mediated": s.mediated, "settled": s.settled, "failed": s.failed,
             "mediation_rate": s.mediation_rate, "success_rate": s.success_rate,
@@ -427,6 +430,15 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
     let scope: Vec<String> = scope.into_iter().flatten().collect();
     println!("统计期间 period            {from} .. {to} (exclusive){}", if scope.is_empty() { String::new() } else { format!("   {}", scope.join(", ")) });
     println!("收案数 received            {:>8}   法院 court {}  公安 police {}  信访 petition {}  检察 procuratorate {}  自行受理 self {}", s.received, s.received_court, s.received_police, s.received_petition, s.received_procuratorate, s.received_self_accepted);
+    if s.received_self_accepted > 0 {
+        let by: Vec<String> = s
+            .received_by_intake_source
+            .iter()
+            .filter(|c| c.count > 0)
+            .map(|c| format!("{} {}", c.source().as_str_name().trim_start_matches("INTAKE_SOURCE_").to_lowercase(), c.count))
+            .collect();
+        println!("自行受理来源 self by source        {}", by.join("  "));
+    }
     println!("签收 signed for            {:>8}", s.signed_for);
     println!("受理 accepted              {:>8}", s.accepted);
     println!("不予受理 rejected          {:>8}", s.rejected);

@@ -87,6 +87,8 @@ pub struct Global {
 pub enum Command {
     /// Send a referral described in a file (JSON or YAML) (移送).
     Send(send::SendArgs),
+    /// Register a dispute a mediation body took in itself, described in a file (自行受理).
+    Intake(send::SendArgs),
     /// Every recorded message of a case, from the audit store (案件全流程记录).
     Timeline {
         /// A case id (UUID) or a case code (e.g. JF-431003-2026-000123).
@@ -181,6 +183,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
     let ctx = Ctx::from_global(&cli.global)?;
     match cli.command {
         Command::Send(args) => send::run(&ctx, args).await,
+        Command::Intake(args) => send::run_intake(&ctx, args).await,
         Command::Timeline { case } => audit::timeline(&ctx, &case).await,
         Command::Watch(args) => audit::watch(&ctx, args).await,
         Command::Overdue => audit::overdue(&ctx).await,

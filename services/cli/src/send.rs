@@ -1,5 +1,6 @@
 //! `duijie send FILE`: a referral written by hand (JSON or YAML) sent through the referring
-//! agency's service. The file format is a friendly form of `SubmitReferralRequest`: enum values
+//! agency's service; `duijie intake FILE`: a dispute a mediation body took in itself, in the
+//! same format (with `intake` in place of `to`), registered through the mediation service. The file format is a friendly form of `SubmitReferralRequest`: enum values
 //! as lower snake_case names, amounts in yuan, times as RFC 3339 or dates; see
 //! `services/cli/examples/referral.yaml`.
 
@@ -10,10 +11,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
 use duijie_domain::AgencyNode;
 use duijie_proto::answered_case;
+use duijie_proto::v1::mediation_service_client::MediationServiceClient;
 use duijie_proto::v1::referrals_service_client::ReferralsServiceClient;
 use duijie_proto::v1::{
-    AgencyKind, AgencyRef, CaseView, ClockPolicy, ClockPolicyKind, DisputeCategory, IdDocumentType, IdentityDocument, Money,
-    Party, PartyConsent, PartyRole, PartyType, Referral, ReferralMode, SubmitReferralRequest,
+    AgencyKind, AgencyRef, CaseView, ClockPolicy, ClockPolicyKind, DisputeCategory, IdDocumentType, IdentityDocument, Intake, IntakeSource,
+    Money, Party, PartyConsent, PartyRole, PartyType, Referral, ReferralMode, RegisterCaseRequest, RiskLevel, SubmitReferralRequest,
 };
 use serde::Deserialize;
 
@@ -57,6 +59,15 @@ The file (JSON or YAML; `-` reads stdin; format by extension, else JSON then YAM
                                    # petition, police
   note: ...                        # optional
 
+For `duijie intake` (自行受理), `from` is the mediation body itself, `to` is left out,
+`clock_policy` may be left out (peoples_mediation), and the file adds:
+
+  intake:
+    source: walk_in                # walk_in, hotline_148, hotline_12345, online, grid_screening,
+                                   # department_transfer
+    risk_level: medium             # low, medium, high
+    received_by: 李接待
+
 Prints the case id, code and state. A refused referral lists each field at fault (exit 3);
 an unreadable or invalid file exits 2.";
 
@@ -68,12 +79,23 @@ pub struct SendArgs {
     pub file: PathBuf,
 }
 
+/// How a dispute came in, as an operator writes it (`duijie intake`).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeEntry {
+    pub source: String,
+    pub risk_level: String,
+    pub received_by: String,
+}
+
 /// A referral as an operator writes it.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ReferralFile {
     pub from: String,
-    pub to: String,
+    /// Required for `send`; left out for `intake`.
+    #[serde(default)]
+    pub to: Option<String>,
     pub case_code: String,
     #[serde(default)]
     pub client_request_id: Option<String>,
@@ -97,9 +119,14 @@ pub struct ReferralFile {
     pub amount_yuan: Option<Amount>,
     #[serde(default)]
     pub consents: Vec<String>,
-    pub clock_policy: String,
+    /// Required for `send`; `intake` defaults to peoples_mediation.
+    #[serde(default)]
+    pub clock_policy: Option<String>,
     #[serde(default)]
     pub note: String,
+    /// Only for `intake`.
+    #[serde(default)]
+    pub intake: Option<IntakeEntry>,
 }
 
 /// A party as an operator writes it.
@@ -219,7 +246,40 @@ impl ReferralFile {
         if !matches!(from.kind(), AgencyKind::Court | AgencyKind::Police | AgencyKind::Petition | AgencyKind::Procuratorate) {
             return Err(CliError::Usage(format!("from: {from} does not send referrals (a court, police, petition office or procuratorate does)")));
         }
-        let to = agency("to", &self.to)?;
+        let to = agency("to", self.to.as_deref().ok_or_else(|| CliError::Usage("to: the mediation body that receives the case is required".into()))?)?;
+        if self.intake.is_some() {
+            return Err(CliError::Usage("intake: only a case a mediation body registers itself has one (duijie intake)".into()));
+        }
+        let clock = self.clock_policy.as_deref().ok_or_else(|| CliError::Usage("clock_policy: is required".into()))?;
+        let referral = self.referral(clock, None)?;
+        Ok(Submission {
+            from,
+            request: SubmitReferralRequest { to: Some(AgencyRef::from(&to)), case_code: self.case_code.trim().to_owned(), referral: Some(referral) },
+        })
+    }
+
+    /// The registration this file describes (`duijie intake`): the body that took the dispute
+    /// in, and the request.
+    pub fn to_intake(&self) -> CliResult<(AgencyNode, RegisterCaseRequest)> {
+        let from = agency("from", &self.from)?;
+        if from.kind() != AgencyKind::Mediation {
+            return Err(CliError::Usage(format!("from: {from} is not a mediation body (only one registers a case it took in itself)")));
+        }
+        if self.to.is_some() {
+            return Err(CliError::Usage("to: a case the body took in itself goes to no one (leave `to` out)".into()));
+        }
+        let entry = self.intake.as_ref().ok_or_else(|| CliError::Usage("intake: source, risk_level and received_by are required".into()))?;
+        let intake = Intake {
+            source: enum_value("intake.source", &entry.source, "INTAKE_SOURCE_", |i| IntakeSource::try_from(i).ok().map(|e| e.as_str_name()))?,
+            risk_level: enum_value("intake.risk_level", &entry.risk_level, "RISK_LEVEL_", |i| RiskLevel::try_from(i).ok().map(|e| e.as_str_name()))?,
+            received_by: entry.received_by.trim().to_owned(),
+        };
+        let referral = self.referral(self.clock_policy.as_deref().unwrap_or("peoples_mediation"), Some(intake))?;
+        Ok((from, RegisterCaseRequest { case_code: self.case_code.trim().to_owned(), referral: Some(referral) }))
+    }
+
+    /// The referral content of the file, timed by `clock`.
+    fn referral(&self, clock: &str, intake: Option<Intake>) -> CliResult<Referral> {
         let mode = match &self.mode {
             Some(m) => enum_value("mode", m, "REFERRAL_MODE_", |i| ReferralMode::try_from(i).ok().map(|e| e.as_str_name()))?,
             None => 0,
@@ -228,7 +288,7 @@ impl ReferralFile {
             Some(c) => enum_value("category", c, "DISPUTE_CATEGORY_", |i| DisputeCategory::try_from(i).ok().map(|e| e.as_str_name()))?,
             None => 0,
         };
-        let clock = enum_value("clock_policy", &self.clock_policy, "CLOCK_POLICY_KIND_", |i| {
+        let clock = enum_value("clock_policy", clock, "CLOCK_POLICY_KIND_", |i| {
             ClockPolicyKind::try_from(i).ok().map(|e| e.as_str_name())
         })?;
         let mut parties = Vec::new();
@@ -271,7 +331,7 @@ impl ReferralFile {
             // Derived from the case code: sending the same file again returns the same case.
             _ => format!("file:{}", self.case_code.trim()),
         };
-        let referral = Referral {
+        Ok(Referral {
             legal_basis: self.legal_basis.clone(),
             mode,
             source_reference: self.source_reference.clone(),
@@ -286,11 +346,8 @@ impl ReferralFile {
             clock_policy: Some(ClockPolicy { kind: clock, ..Default::default() }),
             client_request_id,
             note: self.note.clone(),
+            intake,
             ..Default::default()
-        };
-        Ok(Submission {
-            from,
-            request: SubmitReferralRequest { to: Some(AgencyRef::from(&to)), case_code: self.case_code.trim().to_owned(), referral: Some(referral) },
         })
     }
 }
@@ -310,7 +367,7 @@ fn print_case(ctx: &Ctx, v: &CaseView) {
         println!("case      {}", v.case_id);
         println!("code      {}", v.case_code);
         println!("channel   {} {}", output::channel_zh(v.channel), output::channel(v.channel));
-        println!("to        {}", output::agency(v.holder.as_ref()));
+        println!("holder    {}", output::agency(v.holder.as_ref()));
         println!("state     {}", v.state);
     }
 }
@@ -327,6 +384,21 @@ pub async fn run(ctx: &Ctx, args: SendArgs) -> CliResult<()> {
     }
     let mut client = ReferralsServiceClient::new(ctx.agency_channel(&sub.from)?);
     let view = client.submit_referral(sub.request).await.and_then(answered_case).or_refused("submitting the referral")?;
+    print_case(ctx, &view);
+    Ok(())
+}
+
+/// Runs `duijie intake`.
+pub async fn run_intake(ctx: &Ctx, args: SendArgs) -> CliResult<()> {
+    let file = read_file(&args.file)?;
+    let (from, request) = file.to_intake()?;
+    if let Some(who) = &ctx.as_agency
+        && *who != from
+    {
+        return Err(CliError::Usage(format!("--as {who} is not the file's body {from}")));
+    }
+    let mut client = MediationServiceClient::new(ctx.agency_channel(&from)?);
+    let view = client.register_case(request).await.and_then(answered_case).or_refused("registering the case")?;
     print_case(ctx, &view);
     Ok(())
 }

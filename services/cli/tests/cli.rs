@@ -104,6 +104,7 @@ async fn every_command_has_help() -> anyhow::Result<()> {
     assert!(top.stdout.contains("Exit codes") && top.stdout.contains("5  the audit chain does not verify"), "{top:?}");
     for cmd in [
         &["send", "--help"][..],
+        &["intake", "--help"],
         &["timeline", "--help"],
         &["watch", "--help"],
         &["overdue", "--help"],
@@ -232,9 +233,25 @@ async fn send_yaml_and_json_idempotently_and_refusals_name_the_field() -> anyhow
     let missing = bin.expect(&["send", &dir.join("no-such-file.yaml").display().to_string()], 2).await?;
     assert!(missing.stderr.contains("no-such-file.yaml"), "{missing:?}");
 
-    // Exactly the two referrals reached the centre.
+    // The centre registers a dispute it took in itself (the shipped example), idempotently;
+    // a referral file is not an intake, and an intake names no recipient.
+    let intake = example().with_file_name("intake.yaml").display().to_string();
+    let own = bin.expect(&["intake", &intake, "--json"], 0).await?.json()?;
+    assert_eq!((own["channel"].as_str(), own["state"].as_str()), (Some("self_intake"), Some("ACCEPTED")), "{own}");
+    assert_eq!(bin.expect(&["intake", &intake, "--json"], 0).await?.json()?["case_id"], own["case_id"]);
+    let not_intake = bin.expect(&["intake", &example_arg], 2).await?;
+    assert!(not_intake.stderr.contains("from: court:431003 is not a mediation body"), "{not_intake:?}");
+    let intake_text = std::fs::read_to_string(&intake)?;
+    let with_to = dir.join("with-to.yaml");
+    std::fs::write(&with_to, intake_text.replace("case_code:", "to: mediation:431003-102\ncase_code:"))?;
+    assert!(bin.expect(&["intake", &with_to.display().to_string()], 2).await?.stderr.contains("to:"));
+    let no_source = dir.join("no-source.yaml");
+    std::fs::write(&no_source, intake_text.replace("  source: hotline_148\n", "").replace("Z00007", "Z00008"))?;
+    assert!(bin.expect(&["intake", &no_source.display().to_string()], 2).await?.stderr.contains("source"));
+
+    // Exactly the two referrals and the centre's own case are there.
     let inbox = centre.cases().list_cases(ListCasesRequest::default()).await?.into_inner();
-    assert_eq!(inbox.cases.len(), 2, "{inbox:?}");
+    assert_eq!(inbox.cases.len(), 3, "{inbox:?}");
     let _ = std::fs::remove_dir_all(&dir);
     stack.stop().await
 }
