@@ -141,7 +141,7 @@ Web console:  http://127.0.0.1:$(port_of console)/   (Simplified Chinese; pick a
   Demo data: 36 cases in different states ($RUN_DIR/demo.log)
   Parties' lookup (当事人查询, no sign-in): http://127.0.0.1:$(port_of console)/lookup  (a case page shows its 查询码)
 
-Command line: target/debug/duijie --help   (send, watch, timeline, overdue, stats, verify, dead, demo)
+Command line: target/debug/duijie --help   (send, intake, watch, timeline, overdue, stats, verify, dead, demo)
 
 Services (gRPC over mTLS; health, reflection and duijie.v1.SessionService on each):
   audit          127.0.0.1:$(port_of audit)   the audit store (log of every handoff)    AuditService
@@ -163,9 +163,12 @@ Audit store and dead letters from the command line (as the district supervisor b
   target/debug/duijie dead list                             target/debug/duijie dead replay --id <message id>
   target/debug/duijie --as mediation:431003 watch           (an agency's case changes as they happen: its live feed)
 
-Queue depths now:
+  target/debug/duijie intake services/cli/examples/intake.yaml   (a dispute the centre took in itself: 自行受理)
+
+What is configured (config/directory.yaml), which agencies a service serves, queue depths and
+the audit gates now (again any time: target/debug/duijie-bus status):
 INFO
-"$BUS" status "${DEMO_NODES[@]}"
+"$BUS" status --directory "$ROOT_DIR/config/directory.yaml"
 cat <<INFO
 
 Benchmark: scripts/bench.sh

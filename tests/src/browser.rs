@@ -23,10 +23,30 @@ pub async fn start_console(stack: &Stack) -> anyhow::Result<duijie_console::Runn
         pki: pki.dir().to_path_buf(),
         sign_in: duijie_console::SignIn::Demo,
         tls: None,
-        directory: crate::stack::demo_directory(),
+        // The stack's own copy, which a test may edit (an agency added while running).
+        directory: stack.directory_file(),
+        directory_reload_ms: Duration::from_millis(200),
         grace_ms: Duration::from_secs(2),
     };
     duijie_console::start(cfg, stack.bus.shutdown.child_token()).await
+}
+
+/// One HTTP/1.1 request to the demo console: (status, the whole response as text).
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    tcp.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, text))
 }
 
 /// A headless Chromium session against the console at `base`.

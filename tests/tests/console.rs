@@ -297,6 +297,7 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
         sign_in: duijie_console::SignIn::ClientCertificate,
         tls: Some(duijie_console::ConsoleTls { cert: dir.join("console.pem"), key: dir.join("console-key.pem"), client_ca: pki.dir().join("ca.pem") }),
         directory: duijie_tests::stack::demo_directory(),
+        directory_reload_ms: std::time::Duration::from_secs(5),
         grace_ms: std::time::Duration::from_secs(2),
     };
     let console = duijie_console::start(cfg, stack.bus.shutdown.child_token()).await?;

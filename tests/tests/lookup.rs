@@ -10,7 +10,8 @@ use duijie_audit::lookup::{LIMITED_MESSAGE, NOT_FOUND_MESSAGE};
 use duijie_proto::answered_case;
 use duijie_proto::v1::*;
 use duijie_tests::stack::{self, Stack, agency_ref, referral};
-use duijie_tests::{browser, node, wait_until};
+use duijie_tests::browser::{self, http};
+use duijie_tests::{node, wait_until};
 use tonic::Code;
 
 /// A row of `audit_lookups`: outcome, case code, case id, factor kind, client address, and the
@@ -64,24 +65,6 @@ async fn wait_in_audit(stack: &Stack, id: &str, states: &[&str]) -> anyhow::Resu
         }
     })
     .await
-}
-
-/// One HTTP/1.1 request to the demo console: (status, the whole response as text).
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    tcp.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, text))
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {

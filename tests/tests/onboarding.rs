@@ -17,6 +17,13 @@ async fn a_region_added_to_a_running_stack_receives_a_referral() -> anyhow::Resu
     let mut stack = Stack::start().await?;
     let court = stack.clerk(&stack::court()).await?;
     let new_centre: duijie_domain::AgencyNode = "mediation:431081".parse()?;
+    let console = duijie_tests::browser::start_console(&stack).await?;
+    let referral_form = || async {
+        let (status, page) = duijie_tests::browser::http(console.addr, "GET", "/cases/new", &[("Cookie", "duijie_as=court:431003")], "").await?;
+        anyhow::ensure!(status == 200, "{page}");
+        Ok::<_, anyhow::Error>(page)
+    };
+    assert!(!referral_form().await?.contains("资兴市矛盾纠纷调解中心"));
 
     // Not in the directory yet: refused, naming the field.
     let unknown = court.referrals().submit_referral(submit_to(&new_centre, "JF-431003-2026-R0001")).await;
@@ -45,6 +52,11 @@ async fn a_region_added_to_a_running_stack_receives_a_referral() -> anyhow::Resu
         }
     })
     .await?;
+    // The running console offers the new centre on the referral form, without a restart.
+    duijie_tests::wait_until("the console to offer the new centre", stack::WAIT, || async {
+        Ok(referral_form().await?.contains("资兴市矛盾纠纷调解中心"))
+    })
+    .await?;
     // The same request again answers with the case it made.
     let case_id = court.referrals().submit_referral(submit_to(&new_centre, "JF-431003-2026-R0001")).await.and_then(answered_case)?.case_id;
     let centre = stack.clerk_at(&new_centre, addr).await?;
@@ -61,5 +73,7 @@ async fn a_region_added_to_a_running_stack_receives_a_referral() -> anyhow::Resu
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let again = court.referrals().submit_referral(submit_to(&new_centre, "JF-431003-2026-R0002")).await.and_then(answered_case)?;
     assert!(["SUBMITTED", "DELIVERED"].contains(&again.state.as_str()), "{again:?}");
+    assert!(referral_form().await?.contains("资兴市矛盾纠纷调解中心"), "the console keeps the last good directory too");
+    console.handle.abort();
     stack.stop().await
 }

@@ -62,10 +62,15 @@ enum Command {
         #[arg(required = true)]
         nodes: Vec<AgencyNode>,
     },
-    /// Show queue depths (tap, dead letters, and the inboxes of the given nodes), the audit
+    /// Show what is configured and how it runs: every agency of the directory (or the given
+    /// nodes) with its inbox's depth and consumers, the tap and the dead letters, the audit
     /// store's lag and every agency service's audit gate.
     Status {
+        /// Only these nodes (default: every agency of `--directory` that has an inbox).
         nodes: Vec<AgencyNode>,
+        /// The agency directory every service reads.
+        #[arg(long, env = "DUIJIE_DIRECTORY", default_value = "config/directory.yaml")]
+        directory: std::path::PathBuf,
         /// How long to listen for the audit service's and the gates' reports (ms; a gate reports
         /// at every look, by default every 2 s; 0 skips them).
         #[arg(long, default_value_t = 2500)]
@@ -106,21 +111,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = conn.close(200, "done".into()).await;
         }
         Command::Certs { dir, services, nodes } => write_dev_certs(&dir, &nodes, &services)?,
-        Command::Status { nodes, listen_ms } => {
+        Command::Status { nodes, directory, listen_ms } => {
+            // What is configured: the directory's agencies with an inbox (supervisors have none).
+            let configured: Vec<(AgencyNode, String)> = if nodes.is_empty() {
+                let d = duijie_common::directory::Directory::load(&directory)
+                    .with_context(|| format!("the agency directory {} (or name the nodes)", directory.display()))?;
+                d.entries().filter(|(n, _)| has_inbox(n)).map(|(n, name)| (n.clone(), name.to_owned())).collect()
+            } else {
+                nodes.into_iter().map(|n| (n, String::new())).collect()
+            };
             let conn = connector.connect("status").await?;
-            let ch = conn.create_channel().await?;
             // Listen first, so that the reports arrive while the queues are looked at.
-            let reports = if listen_ms > 0 { Some(status::listen(&ch, &topology, "#", "duijie-bus status").await?) } else { None };
+            let listen_ch = conn.create_channel().await?;
+            let reports = if listen_ms > 0 { Some(status::listen(&listen_ch, &topology, "#", "duijie-bus status").await?) } else { None };
             let listening = std::time::Instant::now();
-            let mut queues = vec![topology.tap_queue(), topology.dead_queue()];
-            queues.extend(nodes.iter().map(|n| topology.inbox_queue(n)));
             println!("{:<48} {:>10} {:>10}", "queue", "messages", "consumers");
-            for q in queues {
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                match ch.queue_declare(q.clone().into(), passive, FieldTable::default()).await {
-                    Ok(info) => println!("{:<48} {:>10} {:>10}", q, info.message_count(), info.consumer_count()),
-                    Err(e) => anyhow::bail!("queue {q} is not declared ({e}); run `duijie-bus declare` first"),
+            for q in [topology.tap_queue(), topology.dead_queue()] {
+                match passive_declare(&conn, &q).await {
+                    Some((messages, consumers)) => println!("{q:<48} {messages:>10} {consumers:>10}"),
+                    None => anyhow::bail!("queue {q} is not declared; run `duijie-bus declare` first"),
                 }
+            }
+            println!();
+            println!("{} agencies configured ({}):", configured.len(), if configured.iter().all(|(_, n)| n.is_empty()) { "as given" } else { "from the directory" });
+            println!("  {:<28} {:>10} {:>10}  {:<14} name", "agency", "inbox", "consumers", "state");
+            let mut idle = 0;
+            for (node, name) in &configured {
+                let (inbox, consumers, state) = match passive_declare(&conn, &topology.inbox_queue(node)).await {
+                    Some((m, c)) if c > 0 => (m.to_string(), c.to_string(), "served"),
+                    Some((m, c)) => (m.to_string(), c.to_string(), "NOT SERVED"),
+                    None => ("-".to_owned(), "-".to_owned(), "NOT DECLARED"),
+                };
+                if state != "served" {
+                    idle += 1;
+                }
+                println!("  {:<28} {inbox:>10} {consumers:>10}  {state:<14} {name}", node.to_string());
+            }
+            if idle > 0 {
+                println!("  {idle} not served: no service consumes their inbox (start the service that acts for them; messages wait in the inbox, or in the sender's outbox until it is declared)");
             }
             if let Some(reports) = reports {
                 let window = std::time::Duration::from_millis(listen_ms);
@@ -131,6 +159,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Agencies that receive handoffs (and so have an inbox queue); supervisors and the bus do not.
+fn has_inbox(n: &AgencyNode) -> bool {
+    use duijie_proto::v1::AgencyKind as K;
+    matches!(n.kind(), K::Court | K::Procuratorate | K::Police | K::Petition | K::Mediation)
+}
+
+/// A queue's (messages, consumers), or `None` when it is not declared (on a channel of its own:
+/// the broker closes a channel that asks passively for a missing queue).
+async fn passive_declare(conn: &lapin::Connection, queue: &str) -> Option<(u32, u32)> {
+    let ch = conn.create_channel().await.ok()?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let info = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
+    let _ = ch.close(200, "done".into()).await;
+    Some((info.message_count(), info.consumer_count()))
 }
 
 /// The reports heard on the status exchange: the audit service's last, each gate's last.

@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::{get, post};
-use duijie_common::directory::Directory;
+use duijie_common::directory::LiveDirectory;
 use duijie_domain::AgencyNode;
 use duijie_common::client::{Endpoints, Pki};
 use duijie_common::config::duration_ms;
@@ -77,6 +77,10 @@ pub struct ConsoleConfig {
     /// The deployment's agency directory file, the one every service reads (`config/directory.yaml`
     /// locally): the agencies' names, and its mediation bodies are the referral form's choices.
     pub directory: PathBuf,
+    /// How often the directory file (and, for demo sign-in, the PKI directory) is looked at
+    /// again, so an agency added to them appears without a restart.
+    #[serde(default = "default_reload", with = "duration_ms")]
+    pub directory_reload_ms: Duration,
     /// How long requests in flight get to finish on shutdown.
     #[serde(default = "default_grace", with = "duration_ms")]
     pub grace_ms: Duration,
@@ -86,15 +90,19 @@ fn default_grace() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_reload() -> Duration {
+    Duration::from_secs(5)
+}
+
 /// What every page handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub backend: backend::Backend,
     pub sign_in: SignIn,
-    pub names: Arc<Directory>,
+    pub names: LiveDirectory,
     /// `demo` sign-in: the identities with a certificate in the PKI directory, read once at
     /// start (empty otherwise).
-    pub demo_identities: Arc<Vec<AgencyNode>>,
+    pub demo_identities: Arc<std::sync::RwLock<Arc<Vec<AgencyNode>>>>,
     /// Cancelled when the console stops: the live event streams end.
     pub stopping: CancellationToken,
 }
@@ -106,18 +114,26 @@ impl AppState {
             return "对接平台".into(); // delivery evidence and deadline notices
         }
         self.names
+            .current()
             .name_of(node)
             .map_or_else(|| format!("{}（{}）", labels::agency_kind(node.kind()), node.code()), ToOwned::to_owned)
     }
 
     /// Every agency of the directory, with its name.
     pub fn agencies(&self) -> Vec<(AgencyNode, String)> {
-        self.names.entries().map(|(n, name)| (n.clone(), name.to_owned())).collect()
+        self.names.current().entries().map(|(n, name)| (n.clone(), name.to_owned())).collect()
+    }
+
+    /// The identities demo sign-in offers: those the console holds a certificate for.
+    pub fn demo_identities(&self) -> Arc<Vec<AgencyNode>> {
+        // A poisoned lock still holds a whole list (it is only ever replaced at once).
+        self.demo_identities.read().map_or_else(|p| Arc::clone(&p.into_inner()), |d| Arc::clone(&d))
     }
 
     /// The mediation bodies a case can be sent or handed to.
     pub fn mediation_bodies(&self) -> Vec<(AgencyNode, String)> {
         self.names
+            .current()
             .entries()
             .filter(|(n, _)| n.kind() == duijie_proto::v1::AgencyKind::Mediation)
             .map(|(n, name)| (n.clone(), name.to_owned()))
@@ -194,16 +210,35 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
         cfg.listen
     );
     let pki = Pki::new(&cfg.pki);
-    let names = Directory::load(&cfg.directory)?;
+    anyhow::ensure!(!cfg.directory_reload_ms.is_zero(), "directory_reload_ms must be above 0");
+    let names = LiveDirectory::load(&cfg.directory)?;
     let demo_identities = match cfg.sign_in {
         SignIn::Demo => pki.identities().with_context(|| format!("the demo identities in {}", pki.dir().display()))?,
         SignIn::ClientCertificate => Vec::new(),
     };
+    let demo_identities = Arc::new(std::sync::RwLock::new(Arc::new(demo_identities)));
+    // The directory and the certificates issued since start (an agency added while running).
+    {
+        let (names, ids, pki, every, stop, demo) =
+            (names.clone(), Arc::clone(&demo_identities), pki.clone(), cfg.directory_reload_ms, shutdown.clone(), cfg.sign_in == SignIn::Demo);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                names.refresh();
+                if demo && let Ok(now) = pki.identities() {
+                    *ids.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(now);
+                }
+            }
+        });
+    }
     let state = AppState {
         backend: backend::Backend::new(cfg.endpoints.clone(), pki),
         sign_in: cfg.sign_in,
-        names: Arc::new(names),
-        demo_identities: Arc::new(demo_identities),
+        names,
+        demo_identities,
         stopping: shutdown.clone(),
     };
     let app = router(state);

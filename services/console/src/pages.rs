@@ -48,7 +48,7 @@ impl FromRequestParts<AppState> for Me {
         match state.sign_in {
             SignIn::Demo => match cookie_identity(&parts.headers) {
                 // Only identities the console holds a certificate for.
-                Some(n) if state.demo_identities.contains(&n) => Ok(Me(n)),
+                Some(n) if state.demo_identities().contains(&n) => Ok(Me(n)),
                 _ => Err(Redirect::to("/signin").into_response()),
             },
             SignIn::ClientCertificate => match parts.extensions.get::<crate::tls::PeerAgency>() {
@@ -241,7 +241,7 @@ pub async fn signin_page(State(st): State<AppState>) -> Response {
     if st.sign_in == SignIn::ClientCertificate {
         return Redirect::to("/").into_response();
     }
-    let ids = &st.demo_identities;
+    let ids = st.demo_identities();
     let body = html! {
         h1 { "选择登录身份" }
         p.muted { "演示环境：每个身份对应一张机构数字证书，控制台以该机构的证书调用各机构服务。生产环境中身份由浏览器出示的机构证书确定。" }
@@ -266,7 +266,7 @@ pub struct SignInForm {
 }
 
 pub async fn signin(State(st): State<AppState>, Form(f): Form<SignInForm>) -> Response {
-    let Some(node) = f.who.parse::<AgencyNode>().ok().filter(|n| st.demo_identities.contains(n)) else {
+    let Some(node) = f.who.parse::<AgencyNode>().ok().filter(|n| st.demo_identities().contains(n)) else {
         return error_page(None, StatusCode::BAD_REQUEST, "没有该身份的证书，请重新选择。").into_response();
     };
     let cookie = format!("{COOKIE}={node}; Path=/; HttpOnly; SameSite=Lax");
