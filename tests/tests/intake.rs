@@ -115,6 +115,20 @@ async fn a_self_accepted_case_escalates_settles_is_confirmed_by_a_named_court_an
     let supervise = court.referrals().supervise(SuperviseRequest { case_id: id.clone(), notice: Some(SupervisionNotice { instructions: "加快".into(), ..Default::default() }) }).await;
     assert!(matches!(&supervise, Err(s) if s.code() == Code::PermissionDenied), "{supervise:?}");
     village.wait_for(&id, "CONFIRMATION_REQUESTED").await?;
+    // The open handoff waits for that court.
+    let supervisor = duijie_tests::node(AgencyKind::Supervisor, "431003");
+    let mut audit = stack.auditor(&supervisor).await?;
+    duijie_tests::wait_until("the open handoff to wait for the court", stack::WAIT, || {
+        let mut a = audit.clone();
+        let id = id.clone();
+        async move {
+            let open = a.list_open_handoffs(ListOpenHandoffsRequest::default()).await?.into_inner();
+            Ok(open.handoffs.iter().any(|h| {
+                h.case_id == id && h.waiting_for == "confirmation_decision" && h.to == Some(agency_ref(&stack::court())) && h.from == Some(agency_ref(&stack::town()))
+            }))
+        }
+    })
+    .await?;
 
     let decide = |decision: ConfirmationDecisionKind, number: &str| DecideConfirmationRequest {
         case_id: id.clone(),
@@ -137,8 +151,6 @@ async fn a_self_accepted_case_escalates_settles_is_confirmed_by_a_named_court_an
     assert_eq!(court.case(&id).await?.state, "CONFIRMED", "the court's part ended with its ruling");
 
     // The audit store: one case, closed, with its source; the copies recorded, not applied twice.
-    let supervisor = duijie_tests::node(AgencyKind::Supervisor, "431003");
-    let mut audit = stack.auditor(&supervisor).await?;
     duijie_tests::wait_until("the audit store to see the case closed", stack::WAIT, || {
         let mut a = audit.clone();
         let id = id.clone();
@@ -150,6 +162,9 @@ async fn a_self_accepted_case_escalates_settles_is_confirmed_by_a_named_court_an
     assert_eq!(kinds.iter().filter(|k| **k == MessageKind::ConfirmationRequest).count(), 2, "the application and the village's copy: {kinds:?}");
     assert_eq!(kinds.first(), Some(&MessageKind::Referral));
     assert!(audit.verify(VerifyRequest { case_id: id.clone() }).await?.into_inner().ok);
+    // The court took part: it reads the case's record in the audit store too.
+    let as_court = stack.auditor(&stack::court()).await?.get_timeline(GetTimelineRequest { case_id: id.clone(), ..Default::default() }).await?.into_inner();
+    assert_eq!(as_court.records.len(), t.records.len());
     let today = today();
     let f = audit.get_statistics(today).await?.into_inner();
     assert_eq!((f.received, f.received_self_accepted, f.confirmations_requested, f.confirmations_granted, f.closed), (1, 1, 1, 1, 1), "{f:?}");

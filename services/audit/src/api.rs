@@ -74,10 +74,12 @@ struct CaseRow {
     clock_policy: i32,
     received_at: DateTime<Utc>,
     closed_at: Option<DateTime<Utc>>,
+    court_kind: Option<String>,
+    court_code: Option<String>,
 }
 
 const CASE_COLUMNS: &str = "c.case_id, c.case_code, c.channel, c.referrer_kind, c.referrer_code, c.holder_kind, c.holder_code,
-    c.state, c.state_since, c.clock_policy, c.received_at, c.closed_at";
+    c.state, c.state_since, c.clock_policy, c.received_at, c.closed_at, c.court_kind, c.court_code";
 
 /// The cases `who` may read, as a SQL condition on `audit_cases c` with `who`'s kind in $1 and
 /// code (or region) in $2.
@@ -261,7 +263,11 @@ impl AuditService for AuditApi {
                     "DELIVERED" => ("receipt", referrer, holder),
                     "RECEIVED" => ("triage", referrer, holder),
                     "CANCEL_REQUESTED" => ("cancel_answer", referrer, holder),
-                    "CONFIRMATION_REQUESTED" | "CONFIRMATION_ACCEPTED" => ("confirmation_decision", holder, referrer),
+                    // With the court applied to (the referrer, unless another court was named).
+                    "CONFIRMATION_REQUESTED" | "CONFIRMATION_ACCEPTED" => {
+                        let court = c.court_kind.as_deref().zip(c.court_code.as_deref()).map(|(k, code)| agency_ref(k, code));
+                        ("confirmation_decision", holder, court.unwrap_or(referrer))
+                    }
                     // Returned to the referrer (rejected, failed, withdrawn, defaulted, confirmation
                     // denied): its disposition is awaited (处置反馈).
                     _ => ("disposition", holder, referrer),

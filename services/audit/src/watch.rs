@@ -32,6 +32,10 @@ struct Due {
     referrer_code: String,
     holder_kind: String,
     holder_code: String,
+    /// The court a confirmation was applied to, when it is not the referrer (its limits are
+    /// the court's to meet).
+    court_kind: Option<String>,
+    court_code: Option<String>,
     breached: bool,
 }
 
@@ -44,7 +48,8 @@ pub async fn notify_once(pool: &PgPool, topology: &Topology, warn_before: Durati
     let mut tx = pool.begin().await.context("beginning")?;
     let due: Vec<Due> = sqlx::query_as(
         "SELECT d.case_id, d.time_limit, d.started_at, d.due_at, c.case_code, c.channel, c.clock_policy,
-                c.referrer_kind, c.referrer_code, c.holder_kind, c.holder_code, d.due_at <= now() AS breached
+                c.referrer_kind, c.referrer_code, c.holder_kind, c.holder_code, c.court_kind, c.court_code,
+                d.due_at <= now() AS breached
          FROM audit_deadlines d JOIN audit_cases c USING (case_id)
          WHERE d.met_at IS NULL AND c.closed_at IS NULL
            AND ((d.due_at <= now() AND d.breached_at IS NULL)
@@ -76,7 +81,8 @@ pub async fn notify_once(pool: &PgPool, topology: &Topology, warn_before: Durati
             Payload::DeadlineWarning(DeadlineWarning { deadline: Some(deadline), remaining: Some(duration(d.due_at - now)) })
         };
         let mut recipients = Vec::new();
-        for (kind, code) in [(&d.referrer_kind, &d.referrer_code), (&d.holder_kind, &d.holder_code)] {
+        let court = d.court_kind.as_ref().zip(d.court_code.as_ref());
+        for (kind, code) in [(&d.referrer_kind, &d.referrer_code), (&d.holder_kind, &d.holder_code)].into_iter().chain(court) {
             if let Some(k) = AgencyKind::parse(kind)
                 && let Ok(node) = AgencyNode::new(k, code)
                 && !recipients.contains(&node)
