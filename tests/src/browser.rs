@@ -31,11 +31,16 @@ pub async fn start_console(stack: &Stack) -> anyhow::Result<duijie_console::Runn
     duijie_console::start(cfg, stack.bus.shutdown.child_token()).await
 }
 
-/// One HTTP/1.1 request to the demo console: (status, the whole response as text).
+/// One HTTP/1.1 request to the demo console: (status, the whole response as text). A POST
+/// without a `Content-Type` header is sent as a form.
 pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    // A POST is a form unless the caller says otherwise (the console's forms and the lookup's JSON).
+    if method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

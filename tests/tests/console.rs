@@ -4,7 +4,7 @@
 
 use duijie_proto::answered_case;
 use duijie_proto::v1::*;
-use duijie_tests::browser::{self, Browser};
+use duijie_tests::browser::{self, Browser, http};
 use duijie_tests::stack::{self, Stack};
 
 const BAD_ID: &str = "110105194912310021"; // check digit should be X
@@ -331,27 +331,6 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
 
     console.handle.abort();
     stack.stop().await
-}
-
-/// One HTTP/1.1 request to the demo console: (status, headers and body as text).
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    if method == "POST" {
-        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    tcp.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, text))
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {

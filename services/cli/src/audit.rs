@@ -411,7 +411,7 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
             "received_petition": s.received_petition, "received_procuratorate": s.received_procuratorate,
             "received_self_accepted": s.received_self_accepted,
             "received_by_intake_source": s.received_by_intake_source.iter()
-                .map(|c| (c.source().as_str_name().trim_start_matches("INTAKE_SOURCE_").to_lowercase(), c.count))
+                .map(|c| (source_name(c.source()), c.count))
                 .collect::<std::collections::BTreeMap<_, _>>(),
             "signed_for": s.signed_for, "accepted": s.accepted, "rejected": s.rejected,
             "mediated": s.mediated, "settled": s.settled, "failed": s.failed,
@@ -435,7 +435,7 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
             .received_by_intake_source
             .iter()
             .filter(|c| c.count > 0)
-            .map(|c| format!("{} {}", c.source().as_str_name().trim_start_matches("INTAKE_SOURCE_").to_lowercase(), c.count))
+            .map(|c| format!("{} {}", source_name(c.source()), c.count))
             .collect();
         println!("自行受理来源 self by source        {}", by.join("  "));
     }
@@ -487,6 +487,11 @@ pub async fn verify(ctx: &Ctx, case: Option<&str>) -> CliResult<()> {
             r.first_broken_seq, r.first_broken_chain, r.problem, r.records_checked
         )))
     }
+}
+
+/// An intake source as the file format and the JSON output name it (`walk_in`, `hotline_148`, …).
+fn source_name(s: duijie_proto::v1::IntakeSource) -> String {
+    s.as_str_name().trim_start_matches("INTAKE_SOURCE_").to_lowercase()
 }
 
 #[cfg(test)]
