@@ -220,9 +220,25 @@ impl TestBus {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?)
     }
 
-    /// Publishes raw bytes to the handoff exchange (bypassing the outbox), waiting for the
-    /// broker's confirm; for tests that need exact control of what is on the queue.
+    /// Publishes `env` signed by whoever must sign it, as a relay would (bypassing the outbox).
+    pub async fn publish_signed(&self, env: &Envelope, signer: &duijie_common::signing::Signer) -> anyhow::Result<()> {
+        let body = prost::Message::encode_to_vec(env);
+        let sig = signer.sign_envelope(&body)?;
+        self.publish_with(&env.routing_key()?, &body, &env.message_id, Some(&sig)).await
+    }
+
+    /// Publishes raw bytes to the handoff exchange (bypassing the outbox), unsigned, waiting for
+    /// the broker's confirm; for tests that need exact control of what is on the queue.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: &str) -> anyhow::Result<()> {
+        self.publish_with(routing_key, body, message_id, None).await
+    }
+
+    /// Publishes raw bytes to the handoff exchange with the signature headers `sig` (if any).
+    pub async fn publish_with(&self, routing_key: &str, body: &[u8], message_id: &str, sig: Option<&duijie_common::signing::Signature>) -> anyhow::Result<()> {
+        let mut headers = lapin::types::FieldTable::default();
+        if let Some(sig) = sig {
+            sig.write_headers(&mut headers);
+        }
         use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let conn = self.connector.connect("test raw publisher").await?;
         let ch = conn.create_channel().await?;
@@ -236,7 +252,8 @@ impl TestBus {
                 lapin::BasicProperties::default()
                     .with_message_id(message_id.into())
                     .with_content_type(duijie_proto::ENVELOPE_CONTENT_TYPE.into())
-                    .with_delivery_mode(2),
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             )
             .await?
             .await?;
@@ -388,4 +405,17 @@ pub async fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// A signer holding a fresh certificate and key from `ca` for each of `nodes` (and the audit
+/// service's, for what the bus sends), as those agencies' services would sign.
+pub fn signer_for(ca: &duijie_common::certs::DevCa, nodes: &[AgencyNode]) -> anyhow::Result<duijie_common::signing::Signer> {
+    let mut signer = duijie_common::signing::Signer::new();
+    for n in nodes {
+        let tls = ca.agency(n)?;
+        signer.add_pem(&tls.cert, &tls.key)?;
+    }
+    let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost"])?;
+    signer.add_pem(cert.as_bytes(), key.as_bytes())?;
+    Ok(signer)
 }

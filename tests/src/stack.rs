@@ -139,7 +139,13 @@ impl Stack {
             databases.push((name.to_owned(), cfg.clone()));
             Ok(cfg)
         };
+        // Signing keys: each agency node's certificate and key, and the audit service's own.
+        let signing = write_signing_keys(&ca, &dir, &demo_nodes())?;
+        let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost", "127.0.0.1"])?;
+        std::fs::write(signing.keys.join("service-audit.pem"), cert)?;
+        std::fs::write(signing.keys.join("service-audit-key.pem"), key)?;
         let audit_cfg = duijie_audit::service::AuditServiceConfig {
+            signing: signing.clone(),
             bus: bus_cfg(database("audit", &mut bus).await?),
             grpc: grpc("audit")?,
             audit: duijie_audit::service::AuditConfig {
@@ -161,6 +167,7 @@ impl Stack {
                 directory: directory.clone(),
                 directory_reload_ms: Duration::from_millis(200),
                 audit_gate: gate.clone(),
+                signing: signing.clone(),
             };
             let running = start_service(kind, cfg.clone(), bus.shutdown.child_token()).await?;
             service_cfgs.push((kind, cfg));
@@ -192,6 +199,17 @@ impl Stack {
         Ok(())
     }
 
+    /// Where the stack's signing keys and CA are (every node's certificate and key, as
+    /// `duijie-bus certs` writes them): for a test that signs envelopes itself.
+    pub fn signing(&self) -> duijie_common::signing::SigningConfig {
+        duijie_common::signing::SigningConfig { ca: self.dir.join("ca.pem"), keys: self.dir.join("keys") }
+    }
+
+    /// The CA the stack's certificates come from (to issue a rotated or a foreign key).
+    pub fn ca(&self) -> &DevCa {
+        &self.ca
+    }
+
     /// The test's agency directory file, which every service of the stack reads (and reads
     /// again when it changes).
     pub fn directory_file(&self) -> PathBuf {
@@ -206,6 +224,7 @@ impl Stack {
         cfg.bus.database = self.bus.extra_database_config().await?;
         cfg.nodes = nodes.clone();
         cfg.grpc.listen = "127.0.0.1:0".parse()?;
+        write_signing_keys(&self.ca, &self.dir, &nodes)?;
         self.bus.declare(&nodes).await?;
         let running = start_service(kind, cfg, self.bus.shutdown.child_token()).await?;
         let addr = running.addr;
@@ -463,4 +482,22 @@ pub fn settled(confirmation_intended: bool) -> Outcome {
 
 pub fn agency_ref(n: &AgencyNode) -> AgencyRef {
     AgencyRef::from(n)
+}
+
+/// Writes a certificate and key for each of `nodes` (those it has not written yet) into
+/// `<dir>/keys`, as `duijie-bus certs` does, and returns the signing configuration over them
+/// (trusting `<dir>/ca.pem`).
+pub fn write_signing_keys(ca: &DevCa, dir: &std::path::Path, nodes: &[AgencyNode]) -> anyhow::Result<duijie_common::signing::SigningConfig> {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    for n in nodes {
+        let stem = format!("{}-{}", n.kind().as_str(), n.code());
+        if keys.join(format!("{stem}-key.pem")).exists() {
+            continue;
+        }
+        let tls = ca.agency(n)?;
+        std::fs::write(keys.join(format!("{stem}.pem")), &tls.cert)?;
+        std::fs::write(keys.join(format!("{stem}-key.pem")), &tls.key)?;
+    }
+    Ok(duijie_common::signing::SigningConfig { ca: dir.join("ca.pem"), keys })
 }

@@ -700,7 +700,11 @@ async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir:
     std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
     std::fs::write(dir.join("audit.pem"), cert)?;
     std::fs::write(dir.join("audit-key.pem"), key)?;
+    std::fs::create_dir_all(dir.join("keys"))?;
+    std::fs::copy(dir.join("audit.pem"), dir.join("keys/service-audit.pem"))?;
+    std::fs::copy(dir.join("audit-key.pem"), dir.join("keys/service-audit-key.pem"))?;
     let cfg = AuditServiceConfig {
+        signing: duijie_common::signing::SigningConfig { ca: dir.join("ca.pem"), keys: dir.join("keys") },
         bus: BusConfig {
             database: bus.extra_database_config().await?,
             amqp: bus.amqp_cfg.clone(),
@@ -730,8 +734,9 @@ async fn an_overdue_case_sends_a_breach_notice_to_the_referring_agency() -> anyh
     let now = Utc::now();
     let mut story = Story::new("JF-990001-1", court.clone(), centre.clone(), ClockPolicyKind::CourtOrdinary, now - chrono::Duration::days(21));
     story.centre(Payload::Receipt(Receipt { signed_by: "王明".into(), ..Default::default() }), now - chrono::Duration::days(20));
+    let signer = duijie_tests::signer_for(&ca, &[court.clone(), centre.clone()])?;
     for env in &story.envs {
-        bus.publish_raw(&env.routing_key()?, &env.encode_to_vec(), &env.message_id).await?;
+        bus.publish_signed(env, &signer).await?;
     }
     // The breach reaches the court's inbox queue.
     let conn = bus.connector.connect("test reader").await?;

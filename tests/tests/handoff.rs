@@ -63,7 +63,7 @@ async fn relay_crash_between_publish_and_mark_republishes_and_consumer_applies_o
     bus.stage(&mut env).await?;
 
     // The broker acked the publish, but the relay "crashed" before committing the row's deletion.
-    let acked = outbox::publish_then_crash(&bus.pool, &bus.connector, 100).await?;
+    let acked = outbox::publish_then_crash(&bus.pool, &bus.connector, 100, None).await?;
     assert_eq!(acked, 1, "the first publish reached the broker");
     assert_eq!(bus.unsent().await?, 1, "a crashed relay leaves the row unsent");
 

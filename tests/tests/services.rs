@@ -374,7 +374,8 @@ async fn petition_channel_supervised_escalated_village_to_town_settled_petition_
         let notice = SupervisionNotice { level: SupervisionLevel::Listed as i32, instructions: "挂牌督办".into(), ..Default::default() };
         duijie_common::envelope::build(&header, envelope::Payload::SupervisionNotice(notice))
     };
-    stack.bus.publish_raw(&crossing.routing_key()?, &prost::Message::encode_to_vec(&crossing), &crossing.message_id).await?;
+    let signer = duijie_tests::signer_for(stack.ca(), &[stack::petition()])?;
+    stack.bus.publish_signed(&crossing, &signer).await?;
     // The town receives it as a new message caused by the original.
     duijie_tests::wait_until("the crossing notice reaches the town", stack::WAIT, || {
         let t = town.clone();

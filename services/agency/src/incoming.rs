@@ -10,7 +10,7 @@ use duijie_common::outbox;
 use duijie_domain::agency::ref_str;
 use duijie_domain::{AgencyNode, Case, CaseState, Effects, Lifecycle, Message};
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, ConfirmationRequest, DeliveryEvidence, Envelope, EvidenceType, Referral};
+use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, ConfirmationRequest, DeliveryEvidence, Envelope, EvidenceType, PassedOn, Referral};
 use prost::Message as _;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -191,6 +191,13 @@ impl Handler for Agency {
                 passed.message_id = Uuid::now_v7().to_string();
                 passed.causation_id.clone_from(&env.message_id);
                 passed.recipient = Some(AgencyRef::from(&to));
+                // The holder must be able to check that the referrer said it: the original goes
+                // along as its sender signed it, and this body signs the passed-on envelope.
+                passed.passed_on = Some(PassedOn {
+                    original: msg.bytes.clone(),
+                    signature: msg.signature.as_ref().map(|s| s.signature.clone()).unwrap_or_default(),
+                    signer_cert: msg.signature.as_ref().map(|s| s.cert.clone()).unwrap_or_default(),
+                });
                 store::insert_event(conn, &owner, env, Direction::In, current).await.map_err(db)?;
                 outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
                 tracing::info!(case = %case_id, kind = %env.kind(), %to, "passed a referrer's message on to the current holder");

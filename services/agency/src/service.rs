@@ -13,7 +13,7 @@ use duijie_common::amqp::{Connector, Topology};
 use duijie_common::directory::LiveDirectory;
 use duijie_domain::AgencyNode;
 use duijie_common::config::BusConfig;
-use duijie_common::inbox::{Consumer, ConsumerStats};
+use duijie_common::inbox::{BadSignature, Consumer, ConsumerStats};
 use duijie_common::outbox::{Relay, RelayStats};
 use duijie_common::process::run_process;
 use duijie_common::server::{self, GrpcConfig};
@@ -45,6 +45,9 @@ pub struct ServiceConfig {
     /// Pause new referrals while the audit store cannot record.
     #[serde(default)]
     pub audit_gate: crate::gate::GateConfig,
+    /// Signed handoffs: the CA(s) whose agencies' signatures are accepted and where the nodes'
+    /// certificates and keys are (each node signs what it sends, `duijie_common::signing`).
+    pub signing: duijie_common::signing::SigningConfig,
 }
 
 fn default_directory_reload() -> std::time::Duration {
@@ -91,7 +94,11 @@ pub async fn start(
     crate::migrator().run(&pool).await.context("migrating the service database")?;
     let connector = Connector::new(cfg.bus.amqp.clone());
     let topology = Topology::new(cfg.bus.topology.clone());
-    let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay"));
+    // A node without its key could not send anything: refuse to start rather than stage
+    // envelopes no receiver would take.
+    let signer = std::sync::Arc::new(cfg.signing.signer_for(&nodes).context("signing: the nodes' certificates and keys")?);
+    let verifier = std::sync::Arc::new(cfg.signing.verifier().context("signing: the CA")?);
+    let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay")).with_signer(signer);
     let relay_stats = relay.stats();
     let mut agency = Agency::new(pools.api, topology.clone(), &nodes, Some(relay.waker())).with_directory(directory.clone());
     let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes));
@@ -138,7 +145,8 @@ pub async fn start(
             topology.clone(),
             cfg.bus.consumer.clone(),
             agency.clone(),
-        );
+        )
+        .with_verifier(verifier.clone(), BadSignature::DeadLetter);
         consumers.push(consumer.stats());
         let t = token.clone();
         let task = format!("inbox {node}");

@@ -30,6 +30,8 @@ pub struct AuditApi {
     db: ApiPool,
     calendar: WorkCalendar,
     lookup: LookupConfig,
+    /// Checks the records' signatures again in `Verify` (none: hashes only).
+    verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
 }
 
 impl AuditApi {
@@ -43,7 +45,17 @@ impl AuditApi {
     /// The service with the parties' lookup set up by `lookup` (who may call it, the access-code
     /// secret, the rate limits).
     pub fn server_with(api_pool: impl Into<ApiPool>, lookup: LookupConfig) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup })
+        Self::server_signed(api_pool, lookup, None)
+    }
+
+    /// [`AuditApi::server_with`] whose `Verify` also checks every record's signature with
+    /// `verifier` (the agencies' CA).
+    pub fn server_signed(
+        api_pool: impl Into<ApiPool>,
+        lookup: LookupConfig,
+        verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
+    ) -> AuditServiceServer<Self> {
+        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup, verifier })
     }
 
     /// A connection for one call.
@@ -166,6 +178,8 @@ struct RecordRow {
     state_after: String,
     envelope: Vec<u8>,
     hash: Vec<u8>,
+    refused: Option<String>,
+    signer: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -179,7 +193,8 @@ impl AuditService for AuditApi {
         let mut conn = self.conn().await?;
         let case = self.find_case(&mut conn, &who, req.get_ref()).await?;
         let rows: Vec<RecordRow> = sqlx::query_as(
-            "SELECT chain, seq, case_seq, message_id, recorded_at, occurred_at, causation_id, trace_id, state_after, envelope, hash
+            "SELECT chain, seq, case_seq, message_id, recorded_at, occurred_at, causation_id, trace_id, state_after, envelope, hash,
+                    refused, signer
              FROM audit_log WHERE case_id = $1 ORDER BY seq",
         )
         .bind(case.case_id)
@@ -192,10 +207,11 @@ impl AuditService for AuditApi {
         let mut payloads = Vec::with_capacity(rows.len());
         for r in &rows {
             let env = Envelope::decode(r.envelope.as_slice()).map_err(|e| ApiError::Unexpected(e.into()))?;
-            if let Some(p) = &env.payload {
+            // What was refused took no effect: it neither moves the limits nor counts as delivered.
+            if let Some(p) = env.payload.as_ref().filter(|_| r.refused.is_none()) {
                 payloads.push((r.occurred_at, p.clone()));
             }
-            if let Some(Payload::DeliveryEvidence(ev)) = &env.payload {
+            if let Some(Payload::DeliveryEvidence(ev)) = env.payload.as_ref().filter(|_| r.refused.is_none()) {
                 delivered.entry(ev.message_id.clone()).or_insert(r.occurred_at);
             }
             records.push(pb::AuditRecord {
@@ -215,6 +231,8 @@ impl AuditService for AuditApi {
                 hash_hex: hex(&r.hash),
                 message: Some(duijie_domain::identity::shown(env)),
                 chain: u32::try_from(r.chain).unwrap_or(0),
+                refused: r.refused.clone().unwrap_or_default(),
+                signer: r.signer.clone().unwrap_or_default(),
             });
         }
         for rec in &mut records {
@@ -234,7 +252,7 @@ impl AuditService for AuditApi {
         let limit = i64::from(if r.limit == 0 { 100 } else { r.limit.min(1000) });
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM audit_cases c
-             WHERE c.closed_at IS NULL
+             WHERE c.closed_at IS NULL AND NOT c.refused_only
                AND c.state IN ('SUBMITTED', 'DELIVERED', 'RECEIVED', 'CANCEL_REQUESTED', 'CONFIRMATION_REQUESTED', 'CONFIRMATION_ACCEPTED',
                                'REJECTED', 'FAILED', 'WITHDRAWN', 'DEFAULTED', 'CONFIRMATION_DENIED')
                -- a self-accepted case is returned to no one: its holder closes it
@@ -293,7 +311,7 @@ impl AuditService for AuditApi {
         let mut conn = self.conn().await?;
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM audit_cases c
-             WHERE c.closed_at IS NULL
+             WHERE c.closed_at IS NULL AND NOT c.refused_only
                AND EXISTS (SELECT 1 FROM audit_deadlines d WHERE d.case_id = c.case_id AND d.met_at IS NULL AND d.due_at < now())
                AND {}
              ORDER BY c.received_at LIMIT $3",
@@ -383,6 +401,8 @@ impl AuditService for AuditApi {
             closed: n(f.closed),
             median_days_to_closure: f.median_days_to_closure.unwrap_or(0.0),
             p90_days_to_closure: f.p90_days_to_closure.unwrap_or(0.0),
+            refused_messages: n(f.refused_messages),
+            signature_refusals: n(f.signature_refusals),
         }))
     }
 
@@ -399,7 +419,7 @@ impl AuditService for AuditApi {
         };
         let mut conn = self.conn().await?;
         let report = match id {
-            None => verify::verify_log_on(&mut conn).await,
+            None => verify::verify_log_on(&mut conn, self.verifier.as_deref(), &mut |_| {}).await,
             Some(id) => verify::verify_case_on(&mut conn, id).await,
         }
         .map_err(ApiError::Unexpected)?;
@@ -412,6 +432,8 @@ impl AuditService for AuditApi {
             first_broken_chain: u32::try_from(report.broken_chain).unwrap_or(0),
             chains: report.chains,
             tree_head_hex: report.tree_head.as_deref().map(hex).unwrap_or_default(),
+            signatures_checked: report.signatures_checked,
+            unsigned_records: report.unsigned_records,
         }))
     }
 

@@ -286,7 +286,7 @@ pub async fn lookup(
     // Every case under the code (normally one); an empty code matches none but costs the same.
     let candidates: Vec<Candidate> = sqlx::query_as(
         "SELECT case_id, case_code, channel, holder_kind, holder_code, state, state_since, clock_policy, closed_at
-         FROM audit_cases WHERE upper(case_code) = $1 ORDER BY received_at DESC LIMIT 4",
+         FROM audit_cases WHERE upper(case_code) = $1 AND NOT refused_only ORDER BY received_at DESC LIMIT 4",
     )
     .bind(&code)
     .fetch_all(&mut *tx)

@@ -2,6 +2,7 @@
 //! the deadline notices and their relay, retention, and the gRPC server, under one supervisor.
 //! The gRPC calls and the bus work have database pools of their own ([`db::ServicePools`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,6 +27,10 @@ pub struct AuditServiceConfig {
     pub grpc: GrpcConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Signed handoffs: the CA(s) whose agencies' signatures the store accepts, and the audit
+    /// service's own key (`service-audit.pem` in `keys`), which signs the deadline notices and
+    /// the anchors.
+    pub signing: duijie_common::signing::SigningConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,7 +158,10 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     drop(conn);
     let connector = Connector::new(cfg.bus.amqp.clone());
     let topology = Topology::new(cfg.bus.topology.clone());
-    let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), "audit-relay");
+    let signer = Arc::new(cfg.signing.signer_for_service("audit").context("signing: the audit service's certificate and key")?);
+    anyhow::ensure!(signer.has(duijie_common::signing::AUDIT_SIGNER), "signing: service-audit.pem must name {}", duijie_common::signing::AUDIT_SIGNER);
+    let verifier = Arc::new(cfg.signing.verifier().context("signing: the CA")?);
+    let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), "audit-relay").with_signer(signer.clone());
     let waker = relay.waker();
     let consumer = Consumer::new(
         "audit",
@@ -164,7 +172,9 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         topology.clone(),
         cfg.bus.consumer.clone(),
         AuditStore::default().with_chains(cfg.audit.chains),
-    );
+    )
+    // Refused signatures are recorded as refused, not dead-lettered: the log shows the forgery.
+    .with_verifier(verifier.clone(), duijie_common::inbox::BadSignature::Deliver);
     let consumer_stats = consumer.stats();
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
@@ -207,7 +217,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_with(pools.api, cfg.audit.lookup.clone()));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_signed(pools.api, cfg.audit.lookup.clone(), Some(verifier.clone())));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");

@@ -18,6 +18,12 @@
 //! | confirmations_requested / granted | first ConfirmationRequest / ConfirmationDecision GRANTED |
 //! | overdue | cases with a limit that fell due before the end of the period (or now, if earlier) and was not met by its due time (`audit_cases.overdue_since`) |
 //! | closed | cases that reached CLOSED; days to closure = closed − received, median and 90th percentile (`percentile_cont`) |
+//! | refused_messages | messages of the selected cases recorded (by recording time) in the period that took no effect: refused by the case's lifecycle or the rights matrix, or for their signature |
+//! | signature_refusals | of those, refused for their signature (unsigned, forged, wrong signer), cases known only from refused messages included |
+//!
+//! A message that was refused counts for nothing else: it moves no case and no date above, and
+//! a case known only from refused messages (`audit_cases.refused_only`, e.g. a forged referral)
+//! is not a case.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -59,6 +65,8 @@ pub struct Figures {
     pub closed: i64,
     pub median_days_to_closure: Option<f64>,
     pub p90_days_to_closure: Option<f64>,
+    pub refused_messages: i64,
+    pub signature_refusals: i64,
 }
 
 impl Figures {
@@ -76,7 +84,10 @@ fn ratio(a: i64, b: i64) -> f64 {
 }
 
 /// The cases of the selection (see the module documentation); $1 from, $2 to.
-const SELECTION: &str = "
+const SELECTION: &str = "NOT c.refused_only AND";
+
+/// [`SELECTION`], cases known only from refused messages included.
+const SELECTION_ANY: &str = "
     c.received_at < $2 AND (c.closed_at IS NULL OR c.closed_at >= $1)
     AND ($3 = '' OR c.referrer_code LIKE $3 || '%' OR c.holder_code LIKE $3 || '%')
     AND ($4 = 0 OR c.channel = $4)
@@ -116,8 +127,17 @@ SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.9) WITH
 FROM (SELECT date_part('epoch', closed_at - received_at) / 86400 AS d FROM audit_cases c
       WHERE state = 'CLOSED' AND closed_at >= $1 AND closed_at < $2 AND";
 
+/// Refused messages recorded in the period (a partial index keeps them apart from the log).
+const REFUSED: &str = "
+SELECT count(*) FILTER (WHERE NOT c.refused_only OR l.refused LIKE 'signature:%'),
+       count(*) FILTER (WHERE l.refused LIKE 'signature:%')
+FROM audit_log l JOIN audit_cases c USING (case_id)
+WHERE l.refused IS NOT NULL AND l.recorded_at >= $1 AND l.recorded_at < $2 AND";
+
 #[derive(sqlx::FromRow)]
 struct Counts {
+    #[sqlx(skip)]
+    refused: (i64, i64),
     received: i64,
     received_self_accepted: i64,
     received_court: i64,
@@ -195,6 +215,8 @@ pub async fn statistics_on(conn: &mut PgConnection, second: Option<&mut PgConnec
         closed: c.closed,
         median_days_to_closure: median,
         p90_days_to_closure: p90,
+        refused_messages: c.refused.0,
+        signature_refusals: c.refused.1,
     })
 }
 
@@ -202,10 +224,14 @@ async fn counts(conn: &mut PgConnection, sel: &Selection) -> anyhow::Result<Coun
     let mut tx = conn.begin().await.context("beginning")?;
     // No JIT compile for a statement that runs in well under a second.
     sqlx::raw_sql("SET LOCAL jit = off").execute(&mut *tx).await?;
-    let c: Counts = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{COUNTS} {SELECTION}"))), sel)
+    let mut c: Counts = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{COUNTS} {SELECTION} {SELECTION_ANY}"))), sel)
         .fetch_one(&mut *tx)
         .await
         .context("counting")?;
+    c.refused = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{REFUSED} {SELECTION_ANY}"))), sel)
+        .fetch_one(&mut *tx)
+        .await
+        .context("counting refused messages")?;
     tx.commit().await?;
     Ok(c)
 }
@@ -213,7 +239,7 @@ async fn counts(conn: &mut PgConnection, sel: &Selection) -> anyhow::Result<Coun
 async fn days_to_closure(conn: &mut PgConnection, sel: &Selection) -> anyhow::Result<(Option<f64>, Option<f64>)> {
     let mut tx = conn.begin().await.context("beginning")?;
     sqlx::raw_sql("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
-    let d: (Option<f64>, Option<f64>) = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{DAYS_TO_CLOSURE} {SELECTION}) closed"))), sel)
+    let d: (Option<f64>, Option<f64>) = bind(sqlx::query_as(sqlx::AssertSqlSafe(format!("{DAYS_TO_CLOSURE} {SELECTION} {SELECTION_ANY}) closed"))), sel)
         .fetch_one(&mut *tx)
         .await
         .context("days to closure")?;

@@ -24,6 +24,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use duijie_common::inbox::{Batched, HandleError, Handler, Inbound};
+use duijie_common::signing::Signature;
 use duijie_domain::agency::ref_str;
 use duijie_domain::calendar::WorkCalendar;
 use duijie_domain::deadlines;
@@ -50,6 +51,21 @@ pub fn record_hash(
     prev_hash: &[u8],
     case_prev_hash: &[u8],
 ) -> Vec<u8> {
+    record_hash_sealed(seq, case_seq, recorded_at, state_after, envelope, prev_hash, case_prev_hash, &Sealed::default())
+}
+
+/// [`record_hash`] of a record that also says whether it was refused and how it was signed.
+#[allow(clippy::too_many_arguments)]
+pub fn record_hash_sealed(
+    seq: i64,
+    case_seq: i32,
+    recorded_at: DateTime<Utc>,
+    state_after: &str,
+    envelope: &[u8],
+    prev_hash: &[u8],
+    case_prev_hash: &[u8],
+    sealed: &Sealed<'_>,
+) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(b"duijie.audit.v1");
     h.update(seq.to_be_bytes());
@@ -59,7 +75,70 @@ pub fn record_hash(
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
+    // Records written before signed handoffs carry none of these and hash as they always did.
+    if !sealed.is_empty() {
+        h.update(b"duijie.audit.v2");
+        for part in [sealed.refused, sealed.signature, sealed.signer_cert] {
+            match part {
+                None => h.update([0u8]),
+                Some(p) => {
+                    h.update([1u8]);
+                    h.update((p.len() as u64).to_be_bytes());
+                    h.update(p);
+                }
+            }
+        }
+    }
     h.finalize().to_vec()
+}
+
+/// What a record says beyond its envelope and state, covered by its hash: why it took no effect
+/// (if it did not) and the signature it came with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sealed<'a> {
+    /// Why the message took no effect; `None` if it did.
+    pub refused: Option<&'a [u8]>,
+    /// Its signature (DER), if it carried one.
+    pub signature: Option<&'a [u8]>,
+    /// The signer's certificate (DER), if it carried one.
+    pub signer_cert: Option<&'a [u8]>,
+}
+
+impl Sealed<'_> {
+    fn is_empty(&self) -> bool {
+        self.refused.is_none() && self.signature.is_none() && self.signer_cert.is_none()
+    }
+}
+
+/// One message as the tap delivered it to the store: the envelope, the bytes its signature
+/// covers, and what the consumer's verifier found.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub envelope: &'a Envelope,
+    /// The bytes as published (`None`: encode the envelope, for messages appended directly).
+    pub bytes: Option<&'a [u8]>,
+    pub signature: Option<&'a Signature>,
+    /// The signer the verifier accepted.
+    pub signer: Option<&'a str>,
+    /// Why the verifier refused its signature: recorded as refused, no effect on the case.
+    pub signature_refused: Option<&'a str>,
+}
+
+impl<'a> Arrival<'a> {
+    /// An envelope appended directly, not off the tap (replays, tests, benchmarks): no signature.
+    pub fn direct(envelope: &'a Envelope) -> Self {
+        Self { envelope, bytes: None, signature: None, signer: None, signature_refused: None }
+    }
+
+    fn of(msg: &'a Inbound) -> Self {
+        Self {
+            envelope: &msg.envelope,
+            bytes: Some(&msg.bytes),
+            signature: msg.signature.as_ref(),
+            signer: msg.signer.as_deref(),
+            signature_refused: msg.signature_refused.as_deref(),
+        }
+    }
 }
 
 /// What the first record of `chain` is chained to. Chain 0 is the log as it was before it was
@@ -86,17 +165,19 @@ pub fn chain_of(case_id: Uuid, chains: u32) -> i32 {
 }
 
 /// Where a message the log has seen leaves its case: the same desk the agencies run
-/// ([`Case::decide`]), so a message their desk refuses is recorded with the state unchanged
-/// (`None`: no step). A case whose referral never reached the log has no referrer to judge by:
-/// its lifecycle alone decides.
+/// ([`Case::decide`]), so a message their desk refuses is recorded with the state unchanged and
+/// the refusal (`Err`, which the record keeps as `refused`; the agencies dead-letter it). A
+/// message the desk takes without moving the case (a copy, evidence that counts for nothing) has
+/// no step. A case whose referral never reached the log has no referrer to judge by: its
+/// lifecycle alone decides.
 /// Also returns the court a confirmation application named, when it is not the referrer.
-fn observe(c: &CaseRow, lc: Lifecycle, env: &Envelope, payload: &Payload) -> (Lifecycle, Option<Step>, Option<AgencyNode>) {
+fn observe(c: &CaseRow, lc: Lifecycle, env: &Envelope, payload: &Payload) -> Result<(Lifecycle, Option<Step>, Option<AgencyNode>), String> {
     let from = lc.state;
     let ends = AgencyNode::from_parts(&c.referrer_kind, &c.referrer_code).and_then(|r| Ok((r, AgencyNode::from_parts(&c.holder_kind, &c.holder_code)?)));
     let (Ok((referrer, holder)), Ok(recipient)) = (ends, AgencyNode::from_ref(env.recipient.as_ref())) else {
         let mut lc = lc;
-        let step = lc.apply(payload).ok();
-        return (lc, step, None);
+        let step = lc.apply(payload).map_err(|e| e.to_string())?;
+        return Ok((lc, Some(step), None));
     };
     let court = match (&c.court_kind, &c.court_code) {
         (Some(kind), Some(code)) => AgencyNode::from_parts(kind, code).ok(),
@@ -108,12 +189,14 @@ fn observe(c: &CaseRow, lc: Lifecycle, env: &Envelope, payload: &Payload) -> (Li
         _ => AgencyNode::from_ref(env.sender.as_ref()),
     };
     let case = Case { channel: Channel::try_from(c.channel).unwrap_or(Channel::Unspecified), referrer, holder, court, lifecycle: lc.clone() };
-    match speaker.map(|s| case.decide(Message::Observed { sender: &s, recipient: &recipient, payload })) {
-        Ok(Ok(Effects::Apply { lifecycle, new_holder, court, .. })) => {
+    let speaker = speaker.map_err(|e| format!("malformed sender: {e}"))?;
+    match case.decide(Message::Observed { sender: &speaker, recipient: &recipient, payload }) {
+        Ok(Effects::Apply { lifecycle, new_holder, court, .. }) => {
             let step = Step { from, to: lifecycle.state, new_holder: new_holder.as_ref().map(AgencyRef::from) };
-            (lifecycle, Some(step), court)
+            Ok((lifecycle, Some(step), court))
         }
-        _ => (lc, None, None),
+        Ok(_) => Ok((lc, None, None)),
+        Err(refusal) => Err(refusal.to_string()),
     }
 }
 
@@ -212,12 +295,14 @@ struct CaseRow {
     /// The court a confirmation application named, when it is not the referrer.
     court_kind: Option<String>,
     court_code: Option<String>,
+    /// Every record of the case so far was refused: not counted as a case.
+    refused_only: bool,
 }
 
 const CASE_COLUMNS: &str = "case_id, case_code, channel, referrer_kind, referrer_code, holder_kind, holder_code, state, before_cancel,
      state_since, clock_policy, received_at, signed_at, accepted_at, rejected_at, outcome, outcome_at,
      confirmation_requested_at, confirmation_granted_at, closed_at, last_case_seq, last_hash, overdue_since, chain,
-     intake_source, risk_level, court_kind, court_code";
+     intake_source, risk_level, court_kind, court_code, refused_only";
 
 /// A case during a batch.
 struct Working {
@@ -245,6 +330,10 @@ struct Pending {
     trace_id: String,
     state_after: &'static str,
     envelope: Vec<u8>,
+    refused: Option<String>,
+    signature: Option<Vec<u8>>,
+    signer_cert: Option<Vec<u8>>,
+    signer: Option<String>,
 }
 
 /// A record ready to insert.
@@ -303,22 +392,32 @@ fn stamp(slot: &mut Option<DateTime<Utc>>, at: DateTime<Utc>) {
 }
 
 impl AuditStore {
-    /// Appends `env` (once: a message id already in the log is skipped).
+    /// Appends `env` (once: a message id already in the log is skipped), as appended directly
+    /// (unsigned; [`Arrival::direct`]).
     pub async fn append(&self, conn: &mut PgConnection, env: &Envelope) -> Result<(), HandleError> {
         self.append_batch(conn, &[env]).await
     }
 
-    /// Appends `envs` in this order, set-based (see the module's documentation). A message id
-    /// already in the log, or twice in `envs`, is recorded once.
-    /// Any refusal refuses the whole batch: the inbox then retries its messages one by one.
+    /// Appends `envs` directly ([`Arrival::direct`]; see [`AuditStore::append_arrivals`]).
     pub async fn append_batch(&self, conn: &mut PgConnection, envs: &[&Envelope]) -> Result<(), HandleError> {
+        let arrivals: Vec<Arrival<'_>> = envs.iter().map(|e| Arrival::direct(e)).collect();
+        self.append_arrivals(conn, &arrivals).await
+    }
+
+    /// Appends `arrivals` in this order, set-based (see the module's documentation). A message
+    /// id already in the log, or twice in `arrivals`, is recorded once. A message whose
+    /// signature was refused, or which the case desk refuses, is recorded as refused, with the
+    /// reason, and changes nothing else.
+    /// Any refusal refuses the whole batch: the inbox then retries its messages one by one.
+    pub async fn append_arrivals(&self, conn: &mut PgConnection, arrivals: &[Arrival<'_>]) -> Result<(), HandleError> {
         // 1. What is new.
-        let mut parsed = Vec::with_capacity(envs.len());
-        for env in envs {
+        let mut parsed = Vec::with_capacity(arrivals.len());
+        for a in arrivals {
+            let env = a.envelope;
             let message_id = Uuid::parse_str(&env.message_id).map_err(rejected)?;
             let case_id = Uuid::parse_str(&env.case_id).map_err(rejected)?;
             let payload = env.payload.as_ref().ok_or_else(|| rejected("no payload"))?;
-            parsed.push((*env, message_id, case_id, payload));
+            parsed.push((a, message_id, case_id, payload));
         }
         let ids: Vec<Uuid> = parsed.iter().map(|p| p.1).collect();
         let seen: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>("SELECT message_id FROM audit_messages WHERE message_id = ANY($1)")
@@ -354,13 +453,19 @@ impl AuditStore {
         let now = Utc::now();
         let mut pending = Vec::with_capacity(parsed.len());
         let mut participants: BTreeSet<(Uuid, &'static str, String)> = BTreeSet::new();
-        for (env, message_id, case_id, payload) in parsed {
+        for (arrival, message_id, case_id, payload) in parsed {
+            let env = arrival.envelope;
             let occurred = duijie_common::envelope::from_timestamp(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(now));
-            let state_after = self.decide(&mut cases, env, case_id, payload, occurred)?;
+            let (state_after, refused) = self.decide(&mut cases, env, case_id, payload, occurred, arrival.signature_refused)?;
             let w = cases.get_mut(&case_id).ok_or_else(|| rejected("case not kept"))?;
             w.row.last_case_seq += 1;
-            w.events.push((occurred, payload.clone()));
-            for a in [env.sender.as_ref(), env.recipient.as_ref()].into_iter().flatten() {
+            if refused.is_none() {
+                w.events.push((occurred, payload.clone()));
+            }
+            // Whoever a forged envelope claims to come from did not take part; the agency it
+            // was addressed to may see that it arrived (refused).
+            let parties = if arrival.signature_refused.is_some() { vec![env.recipient.as_ref()] } else { vec![env.sender.as_ref(), env.recipient.as_ref()] };
+            for a in parties.into_iter().flatten() {
                 if !matches!(AgencyKind::try_from(a.kind), Ok(AgencyKind::Bus) | Ok(AgencyKind::Unspecified) | Err(_)) {
                     participants.insert((case_id, kind_of(Some(a)), a.code.clone()));
                 }
@@ -378,7 +483,11 @@ impl AuditStore {
                 causation_id: if env.causation_id.is_empty() { None } else { Uuid::parse_str(&env.causation_id).ok() },
                 trace_id: env.trace.as_ref().and_then(|t| t.traceparent.split('-').nth(1)).unwrap_or_default().to_owned(),
                 state_after,
-                envelope: env.encode_to_vec(),
+                envelope: arrival.bytes.map_or_else(|| env.encode_to_vec(), <[u8]>::to_vec),
+                refused,
+                signature: arrival.signature.map(|s| s.signature.clone()),
+                signer_cert: arrival.signature.map(|s| s.cert.clone()),
+                signer: arrival.signer.map(str::to_owned),
             });
         }
 
@@ -418,7 +527,8 @@ impl AuditStore {
             let w = cases.get_mut(&p.case_id).ok_or_else(|| rejected("case not kept"))?;
             let seq = head.last_seq + 1;
             let case_prev_hash = std::mem::take(&mut w.row.last_hash);
-            let hash = record_hash(seq, p.case_seq, head.recorded_at, p.state_after, &p.envelope, &head.last_hash, &case_prev_hash);
+            let sealed = Sealed { refused: p.refused.as_deref().map(str::as_bytes), signature: p.signature.as_deref(), signer_cert: p.signer_cert.as_deref() };
+            let hash = record_hash_sealed(seq, p.case_seq, head.recorded_at, p.state_after, &p.envelope, &head.last_hash, &case_prev_hash, &sealed);
             head.last_seq = seq;
             head.last_hash.clone_from(&hash);
             head.moved = true;
@@ -456,7 +566,8 @@ impl AuditStore {
     }
 
     /// Decides one message against its case (kept in `cases`, created there on its first record)
-    /// and moves the case's row on; returns the state it leaves the case in.
+    /// and moves the case's row on; returns the state it leaves the case in and, if the message
+    /// takes no effect, why (`signature_refused`, or the case desk's refusal).
     fn decide(
         &self,
         cases: &mut HashMap<Uuid, Working>,
@@ -464,71 +575,38 @@ impl AuditStore {
         case_id: Uuid,
         payload: &Payload,
         at: DateTime<Utc>,
-    ) -> Result<&'static str, HandleError> {
+        signature_refused: Option<&str>,
+    ) -> Result<(&'static str, Option<String>), HandleError> {
         let parse = |s: &str| CaseState::parse(s).ok_or_else(|| rejected(format!("bad state {s}")));
-        let Some(w) = cases.get_mut(&case_id) else {
-            // The first record of a case: its referral (or, if the referral never reached the
-            // log, the first message seen). The referrer is the referral's sender, the holder
-            // its recipient.
-            // A case a body registered itself starts signed for and accepted.
-            let intake = match payload {
-                Payload::Referral(r) if r.forwarded.is_none() => r.intake.as_ref(),
-                _ => None,
-            };
-            let lc = match payload {
-                _ if intake.is_some() => Lifecycle::at(CaseState::Accepted, None),
-                Payload::Referral(_) => Lifecycle::referred(),
-                _ => Lifecycle::at(CaseState::Submitted, None),
-            };
-            let registered = intake.map(|_| at);
-            let (referrer, holder, clock) = match payload {
-                Payload::Referral(r) => {
-                    let referrer = r.forwarded.as_ref().and_then(|f| f.original_referrer.as_ref()).or(env.sender.as_ref());
-                    (referrer, env.recipient.as_ref(), r.clock_policy.as_ref().map_or(0, |c| c.kind))
-                }
-                _ => (None, None, 0),
-            };
-            let row = CaseRow {
-                case_id,
-                case_code: env.case_code.clone(),
-                channel: env.channel,
-                referrer_kind: kind_of(referrer).to_owned(),
-                referrer_code: code_of(referrer),
-                holder_kind: kind_of(holder).to_owned(),
-                holder_code: code_of(holder),
-                state: lc.state.as_str().to_owned(),
-                before_cancel: lc.before_cancel.map(|s| s.as_str().to_owned()),
-                state_since: at,
-                clock_policy: clock,
-                received_at: at,
-                signed_at: registered,
-                accepted_at: registered,
-                rejected_at: None,
-                outcome: None,
-                outcome_at: None,
-                confirmation_requested_at: None,
-                confirmation_granted_at: None,
-                closed_at: None,
-                last_case_seq: 0,
-                last_hash: Vec::new(),
-                overdue_since: None,
-                chain: chain_of(case_id, self.chains),
-                intake_source: intake.map_or(0, |i| i.source),
-                risk_level: intake.map_or(0, |i| i.risk_level),
-                court_kind: None,
-                court_code: None,
-            };
-            cases.insert(case_id, Working { row, timing: moves_limits(payload, None), existed: false, events: Vec::new() });
-            return Ok(lc.state.as_str());
-        };
+        if let Some(reason) = signature_refused {
+            let refused = Some(format!("signature: {reason}"));
+            if let Some(w) = cases.get(&case_id) {
+                return Ok((parse(&w.row.state)?.as_str(), refused));
+            }
+            // A case the log has not seen: its row is kept (for its place in the chain) but does
+            // not count as a case until a message of it takes effect.
+            let (state, _) = self.first_record(cases, env, case_id, payload, at)?;
+            if let Some(w) = cases.get_mut(&case_id) {
+                w.row.refused_only = true;
+                w.timing = false;
+            }
+            return Ok((state, refused));
+        }
+        if cases.get(&case_id).is_none_or(|w| w.row.refused_only) {
+            return self.first_record(cases, env, case_id, payload, at);
+        }
+        let Some(w) = cases.get_mut(&case_id) else { return Err(rejected("case not kept")) };
         let c = &mut w.row;
         let current = Lifecycle::at(parse(&c.state)?, c.before_cancel.as_deref().map(parse).transpose()?);
         // Where the case stands after this message (the same machine the agencies run; a
-        // message their machine refuses is still recorded, with the state unchanged).
+        // message their machine refuses is recorded with the state unchanged and the refusal).
         let (lc, step, court) = match payload {
             // A case handed on (redirect, escalation): the holder changed with the hand-over.
             Payload::Referral(_) => (current, None, None),
-            p => observe(c, current, env, p),
+            p => match observe(c, current.clone(), env, p) {
+                Ok(o) => o,
+                Err(refusal) => return Ok((current.state.as_str(), Some(refusal))),
+            },
         };
         if let Some(court) = court {
             c.court_kind = Some(court.kind_str().to_owned());
@@ -580,7 +658,83 @@ impl AuditStore {
             _ => c.clock_policy,
         };
         w.timing |= moves_limits(payload, step.as_ref());
-        Ok(lc.state.as_str())
+        Ok((lc.state.as_str(), None))
+    }
+
+    /// The first record of a case that counts: its referral (or, if the referral never reached
+    /// the log, the first message seen) makes the case row. A case the log knew only from refused
+    /// records keeps its place in the chain.
+    fn first_record(
+        &self,
+        cases: &mut HashMap<Uuid, Working>,
+        env: &Envelope,
+        case_id: Uuid,
+        payload: &Payload,
+        at: DateTime<Utc>,
+    ) -> Result<(&'static str, Option<String>), HandleError> {
+        // The first record of a case: its referral (or, if the referral never reached the
+        // log, the first message seen). The referrer is the referral's sender, the holder
+        // its recipient.
+        // A case a body registered itself starts signed for and accepted.
+        let intake = match payload {
+            Payload::Referral(r) if r.forwarded.is_none() => r.intake.as_ref(),
+            _ => None,
+        };
+        let lc = match payload {
+            _ if intake.is_some() => Lifecycle::at(CaseState::Accepted, None),
+            Payload::Referral(_) => Lifecycle::referred(),
+            _ => Lifecycle::at(CaseState::Submitted, None),
+        };
+        let registered = intake.map(|_| at);
+        let (referrer, holder, clock) = match payload {
+            Payload::Referral(r) => {
+                let referrer = r.forwarded.as_ref().and_then(|f| f.original_referrer.as_ref()).or(env.sender.as_ref());
+                (referrer, env.recipient.as_ref(), r.clock_policy.as_ref().map_or(0, |c| c.kind))
+            }
+            _ => (None, None, 0),
+        };
+        let mut row = CaseRow {
+            case_id,
+            case_code: env.case_code.clone(),
+            channel: env.channel,
+            referrer_kind: kind_of(referrer).to_owned(),
+            referrer_code: code_of(referrer),
+            holder_kind: kind_of(holder).to_owned(),
+            holder_code: code_of(holder),
+            state: lc.state.as_str().to_owned(),
+            before_cancel: lc.before_cancel.map(|s| s.as_str().to_owned()),
+            state_since: at,
+            clock_policy: clock,
+            received_at: at,
+            signed_at: registered,
+            accepted_at: registered,
+            rejected_at: None,
+            outcome: None,
+            outcome_at: None,
+            confirmation_requested_at: None,
+            confirmation_granted_at: None,
+            closed_at: None,
+            last_case_seq: 0,
+            last_hash: Vec::new(),
+            overdue_since: None,
+            chain: chain_of(case_id, self.chains),
+            intake_source: intake.map_or(0, |i| i.source),
+            risk_level: intake.map_or(0, |i| i.risk_level),
+            court_kind: None,
+            court_code: None,
+            refused_only: false,
+        };
+        let existed = match cases.remove(&case_id) {
+            Some(old) => {
+                row.chain = old.row.chain;
+                row.last_case_seq = old.row.last_case_seq;
+                row.last_hash = old.row.last_hash;
+                old.existed
+            }
+            None => false,
+        };
+        cases.insert(case_id, Working { row, timing: moves_limits(payload, None), existed, events: Vec::new() });
+        Ok((lc.state.as_str(), None))
     }
 
     /// Recomputes the legal time limits of the batch's cases that need it, from their earlier
@@ -594,7 +748,7 @@ impl AuditStore {
         let mut earlier: HashMap<Uuid, Vec<(DateTime<Utc>, Payload)>> = HashMap::new();
         if !earlier_of.is_empty() {
             let rows: Vec<(Uuid, DateTime<Utc>, Vec<u8>)> =
-                sqlx::query_as("SELECT case_id, occurred_at, envelope FROM audit_log WHERE case_id = ANY($1) ORDER BY case_id, seq")
+                sqlx::query_as("SELECT case_id, occurred_at, envelope FROM audit_log WHERE case_id = ANY($1) AND refused IS NULL ORDER BY case_id, seq")
                     .bind(&earlier_of)
                     .fetch_all(&mut *conn)
                     .await
@@ -714,10 +868,11 @@ async fn insert_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), sqlx
     }
     sqlx::query(
         "INSERT INTO audit_log (chain, seq, recorded_at, case_id, case_seq, message_id, kind, channel, sender, recipient,
-                                occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash)
+                                occurred_at, causation_id, trace_id, state_after, envelope, case_prev_hash, hash,
+                                refused, signature, signer_cert, signer)
          SELECT * FROM unnest($1::int[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::int[], $6::uuid[], $7::text[],
                               $8::int[], $9::text[], $10::text[], $11::timestamptz[], $12::uuid[], $13::text[], $14::text[],
-                              $15::bytea[], $16::bytea[], $17::bytea[])",
+                              $15::bytea[], $16::bytea[], $17::bytea[], $18::text[], $19::bytea[], $20::bytea[], $21::text[])",
     )
     .bind(column!(chain))
     .bind(column!(seq))
@@ -736,6 +891,10 @@ async fn insert_log(conn: &mut PgConnection, rows: &[LogRow]) -> Result<(), sqlx
     .bind(column!(pending.envelope))
     .bind(column!(case_prev_hash))
     .bind(column!(hash))
+    .bind(column!(pending.refused))
+    .bind(column!(pending.signature))
+    .bind(column!(pending.signer_cert))
+    .bind(column!(pending.signer))
     .execute(conn)
     .await?;
     Ok(())
@@ -753,8 +912,11 @@ async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sq
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                               $9::text[], $10::timestamptz[], $11::int[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[],
                               $15::timestamptz[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::timestamptz[],
-                              $20::timestamptz[], $21::int[], $22::bytea[], $23::timestamptz[], $24::int[], $25::int[], $26::int[], $27::text[], $28::text[])
+                              $20::timestamptz[], $21::int[], $22::bytea[], $23::timestamptz[], $24::int[], $25::int[], $26::int[], $27::text[], $28::text[], $29::bool[])
          ON CONFLICT (case_id) DO UPDATE SET
+             case_code = EXCLUDED.case_code, channel = EXCLUDED.channel, referrer_kind = EXCLUDED.referrer_kind,
+             referrer_code = EXCLUDED.referrer_code, received_at = EXCLUDED.received_at,
+             intake_source = EXCLUDED.intake_source, risk_level = EXCLUDED.risk_level, refused_only = EXCLUDED.refused_only,
              holder_kind = EXCLUDED.holder_kind, holder_code = EXCLUDED.holder_code, state = EXCLUDED.state,
              before_cancel = EXCLUDED.before_cancel, state_since = EXCLUDED.state_since, clock_policy = EXCLUDED.clock_policy,
              signed_at = EXCLUDED.signed_at, accepted_at = EXCLUDED.accepted_at, rejected_at = EXCLUDED.rejected_at,
@@ -793,6 +955,7 @@ async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sq
         .bind(column!(risk_level))
         .bind(column!(court_kind))
         .bind(column!(court_code))
+        .bind(column!(refused_only))
         .execute(conn)
         .await?;
     Ok(())
@@ -801,7 +964,7 @@ async fn write_cases(conn: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sq
 /// The payloads of a case's records in log order, with when each happened.
 pub async fn case_payloads(conn: &mut PgConnection, case_id: Uuid) -> anyhow::Result<Vec<(DateTime<Utc>, Payload)>> {
     let rows: Vec<(DateTime<Utc>, Vec<u8>)> =
-        sqlx::query_as("SELECT occurred_at, envelope FROM audit_log WHERE case_id = $1 ORDER BY seq")
+        sqlx::query_as("SELECT occurred_at, envelope FROM audit_log WHERE case_id = $1 AND refused IS NULL ORDER BY seq")
             .bind(case_id)
             .fetch_all(&mut *conn)
             .await
@@ -817,11 +980,11 @@ pub async fn case_payloads(conn: &mut PgConnection, case_id: Uuid) -> anyhow::Re
 
 impl Handler for AuditStore {
     async fn handle(&self, conn: &mut PgConnection, msg: &Inbound) -> Result<(), HandleError> {
-        self.append(conn, &msg.envelope).await
+        self.append_arrivals(conn, &[Arrival::of(msg)]).await
     }
 
     async fn handle_batch<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Batched<'a>]) -> Result<(), HandleError> {
-        let envs: Vec<&Envelope> = batch.iter().map(|b| &b.msg.envelope).collect();
-        self.append_batch(conn, &envs).await
+        let arrivals: Vec<Arrival<'_>> = batch.iter().map(|b| Arrival::of(b.msg)).collect();
+        self.append_arrivals(conn, &arrivals).await
     }
 }

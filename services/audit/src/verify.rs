@@ -15,7 +15,8 @@ use prost::Message as _;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::store::{genesis, record_hash};
+use crate::store::{Sealed, genesis, record_hash_sealed};
+use duijie_common::signing::{Signature, Verifier};
 use crate::tree::{self, ChainHead};
 use duijie_domain::agency::ref_str;
 
@@ -32,6 +33,10 @@ pub struct Report {
     /// The tree head over the chains' heads the log was verified against (whole-log
     /// verifications that passed).
     pub tree_head: Option<Vec<u8>>,
+    /// Records whose signature was checked again (against the CA, at their recording time).
+    pub signatures_checked: u64,
+    /// Records that carry no signature (appended before signed handoffs, or directly).
+    pub unsigned_records: u64,
 }
 
 impl Report {
@@ -55,10 +60,38 @@ struct Row {
     envelope: Vec<u8>,
     case_prev_hash: Vec<u8>,
     hash: Vec<u8>,
+    refused: Option<String>,
+    signature: Option<Vec<u8>>,
+    signer_cert: Option<Vec<u8>>,
+    signer: Option<String>,
 }
 
-const COLUMNS: &str =
-    "chain, seq, recorded_at, case_id, case_seq, message_id, kind, sender, recipient, state_after, envelope, case_prev_hash, hash";
+const COLUMNS: &str = "chain, seq, recorded_at, case_id, case_seq, message_id, kind, sender, recipient, state_after, envelope,
+    case_prev_hash, hash, refused, signature, signer_cert, signer";
+
+/// Checks a record's signature again. A record that took effect must carry a good signature of
+/// the signer it names (or none at all: recorded before signed handoffs, or appended directly);
+/// one refused for its signature may carry anything.
+fn signature_problem(row: &Row, verifier: &Verifier, signatures: &mut u64, unsigned: &mut u64) -> Option<String> {
+    let (Some(signature), Some(cert)) = (&row.signature, &row.signer_cert) else {
+        *unsigned += 1;
+        return None;
+    };
+    *signatures += 1;
+    if row.refused.as_deref().is_some_and(|r| r.starts_with("signature:")) {
+        return None;
+    }
+    let env = match Envelope::decode(row.envelope.as_slice()) {
+        Ok(e) => e,
+        Err(e) => return Some(format!("envelope does not decode: {e}")),
+    };
+    let sig = Signature { signature: signature.clone(), cert: cert.clone() };
+    match verifier.verify_envelope(&env, &row.envelope, Some(&sig), row.recorded_at) {
+        Ok(signer) if row.signer.as_deref().is_none_or(|s| s == signer) => None,
+        Ok(signer) => Some(format!("the record names {} as signer, the signature is {signer}'s", row.signer.as_deref().unwrap_or_default())),
+        Err(e) => Some(format!("the signature does not verify: {e}")),
+    }
+}
 
 /// Why `row`'s columns disagree with its envelope, if they do.
 fn column_mismatch(row: &Row) -> Option<String> {
@@ -125,6 +158,9 @@ impl Walk {
     }
 }
 
+/// How often (in records) a whole-log verification reports its progress.
+pub const PROGRESS_EVERY: u64 = 10_000;
+
 /// A recorded tree head.
 #[derive(sqlx::FromRow)]
 struct TreeHeadRow {
@@ -138,23 +174,30 @@ struct TreeHeadRow {
 /// What recorded tree heads say a chain's record at a position must hash to.
 type Commitments = HashMap<(i32, i64), Vec<(i64, Vec<u8>)>>;
 
-/// Verifies the whole log, on one connection of `pool`.
+/// Verifies the whole log, on one connection of `pool` (its hashes; no signature check).
 pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
-    verify_log_on(&mut *pool.acquire().await.context("acquiring a connection")?).await
+    verify_log_with(pool, None).await
 }
 
-/// Verifies the whole log on `conn`.
-pub async fn verify_log_on(conn: &mut PgConnection) -> anyhow::Result<Report> {
+/// Verifies the whole log, on one connection of `pool`; with a verifier, every signature too.
+pub async fn verify_log_with(pool: &PgPool, verifier: Option<&Verifier>) -> anyhow::Result<Report> {
+    verify_log_on(&mut *pool.acquire().await.context("acquiring a connection")?, verifier, &mut |_| {}).await
+}
+
+/// Verifies the whole log on `conn` (see [`verify_log`]), calling `progress` with the number of
+/// records checked so far every [`PROGRESS_EVERY`] records.
+pub async fn verify_log_on(conn: &mut PgConnection, verifier: Option<&Verifier>, progress: &mut (dyn FnMut(u64) + Send)) -> anyhow::Result<Report> {
     let mut tx = snapshot(conn).await?;
     let checkpoints = checkpoints(&mut tx).await?;
     let heads: HashMap<i32, ChainHead> = tree::heads(&mut tx).await?.into_iter().map(|h| (h.chain, h)).collect();
     let chains = u32::try_from(heads.len()).unwrap_or(u32::MAX);
+    let (mut signatures, mut unsigned) = (0u64, 0u64);
     let report = |checked: u64, chain: i32, seq: i64, problem: String| Report {
         records_checked: checked,
         broken: Some((seq, problem)),
         broken_chain: chain,
         chains,
-        tree_head: None,
+        ..Report::default()
     };
 
     // The tree heads: each must hash to what it lists, and list nothing beyond today's heads;
@@ -196,6 +239,9 @@ pub async fn verify_log_on(conn: &mut PgConnection) -> anyhow::Result<Report> {
         let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await.context("reading the log")? {
             checked += 1;
+            if checked.is_multiple_of(PROGRESS_EVERY) {
+                progress(checked);
+            }
             if walk.as_ref().is_none_or(|w| w.chain != row.chain) {
                 if let Some(w) = &walk
                     && let Some((seq, problem)) = w.ends_at_head(&heads)
@@ -230,6 +276,11 @@ pub async fn verify_log_on(conn: &mut PgConnection) -> anyhow::Result<Report> {
             if let Some(problem) = check_row(&row, &w.prev_hash, &case_prev) {
                 return Ok(report(checked, row.chain, row.seq, problem));
             }
+            if let Some(v) = verifier
+                && let Some(problem) = signature_problem(&row, v, &mut signatures, &mut unsigned)
+            {
+                return Ok(report(checked, row.chain, row.seq, problem));
+            }
             if let Some(commitments) = committed.get(&(row.chain, row.seq))
                 && let Some((id, _)) = commitments.iter().find(|(_, h)| *h != row.hash)
             {
@@ -258,7 +309,7 @@ pub async fn verify_log_on(conn: &mut PgConnection) -> anyhow::Result<Report> {
         return Ok(report(checked, chain, seq, problem));
     }
     let root = tree::root(&heads.into_values().collect::<Vec<_>>());
-    Ok(Report { records_checked: checked, broken: None, broken_chain: 0, chains, tree_head: Some(root) })
+    Ok(Report { records_checked: checked, broken: None, broken_chain: 0, chains, tree_head: Some(root), signatures_checked: signatures, unsigned_records: unsigned })
 }
 
 /// The first later copy of a message recorded more than once, if any.
@@ -369,7 +420,8 @@ fn check_row(row: &Row, prev_hash: &[u8], case_prev: &[u8]) -> Option<String> {
     if row.case_prev_hash != case_prev {
         return Some("case chain broken: the previous record of the case does not match".into());
     }
-    let hash = record_hash(row.seq, row.case_seq, row.recorded_at, &row.state_after, &row.envelope, prev_hash, case_prev);
+    let sealed = Sealed { refused: row.refused.as_deref().map(str::as_bytes), signature: row.signature.as_deref(), signer_cert: row.signer_cert.as_deref() };
+    let hash = record_hash_sealed(row.seq, row.case_seq, row.recorded_at, &row.state_after, &row.envelope, prev_hash, case_prev, &sealed);
     if hash != row.hash {
         return Some("hash mismatch: the record or one before it was changed".into());
     }

@@ -435,7 +435,8 @@ async fn dead_letter_listed_then_replayed_after_the_fix() -> anyhow::Result<()> 
         envelope::Payload::SupervisionNotice(SupervisionNotice { instructions: "请尽快签收并反馈".into(), ..Default::default() }),
     );
     let notice_id = notice.message_id.clone();
-    stack.bus.publish_raw(&notice.routing_key()?, &prost::Message::encode_to_vec(&notice), &notice_id).await?;
+    let signer = duijie_tests::signer_for(stack.ca(), &[stack::court()])?;
+    stack.bus.publish_signed(&notice, &signer).await?;
 
     let listed_dead = || async {
         let r = bin.run(&["dead", "list", "--json"]).await?;
@@ -468,7 +469,7 @@ async fn dead_letter_listed_then_replayed_after_the_fix() -> anyhow::Result<()> 
     // The fix: the referral of that case reaches the centre.
     let referral_header = duijie_common::envelope::Header { causation_id: None, ..header };
     let referral = duijie_common::envelope::build(&referral_header, envelope::Payload::Referral(stack::referral("dl-1", ClockPolicyKind::CourtPreFiling)));
-    stack.bus.publish_raw(&referral.routing_key()?, &prost::Message::encode_to_vec(&referral), &referral.message_id).await?;
+    stack.bus.publish_signed(&referral, &signer).await?;
     let centre = stack.clerk(&stack::centre()).await?;
     centre.wait_for(&case_id.to_string(), "DELIVERED").await?;
 

@@ -39,5 +39,6 @@ pub fn build(header: &Header, payload: Payload) -> Envelope {
         schema_version: SCHEMA_VERSION,
         trace: None,
         payload: Some(payload),
+        passed_on: None,
     }
 }

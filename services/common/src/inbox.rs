@@ -29,6 +29,7 @@ use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::db::is_transient;
 use crate::reconnect::run_counted_sessions;
+use crate::signing::{Signature, Verifier};
 use crate::trace::W3cContext;
 
 /// How long dead-lettering waits for the broker's confirm before giving up on the connection.
@@ -45,6 +46,25 @@ pub struct Inbound {
     pub redelivered: bool,
     /// The sender's trace context (also the parent of the span the handler runs in).
     pub trace: W3cContext,
+    /// The envelope's bytes exactly as delivered (what its signature covers).
+    pub bytes: Vec<u8>,
+    /// The signature it carried, if any.
+    pub signature: Option<Signature>,
+    /// Who signed it, once the consumer's verifier accepted the signature.
+    pub signer: Option<String>,
+    /// Why the consumer's verifier refused the signature, for a consumer that records refused
+    /// messages ([`BadSignature::Deliver`], the audit store) instead of dead-lettering them.
+    pub signature_refused: Option<String>,
+}
+
+/// What a consumer with a verifier does with a message whose signature it refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadSignature {
+    /// Dead-letter it with the reason: it never reaches the handler (the agency services).
+    DeadLetter,
+    /// Hand it to the handler with [`Inbound::signature_refused`] set (the audit store, which
+    /// records it as refused).
+    Deliver,
 }
 
 /// Why a handler did not apply a message.
@@ -119,6 +139,8 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Sessions restarted after losing the broker.
     pub restarts: AtomicU64,
+    /// Messages whose signature was missing, bad or not the sender's.
+    pub bad_signatures: AtomicU64,
     /// Publish time (AMQP `timestamp`, seconds since the epoch) of the oldest delivery taken and
     /// not yet acked; 0 once the consumer waits for the broker with nothing in hand. A session
     /// that ends holding a batch leaves it set: those messages come again. How the audit service
@@ -295,6 +317,10 @@ pub fn decode(delivery: &Delivery) -> Result<Inbound, String> {
         routing_key: original_routing_key(delivery),
         redelivered: delivery.redelivered,
         trace: W3cContext::from_headers(delivery.properties.headers().as_ref()),
+        bytes: delivery.data.clone(),
+        signature: Signature::from_headers(delivery.properties.headers().as_ref()),
+        signer: None,
+        signature_refused: None,
     })
 }
 
@@ -309,6 +335,7 @@ pub struct Consumer<H> {
     cfg: ConsumerConfig,
     handler: Arc<H>,
     stats: Arc<ConsumerStats>,
+    verifier: Option<(Arc<Verifier>, BadSignature)>,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -335,6 +362,38 @@ impl<H: Handler> Consumer<H> {
             cfg,
             handler: Arc::new(handler),
             stats: Arc::default(),
+            verifier: None,
+        }
+    }
+
+    /// Checks every message's signature before the handler sees it ([`crate::signing`]);
+    /// `policy` says what becomes of one it refuses. Without a verifier messages are taken as
+    /// they come: only bare transport tests run so.
+    #[must_use]
+    pub fn with_verifier(mut self, verifier: Arc<Verifier>, policy: BadSignature) -> Self {
+        self.verifier = Some((verifier, policy));
+        self
+    }
+
+    /// The signature check of one decoded message (see [`Consumer::with_verifier`]).
+    fn check_signature(&self, mut msg: Inbound) -> Result<Inbound, String> {
+        let Some((verifier, policy)) = &self.verifier else { return Ok(msg) };
+        match verifier.verify_envelope(&msg.envelope, &msg.bytes, msg.signature.as_ref(), chrono::Utc::now()) {
+            Ok(signer) => {
+                msg.signer = Some(signer);
+                Ok(msg)
+            }
+            Err(e) => {
+                self.stats.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(consumer = %self.name, message_id = %msg.envelope.message_id, error = %e, "refused a message's signature");
+                match policy {
+                    BadSignature::DeadLetter => Err(format!("signature refused: {e}")),
+                    BadSignature::Deliver => {
+                        msg.signature_refused = Some(e.to_string());
+                        Ok(msg)
+                    }
+                }
+            }
         }
     }
 
@@ -418,7 +477,7 @@ impl<H: Handler> Consumer<H> {
     /// unacked and the broker redelivers it to the next consumer).
     async fn process(&self, ch: &Channel, dead_ch: &Channel, batch: Vec<Delivery>, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let started = std::time::Instant::now();
-        let decoded: Vec<Result<Inbound, String>> = batch.iter().map(decode).collect();
+        let decoded: Vec<Result<Inbound, String>> = batch.iter().map(|d| decode(d).and_then(|m| self.check_signature(m))).collect();
         let mut db_backoff = Backoff::reconnect();
         let outcomes = loop {
             match self.apply_batch(&decoded).await {

@@ -21,6 +21,7 @@ use crate::amqp::{Connector, Topology};
 use crate::backoff::{Backoff, retry_delay};
 use crate::config::RelayConfig;
 use crate::reconnect::run_counted_sessions;
+use crate::signing::Signer;
 use crate::trace::W3cContext;
 
 /// Why an envelope could not be staged.
@@ -111,6 +112,8 @@ pub struct RelayStats {
     pub returned: AtomicU64,
     /// Publishes the broker refused (nack).
     pub nacked: AtomicU64,
+    /// Rows it could not sign (no key for their sender): left unsent, retried.
+    pub unsigned: AtomicU64,
     /// Times the relay lost its broker connection or database and started over.
     pub restarts: AtomicU64,
 }
@@ -168,6 +171,7 @@ pub struct Relay {
     name: String,
     stats: Arc<RelayStats>,
     wake: Arc<Notify>,
+    signer: Option<Arc<Signer>>,
 }
 
 /// Wakes a relay in the same process (after committing a transaction that staged envelopes).
@@ -184,7 +188,16 @@ impl RelayWaker {
 impl Relay {
     /// A relay publishing the outbox of `pool`.
     pub fn new(pool: PgPool, connector: Connector, cfg: RelayConfig, name: impl Into<String>) -> Self {
-        Self { pool, connector, cfg, name: name.into(), stats: Arc::default(), wake: Arc::new(Notify::new()) }
+        Self { pool, connector, cfg, name: name.into(), stats: Arc::default(), wake: Arc::new(Notify::new()), signer: None }
+    }
+
+    /// Signs every envelope as its sender ([`crate::signing`]) before publishing it. Without a
+    /// signer the relay publishes unsigned envelopes, which the agency services and the audit
+    /// store refuse: only bare transport tests run so.
+    #[must_use]
+    pub fn with_signer(mut self, signer: Arc<Signer>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// A handle that wakes this relay.
@@ -301,7 +314,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(None);
         }
-        let confirms = start_publish(ch, &rows).await.map_err(RelayError::Amqp)?;
+        let confirms = start_publish(ch, &rows, self.signer.as_deref()).await.map_err(RelayError::Amqp)?;
         let results = tokio::time::timeout(self.cfg.confirm_timeout, await_confirms(&rows, confirms))
             .await
             .map_err(|_| RelayError::Amqp(anyhow::anyhow!("no publisher confirms within {:?}", self.cfg.confirm_timeout)))?
@@ -335,6 +348,15 @@ impl Relay {
                         "broker returned an unroutable message; it stays unsent");
                     failed_ids.push(row.id);
                     failed_errors.push(format!("returned by broker: {code} {text} (routing key {})", row.routing_key));
+                    failed_delays.push(self.retry_secs(row.attempts));
+                }
+                Published::Unsigned(reason) => {
+                    self.stats.unsigned.fetch_add(1, Ordering::Relaxed);
+                    // Never published unsigned: every receiver would refuse it. A missing key is
+                    // a deployment error (the process was not given its node's certificate).
+                    tracing::error!(relay = %self.name, message_id = %row.message_id, reason = %reason, "cannot sign a message; it stays unsent");
+                    failed_ids.push(row.id);
+                    failed_errors.push(format!("not signed: {reason}"));
                     failed_delays.push(self.retry_secs(row.attempts));
                 }
                 Published::Nacked => {
@@ -408,15 +430,26 @@ async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, sqlx
 
 enum Published {
     Acked,
+    Unsigned(String),
     Returned { code: u16, text: String },
     Nacked,
 }
 
-/// Publishes every row without waiting for the confirms.
-async fn start_publish(ch: &Channel, rows: &[OutboxRow]) -> anyhow::Result<Vec<PublisherConfirm>> {
+/// Publishes every row without waiting for the confirms, each signed by its sender when the
+/// relay has a signer; a row that cannot be signed is not published (`Err` with the reason).
+async fn start_publish(ch: &Channel, rows: &[OutboxRow], signer: Option<&Signer>) -> anyhow::Result<Vec<Result<PublisherConfirm, String>>> {
     let mut confirms = Vec::with_capacity(rows.len());
     for row in rows {
         let mut headers = FieldTable::default();
+        if let Some(signer) = signer {
+            match signer.sign_envelope(&row.payload) {
+                Ok(sig) => sig.write_headers(&mut headers),
+                Err(e) => {
+                    confirms.push(Err(format!("{e:#}")));
+                    continue;
+                }
+            }
+        }
         W3cContext { traceparent: row.traceparent.clone(), tracestate: row.tracestate.clone() }.write_headers(&mut headers);
         headers.insert("x-duijie-kind".into(), AMQPValue::LongString(row.kind.clone().into()));
         let props = BasicProperties::default()
@@ -436,17 +469,27 @@ async fn start_publish(ch: &Channel, rows: &[OutboxRow]) -> anyhow::Result<Vec<P
             )
             .await
             .context("publishing an outbox row")?;
-        confirms.push(confirm);
+        confirms.push(Ok(confirm));
     }
     Ok(confirms)
 }
 
 /// Waits for every confirm of a batch and says, per row, what became of it. A returned message
 /// is recognised by its message id, whichever confirm lapin attached the return to.
-async fn await_confirms(rows: &[OutboxRow], confirms: Vec<PublisherConfirm>) -> anyhow::Result<Vec<Published>> {
+async fn await_confirms(rows: &[OutboxRow], confirms: Vec<Result<PublisherConfirm, String>>) -> anyhow::Result<Vec<Published>> {
     let mut nacked = vec![false; rows.len()];
+    let mut unsigned: Vec<Option<String>> = vec![None; rows.len()];
     let mut returned: std::collections::HashMap<String, (u16, String)> = std::collections::HashMap::new();
     for (i, confirm) in confirms.into_iter().enumerate() {
+        let confirm = match confirm {
+            Ok(c) => c,
+            Err(reason) => {
+                if let Some(u) = unsigned.get_mut(i) {
+                    *u = Some(reason);
+                }
+                continue;
+            }
+        };
         let (is_nack, ret) = match confirm.await.context("waiting for a publisher confirm")? {
             Confirmation::Ack(ret) => (false, ret),
             Confirmation::Nack(ret) => (true, ret),
@@ -469,10 +512,12 @@ async fn await_confirms(rows: &[OutboxRow], confirms: Vec<PublisherConfirm>) -> 
     let results = rows
         .iter()
         .zip(nacked)
-        .map(|(row, nack)| match returned.remove(&row.message_id.to_string()) {
-            Some((code, text)) => Published::Returned { code, text },
-            None if nack => Published::Nacked,
-            None => Published::Acked,
+        .zip(unsigned)
+        .map(|((row, nack), unsigned)| match (unsigned, returned.remove(&row.message_id.to_string())) {
+            (Some(reason), _) => Published::Unsigned(reason),
+            (None, Some((code, text))) => Published::Returned { code, text },
+            (None, None) if nack => Published::Nacked,
+            (None, None) => Published::Acked,
         })
         .collect();
     // Every return must belong to this batch; anything else means the channel is not what we
@@ -496,13 +541,13 @@ fn db_error(e: sqlx::Error, what: &'static str) -> RelayError {
 /// Fault-injection and benchmark support: claims and publishes one batch but never marks it
 /// sent, rolling back as a relay that crashed between publish and commit would.
 #[doc(hidden)]
-pub async fn publish_then_crash(pool: &PgPool, connector: &Connector, limit: i64) -> anyhow::Result<usize> {
+pub async fn publish_then_crash(pool: &PgPool, connector: &Connector, limit: i64, signer: Option<&Signer>) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows = claim(&mut tx, limit).await?;
     let conn = connector.connect("crashing relay").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let confirms = start_publish(&ch, &rows).await?;
+    let confirms = start_publish(&ch, &rows, signer).await?;
     let results = await_confirms(&rows, confirms).await?;
     let acked = results.iter().filter(|r| matches!(r, Published::Acked)).count();
     drop(tx); // rolled back: the rows stay unsent

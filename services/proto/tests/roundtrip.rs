@@ -345,6 +345,7 @@ fn envelope(payload: Payload) -> Envelope {
             tracestate: "duijie=1".to_owned(),
         }),
         payload: None,
+        passed_on: None,
     }
     .with_payload(payload)
 }
