@@ -112,3 +112,16 @@ http_get() {
 	sed '1,/^\r$/d' <&3
 	exec 3<&-
 }
+
+# http_signin HOST PORT AGENCY: signs in to the demo console as AGENCY (kind:code) with its
+# sign-in form, as a browser does, and prints the Cookie header that carries the signed session
+# (empty when the console set none).
+http_signin() {
+	local host=$1 port=$2 body="as=$3"
+	exec 3<>"/dev/tcp/$host/$port" || return 1
+	printf 'POST /signin HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %s\r\n\r\n%s' \
+		"$host" "${#body}" "$body" >&3
+	# The headers only; `Set-Cookie: duijie_as=<value>; Path=/; …` becomes `Cookie: duijie_as=<value>`.
+	sed -n '/^\r$/q; s/^[Ss]et-[Cc]ookie: *\([^;]*\).*/Cookie: \1/p' <&3
+	exec 3<&-
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Brings the duijie bus up locally from nothing:
 #   1. RabbitMQ and PostgreSQL (installed and started by scripts/deps.sh when missing);
-#   2. the bus database migrated (outbox, inbox) and the topology declared for the demo agencies;
+#   2. the bus database migrated (outbox, inbox) and the topology declared for the demo agencies
+#      (as the broker's operator, duijie), and each service's own broker user made with its
+#      permissions (duijie-bus permissions);
 #   3. the five agency services (court, procuratorate, police, petition, mediation) for the demo
 #      agencies, each with its own database, in the background (logs and pids in target/run);
 #      services already running from an earlier run are restarted on the fresh build;
@@ -62,6 +64,28 @@ BUS="$ROOT_DIR/target/debug/duijie-bus"
 
 "$BUS" migrate --database-url "$DUIJIE_DATABASE_URL" >&2
 "$BUS" declare "${DEMO_NODES[@]}" >&2
+# Each service's own broker user (README, "Broker credentials"): the permissions `duijie-bus
+# permissions` prints, the password deps.sh put in target/duijie-env.sh; `duijie`, the operator's,
+# only declares. One `rabbitmqctl eval` for all six (each rabbitmqctl call costs about a second);
+# idempotent: an existing user gets its password, tags and permissions set again.
+broker_users() {
+	local expr='A = <<"duijie-run">>, ' svc conf write read var pass user
+	while IFS=$'\t' read -r svc conf write read; do
+		var=DUIJIE_BROKER_PASSWORD_${svc^^}
+		pass=${!var:-}
+		[ -n "$pass" ] || die "$var is not set: run scripts/deps.sh (it writes target/duijie-env.sh)"
+		case $pass$conf$write$read in *'"'* | *'\'*) die "$var or a permission holds a quote or backslash" ;; esac
+		user="<<\"duijie-$svc\">>"
+		expr+="case rabbit_auth_backend_internal:lookup_user($user) of {ok, _} -> ok = rabbit_auth_backend_internal:change_password($user, <<\"$pass\">>, A); _ -> ok = rabbit_auth_backend_internal:add_user($user, <<\"$pass\">>, A) end, "
+		expr+="ok = rabbit_auth_backend_internal:set_tags($user, [], A), "
+		expr+="ok = rabbit_auth_backend_internal:set_permissions($user, <<\"/\">>, <<\"$conf\">>, <<\"$write\">>, <<\"$read\">>, A), "
+	done < <("$BUS" permissions)
+	# The expression holds the passwords: never echoed, and not in the error message.
+	[ "$(as_root rabbitmqctl -q eval "${expr}ok." 2>/dev/null </dev/null)" = ok ] ||
+		die "creating the services' broker users failed (rabbitmqctl eval; RabbitMQ 3.10's internal API)"
+	log "broker users duijie-{court,procuratorate,police,petition,mediation,audit} ok (duijie-bus permissions)"
+}
+broker_users
 # Development CA, one mTLS certificate per demo agency (subject CN <kind>:<code>) and a server
 # certificate per service. A CA from before the services had certificates is replaced.
 if [ -f "$ROOT_DIR/target/pki/ca.pem" ] && [ ! -f "$ROOT_DIR/target/pki/service-audit.pem" ]; then
@@ -83,7 +107,6 @@ for svc in "${SERVICES[@]}"; do
 done
 # Secrets reach the services through the environment, never through the config files.
 DB_BASE=${DUIJIE_DATABASE_URL%/*}
-export DUIJIE_AMQP__URL="$DUIJIE_AMQP_URL"
 export DUIJIE_DATABASE__PASSWORD=duijie
 # The audit service derives the parties' access codes (当事人查询码) from this; local use only.
 export DUIJIE_AUDIT__LOOKUP__ACCESS_CODE_SECRET=duijie-local-access-codes
@@ -91,7 +114,11 @@ for svc in "${SERVICES[@]}"; do
 	if [ "$svc" != console ]; then
 		"$BUS" migrate --database-url "$DB_BASE/duijie_$svc" >/dev/null # creates the database if missing
 	fi
-	DUIJIE_CONFIG_DIR="$ROOT_DIR/config/$svc" nohup "$ROOT_DIR/target/debug/duijie-$svc" \
+	# Each service on its own broker user (the console speaks no AMQP).
+	url_var=DUIJIE_AMQP_URL_${svc^^}
+	amqp_env=()
+	[ "$svc" = console ] || amqp_env=("DUIJIE_AMQP__URL=${!url_var:?run scripts/deps.sh: target/duijie-env.sh has no $url_var}")
+	env "${amqp_env[@]}" DUIJIE_CONFIG_DIR="$ROOT_DIR/config/$svc" nohup "$ROOT_DIR/target/debug/duijie-$svc" \
 		>"$RUN_DIR/$svc.log" 2>&1 </dev/null &
 	echo $! >"$RUN_DIR/$svc.pid"
 done
@@ -172,5 +199,7 @@ INFO
 cat <<INFO
 
 Benchmark: scripts/bench.sh
-Credentials for local use only: user duijie, password duijie.
+Credentials for local use only: user duijie, password duijie (PostgreSQL; RabbitMQ's operator,
+who declares). Each service connects to RabbitMQ as its own user, duijie-<service>, which may only
+read its own queues and publish to the bus's exchanges (passwords in target/duijie-env.sh).
 INFO

@@ -81,7 +81,11 @@ if [ "$#" -eq 0 ]; then
 	# (Read whole before grep: grep -q stopping early would fail the pipe under pipefail.)
 	health=$(http_get 127.0.0.1 8080 /healthz) || die "the console does not answer"
 	grep -q '^ok' <<<"$health" || die "the console does not answer /healthz"
-	inbox=$(http_get 127.0.0.1 8080 /cases 'Cookie: duijie_as=mediation:431003') || die "the console does not answer"
+	# Signed in as the centre through the sign-in form: the session cookie is signed, so a
+	# hand-written one would be refused.
+	session=$(http_signin 127.0.0.1 8080 mediation:431003) || die "the console does not answer"
+	[ -n "$session" ] || die "signing in to the console set no session cookie"
+	inbox=$(http_get 127.0.0.1 8080 /cases "$session") || die "the console does not answer"
 	grep -q 'data-case=' <<<"$inbox" || die "the console shows no demo cases in the centre's inbox"
 	"$SCRIPT_DIR/run.sh" stop
 fi

@@ -14,8 +14,13 @@ use serde_json::json;
 use crate::stack::Stack;
 use crate::wait_until;
 
-/// Starts the console (demo sign-in) on port 0 for `stack`.
+/// Starts the console (demo sign-in) on port 0 for `stack`, with a random session secret.
 pub async fn start_console(stack: &Stack) -> anyhow::Result<duijie_console::Running> {
+    start_console_with(stack, duijie_console::SessionConfig::default()).await
+}
+
+/// Starts the console (demo sign-in) on port 0 for `stack` with these session settings.
+pub async fn start_console_with(stack: &Stack, session: duijie_console::SessionConfig) -> anyhow::Result<duijie_console::Running> {
     let pki = stack.pki()?;
     let cfg = duijie_console::ConsoleConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -27,8 +32,33 @@ pub async fn start_console(stack: &Stack) -> anyhow::Result<duijie_console::Runn
         directory: stack.directory_file(),
         directory_reload_ms: Duration::from_millis(200),
         grace_ms: Duration::from_secs(2),
+        session,
     };
     duijie_console::start(cfg, stack.bus.shutdown.child_token()).await
+}
+
+/// Signs in to the demo console at `addr` as `who` with the sign-in form, as a browser does, and
+/// returns the `Cookie` header value that carries the signed session (`duijie_as=…`).
+pub async fn sign_in(addr: std::net::SocketAddr, who: &AgencyNode) -> anyhow::Result<String> {
+    let (status, resp) = http(addr, "POST", "/signin", &[], &format!("as={who}")).await?;
+    anyhow::ensure!(status == 303, "sign-in as {who} answered {status}: {resp}");
+    set_cookie(&resp).with_context(|| format!("no session cookie in the sign-in answer: {resp}"))
+}
+
+/// The `name=value` of the first `Set-Cookie` header of a raw HTTP response.
+pub fn set_cookie(resp: &str) -> Option<String> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("set-cookie"))
+        .and_then(|(_, v)| v.split(';').next())
+        .map(|v| v.trim().to_owned())
+}
+
+/// The value of header `name` in a raw HTTP response.
+pub fn header(resp: &str, name: &str) -> Option<String> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines().filter_map(|l| l.split_once(':')).find(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
 }
 
 /// One HTTP/1.1 request to the demo console: (status, the whole response as text). A POST

@@ -22,6 +22,7 @@ use secrecy::SecretString;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use uuid::Uuid;
 
+pub mod broker;
 pub mod browser;
 pub mod stack;
 

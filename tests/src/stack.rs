@@ -82,6 +82,9 @@ pub struct Stack {
     /// Each service's database settings, by service name (see [`Stack::database`]).
     databases: Vec<(String, DatabaseConfig)>,
     dir: PathBuf,
+    /// The services' own broker users ([`Stack::start_restricted`]); `None`: every service
+    /// connects as the test's admin user.
+    pub users: Option<crate::broker::ServiceUsers>,
 }
 
 /// How the agency services watch the audit store in tests: every 200 ms, the audit service's lag
@@ -101,7 +104,23 @@ impl Stack {
     /// `tune` changing the database settings of each (called with the service's name: `audit`,
     /// `court`, …, `mediation`).
     pub async fn start_with(gate: GateConfig, tune: impl Fn(&str, &mut DatabaseConfig)) -> anyhow::Result<Self> {
+        Self::start_inner(gate, tune, false).await
+    }
+
+    /// Starts the five services and the audit service each with its own restricted broker
+    /// user ([`crate::broker::ServiceUsers`]), as `scripts/run.sh` runs them; the test's admin
+    /// user declared the topology first, as the operator does.
+    pub async fn start_restricted() -> anyhow::Result<Self> {
+        Self::start_inner(test_gate(), |_, _| {}, true).await
+    }
+
+    async fn start_inner(gate: GateConfig, tune: impl Fn(&str, &mut DatabaseConfig), restricted: bool) -> anyhow::Result<Self> {
         let mut bus = TestBus::new().await?;
+        let users = if restricted {
+            Some(crate::broker::ServiceUsers::create(&bus.topology, &bus.prefix, secrecy::ExposeSecret::expose_secret(&bus.amqp_cfg.url)).await?)
+        } else {
+            None
+        };
         let ca = DevCa::generate("duijie test CA")?;
         let dir = std::env::temp_dir().join(format!("duijie-{}", bus.prefix));
         std::fs::create_dir_all(&dir)?;
@@ -113,12 +132,18 @@ impl Stack {
         let directory = dir.join("directory.yaml");
         std::fs::copy(demo_directory(), &directory).context("copying the agency directory")?;
         let (amqp_cfg, prefix) = (bus.amqp_cfg.clone(), bus.prefix.clone());
-        let bus_cfg = |database| BusConfig {
+        let amqp_for = |service: &str| match &users {
+            Some(u) => u.amqp(service),
+            None => Ok(amqp_cfg.clone()),
+        };
+        let bus_cfg = |service: &str, database| -> anyhow::Result<BusConfig> {
+            Ok(BusConfig {
             database,
-            amqp: amqp_cfg.clone(),
+            amqp: amqp_for(service)?,
             topology: TopologyConfig { prefix: prefix.clone(), ..Default::default() },
             relay: TestBus::relay_config(),
             consumer: ConsumerConfig::default(),
+        })
         };
         let grpc = |name: &str| -> anyhow::Result<GrpcConfig> {
             let (cert, key) = ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?;
@@ -146,7 +171,7 @@ impl Stack {
         std::fs::write(signing.keys.join("service-audit-key.pem"), key)?;
         let audit_cfg = duijie_audit::service::AuditServiceConfig {
             signing: signing.clone(),
-            bus: bus_cfg(database("audit", &mut bus).await?),
+            bus: bus_cfg("audit", database("audit", &mut bus).await?)?,
             grpc: grpc("audit")?,
             audit: duijie_audit::service::AuditConfig {
                 deadline_scan_ms: Duration::from_millis(200),
@@ -161,7 +186,7 @@ impl Stack {
         for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
             let name = kind.as_str();
             let cfg = ServiceConfig {
-                bus: bus_cfg(database(name, &mut bus).await?),
+                bus: bus_cfg(name, database(name, &mut bus).await?)?,
                 grpc: grpc(name)?,
                 nodes: demo_nodes().into_iter().filter(|n| n.kind() == kind).collect(),
                 directory: directory.clone(),
@@ -173,7 +198,7 @@ impl Stack {
             service_cfgs.push((kind, cfg));
             services.push((kind, running));
         }
-        let stack = Self { bus, ca, services, service_cfgs, extra: Vec::new(), audit: Some(audit), audit_cfg, databases, dir };
+        let stack = Self { bus, ca, services, service_cfgs, extra: Vec::new(), audit: Some(audit), audit_cfg, databases, dir, users };
         // The gates open once they saw the audit service consuming the tap.
         for (_, s) in &stack.services {
             let agency = s.agency.clone();
@@ -363,6 +388,9 @@ impl Stack {
             nodes.extend(extra);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(users) = self.users.take() {
+            users.delete().await?;
+        }
         self.bus.cleanup(&nodes).await
     }
 }

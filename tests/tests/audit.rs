@@ -1024,7 +1024,7 @@ async fn the_gate_closes_above_the_high_backlog_mark_and_reopens_once_at_the_low
         ..GateConfig::default()
     };
     let rig = GateRig::start(cfg).await?;
-    let mut reports = duijie_common::status::listen(&rig.ch, &rig.bus.topology, duijie_common::status::GATE_KEYS, "test").await?;
+    let mut reports = duijie_common::status::listen(&rig._conn, &rig.ch, &rig.bus.topology, duijie_common::status::GATE_KEYS, "test").await?;
     let s = rig.wait("the gate to open on an empty tap", |s| s.open).await?;
     assert_eq!(s.seen, Some(Seen::Tap { consumers: 1, backlog: 0, lag: Lag::Unknown }), "no lag report: cannot tell");
 

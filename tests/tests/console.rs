@@ -224,6 +224,16 @@ async fn forms_survive_a_reload_and_pages_refuse_bad_input_plainly() -> anyhow::
     b.goto("/dashboard?from=2026-13-01").await?;
     assert!(b.text("#error").await?.contains("起始日期"));
 
+    // The page's own scripts ran (goto checks them); one injected without the nonce does not.
+    let injected = b
+        .client
+        .execute(
+            "var s=document.createElement('script');s.textContent='window.__injected=1';document.body.appendChild(s);return window.__injected===1;",
+            vec![],
+        )
+        .await?;
+    assert_eq!(injected, serde_json::json!(false), "an inline script without the nonce is blocked by the Content-Security-Policy");
+
     // With the audit store down, a new referral is refused with the reason, in Chinese.
     let mut stack = stack;
     stack.stop_audit().await?;
@@ -299,6 +309,7 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
         directory: duijie_tests::stack::demo_directory(),
         directory_reload_ms: std::time::Duration::from_secs(5),
         grace_ms: std::time::Duration::from_secs(2),
+        session: duijie_console::SessionConfig::default(),
     };
     let console = duijie_console::start(cfg, stack.bus.shutdown.child_token()).await?;
     let ca = stack.ca.cert_pem().to_owned();
@@ -309,9 +320,11 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
     assert!(page.starts_with("HTTP/1.1 200"), "{}", &page[..page.len().min(300)]);
     assert!(page.contains("苏仙区人民法院") && page.contains("court:431003") && page.contains("我移送的案件"));
     assert!(!page.contains("切换身份"), "no switching identity in production");
-    // A demo sign-in cookie does not change who you are, and there is no sign-in page.
+    // A demo sign-in cookie does not change who you are, there is no sign-in page, and no page
+    // sets a cookie (the certificate is the session).
     let page = https_get(console.addr, &ca, Some((&court.cert, &court.key)), "/cases\r\nCookie: duijie_as=police:431003-01").await?;
     assert!(page.contains("court:431003") && !page.contains("police:431003-01"), "{}", &page[..page.len().min(300)]);
+    assert_eq!(browser::set_cookie(&page), None, "{}", &page[..page.len().min(600)]);
     let page = https_get(console.addr, &ca, Some((&court.cert, &court.key)), "/signin").await?;
     assert!(page.starts_with("HTTP/1.1 303"), "{}", &page[..page.len().min(200)]);
 
@@ -354,7 +367,8 @@ async fn actions_act_once_cross_site_posts_are_refused_and_the_petition_office_c
         .and_then(answered_case)?;
     let id = view.case_id;
     centre.wait_for(&id, "DELIVERED").await?;
-    let as_centre = [("Cookie", "duijie_as=mediation:431003")];
+    let centre_cookie = browser::sign_in(console.addr, &stack::centre()).await?;
+    let as_centre = [("Cookie", centre_cookie.as_str())];
     let origin = format!("http://{}", console.addr);
     let sign = form(&[("action", "sign_for"), ("idempotency_key", "page-key-1"), ("signed_by", "王明")]);
 
@@ -406,7 +420,8 @@ async fn actions_act_once_cross_site_posts_are_refused_and_the_petition_office_c
         .reject(RejectRequest { case_id: pid.clone(), reject: Some(Reject { reason: RejectReason::NotCompetent as i32, explanation: "涉及多村土地权属".into() }) })
         .await?;
     petition.wait_for(&pid, "REJECTED").await?;
-    let as_petition = [("Cookie", "duijie_as=petition:431003")];
+    let petition_cookie = browser::sign_in(console.addr, &stack::petition()).await?;
+    let as_petition = [("Cookie", petition_cookie.as_str())];
     let (_, page) = http(console.addr, "GET", &format!("/cases/{pid}"), &as_petition, "").await?;
     assert!(page.contains("id=\"act-dispose\"") && !page.contains("act-close_petition"), "a returned petition case is disposed of");
     let dispose = form(&[("action", "dispose"), ("idempotency_key", "page-key-2"), ("disposition", &(DispositionKind::Other as i32).to_string()), ("summary", "转交自然资源部门处理")]);
@@ -477,5 +492,128 @@ async fn the_inbox_refreshes_by_itself_and_a_case_page_says_when_its_case_change
 
     b.close().await?;
     console.handle.abort();
+    stack.stop().await
+}
+
+/// `(status, Location, body)` of a GET with `cookie` (none when empty).
+async fn get_as(addr: std::net::SocketAddr, path: &str, cookie: &str) -> anyhow::Result<(u16, String, String)> {
+    let headers: Vec<(&str, &str)> = if cookie.is_empty() { Vec::new() } else { vec![("Cookie", cookie)] };
+    let (status, resp) = http(addr, "GET", path, &headers, "").await?;
+    let location = browser::header(&resp, "location").unwrap_or_default();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, location, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_signed_unexpired_session_signs_in_and_pages_carry_a_strict_csp() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let code = "JF-431003-2026-S0001";
+    let id = stack
+        .clerk(&stack::court())
+        .await?
+        .referrals()
+        .submit_referral(SubmitReferralRequest {
+            to: Some(stack::agency_ref(&stack::centre())),
+            case_code: code.into(),
+            referral: Some(stack::referral("console-session", ClockPolicyKind::CourtPreFiling)),
+        })
+        .await
+        .and_then(answered_case)?
+        .case_id;
+    let console = browser::start_console(&stack).await?;
+    let addr = console.addr;
+
+    // Signing in sets a strict, expiring cookie (not Secure: the demo console is plain HTTP on
+    // loopback).
+    let (status, resp) = http(addr, "POST", "/signin", &[], "as=court:431003").await?;
+    assert_eq!(status, 303, "{resp}");
+    let set = browser::header(&resp, "set-cookie").unwrap_or_default();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+    let good = browser::set_cookie(&resp).unwrap_or_default();
+    let (status, _, page) = get_as(addr, &format!("/cases/{id}"), &good).await?;
+    assert!(status == 200 && page.contains(code), "the signed cookie signs the court in: {status} {page}");
+
+    // Every forgery reads as not signed in: to the sign-in page, nothing of the case shown.
+    let value = good.strip_prefix("duijie_as=").unwrap_or_default();
+    let (payload, tag) = value.rsplit_once('.').unwrap_or_default();
+    let (who, expires) = payload.rsplit_once('.').unwrap_or_default();
+    let expires: i64 = expires.parse()?;
+    let flipped = format!("{}{}", &tag[..tag.len() - 1], if tag.ends_with('0') { '1' } else { '0' });
+    let forged = [
+        ("missing", String::new()),
+        ("unsigned, the issue's curl", "duijie_as=mediation:431003".to_owned()),
+        ("another agency under the court's signature", format!("duijie_as=mediation:431003.{expires}.{tag}")),
+        ("a later expiry", format!("duijie_as={who}.{}.{tag}", expires + 86_400)),
+        ("a bad signature", format!("duijie_as={payload}.{flipped}")),
+        ("no signature", format!("duijie_as={payload}")),
+        ("empty", "duijie_as=".to_owned()),
+    ];
+    for (what, cookie) in &forged {
+        for path in [format!("/cases/{id}"), "/cases".to_owned()] {
+            let (status, location, body) = get_as(addr, &path, cookie).await?;
+            assert_eq!((status, location.as_str()), (303, "/signin"), "{what}: {path}");
+            assert!(!body.contains(code) && !body.contains("张三"), "{what}: {body}");
+        }
+        // Nor may it act.
+        let (status, resp) = http(addr, "POST", &format!("/cases/{id}/act"), &[("Cookie", cookie)], "action=sign_for&signed_by=x&idempotency_key=k").await?;
+        assert_eq!(status, 303, "{what}: {resp}");
+        assert_eq!(browser::header(&resp, "location").as_deref(), Some("/signin"), "{what}");
+    }
+    assert_eq!(stack.clerk(&stack::centre()).await?.case(&id).await?.timeline.iter().filter(|e| e.kind() == MessageKind::Receipt).count(), 0);
+
+    // An expired session is refused. A console with a configured secret and a 3 s lifetime:
+    // its cookie works at once, then no more; the first console's cookie (another secret) never.
+    let short = duijie_console::SessionConfig {
+        secret: Some(secrecy::SecretString::from("a-test-secret-of-at-least-32-bytes!".to_owned())),
+        ttl_ms: std::time::Duration::from_secs(3),
+    };
+    let other = browser::start_console_with(&stack, short).await?;
+    let (status, _, _) = get_as(other.addr, "/cases", &good).await?;
+    assert_eq!(status, 303, "a cookie signed with another secret is refused");
+    let brief = browser::sign_in(other.addr, &stack::court()).await?;
+    let (status, _, page) = get_as(other.addr, &format!("/cases/{id}"), &brief).await?;
+    assert!(status == 200 && page.contains(code), "{status}");
+    let (case_path, other_addr) = (format!("/cases/{id}"), other.addr);
+    duijie_tests::wait_until("the 3 s session to expire", stack::WAIT, || {
+        let (brief, case_path) = (brief.clone(), case_path.clone());
+        async move {
+            let (status, location, body) = get_as(other_addr, &case_path, &brief).await?;
+            Ok(status == 303 && location == "/signin" && !body.contains(code))
+        }
+    })
+    .await?;
+
+    // The Content-Security-Policy: scripts and styles by this response's nonce only, on agency
+    // pages and public ones alike, a fresh nonce each time.
+    let mut nonces = Vec::new();
+    for (path, cookie) in [(format!("/cases/{id}"), good.as_str()), ("/signin".to_owned(), ""), ("/lookup".to_owned(), ""), ("/cases/new".to_owned(), good.as_str())] {
+        let headers: Vec<(&str, &str)> = if cookie.is_empty() { Vec::new() } else { vec![("Cookie", cookie)] };
+        let (status, resp) = http(addr, "GET", &path, &headers, "").await?;
+        assert_eq!(status, 200, "{path}");
+        let csp = browser::header(&resp, "content-security-policy").unwrap_or_default();
+        for directive in ["default-src 'self'", "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'"] {
+            assert!(csp.contains(directive), "{directive} in {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval") && !csp.contains('*'), "{csp}");
+        let nonce = csp.split("'nonce-").nth(1).and_then(|n| n.split('\'').next()).unwrap_or_default().to_owned();
+        assert!(nonce.len() >= 22, "a long random nonce: {csp}");
+        assert!(csp.contains(&format!("script-src 'nonce-{nonce}'")) && csp.contains(&format!("style-src 'nonce-{nonce}'")), "{csp}");
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let scripts: Vec<&str> = body.split("<script").skip(1).collect();
+        assert!(!scripts.is_empty(), "{path} has its scripts");
+        for tag in scripts.iter().chain(body.split("<style").skip(1).collect::<Vec<_>>().iter()) {
+            assert!(tag.starts_with(&format!(" nonce=\"{nonce}\"")), "{path}: every script and style carries the nonce: <…{}", &tag[..tag.len().min(80)]);
+        }
+        assert!(!body.contains(" style=\"") && !body.contains(" onclick="), "{path}: no inline style or handler attribute, which the policy blocks");
+        nonces.push(nonce);
+    }
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 4, "a fresh nonce per response");
+
+    console.handle.abort();
+    other.handle.abort();
     stack.stop().await
 }

@@ -102,7 +102,8 @@ async fn a_party_looks_up_their_case_by_code_and_factor_and_sees_nothing_else() 
     let post_json = [("Content-Type", "application/json")];
 
     // The court's case page prints the receipt the party takes home: the code and access code.
-    let (status, page) = http(addr, "GET", &format!("/cases/{id1}"), &[("Cookie", "duijie_as=court:431003")], "").await?;
+    let as_court = browser::sign_in(addr, &stack::court()).await?;
+    let (status, page) = http(addr, "GET", &format!("/cases/{id1}"), &[("Cookie", &as_court)], "").await?;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("当事人查询回执") && page.contains(code1), "{page}");
     let access1 = stack.auditor(&stack::court()).await?.get_access_code(GetAccessCodeRequest { case_id: id1.clone() }).await?.into_inner().access_code;

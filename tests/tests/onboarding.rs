@@ -18,8 +18,9 @@ async fn a_region_added_to_a_running_stack_receives_a_referral() -> anyhow::Resu
     let court = stack.clerk(&stack::court()).await?;
     let new_centre: duijie_domain::AgencyNode = "mediation:431081".parse()?;
     let console = duijie_tests::browser::start_console(&stack).await?;
+    let as_court = duijie_tests::browser::sign_in(console.addr, &stack::court()).await?;
     let referral_form = || async {
-        let (status, page) = duijie_tests::browser::http(console.addr, "GET", "/cases/new", &[("Cookie", "duijie_as=court:431003")], "").await?;
+        let (status, page) = duijie_tests::browser::http(console.addr, "GET", "/cases/new", &[("Cookie", as_court.as_str())], "").await?;
         anyhow::ensure!(status == 200, "{page}");
         Ok::<_, anyhow::Error>(page)
     };

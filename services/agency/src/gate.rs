@@ -343,7 +343,7 @@ impl AuditGate {
         let blind = |e: &anyhow::Error| self.apply(&marks, Seen::Blind(format!("{e:#}")));
         let conn = connector.connect("audit gate").await.inspect_err(blind)?;
         let ch = conn.create_channel().await.map_err(|e| anyhow::Error::new(e).context("opening the audit gate channel")).inspect_err(blind)?;
-        let mut reports = status::listen(&ch, topology, AUDIT_LAG_KEY, "audit gate").await.inspect_err(blind)?;
+        let mut reports = status::listen(&conn, &ch, topology, AUDIT_LAG_KEY, "audit gate").await.inspect_err(blind)?;
         let mut lag = LagWatch::new(cfg.status_stale_ms);
         let mut tick = tokio::time::interval(cfg.interval_ms);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -43,8 +43,8 @@ pub async fn run(connector: Connector, topology: Topology, consumer: Arc<Consume
 
 async fn session(connector: &Connector, topology: &Topology, consumer: &ConsumerStats, interval: Duration, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let conn = connector.connect("audit status").await?;
+    topology.ensure_status(&conn).await?;
     let ch = conn.create_channel().await.context("opening the audit status channel")?;
-    topology.declare_status(&ch).await?;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

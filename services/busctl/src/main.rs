@@ -7,6 +7,9 @@
 //!   inbox; how far behind the audit store is and every agency service's audit gate (open or
 //!   closed and why), from the reports they publish on `<p>.audit.status`;
 //!
+//! * `permissions` — each service's own broker user and what it may do (configure, write,
+//!   read), one tab-separated line per service, for the script that creates the users;
+//!
 //! Reading the audit store (timeline, statistics, verify) and dead letters are the operators'
 //! CLI, `duijie` (`services/cli`).
 //!
@@ -49,6 +52,10 @@ enum Command {
         #[arg(required = true)]
         nodes: Vec<AgencyNode>,
     },
+    /// Print, per service, its broker user's permissions for this prefix:
+    /// `<service>\t<configure>\t<write>\t<read>` (RabbitMQ regular expressions; `scripts/run.sh`
+    /// gives them to `rabbitmqctl set_permissions`).
+    Permissions,
     /// Issue development certificates in DIR: the CA the first time (ca.pem, and its key
     /// ca-key.pem, kept to issue more later), then for each node and `--service` that has none
     /// yet: <kind>-<code>.pem and <kind>-<code>-key.pem, service-<name>.pem. Certificates already
@@ -101,6 +108,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duijie_common::db::migrate(&pool).await?;
             println!("migrated database {} on {}:{}", cfg.database, cfg.host, cfg.port);
         }
+        Command::Permissions => {
+            for service in duijie_common::amqp::SERVICES {
+                let p = topology.permissions(service).with_context(|| format!("no permissions for {service}"))?;
+                println!("{service}\t{}\t{}\t{}", p.configure, p.write, p.read);
+            }
+        }
         Command::Declare { nodes } => {
             let conn = connector.connect("declare").await?;
             topology.declare(&conn.create_channel().await?, &nodes).await?;
@@ -123,7 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let conn = connector.connect("status").await?;
             // Listen first, so that the reports arrive while the queues are looked at.
             let listen_ch = conn.create_channel().await?;
-            let reports = if listen_ms > 0 { Some(status::listen(&listen_ch, &topology, "#", "duijie-bus status").await?) } else { None };
+            let reports = if listen_ms > 0 { Some(status::listen(&conn, &listen_ch, &topology, "#", "duijie-bus status").await?) } else { None };
             let listening = std::time::Instant::now();
             println!("{:<48} {:>10} {:>10}", "queue", "messages", "consumers");
             for q in [topology.tap_queue(), topology.dead_queue()] {

@@ -1,5 +1,7 @@
-//! RabbitMQ: connecting (the callers own the reconnect loop) and the bus topology, declared
-//! idempotently by every node at start and after every reconnect.
+//! RabbitMQ: connecting (the callers own the reconnect loop) and the bus topology, declared by
+//! the operator (`duijie-bus declare`) and again, idempotently, by every node at start and after
+//! every reconnect where its broker user may ([`Topology::ensure`]): a service's own user (README,
+//! "Broker credentials") configures nothing, and relies on the operator's declaration.
 //!
 //! ```text
 //! <p>.handoff  (topic)  ──<kind>.<code>.*──▶ <p>.inbox.<kind>.<code>   (quorum; one per agency node)
@@ -16,7 +18,7 @@
 use anyhow::Context as _;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use secrecy::ExposeSecret as _;
 
 use crate::config::{AmqpConfig, TopologyConfig};
@@ -54,6 +56,26 @@ impl Connector {
 
 use duijie_domain::AgencyNode;
 
+/// Whether `e` is, somewhere in its chain, the broker refusing the operation to this user
+/// (`ACCESS_REFUSED`, 403: the user's permissions do not cover the resource).
+pub fn is_access_refused(e: &anyhow::Error) -> bool {
+    e.chain().filter_map(|c| c.downcast_ref::<lapin::Error>()).any(|l| matches!(l.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 403))
+}
+
+/// The services with a broker user of their own (README, "Broker credentials"); the console
+/// speaks no AMQP.
+pub const SERVICES: [&str; 6] = ["court", "procuratorate", "police", "petition", "mediation", "audit"];
+
+/// What one broker user may do on the vhost: RabbitMQ's three permission regular expressions
+/// (configure: declare and delete; write: publish, and a queue's side of a binding; read:
+/// consume, purge, and an exchange's side of a binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
 /// Names and arguments of the bus topology for one prefix.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -64,6 +86,33 @@ impl Topology {
     /// The topology for `cfg.prefix`.
     pub fn new(cfg: TopologyConfig) -> Self {
         Self { cfg }
+    }
+
+    /// The permissions of service `service`'s own broker user (one of [`SERVICES`]), `None` for
+    /// another name. The operator declared the topology (`duijie-bus declare`), so a service
+    /// configures only the server-named, exclusive queue each status listener makes for itself
+    /// (`amq.gen-…`, [`crate::status::listen`]: configure to declare it, write to bind it, read
+    /// to consume it). It writes to the exchanges it publishes to: the handoff exchange (its
+    /// outbox relay), the dead-letter exchange (its consumer dead-letters what it cannot apply)
+    /// and the status exchange (gate or lag reports). It reads its own queues: an agency
+    /// service the inboxes of its kind, the audit service the tap; and the status exchange, for
+    /// its listener's binding. No service reads the handoff exchange, so none can bind a queue
+    /// of its own to it and watch other agencies' messages; none may declare, delete or purge a
+    /// queue of the topology.
+    pub fn permissions(&self, service: &str) -> Option<Permissions> {
+        let p = regex_escape(&self.cfg.prefix);
+        let own = "amq[.]gen-.*";
+        let status = format!("{p}[.]audit[.]status");
+        let reads = match service {
+            "audit" => format!("{p}[.]audit[.]tap"),
+            kind if SERVICES.contains(&kind) => format!("{p}[.]inbox[.]{kind}[.][^.]+"),
+            _ => return None,
+        };
+        Some(Permissions {
+            configure: format!("^{own}$"),
+            write: format!("^({p}[.]handoff|{p}[.]dead|{status}|{own})$"),
+            read: format!(r"^({reads}|{status}|{own})$"),
+        })
     }
 
     /// The topic exchange every handoff is published to.
@@ -121,6 +170,32 @@ impl Topology {
             args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
         }
         args
+    }
+
+    /// [`Topology::declare`] on a channel of its own, when this connection's user may configure
+    /// the topology (the operator's, the tests'); a service's restricted user may not and gets
+    /// `ACCESS_REFUSED`, which is fine: the operator declared it (`duijie-bus declare`), and what
+    /// is missing shows in the service's own consume or publish.
+    pub async fn ensure(&self, conn: &Connection, nodes: &[AgencyNode]) -> anyhow::Result<()> {
+        // Everything there already (always, for a service on its own user): nothing to declare,
+        // and no refusal, which lapin would log as an error at every reconnect.
+        let queues: Vec<String> = [self.dead_queue(), self.tap_queue()].into_iter().chain(nodes.iter().map(|n| self.inbox_queue(n))).collect();
+        if exist(conn, &[self.handoff_exchange(), self.dead_exchange(), self.status_exchange()], &queues).await {
+            return Ok(());
+        }
+        let ch = conn.create_channel().await.context("opening a channel to declare the topology")?;
+        let outcome = self.declare(&ch, nodes).await;
+        permitted(ch, outcome).await
+    }
+
+    /// [`Topology::declare_status`] the same way as [`Topology::ensure`].
+    pub async fn ensure_status(&self, conn: &Connection) -> anyhow::Result<()> {
+        if exist(conn, &[self.status_exchange()], &[]).await {
+            return Ok(());
+        }
+        let ch = conn.create_channel().await.context("opening a channel to declare the status exchange")?;
+        let outcome = self.declare_status(&ch).await;
+        permitted(ch, outcome).await
     }
 
     /// Declares exchanges (also the status exchange), the dead queue, the tap, and the inbox
@@ -184,5 +259,86 @@ impl Topology {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether every one of `exchanges` and `queues` exists: passive declarations, which need no
+/// permission, on a channel of their own (a missing one closes it).
+async fn exist(conn: &Connection, exchanges: &[String], queues: &[String]) -> bool {
+    let Ok(ch) = conn.create_channel().await else { return false };
+    let found = async {
+        let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+        for e in exchanges {
+            // A passive declaration checks the name only, not the kind.
+            ch.exchange_declare(e.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default()).await?;
+        }
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        for q in queues {
+            ch.queue_declare(q.as_str().into(), passive, FieldTable::default()).await?;
+        }
+        Ok::<_, lapin::Error>(())
+    }
+    .await
+    .is_ok();
+    if found {
+        let _ = ch.close(200, "checked".into()).await;
+    }
+    found
+}
+
+/// A declaration's outcome on its own channel `ch`: refused for lack of permission counts as done.
+async fn permitted(ch: Channel, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+    match outcome {
+        Ok(()) => {
+            let _ = ch.close(200, "declared".into()).await;
+            Ok(())
+        }
+        // The broker closed the channel with the refusal; the connection stays usable.
+        Err(e) if is_access_refused(&e) => {
+            tracing::debug!(error = format!("{e:#}"), "this broker user may not declare the topology: the operator's declaration is used");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `s` as a regular expression matching it literally. Special characters go into a bracket
+/// expression rather than after a backslash, so the patterns pass unchanged through shells and
+/// `rabbitmqctl eval`'s Erlang strings.
+fn regex_escape(s: &str) -> String {
+    s.chars().fold(String::with_capacity(s.len()), |mut out, c| {
+        match c {
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '-' => out.push(c),
+            '\\' => out.push_str("[\\\\]"),
+            '^' => out.push_str("\\^"),
+            c => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_user_reads_its_own_queues_and_configures_none_of_the_topology() {
+        let t = Topology::new(TopologyConfig { prefix: "duijie".into(), ..Default::default() });
+        let court = t.permissions("court");
+        assert_eq!(
+            court,
+            Some(Permissions {
+                configure: "^amq[.]gen-.*$".into(),
+                write: "^(duijie[.]handoff|duijie[.]dead|duijie[.]audit[.]status|amq[.]gen-.*)$".into(),
+                read: "^(duijie[.]inbox[.]court[.][^.]+|duijie[.]audit[.]status|amq[.]gen-.*)$".into(),
+            })
+        );
+        assert!(t.permissions("audit").is_some_and(|p| p.read.contains("duijie[.]audit[.]tap") && !p.read.contains("inbox")));
+        assert_eq!(t.permissions("console"), None);
+        assert_eq!(regex_escape("a.b*c"), "a[.]b[*]c");
     }
 }

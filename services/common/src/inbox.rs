@@ -413,8 +413,8 @@ impl<H: Handler> Consumer<H> {
 
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = self.connector.connect(&format!("consumer {}", self.name)).await?;
+        self.topology.ensure(&conn, &self.nodes).await?;
         let ch = conn.create_channel().await.context("opening the consumer channel")?;
-        self.topology.declare(&ch, &self.nodes).await?;
         ch.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await.context("setting prefetch")?;
         // Dead-lettering publishes with confirms on a channel of its own, so that confirm mode
         // does not interfere with the consuming channel.
@@ -423,7 +423,7 @@ impl<H: Handler> Consumer<H> {
         let mut deliveries = ch
             .basic_consume(self.queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
-            .with_context(|| format!("consuming {}", self.queue))?;
+            .with_context(|| format!("consuming {} (declared by `duijie-bus declare`?)", self.queue))?;
         tracing::info!(consumer = %self.name, queue = %self.queue, "consumer connected");
         let outcome = self.consume(&ch, &dead_ch, &mut deliveries, shutdown).await;
         // Closed before the consumer is dropped, whether it stopped or failed: a lapin consumer

@@ -91,9 +91,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
 
 /// A queue of the caller's own (server-named, exclusive, deleted with its connection, keeping at
 /// most the 16 newest reports) bound to the status exchange with `pattern`, consumed without
-/// acks. The exchange is declared first, so the listener may start before the audit service.
-pub async fn listen(ch: &Channel, topology: &Topology, pattern: &str, consumer_tag: &str) -> anyhow::Result<lapin::Consumer> {
-    topology.declare_status(ch).await?;
+/// acks. The exchange is declared first where the broker user may
+/// ([`Topology::ensure_status`]), so the listener may start before the audit service.
+pub async fn listen(conn: &lapin::Connection, ch: &Channel, topology: &Topology, pattern: &str, consumer_tag: &str) -> anyhow::Result<lapin::Consumer> {
+    topology.ensure_status(conn).await?;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(16));
     let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };

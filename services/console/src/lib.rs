@@ -15,11 +15,13 @@
 
 mod backend;
 mod charts;
+mod csp;
 mod forms;
 mod labels;
 mod live;
 mod lookup;
 mod pages;
+mod session;
 mod tls;
 
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ use duijie_common::CancellationToken;
 use serde::Deserialize;
 
 pub use backend::UiError;
+pub use session::SessionConfig;
 
 /// How people sign in to the console (no default: a deployment says which).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -84,6 +87,9 @@ pub struct ConsoleConfig {
     /// How long requests in flight get to finish on shutdown.
     #[serde(default = "default_grace", with = "duration_ms")]
     pub grace_ms: Duration,
+    /// The signed session cookie of `demo` sign-in (secret, lifetime).
+    #[serde(default)]
+    pub session: SessionConfig,
 }
 
 fn default_grace() -> Duration {
@@ -103,6 +109,8 @@ pub(crate) struct AppState {
     /// `demo` sign-in: the identities with a certificate in the PKI directory, read once at
     /// start (empty otherwise).
     pub demo_identities: Arc<std::sync::RwLock<Arc<Vec<AgencyNode>>>>,
+    /// Signs and checks the session cookie.
+    pub sessions: session::Sessions,
     /// Cancelled when the console stops: the live event streams end.
     pub stopping: CancellationToken,
 }
@@ -173,7 +181,8 @@ fn router(state: AppState) -> Router {
 /// Cross-site requests may not act: a browser presents the agency's certificate (or the
 /// sign-in cookie) to any site that posts a form here, so a POST must come from the console's
 /// own pages (`Origin` / `Sec-Fetch-Site`; browsers send them, other clients hold no
-/// credential of the clerk's). No page may be framed by another site.
+/// credential of the clerk's). Every response gets the strict policy of [`csp`] with a fresh
+/// nonce, which the pages rendered inside give their scripts and styles.
 async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::http::{HeaderValue, Method, StatusCode, header};
     use axum::response::IntoResponse as _;
@@ -191,10 +200,15 @@ async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> axu
             return (StatusCode::FORBIDDEN, axum::response::Html("<!DOCTYPE html><html lang=\"zh-CN\"><meta charset=\"utf-8\"><title>已拒绝</title><p id=\"error\">来自其他网站的提交已被拒绝。请在本控制台页面中操作。</p></html>")).into_response();
         }
     }
-    let mut resp = next.run(req).await;
+    let nonce = csp::fresh();
+    let mut resp = csp::scope(nonce.clone(), next.run(req)).await;
     let h = resp.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    // The nonce is hex: always a valid header value; should it ever not be, no policy would be
+    // worse than a response refused, so it is the fallback that forbids every script.
+    let policy = HeaderValue::from_str(&csp::policy(&nonce))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"));
+    h.insert(header::CONTENT_SECURITY_POLICY, policy);
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     // Case pages carry parties' data: not kept in shared caches or the back-forward cache.
@@ -234,7 +248,10 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
             }
         });
     }
+    // Only HTTPS (client_certificate) is served over TLS: its cookies are `Secure`.
+    let sessions = session::Sessions::new(&cfg.session, cfg.sign_in == SignIn::ClientCertificate)?;
     let state = AppState {
+        sessions,
         backend: backend::Backend::new(cfg.endpoints.clone(), pki),
         sign_in: cfg.sign_in,
         names,

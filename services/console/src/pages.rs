@@ -22,8 +22,6 @@ use crate::backend::UiError;
 use crate::forms::{self, ActionSpec, Fields, Widget};
 use crate::{AppState, SignIn, charts, labels};
 
-const COOKIE: &str = "duijie_as";
-
 // ---------------------------------------------------------------------------------------------
 // Who is asking
 // ---------------------------------------------------------------------------------------------
@@ -31,22 +29,13 @@ const COOKIE: &str = "duijie_as";
 /// The signed-in agency.
 pub struct Me(pub AgencyNode);
 
-fn cookie_identity(headers: &HeaderMap) -> Option<AgencyNode> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .find_map(|v| v.parse().ok())
-}
-
 impl FromRequestParts<AppState> for Me {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match state.sign_in {
-            SignIn::Demo => match cookie_identity(&parts.headers) {
+            // A signed, unexpired cookie (session.rs); anything else is not signed in.
+            SignIn::Demo => match state.sessions.signed_in(&parts.headers) {
                 // Only identities the console holds a certificate for.
                 Some(n) if state.demo_identities().contains(&n) => Ok(Me(n)),
                 _ => Err(Redirect::to("/signin").into_response()),
@@ -83,6 +72,7 @@ th{background:#e9eef4;font-weight:normal;color:#44546a}tr.overdue td{background:
 .banner{padding:10px 14px;margin:0 0 16px;border-radius:4px}.banner.error{background:#fde8e8;border:1px solid #f1a5a5;color:#8a1c1c}
 .banner.ok{background:#e6f4ea;border:1px solid #9fd3ad;color:#1e5b2f}
 .banner.live{background:#fff7e0;border:1px solid #f0d58a;color:#6b4e00;margin:12px 24px 0}
+header input[name=code]{width:220px}header .who button{margin:0}
 .card{background:#fff;border:1px solid #d8dee6;border-radius:4px;padding:12px 16px;margin:0 0 14px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:14px}
 label{display:block;margin:8px 0 2px;color:#44546a}input[type=text],input[type=date],input[type=number],select,textarea{width:100%;padding:6px;border:1px solid #b8c2cc;border-radius:3px;font:inherit}
@@ -120,6 +110,9 @@ const KEEP_FORMS: &str = r#"
 "#;
 
 pub(crate) fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: Markup) -> Markup {
+    // The only scripts and styles the Content-Security-Policy lets run (csp.rs); no element
+    // carries a `style` attribute or an event handler, which the policy would block.
+    let nonce = crate::csp::nonce();
     html! {
         (DOCTYPE)
         html lang="zh-CN" {
@@ -129,8 +122,8 @@ pub(crate) fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: M
                 title { (title) " · 对接 duijie" }
                 // Collects script errors first thing, so that support (and the browser tests)
                 // can ask a page whether anything on it failed.
-                script { (PreEscaped("window.__jsErrors=[];window.addEventListener('error',function(e){window.__jsErrors.push(String(e.message));});")) }
-                style { (PreEscaped(STYLE)) }
+                script nonce=(nonce) { (PreEscaped("window.__jsErrors=[];window.addEventListener('error',function(e){window.__jsErrors.push(String(e.message));});")) }
+                style nonce=(nonce) { (PreEscaped(STYLE)) }
             }
             body {
                 header {
@@ -147,12 +140,12 @@ pub(crate) fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: M
                             }
                         }
                         form action="/search" method="get" {
-                            input type="text" name="code" placeholder="按解纷码查找案件" aria-label="解纷码" style="width:220px";
+                            input type="text" name="code" placeholder="按解纷码查找案件" aria-label="解纷码";
                         }
                         div.who {
                             span #whoami { (st.name_of(me)) " · " code { (me.to_string()) } }
                             @if st.sign_in == SignIn::Demo {
-                                form action="/signout" method="post" { button.plain type="submit" style="margin:0" { "切换身份" } }
+                                form action="/signout" method="post" { button.plain type="submit" { "切换身份" } }
                             }
                         }
                     }
@@ -162,8 +155,8 @@ pub(crate) fn page(state: Option<(&AppState, &AgencyNode)>, title: &str, body: M
                     p.banner.live #live-notice hidden { "本案有新动态。" a #live-reload href="" { "刷新查看" } }
                 }
                 main { (body) }
-                script { (PreEscaped(KEEP_FORMS)) }
-                @if live { script { (PreEscaped(crate::live::SCRIPT)) } }
+                script nonce=(nonce) { (PreEscaped(KEEP_FORMS)) }
+                @if live { script nonce=(nonce) { (PreEscaped(crate::live::SCRIPT)) } }
             }
         }
     }
@@ -269,7 +262,7 @@ pub async fn signin(State(st): State<AppState>, Form(f): Form<SignInForm>) -> Re
     let Some(node) = f.who.parse::<AgencyNode>().ok().filter(|n| st.demo_identities().contains(n)) else {
         return error_page(None, StatusCode::BAD_REQUEST, "没有该身份的证书，请重新选择。").into_response();
     };
-    let cookie = format!("{COOKIE}={node}; Path=/; HttpOnly; SameSite=Lax");
+    let cookie = st.sessions.set_cookie(&node);
     let mut resp = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -277,14 +270,16 @@ pub async fn signin(State(st): State<AppState>, Form(f): Form<SignInForm>) -> Re
     resp
 }
 
-pub async fn signout() -> Response {
+pub async fn signout(State(st): State<AppState>) -> Response {
     let mut resp = Redirect::to("/signin").into_response();
-    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("duijie_as=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"));
+    if let Ok(v) = HeaderValue::from_str(&st.sessions.clear_cookie()) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
     resp
 }
 
 pub async fn not_found(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let me = if st.sign_in == SignIn::Demo { cookie_identity(&headers) } else { None };
+    let me = if st.sign_in == SignIn::Demo { st.sessions.signed_in(&headers) } else { None };
     error_page(me.as_ref().map(|m| (&st, m)), StatusCode::NOT_FOUND, "页面不存在。").into_response()
 }
 
