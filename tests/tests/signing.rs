@@ -66,7 +66,7 @@ async fn forged_envelopes_are_refused_at_the_centre_and_flagged_in_the_audit_sto
     let figures_before = audit.get_statistics(today()).await?.into_inner();
 
     // 1. Unsigned: a cancellation "from the court" published with the broker's password.
-    let cancel = Payload::Cancellation(Cancellation { reason: "伪造的撤回".into(), ..Default::default() });
+    let cancel = Payload::Cancellation(Cancellation { explanation: "伪造的撤回".into(), ..Default::default() });
     let unsigned = build(&header(&id, code, &stack::court())?, cancel.clone());
     stack.bus.publish_raw(&unsigned.routing_key()?, &prost::Message::encode_to_vec(&unsigned), &unsigned.message_id).await?;
     // 2. The court's name on a key from another CA.
@@ -99,20 +99,11 @@ async fn forged_envelopes_are_refused_at_the_centre_and_flagged_in_the_audit_sto
     stack.bus.publish_with(&original.routing_key()?, &envelope, &original.message_id, Some(&sig)).await?;
 
     // The centre dead-letters the three forgeries and the ghost, each with its reason.
-    let mut dead = Vec::new();
-    wait_until("four forgeries in the dead-letter queue", stack::WAIT, || {
-        let bus = &stack.bus;
-        let found = &mut dead;
-        async move {
-            found.extend(bus.drain_dead().await?);
-            Ok(found.len() >= 4)
-        }
-    })
-    .await?;
+    let dead = dead_letters(&stack, 4).await?;
     let reason_of = |message_id: &str| dead.iter().find(|d| d.message_id.as_deref() == Some(message_id)).and_then(|d| d.reason.clone()).unwrap_or_default();
     assert!(reason_of(&unsigned.message_id).contains("unsigned"), "{dead:?}");
     assert!(reason_of(&rogue_court.message_id).contains("untrusted signer certificate"), "{dead:?}");
-    assert!(reason_of(&as_court.message_id).contains("signed by police:431003, but only court:431003 may sign"), "{dead:?}");
+    assert!(reason_of(&as_court.message_id).contains("signed by police:431003-01, but only court:431003 may sign"), "{dead:?}");
     assert!(reason_of(&ghost.message_id).contains("unsigned"), "{dead:?}");
 
     // The audit store records all four as refused for their signature, and nothing changed.
@@ -177,16 +168,7 @@ async fn a_correctly_signed_step_the_case_does_not_allow_is_recorded_as_refused(
         Payload::ConfirmationDecision(ConfirmationDecision { decision: ConfirmationDecisionKind::Granted as i32, ..Default::default() }),
     );
     stack.bus.publish_signed(&ruling, &signer_for(stack.ca(), &[stack::court()])?).await?;
-    let mut dead = Vec::new();
-    wait_until("the ruling dead-lettered at the centre", stack::WAIT, || {
-        let found = &mut dead;
-        let bus = &stack.bus;
-        async move {
-            found.extend(bus.drain_dead().await?);
-            Ok(!found.is_empty())
-        }
-    })
-    .await?;
+    let dead = dead_letters(&stack, 1).await?;
     assert!(dead[0].reason.as_deref().is_some_and(|r| !r.contains("signature")), "{dead:?}");
     let record = wait_until_recorded(&mut audit, &id, &ruling.message_id).await?;
     assert!(!record.refused.is_empty() && !record.refused.starts_with("signature"), "{record:?}");
@@ -237,29 +219,52 @@ async fn a_rotated_key_signs_from_then_on_and_old_signatures_still_verify() -> a
     std::fs::write(keys.join("court-431003-key.pem"), &tls.key)?;
     stack.restart_service(AgencyKind::Court).await?;
     let court = stack.clerk(&stack::court()).await?;
-    let second = submit(&court, "JF-431003-2026-ROT002").await?;
+    // The restarted service takes referrals once its audit gate has seen the audit store.
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    let second = loop {
+        match submit(&court, "JF-431003-2026-ROT002").await {
+            Ok(id) => break id,
+            Err(e) if tokio::time::Instant::now() < deadline && e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unavailable) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     centre.wait_for(&second, "DELIVERED").await?;
     // Both referrals are recorded as the court's, under two different certificates.
     let audit_db = stack.database("audit")?;
     let mut db = sqlx::PgConnection::connect_with(&audit_db.connect_options()).await?;
-    let mut certs: Vec<Vec<u8>> = Vec::new();
-    wait_until("both referrals in the audit store", stack::WAIT, || {
-        let db = &mut db;
-        let certs = &mut certs;
-        let ids = [Uuid::parse_str(&first), Uuid::parse_str(&second)];
-        async move {
-            let ids: Vec<Uuid> = ids.into_iter().collect::<Result<_, _>>()?;
-            *certs = sqlx::query_scalar("SELECT signer_cert FROM audit_log WHERE case_id = ANY($1) AND kind = 'referral' AND signer = 'court:431003'")
+    let ids = vec![Uuid::parse_str(&first)?, Uuid::parse_str(&second)?];
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    let certs: Vec<Vec<u8>> = loop {
+        let certs: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT signer_cert FROM audit_log WHERE case_id = ANY($1) AND kind = 'referral' AND signer = 'court:431003'")
                 .bind(&ids)
-                .fetch_all(db)
+                .fetch_all(&mut db)
                 .await?;
-            Ok(certs.len() == 2)
+        if certs.len() == 2 {
+            break certs;
         }
-    })
-    .await?;
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "both referrals recorded as the court's: {} of 2", certs.len());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_ne!(certs[0], certs[1], "the second referral is signed with the new key");
     let mut audit = stack.auditor(&node(AgencyKind::Supervisor, "431003")).await?;
     let verified = audit.verify(VerifyRequest::default()).await?.into_inner();
     assert!(verified.ok && verified.unsigned_records == 0, "{verified:?}");
     stack.stop().await
+}
+
+/// Takes messages off the stack's dead-letter queue until there are `n` (or the wait ends).
+async fn dead_letters(stack: &Stack, n: usize) -> anyhow::Result<Vec<duijie_tests::DeadMessage>> {
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    let mut dead = Vec::new();
+    loop {
+        dead.extend(stack.bus.drain_dead().await?);
+        if dead.len() >= n {
+            return Ok(dead);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{n} dead letters expected, {} arrived: {dead:?}", dead.len());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

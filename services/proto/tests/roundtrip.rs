@@ -345,7 +345,7 @@ fn envelope(payload: Payload) -> Envelope {
             tracestate: "duijie=1".to_owned(),
         }),
         payload: None,
-        passed_on: None,
+        passed_on: Some(v1::PassedOn { original: vec![0x0a, 0x01, 0x31], signature: vec![0x30, 0x02], signer_cert: vec![0x30, 0x03] }),
     }
     .with_payload(payload)
 }
