@@ -43,7 +43,7 @@ impl AuditApi {
     /// The service with the parties' lookup set up by `lookup` (who may call it, the access-code
     /// secret, the rate limits).
     pub fn server_with(api_pool: impl Into<ApiPool>, lookup: LookupConfig) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup })
+        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES)
     }
 
     /// A connection for one call.
