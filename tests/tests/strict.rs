@@ -523,6 +523,17 @@ async fn what_the_fuzzer_found_is_refused_naming_the_field() -> anyhow::Result<(
     // Nothing of it reached the court's cases.
     let listed = court.cases().list_cases(ListCasesRequest { page_size: 500, ..Default::default() }).await?.into_inner();
     assert!(listed.cases.is_empty(), "{:?}", listed.cases);
+    // The audit store's reads by case code: a NUL is refused, not a database error.
+    for code in ["JF-\u{0}", "JF\u{202E}1"] {
+        let t = stack.auditor(&stack::court()).await?.get_timeline(GetTimelineRequest { case_code: code.into(), ..Default::default() }).await;
+        assert!(matches!(&t, Err(s) if s.code() == Code::InvalidArgument && violations(s) == ["case_code"]), "{t:?}");
+        let ask = LookupCaseRequest { case_code: code.into(), factor: "31002X".into(), client_address: "10.9.9.9".into() };
+        let l = stack.auditor_named("duijie-console").await?.lookup_case(ask).await;
+        assert!(matches!(&l, Err(s) if s.code() == Code::InvalidArgument && violations(s) == ["case_code"]), "{l:?}");
+    }
+    let ask = LookupCaseRequest { case_code: "JF-1".into(), factor: "31002X".into(), client_address: "10.\u{0}".into() };
+    let l = stack.auditor_named("duijie-console").await?.lookup_case(ask).await;
+    assert!(matches!(&l, Err(s) if s.code() == Code::InvalidArgument), "{l:?}");
     stack.stop().await
 }
 
@@ -549,11 +560,11 @@ async fn memory_stays_bounded_under_big_refused_requests() -> anyhow::Result<()>
             request(4_000 + n, vec![Mutation::CaseCode(huge_code.clone())])
         };
         calls.push(async move { (n, c.submit_referral(req).await) });
-        if calls.len() >= 8 {
-            if let Some((n, r)) = calls.next().await {
-                let expected = if n % 2 == 0 { Code::InvalidArgument } else { Code::OutOfRange };
-                assert!(matches!(&r, Err(s) if s.code() == expected), "{n}: {r:?}");
-            }
+        if calls.len() >= 8
+            && let Some((n, r)) = calls.next().await
+        {
+            let expected = if n % 2 == 0 { Code::InvalidArgument } else { Code::OutOfRange };
+            assert!(matches!(&r, Err(s) if s.code() == expected), "{n}: {r:?}");
         }
     }
     while let Some((n, r)) = calls.next().await {

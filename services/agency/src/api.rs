@@ -91,41 +91,9 @@ pub async fn act<T, R: CaseAnswer>(
     let me = caller(&req)?;
     let key = idempotency_key(&req)?;
     let (case, payload) = build(&me, req.into_inner())?;
-    crate::rules::check_bounds(&payload, request_field(&payload))?;
+    crate::rules::check_bounds(&payload, crate::rules::request_field(&payload))?;
     let view = agency.send_once(&me, case, payload, key.as_deref()).await?;
     Ok(Response::new(case_view(&view).into()))
-}
-
-/// The field of its `<Method>Request` that carries a case action's message (`receipt` of
-/// `SignForRequest`), so a refusal names the field as the caller wrote it.
-pub fn request_field(payload: &Payload) -> &'static str {
-    match payload {
-        Payload::Amendment(_) => "amendment",
-        Payload::Cancellation(_) => "cancellation",
-        Payload::SupervisionNotice(_) => "notice",
-        Payload::DispositionNotice(_) => "disposition",
-        Payload::ConfirmationDecision(_) => "decision",
-        Payload::AgreementRecognition(_) => "recognition",
-        Payload::ReconciliationReview(_) => "review",
-        Payload::Receipt(_) => "receipt",
-        Payload::Accept(_) => "accept",
-        Payload::Reject(_) => "reject",
-        Payload::Redirect(_) => "redirect",
-        Payload::Assignment(_) => "assignment",
-        Payload::Escalation(_) => "escalation",
-        Payload::Progress(_) => "progress",
-        Payload::InfoRequest(_) | Payload::ConfirmationRequest(_) => "request",
-        Payload::ExtensionRequest(_) => "extension",
-        Payload::Outcome(_) => "outcome",
-        Payload::Performance(_) => "performance",
-        Payload::FollowUp(_) => "follow_up",
-        Payload::Closure(_) => "closure",
-        Payload::CancellationConfirmation(_) => "answer",
-        // Not case actions of a client: named as the contract names them.
-        Payload::Referral(_) | Payload::DeliveryEvidence(_) | Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_) => {
-            payload.kind().routing_segment()
-        }
-    }
 }
 
 /// The caller's `idempotency-key` metadata (1–128 printable ASCII characters), if any.

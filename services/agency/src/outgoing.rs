@@ -124,9 +124,9 @@ impl Agency {
     pub async fn send_once(&self, caller: &AgencyNode, case_id: Uuid, payload: Payload, request_id: Option<&str>) -> Result<CaseView, ApiError> {
         let kind = payload.kind();
         self.check_serves(caller)?;
-        // The API checked the bounds under the request's field names already; this holds any
-        // other caller of the core to them before anything reaches the database or the bus.
-        rules::check_bounds(&payload, kind.routing_segment())?;
+        // The API checked the bounds already; this holds any other caller of the core to them
+        // before anything reaches the database or the bus.
+        rules::check_bounds(&payload, rules::request_field(&payload))?;
         if !kind.allowed_senders().contains(&caller.kind()) {
             return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind().as_str())));
         }

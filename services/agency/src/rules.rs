@@ -72,6 +72,38 @@ pub fn validate_referral(r: &Referral) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The field of its `<Method>Request` that carries a case action's message (`receipt` of
+/// `SignForRequest`), so a refusal names the field as the caller wrote it.
+pub fn request_field(payload: &Payload) -> &'static str {
+    match payload {
+        Payload::Amendment(_) => "amendment",
+        Payload::Cancellation(_) => "cancellation",
+        Payload::SupervisionNotice(_) => "notice",
+        Payload::DispositionNotice(_) => "disposition",
+        Payload::ConfirmationDecision(_) => "decision",
+        Payload::AgreementRecognition(_) => "recognition",
+        Payload::ReconciliationReview(_) => "review",
+        Payload::Receipt(_) => "receipt",
+        Payload::Accept(_) => "accept",
+        Payload::Reject(_) => "reject",
+        Payload::Redirect(_) => "redirect",
+        Payload::Assignment(_) => "assignment",
+        Payload::Escalation(_) => "escalation",
+        Payload::Progress(_) => "progress",
+        Payload::InfoRequest(_) | Payload::ConfirmationRequest(_) => "request",
+        Payload::ExtensionRequest(_) => "extension",
+        Payload::Outcome(_) => "outcome",
+        Payload::Performance(_) => "performance",
+        Payload::FollowUp(_) => "follow_up",
+        Payload::Closure(_) => "closure",
+        Payload::CancellationConfirmation(_) => "answer",
+        // Not case actions of a client: named as the contract names them.
+        Payload::Referral(_) | Payload::DeliveryEvidence(_) | Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_) => {
+            payload.kind().routing_segment()
+        }
+    }
+}
+
 /// The contract's bounds on a case action's message, its fields named under `field` (the
 /// request's field that carries it, e.g. `receipt` of `SignForRequest`).
 pub fn check_bounds(payload: &Payload, field: &str) -> Result<(), ApiError> {

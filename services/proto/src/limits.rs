@@ -262,7 +262,8 @@ fn check_agency_ref(p: Path<'_>, a: Option<&pb::AgencyRef>) -> Checked {
 }
 
 fn check_digest_hex(field: &str, hex: &str) -> Checked {
-    if !hex.is_empty() && !(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
+    let digest = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex.is_empty() && !digest {
         return Err(Violation::new(field, "must be a SHA-256 digest: 64 hexadecimal digits"));
     }
     Ok(())
