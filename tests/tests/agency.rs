@@ -74,6 +74,11 @@ fn referral(request_id: &str, id_number: &str) -> Referral {
             Party { party_id: "p2".into(), role: PartyRole::Defendant as i32, name: "李四".into(), ..Default::default() },
         ],
         amount: Some(Money { currency: "CNY".into(), minor_units: 5_000_000 }),
+        // Mediation is voluntary: a referral records the parties' consent.
+        consents: vec![
+            PartyConsent { party_id: "p1".into(), consented: true, ..Default::default() },
+            PartyConsent { party_id: "p2".into(), consented: true, ..Default::default() },
+        ],
         clock_policy: Some(ClockPolicy { kind: ClockPolicyKind::CourtOrdinary as i32, ..Default::default() }),
         client_request_id: request_id.into(),
         ..Default::default()

@@ -256,6 +256,12 @@ async fn court_channel_failed_returned_filed_for_trial_closed() -> anyhow::Resul
     assert!(kinds(&at_centre).contains(&MessageKind::DispositionNotice));
     audit_agrees(&stack, &court, &id, "CLOSED").await?;
     assert!(open(id.clone()).await?.is_none(), "a disposed case is no open handoff");
+    // The case is closed: a second disposition is refused, whatever it says.
+    for kind in [DispositionKind::FiledForTrial, DispositionKind::SuitWithdrawn] {
+        let again = court.referrals().dispose(tonic::Request::new(dispose(kind))).await;
+        assert!(matches!(&again, Err(s) if s.code() == Code::FailedPrecondition && s.message().contains("CLOSED")), "{again:?}");
+    }
+    assert_eq!(count(&centre.case(&id).await?, MessageKind::DispositionNotice), 1);
     stack.stop().await
 }
 
@@ -423,6 +429,15 @@ async fn petition_channel_supervised_escalated_village_to_town_settled_petition_
         .and_then(answered_case)?;
     assert_eq!(closed.state, "CLOSED");
     assert!(kinds(&closed).contains(&MessageKind::DispositionNotice));
+    // The petition is closed once (without an idempotency key, a second call is a second 办结).
+    let again = petition.petition().close_petition(ClosePetitionRequest { case_id: id.clone(), document_number: "湘信办结〔2026〕8号".into(), ..Default::default() }).await;
+    assert!(matches!(&again, Err(s) if s.code() == Code::FailedPrecondition && s.message().contains("told already")), "{again:?}");
+    // Nor does any other referrer's disposition follow a closure.
+    let other = petition
+        .referrals()
+        .dispose(DisposeRequest { case_id: id.clone(), disposition: Some(DispositionNotice { disposition: DispositionKind::Other as i32, ..Default::default() }) })
+        .await;
+    assert!(matches!(&other, Err(s) if s.code() == Code::FailedPrecondition), "{other:?}");
     duijie_tests::wait_until("the town hears the petition is closed", stack::WAIT, || {
         let t = town.clone();
         let id = id.clone();
@@ -585,7 +600,7 @@ async fn refusals_retries_strangers_and_certificates() -> anyhow::Result<()> {
     let cases: [(Mutation, &str); 6] = [
         (|r| r.referral.as_mut().into_iter().for_each(|x| x.parties[0].identity.as_mut().into_iter().for_each(|i| i.number = "110105194912310021".into())), "referral.parties[0].identity.number"),
         (|r| r.to = Some(AgencyRef { kind: AgencyKind::Mediation as i32, code: "999999".into() }), "to"),
-        (|r| r.referral.as_mut().into_iter().for_each(|x| x.amount = Some(Money { currency: "CNY".into(), minor_units: -1 })), "referral.amount"),
+        (|r| r.referral.as_mut().into_iter().for_each(|x| x.amount = Some(Money { currency: "CNY".into(), minor_units: -1 })), "referral.amount.minor_units"),
         (|r| r.referral.as_mut().into_iter().for_each(|x| x.parties.clear()), "referral.parties"),
         (|r| r.referral.as_mut().into_iter().for_each(|x| x.clock_policy = Some(ClockPolicy { kind: ClockPolicyKind::Police as i32, ..Default::default() })), "referral.clock_policy.kind"),
         (|r| r.referral.as_mut().into_iter().for_each(|x| x.registered_at = None), "referral.registered_at"),

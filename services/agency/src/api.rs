@@ -91,6 +91,7 @@ pub async fn act<T, R: CaseAnswer>(
     let me = caller(&req)?;
     let key = idempotency_key(&req)?;
     let (case, payload) = build(&me, req.into_inner())?;
+    crate::rules::check_bounds(&payload, crate::rules::request_field(&payload))?;
     let view = agency.send_once(&me, case, payload, key.as_deref()).await?;
     Ok(Response::new(case_view(&view).into()))
 }
@@ -112,7 +113,7 @@ pub struct CasesApi {
 
 impl CasesApi {
     pub fn server(agency: Agency) -> CasesServiceServer<Self> {
-        CasesServiceServer::new(Self { agency })
+        CasesServiceServer::new(Self { agency }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES)
     }
 }
 
@@ -206,7 +207,7 @@ pub struct ReferralsApi {
 
 impl ReferralsApi {
     pub fn server(agency: Agency, rules: impl ReferrerRules) -> ReferralsServiceServer<Self> {
-        ReferralsServiceServer::new(Self { agency, rules: Arc::new(rules) })
+        ReferralsServiceServer::new(Self { agency, rules: Arc::new(rules) }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES)
     }
 
     fn kind_rules(&self) -> Result<&'static duijie_domain::referrers::ReferrerRules, ApiError> {
@@ -234,6 +235,7 @@ impl ReferralsService for ReferralsApi {
         let me = caller(&req)?;
         let r = req.into_inner();
         let to = agency_field(r.to.as_ref(), "to")?;
+        duijie_proto::limits::check_case_code("case_code", &r.case_code).map_err(ApiError::from)?;
         let referral = required(r.referral, "referral")?;
         if referral.client_request_id.trim().is_empty() {
             return Err(ApiError::invalid("referral.client_request_id", "is required so that a retried submit is not sent twice").into());

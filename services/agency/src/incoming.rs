@@ -180,6 +180,9 @@ impl Handler for Agency {
             _ => sender,
         };
         let current = stored.case.lifecycle.state;
+        if matches!(payload, Payload::DispositionNotice(_)) && store::disposition_told(conn, &owner, case_id).await.map_err(db)? {
+            return Err(HandleError::Rejected(format!("refused: case is {current}; its disposition was told already (a referrer tells it once)")));
+        }
         match stored.case.decide(Message::Incoming { owner: &owner, sender: &speaker, payload }).map_err(rejected)? {
             Effects::Record => {
                 store::insert_event(conn, &owner, env, Direction::In, current).await.map_err(db)?;

@@ -35,6 +35,7 @@ impl Agency {
         if case_code.trim().is_empty() {
             return Err(ApiError::invalid("case_code", "is required"));
         }
+        duijie_proto::limits::check_case_code("case_code", case_code)?;
         if referral.forwarded.is_some() {
             return Err(ApiError::invalid("referral.forwarded", "is set only by a mediation body handing a case on"));
         }
@@ -57,6 +58,7 @@ impl Agency {
         if case_code.trim().is_empty() {
             return Err(ApiError::invalid("case_code", "is required"));
         }
+        duijie_proto::limits::check_case_code("case_code", case_code)?;
         if referral.forwarded.is_some() {
             return Err(ApiError::invalid("referral.forwarded", "is set only by a mediation body handing a case on"));
         }
@@ -122,6 +124,9 @@ impl Agency {
     pub async fn send_once(&self, caller: &AgencyNode, case_id: Uuid, payload: Payload, request_id: Option<&str>) -> Result<CaseView, ApiError> {
         let kind = payload.kind();
         self.check_serves(caller)?;
+        // The API checked the bounds already; this holds any other caller of the core to them
+        // before anything reaches the database or the bus.
+        rules::check_bounds(&payload, rules::request_field(&payload))?;
         if !kind.allowed_senders().contains(&caller.kind()) {
             return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind().as_str())));
         }
@@ -145,6 +150,12 @@ impl Agency {
         // Only the two ends of the handoff act on a case; a committee that handed it on is out.
         if stored.case.role_of(caller) == Role::Other {
             return Err(ApiError::PermissionDenied(format!("{caller} no longer holds case {case_id}")));
+        }
+        if kind == MessageKind::DispositionNotice && store::disposition_told(&mut tx, caller, case_id).await? {
+            return Err(ApiError::FailedPrecondition(format!(
+                "case is {}; its disposition was told already (a referrer tells it once)",
+                stored.case.lifecycle.state
+            )));
         }
         let revised = rules::check_payload(&payload, &stored.referral)?;
         let Effects::Send { lifecycle, new_holder, recipient, copy_to, hand_over, court } =

@@ -125,6 +125,7 @@ pub async fn start(
     // The gate's state is a named service of the gRPC health (`duijie.audit_gate`); without a
     // gate, referrals are always taken and it stays SERVING.
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES);
     let at_start = if gate.is_some() { tonic_health::ServingStatus::NotServing } else { tonic_health::ServingStatus::Serving };
     health.set_service_status(crate::gate::HEALTH_SERVICE, at_start).await;
     if let Some(g) = gate {

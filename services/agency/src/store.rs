@@ -102,6 +102,21 @@ pub async fn settled_at(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uu
     .context("looking for the settlement")
 }
 
+/// Whether `owner`'s timeline of the case holds a disposition already (sent or received): a
+/// referrer tells its disposition once.
+pub async fn disposition_told(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM case_events
+                        WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3 AND kind = 'disposition_notice')",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .bind(case_id)
+    .fetch_one(conn)
+    .await
+    .context("looking for a disposition")
+}
+
 /// Whether `owner` has a copy of the case.
 pub async fn case_exists(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> anyhow::Result<bool> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3)")

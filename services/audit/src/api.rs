@@ -56,6 +56,7 @@ impl AuditApi {
         verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
     ) -> AuditServiceServer<Self> {
         AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup, verifier })
+            .max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES)
     }
 
     /// A connection for one call.
@@ -135,6 +136,8 @@ impl AuditApi {
             let id = Uuid::parse_str(r.case_id.trim()).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?;
             ("c.case_id = $3::uuid", id.to_string())
         } else if !r.case_code.trim().is_empty() {
+            // A NUL or a 1 MB code would reach PostgreSQL as an error, not as "no such case".
+            duijie_proto::limits::check_case_code("case_code", r.case_code.trim())?;
             ("c.case_code = $3", r.case_code.trim().to_owned())
         } else {
             return Err(ApiError::invalid("case_id", "a case id or a case code is required"));

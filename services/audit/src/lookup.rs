@@ -258,8 +258,11 @@ pub async fn lookup(
     if address.is_empty() || address.len() > 64 {
         return Err(ApiError::invalid("client_address", "the party's address (IP) is required"));
     }
-    // What is recorded and counted: the code as typed, bounded (a pasted essay is not a code).
+    duijie_proto::limits::check_line("client_address", address, 64)?;
+    // What is recorded and counted: the code as typed, bounded (a pasted essay is not a code),
+    // and storable (no control characters: PostgreSQL refuses a NUL in text).
     let code: String = req.case_code.trim().to_uppercase().chars().take(64).collect();
+    duijie_proto::limits::check_line("case_code", &code, 64)?;
     let mut tx = conn.begin().await.context("starting the lookup")?;
     // Address first, then code, in every attempt: two attempts wait for each other instead of
     // both counting below a limit, and cannot deadlock.

@@ -45,7 +45,8 @@ pub struct BusArgs {
     /// Rounds of (raw, bus) throughput runs; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Message size in bytes (the envelope is padded to about this size).
+    /// Message size in bytes (the envelope is padded to about this size, at most about 135 KB:
+    /// the contract bounds a referral's facts, note and claims).
     #[arg(long, default_value_t = 2048)]
     pub size: usize,
     /// Outstanding publisher confirms in the raw publisher.
@@ -329,7 +330,24 @@ impl BusUnderTest {
         let mut env = envelope::build(&header, Payload::Referral(Referral::default()));
         let pad = size.saturating_sub(env.encoded_len() + 4);
         if let Some(Payload::Referral(r)) = env.payload.as_mut() {
-            r.facts = "事".repeat(pad / 3);
+            // Within the contract's bounds (every receiver checks them): the facts, the note,
+            // then claims, each no longer than it may be.
+            use duijie_proto::limits::{MAX_ITEM, MAX_ITEMS, MAX_TEXT};
+            let mut left = pad / 3;
+            let mut take = |max: usize| {
+                let n = left.min(max);
+                left -= n;
+                "事".repeat(n)
+            };
+            r.facts = take(MAX_TEXT);
+            r.note = take(MAX_TEXT);
+            while r.claims.len() < MAX_ITEMS {
+                let claim = take(MAX_ITEM);
+                if claim.is_empty() {
+                    break;
+                }
+                r.claims.push(claim);
+            }
         }
         env
     }

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
+use duijie_proto::ContractError;
 use duijie_proto::v1::Envelope;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
-use prost::Message as _;
 use sqlx::{Acquire as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -310,8 +310,7 @@ fn original_routing_key(delivery: &Delivery) -> String {
 
 /// Decodes a delivery into an [`Inbound`], or says why it is poison.
 pub fn decode(delivery: &Delivery) -> Result<Inbound, String> {
-    let envelope = Envelope::decode(delivery.data.as_slice()).map_err(|e| format!("undecodable envelope: {e}"))?;
-    envelope.check().map_err(|e| format!("envelope breaks the contract: {e}"))?;
+    let envelope = decode_envelope(delivery.data.as_slice())?;
     Ok(Inbound {
         envelope,
         routing_key: original_routing_key(delivery),
@@ -321,6 +320,16 @@ pub fn decode(delivery: &Delivery) -> Result<Inbound, String> {
         signature: Signature::from_headers(delivery.properties.headers().as_ref()),
         signer: None,
         signature_refused: None,
+    })
+}
+
+/// The envelope in a delivery's body, checked against the whole contract (header, payload
+/// bounds: [`duijie_proto::limits`]), or the dead-letter reason. Bodies larger than
+/// [`duijie_proto::limits::MAX_ENVELOPE_BYTES`] are refused before decoding.
+pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
+    Envelope::decode_checked(body).map_err(|e| match e {
+        ContractError::Decode(e) => format!("undecodable envelope: {e}"),
+        e => format!("envelope breaks the contract: {e}"),
     })
 }
 

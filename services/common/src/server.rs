@@ -67,6 +67,13 @@ impl TlsFiles {
     }
 }
 
+/// The largest request any of our gRPC services decodes ([`duijie_proto::limits::MAX_REQUEST_BYTES`],
+/// 512 KiB: a referral at every field's limit fits). Every generated server is built with
+/// `.max_decoding_message_size(MAX_REQUEST_BYTES)`; tonic reads the length prefix first and
+/// answers a larger request `OUT_OF_RANGE` without reading its body, so a flood of big requests
+/// costs no memory.
+pub const MAX_REQUEST_BYTES: usize = duijie_proto::limits::MAX_REQUEST_BYTES;
+
 /// An error at the gRPC boundary. Handlers return this; [`From<ApiError> for Status`] is the
 /// one place that decides codes and details.
 #[derive(Debug, thiserror::Error)]
@@ -110,23 +117,46 @@ impl ApiError {
     }
 }
 
+impl From<duijie_proto::limits::Violation> for ApiError {
+    /// A field beyond the contract's bounds is the caller's error, named as the limits name it.
+    fn from(v: duijie_proto::limits::Violation) -> Self {
+        Self::InvalidArgument { field: v.field, message: v.message }
+    }
+}
+
+/// The longest error message (and field path) sent back, in characters. A message may quote what
+/// the caller sent; unbounded, it would become a response header larger than the client takes
+/// (h2 refuses it as a protocol error, and the caller never learns what was wrong).
+pub const MAX_ERROR_MESSAGE: usize = 500;
+
+fn bounded(mut s: String) -> String {
+    if let Some((cut, _)) = s.char_indices().nth(MAX_ERROR_MESSAGE) {
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
-            ApiError::InvalidArgument { field, message } => Status::with_error_details(
-                Code::InvalidArgument,
-                format!("{field}: {message}"),
-                ErrorDetails::with_bad_request_violation(field, message),
-            ),
-            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::InvalidArgument { field, message } => {
+                let (field, message) = (bounded(field), bounded(message));
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("{field}: {message}"),
+                    ErrorDetails::with_bad_request_violation(field, message),
+                )
+            }
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(bounded(m)),
             ApiError::PermissionDenied(m) => {
                 // Refused calls stay in the service log; the message names the caller and what it tried.
                 tracing::warn!(reason = %m, "permission denied");
-                Status::permission_denied(m)
+                Status::permission_denied(bounded(m))
             }
-            ApiError::NotFound(m) => Status::not_found(m),
-            ApiError::Unavailable(m) => Status::unavailable(m),
-            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            ApiError::NotFound(m) => Status::not_found(bounded(m)),
+            ApiError::Unavailable(m) => Status::unavailable(bounded(m)),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(bounded(m)),
             ApiError::Unexpected(e) => {
                 // Every connection for calls in use: load, not a fault. Retry in a moment.
                 if let Some(busy) = e.chain().find_map(|c| c.downcast_ref::<crate::db::Busy>()) {
@@ -236,6 +266,7 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(MAX_REQUEST_BYTES);
     serve_with_health(service, listener, routes.add_service(health_service), health, tls, shutdown, grace).await
 }
 
@@ -257,10 +288,11 @@ pub async fn serve_with_health(
         .register_encoded_file_descriptor_set(duijie_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service")?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let routes = routes
         .add_service(reflection)
-        .add_service(SessionServiceServer::new(SessionApi { service: service.to_owned() }));
+        .add_service(SessionServiceServer::new(SessionApi { service: service.to_owned() }).max_decoding_message_size(MAX_REQUEST_BYTES));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert, &tls.key))
         .client_ca_root(Certificate::from_pem(&tls.ca));
@@ -319,6 +351,16 @@ mod tests {
         let internal = Status::from(ApiError::Unexpected(anyhow::anyhow!("password=secret in a DSN")));
         assert_eq!(internal.code(), Code::Internal);
         assert!(!internal.message().contains("secret"), "internals never reach the caller");
+    }
+
+    #[test]
+    fn a_message_quoting_a_huge_input_is_cut() {
+        let status = Status::from(ApiError::invalid("state", format!("unknown state {:?}", "事".repeat(100_000))));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().chars().count() < 2 * MAX_ERROR_MESSAGE + 10, "{}", status.message().len());
+        let details = status.get_error_details();
+        let violation = details.bad_request().and_then(|b| b.field_violations.first().cloned());
+        assert!(violation.is_some_and(|v| v.field == "state" && v.description.ends_with('…')));
     }
 
     #[test]

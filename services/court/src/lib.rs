@@ -61,5 +61,5 @@ impl CourtService for CourtApi {
 
 /// The court service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    api::referrer_routes(agency, CourtRules).add_service(CourtServiceServer::new(CourtApi { agency: agency.clone() }))
+    api::referrer_routes(agency, CourtRules).add_service(CourtServiceServer::new(CourtApi { agency: agency.clone() }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES))
 }

@@ -102,6 +102,11 @@ const NO_REFERRER: [MessageKind; 4] = [MessageKind::InfoRequest, MessageKind::Am
 /// (a failed mediation: 终结, the parties told of their other remedies).
 pub fn allowed_on(channel: Channel, state: CaseState) -> Vec<MessageKind> {
     let mut kinds = state.allowed();
+    // After closure only the petition office closes its petition (信访办结); a court, police or
+    // procuratorate case is over when the centre closes it.
+    if state == CaseState::Closed && channel != Channel::Petition {
+        kinds.retain(|k| *k != MessageKind::DispositionNotice);
+    }
     if channel == Channel::SelfIntake {
         kinds.retain(|k| !NO_REFERRER.contains(k));
         if state.is_returned() {
@@ -206,6 +211,12 @@ impl Case {
     /// holder's message that crossed the referrer's cancel request.
     fn step(&self, lifecycle: &mut Lifecycle, payload: &Payload, crossed: bool) -> Result<Step, Refusal> {
         let from = lifecycle.state;
+        if from == CaseState::Closed && !bus_fact(payload) && !matches!(payload, Payload::Referral(_)) {
+            let (kind, allowed) = (payload.kind(), allowed_on(self.channel, from));
+            if !allowed.contains(&kind) {
+                return Err(Refusal::NotAllowed { state: from, kind, allowed });
+            }
+        }
         if self.channel == Channel::SelfIntake && !bus_fact(payload) && !matches!(payload, Payload::Referral(_)) {
             let (kind, allowed) = (payload.kind(), allowed_on(self.channel, from));
             if !allowed.contains(&kind) {
@@ -334,6 +345,11 @@ impl Case {
             && !matches!(payload, Payload::CancellationConfirmation(_));
         let step = self.step(&mut lifecycle, payload, crossed)?;
         let new_holder = self.new_holder(payload, step.new_holder.as_ref())?;
+        // What the sending desk refuses (a hand-over to anything but a mediation body), the
+        // receiving one refuses too: only another system's message could carry it.
+        if new_holder.as_ref().is_some_and(|h| h.kind() != AgencyKind::Mediation) {
+            return Err(Refusal::BadAgency { field: hand_over_field(payload), reason: "a case is handed on only to a mediation body".into() });
+        }
         let court = match payload {
             Payload::ConfirmationRequest(r) => Some(self.confirming_court(r)?).filter(|c| *c != self.referrer),
             _ => None,
@@ -564,6 +580,40 @@ mod tests {
         assert_eq!((log.lifecycle.state, log.court.clone()), (CaseState::ConfirmationRequested, Some(court())));
         assert_eq!(seen(&log, &court(), &village, &decision(ConfirmationDecisionKind::Accepted)), Ok(Effects::Record));
         assert!(matches!(seen(&log, &court(), &town(), &decision(ConfirmationDecisionKind::Accepted)), Ok(Effects::Apply { .. })));
+    }
+
+    #[test]
+    fn a_closed_case_takes_only_the_petition_offices_closing_at_either_end_and_in_the_log() {
+        let notice = |d: DispositionKind| Payload::DispositionNotice(DispositionNotice { disposition: d as i32, ..Default::default() });
+        // A court case the centre closed: the court's disposition is refused on every path (a
+        // forged notice over the bus included).
+        let closed = case_at(CaseState::Closed);
+        for d in [DispositionKind::FiledForTrial, DispositionKind::PetitionClosed] {
+            assert!(matches!(out(&closed, &court(), &notice(d)), Err(Refusal::NotAllowed { state: CaseState::Closed, .. })), "{d:?}");
+            assert!(matches!(into(&closed, &centre(), &court(), &notice(d)), Err(Refusal::NotAllowed { .. })), "{d:?}");
+            let seen = closed.decide(Message::Observed { sender: &court(), recipient: &centre(), payload: &notice(d) });
+            assert!(matches!(seen, Err(Refusal::NotAllowed { .. })), "{d:?}");
+        }
+        assert!(closed.allowed().is_empty(), "{:?}", closed.allowed());
+        // A petition case: the office's 办结, and nothing else.
+        let petition = node("petition:431003");
+        let closed = Case { channel: Channel::Petition, referrer: petition.clone(), ..case_at(CaseState::Closed) };
+        assert_eq!(closed.allowed(), vec![MessageKind::DispositionNotice]);
+        assert!(matches!(out(&closed, &petition, &notice(DispositionKind::PetitionClosed)), Ok(Effects::Send { .. })));
+        assert!(matches!(into(&closed, &centre(), &petition, &notice(DispositionKind::PetitionClosed)), Ok(Effects::Apply { .. })));
+        assert!(matches!(out(&closed, &petition, &notice(DispositionKind::Other)), Err(Refusal::NotForThisCase(_))));
+        assert!(matches!(out(&closed, &centre(), &Payload::Closure(Closure::default())), Err(Refusal::NotAllowed { .. })));
+    }
+
+    #[test]
+    fn a_hand_over_to_anything_but_a_mediation_body_is_refused_on_arrival_too() {
+        // Found by the property test: the sending desk refused it, the receiving one took it.
+        let received = case_at(CaseState::Received);
+        let to_court = redirect(&node("court:431004"));
+        assert!(matches!(out(&received, &centre(), &to_court), Err(Refusal::BadAgency { field: "redirect.to", .. })));
+        assert!(matches!(into(&received, &court(), &centre(), &to_court), Err(Refusal::BadAgency { field: "redirect.to", .. })));
+        let seen = received.decide(Message::Observed { sender: &centre(), recipient: &court(), payload: &to_court });
+        assert!(matches!(seen, Err(Refusal::BadAgency { .. })), "{seen:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! ```
 
 use duijie_proto::v1::envelope::Payload;
-use duijie_proto::v1::{AgencyRef, ConfirmationDecisionKind, EvidenceType, MessageKind, PerformanceStatus, outcome};
+use duijie_proto::v1::{AgencyRef, ConfirmationDecisionKind, DispositionKind, EvidenceType, MessageKind, PerformanceStatus, outcome};
 
 use crate::agency::AgencyNode;
 
@@ -153,6 +153,8 @@ impl CaseState {
             ],
             CaseState::FollowedUp => vec![K::FollowUp, K::Closure, K::DispositionNotice],
             CaseState::Disposed => vec![K::Closure],
+            // The one step after closure: the petition office's 信访办结 (a petition-closed
+            // disposition on the petition channel, once; `Case` and the services hold it to that).
             CaseState::Closed => vec![K::DispositionNotice],
             CaseState::CancelRequested => vec![K::CancellationConfirmation],
             s if s.is_returned() => vec![K::DispositionNotice],
@@ -355,7 +357,16 @@ impl Lifecycle {
             },
             Payload::FollowUp(_) => S::FollowedUp,
             Payload::Closure(_) => S::Closed,
-            Payload::DispositionNotice(_) => {
+            Payload::DispositionNotice(d) => {
+                if from == S::Closed && d.disposition() != DispositionKind::PetitionClosed {
+                    // A closed case is over: only a petition's 办结 follows the centre's closure.
+                    return Err(Refusal::NotForThisCase(format!(
+                        "case is CLOSED; the only disposition after closure is the petition office's \
+                         {} (信访办结), not {}",
+                        DispositionKind::PetitionClosed.as_str_name(),
+                        d.disposition().as_str_name()
+                    )));
+                }
                 if from.is_returned() || from == S::Closed {
                     S::Closed
                 } else {
@@ -466,7 +477,7 @@ mod tests {
             settled(),
             performance(PerformanceStatus::Performed),
             Payload::Closure(Closure::default()),
-            Payload::DispositionNotice(DispositionNotice::default()),
+            Payload::DispositionNotice(DispositionNotice { disposition: DispositionKind::PetitionClosed as i32, ..Default::default() }),
         ]);
         assert_eq!(run(&petition).map(|l| l.state), Ok(CaseState::Closed));
         // 检调: settled, reconciliation reviewed, non-prosecution disposed, closed.
@@ -535,6 +546,23 @@ mod tests {
         );
         lc.state = CaseState::Received;
         assert_eq!(lc.apply(&Payload::Redirect(Redirect::default())), Err(Refusal::Incomplete { kind: MessageKind::Redirect, field: "to" }));
+    }
+
+    #[test]
+    fn a_closed_case_takes_nothing_but_a_petitions_closing() {
+        let mut closed = start();
+        closed.extend([settled(), performance(PerformanceStatus::Performed), Payload::Closure(Closure::default())]);
+        let lc = run(&closed).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lc.state, CaseState::Closed);
+        let notice = |d: DispositionKind| Payload::DispositionNotice(DispositionNotice { disposition: d as i32, ..Default::default() });
+        for d in [DispositionKind::FiledForTrial, DispositionKind::Penalty, DispositionKind::NonProsecution, DispositionKind::Other, DispositionKind::Unspecified] {
+            let r = lc.check(&notice(d));
+            assert!(matches!(&r, Err(Refusal::NotForThisCase(m)) if m.contains("CLOSED")), "{d:?}: {r:?}");
+        }
+        assert_eq!(lc.check(&notice(DispositionKind::PetitionClosed)).map(|s| s.to), Ok(CaseState::Closed));
+        for p in [Payload::Closure(Closure::default()), Payload::SupervisionNotice(SupervisionNotice::default()), settled(), Payload::FollowUp(FollowUp::default())] {
+            assert!(matches!(lc.check(&p), Err(Refusal::NotAllowed { state: CaseState::Closed, .. })), "{p:?}");
+        }
     }
 
     #[test]

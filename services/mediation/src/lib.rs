@@ -227,6 +227,7 @@ impl MediationService for MediationApi {
     async fn register_case(&self, req: Request<pb::RegisterCaseRequest>) -> Result<Response<pb::RegisterCaseResponse>, Status> {
         let me = duijie_common::server::caller(&req)?;
         let r = req.into_inner();
+        duijie_proto::limits::check_case_code("case_code", &r.case_code).map_err(ApiError::from)?;
         let mut referral = required(r.referral, "referral")?;
         if referral.client_request_id.trim().is_empty() {
             return Err(ApiError::invalid("referral.client_request_id", "is required so that a retried register is not registered twice").into());
@@ -267,5 +268,5 @@ fn check_intake(intake: Option<&pb::Intake>) -> Result<(), ApiError> {
 
 /// The mediation service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    Routes::new(CasesApi::server(agency.clone())).add_service(MediationServiceServer::new(MediationApi { agency: agency.clone() }))
+    Routes::new(CasesApi::server(agency.clone())).add_service(MediationServiceServer::new(MediationApi { agency: agency.clone() }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES))
 }

@@ -37,6 +37,8 @@ impl PetitionService for PetitionApi {
         let key = idempotency_key(&req)?;
         let r = req.into_inner();
         let case = case_id(&r.case_id)?;
+        duijie_proto::limits::check_line("document_number", &r.document_number, duijie_proto::limits::MAX_ID).map_err(ApiError::from)?;
+        duijie_proto::limits::check_block("summary", &r.summary, duijie_proto::limits::MAX_TEXT).map_err(ApiError::from)?;
         // 办结 follows the centre's closure (案结事了); before that the case is still being handled.
         let state = self.agency.view(&me, case).await?.state;
         if state != CaseState::Closed {
@@ -58,5 +60,5 @@ impl PetitionService for PetitionApi {
 
 /// The petition service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    api::referrer_routes(agency, PetitionRules).add_service(PetitionServiceServer::new(PetitionApi { agency: agency.clone() }))
+    api::referrer_routes(agency, PetitionRules).add_service(PetitionServiceServer::new(PetitionApi { agency: agency.clone() }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES))
 }

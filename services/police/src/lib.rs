@@ -45,5 +45,5 @@ impl PoliceService for PoliceApi {
 
 /// The police service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
-    api::referrer_routes(agency, PoliceRules).add_service(PoliceServiceServer::new(PoliceApi { agency: agency.clone() }))
+    api::referrer_routes(agency, PoliceRules).add_service(PoliceServiceServer::new(PoliceApi { agency: agency.clone() }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES))
 }

@@ -48,5 +48,5 @@ impl ProcuratorateService for ProcuratorateApi {
 /// The procuratorate service's gRPC routes.
 pub fn routes(agency: &Agency) -> Routes {
     api::referrer_routes(agency, ProcuratorateRules)
-        .add_service(ProcuratorateServiceServer::new(ProcuratorateApi { agency: agency.clone() }))
+        .add_service(ProcuratorateServiceServer::new(ProcuratorateApi { agency: agency.clone() }).max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES))
 }

@@ -27,6 +27,10 @@ pub enum ContractError {
         /// The value found.
         value: String,
     },
+    /// The encoded envelope is larger than
+    /// [`MAX_ENVELOPE_BYTES`](crate::limits::MAX_ENVELOPE_BYTES).
+    #[error("envelope of {0} bytes is larger than the contract's limit")]
+    TooLarge(usize),
     /// The envelope has no payload.
     #[error("envelope has no payload")]
     MissingPayload,
@@ -73,6 +77,12 @@ pub enum ContractError {
     /// `schema_version` is 0 (unset).
     #[error("schema_version is 0 (unset)")]
     MissingSchemaVersion,
+    /// A field of the header or the payload breaks a bound of the contract
+    /// ([`crate::limits`]): too long, an unknown enum value, a time out of range, a control
+    /// character, … The field is named from the envelope down, e.g.
+    /// `referral.parties[0].name`.
+    #[error("{0}")]
+    Content(#[from] crate::limits::Violation),
     /// DESIGN §1's sender column does not allow this agency kind to send this kind.
     #[error("a {sender:?} agency may not send {kind:?}")]
     SenderNotAllowed {
@@ -495,10 +505,14 @@ impl Envelope {
     ///   of 1..=64 characters of `[0-9A-Za-z-]` (no dots: codes are
     ///   routing-key segments);
     /// * `channel` is specified, `occurred_at` is present and `schema_version`
-    ///   is not 0.
+    ///   is not 0;
+    /// * the header and the payload keep within the contract's bounds
+    ///   ([`crate::limits`]: lengths, list sizes, enum values, times between 2000 and
+    ///   2100, ISO 4217 currencies, no control characters or bidirectional controls in
+    ///   codes and names, unique party ids, consents naming parties).
     ///
-    /// It does not look inside the payload, and it does not apply the sender
-    /// column of DESIGN §1 (see [`check_sender_kind`](Self::check_sender_kind)).
+    /// What a field must say for a given step is the services' to check; nor does it
+    /// apply the sender column of DESIGN §1 (see [`check_sender_kind`](Self::check_sender_kind)).
     pub fn check(&self) -> Result<(), ContractError> {
         check_uuid("message_id", &self.message_id)?;
         check_uuid("case_id", &self.case_id)?;
@@ -535,6 +549,10 @@ impl Envelope {
         }
         if self.schema_version == 0 {
             return Err(ContractError::MissingSchemaVersion);
+        }
+        crate::limits::check_header(self)?;
+        if let Some(payload) = &self.payload {
+            crate::limits::check_payload(payload).map_err(|v| v.within(payload_kind.routing_segment()))?;
         }
         Ok(())
     }
@@ -583,8 +601,12 @@ impl Envelope {
         Ok(key.to_string())
     }
 
-    /// Decodes an encoded envelope and [`check`](Self::check)s it.
+    /// Decodes an encoded envelope and [`check`](Self::check)s it; bytes beyond
+    /// [`MAX_ENVELOPE_BYTES`](crate::limits::MAX_ENVELOPE_BYTES) are refused undecoded.
     pub fn decode_checked(bytes: &[u8]) -> Result<Self, ContractError> {
+        if bytes.len() > crate::limits::MAX_ENVELOPE_BYTES {
+            return Err(ContractError::TooLarge(bytes.len()));
+        }
         let envelope = Self::decode(bytes)?;
         envelope.check()?;
         Ok(envelope)

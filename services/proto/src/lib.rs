@@ -12,6 +12,9 @@
 //! * [`v1::Envelope::routing_key`]: the AMQP routing key
 //!   `<recipient kind>.<recipient code>.<message kind>`;
 //! * [`v1::Envelope::decode_checked`]: decode and check in one step;
+//! * [`limits`]: the bounds every message keeps (lengths, list sizes, enum values, times,
+//!   currencies, text without control characters), applied by `check()` and by the services'
+//!   gRPC edge;
 //! * [`CaseAnswer`] / [`answered_case`]: the `<Method>Response` of every RPC that
 //!   answers with one case, built from and unwrapped to a [`v1::CaseView`].
 //!
@@ -21,6 +24,7 @@
 
 mod answers;
 mod contract;
+pub mod limits;
 
 pub use answers::{CaseAnswer, answered_case};
 pub use contract::{ContractError, RECORD_PREFIX, RoutingKey, is_valid_agency_code};
