@@ -110,6 +110,15 @@ DB_BASE=${DUIJIE_DATABASE_URL%/*}
 export DUIJIE_DATABASE__PASSWORD=duijie
 # The audit service derives the parties' access codes (当事人查询码) from this; local use only.
 export DUIJIE_AUDIT__LOOKUP__ACCESS_CODE_SECRET=duijie-local-access-codes
+# The master key that wraps every case's data key (README, Party data): made once for this
+# checkout (target/audit-master-key), readable by its owner only. Losing it loses the
+# parties' data of every local case.
+MASTER_KEY_FILE="$ROOT_DIR/target/audit-master-key"
+if [ ! -s "$MASTER_KEY_FILE" ]; then
+	(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$MASTER_KEY_FILE")
+fi
+DUIJIE_AUDIT__KEYS__MASTER_KEY=$(cat "$MASTER_KEY_FILE")
+export DUIJIE_AUDIT__KEYS__MASTER_KEY
 for svc in "${SERVICES[@]}"; do
 	if [ "$svc" != console ]; then
 		"$BUS" migrate --database-url "$DB_BASE/duijie_$svc" >/dev/null # creates the database if missing

@@ -177,6 +177,7 @@ impl Stack {
                 deadline_scan_ms: Duration::from_millis(200),
                 status_interval_ms: Duration::from_millis(200),
                 lookup: duijie_audit::lookup::LookupConfig { access_code_secret: Some(TEST_ACCESS_CODE_SECRET.into()), ..Default::default() },
+                keys: duijie_audit::keys::KeysConfig { master_key: Some(test_master_key()?.into()) },
                 ..Default::default()
             },
         };
@@ -193,6 +194,7 @@ impl Stack {
                 directory_reload_ms: Duration::from_millis(200),
                 audit_gate: gate.clone(),
                 signing: signing.clone(),
+                key_service: duijie_common::sealing::KeyServiceConfig { endpoint: audit.addr.to_string(), tls_domain: "localhost".into() },
             };
             let running = start_service(kind, cfg.clone(), bus.shutdown.child_token()).await?;
             service_cfgs.push((kind, cfg));
@@ -528,4 +530,10 @@ pub fn write_signing_keys(ca: &DevCa, dir: &std::path::Path, nodes: &[AgencyNode
         std::fs::write(keys.join(format!("{stem}-key.pem")), &tls.key)?;
     }
     Ok(duijie_common::signing::SigningConfig { ca: dir.join("ca.pem"), keys })
+}
+
+/// A random master key for a test's audit service (64 hex digits).
+pub fn test_master_key() -> anyhow::Result<String> {
+    let key = duijie_common::sealing::Key::generate()?;
+    Ok(key.as_bytes().iter().map(|b| format!("{b:02x}")).collect())
 }

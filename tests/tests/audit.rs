@@ -717,7 +717,11 @@ async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir:
             tls: duijie_common::server::TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("audit.pem"), key: dir.join("audit-key.pem") },
             grace_ms: Duration::from_secs(5),
         },
-        audit: AuditConfig { deadline_scan_ms: Duration::from_millis(200), ..Default::default() },
+        audit: AuditConfig {
+            deadline_scan_ms: Duration::from_millis(200),
+            keys: duijie_audit::keys::KeysConfig { master_key: Some(duijie_tests::stack::test_master_key()?.into()) },
+            ..Default::default()
+        },
     };
     duijie_audit::service::start(cfg, bus.shutdown.child_token()).await
 }

@@ -71,6 +71,7 @@ fn any_party() -> impl Strategy<Value = Party> {
             contact,
             address,
             representative: String::new(),
+            sealed: Vec::new(),
         })
 }
 

@@ -37,6 +37,8 @@ pub fn case_view(v: &CaseView) -> pb::CaseView {
         allowed_next: v.allowed_next.iter().map(|k| *k as i32).collect(),
         handed_on: v.handed_on,
         court: v.court.as_ref().map(AgencyRef::from),
+        parties_sealed: v.parties_sealed,
+        parties_erased: v.parties_erased,
     }
 }
 

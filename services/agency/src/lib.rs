@@ -63,6 +63,9 @@ pub struct Agency {
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Cancelled when the service stops: the live feeds end (their clients resume elsewhere).
     stopping: CancellationToken,
+    /// Where the case data keys come from (the audit service); without it parties' data is
+    /// stored and sent as given (tests of the core alone).
+    keys: Option<duijie_common::sealing::KeyClient>,
 }
 
 impl Agency {
@@ -81,7 +84,32 @@ impl Agency {
             calendar: WorkCalendar::bundled(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             stopping: CancellationToken::new(),
+            keys: None,
         }
+    }
+
+    /// Seals the parties' identity, contact and address of every case this core opens with the
+    /// case's data key from `keys`, and opens them for the holder's `GetCase`
+    /// (`duijie_common::sealing`).
+    #[must_use]
+    pub fn with_keys(mut self, keys: duijie_common::sealing::KeyClient) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// `referral` with its parties' data sealed under case `case_id`'s key, which `caller`
+    /// (the agency opening or amending the case) gets from the key service.
+    pub(crate) async fn sealed(
+        &self,
+        caller: &AgencyNode,
+        case_id: uuid::Uuid,
+        holder: &AgencyNode,
+        mut referral: duijie_proto::v1::Referral,
+    ) -> Result<duijie_proto::v1::Referral, ApiError> {
+        let Some(keys) = &self.keys else { return Ok(referral) };
+        let key = keys.issue(caller, case_id, holder).await.map_err(key_unavailable)?;
+        duijie_common::sealing::seal_referral(&key, case_id, &mut referral).map_err(ApiError::Unexpected)?;
+        Ok(referral)
     }
 
     /// Only agencies in `known` may receive a case from this service (the agency directory of
@@ -139,5 +167,13 @@ impl Agency {
             w.wake();
         }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A key the case needs and cannot get: nothing was done.
+fn key_unavailable(e: duijie_common::sealing::KeyError) -> ApiError {
+    match e {
+        duijie_common::sealing::KeyError::Erased => ApiError::FailedPrecondition(e.to_string()),
+        other => ApiError::Unavailable(format!("cannot seal the parties' data: {other}; nothing was done, retry later")),
     }
 }

@@ -76,6 +76,9 @@ impl Agency {
     async fn open_case(&self, caller: &AgencyNode, case: Case, case_code: &str, referral: Referral) -> Result<CaseView, ApiError> {
         let (channel, to) = (case.channel, case.holder.clone());
         let case_id = Uuid::now_v7();
+        // Sealed before anything is stored or staged: no copy ever holds the parties' data in
+        // clear. (A retried submit gets a key for a case id it then does not use.)
+        let referral = self.sealed(caller, case_id, &to, referral).await?;
         let header = Header { case_id, case_code: case_code.to_owned(), channel, sender: caller.clone(), recipient: to, causation_id: None };
         let mut env = envelope::build(&header, Payload::Referral(referral.clone()));
         let new = NewReferral {
@@ -130,6 +133,14 @@ impl Agency {
         if !kind.allowed_senders().contains(&caller.kind()) {
             return Err(ApiError::PermissionDenied(format!("{caller}: a {} may not send {kind}", caller.kind().as_str())));
         }
+        // A revised referral's parties are sealed like the first ones; the key is fetched before
+        // the transaction so no connection waits on the key service.
+        let amend_key = match (&payload, &self.keys) {
+            // The key was made at submit; the holder named only matters for a key made now (a
+            // case opened before party data was sealed), which the log's holder then governs.
+            (Payload::Amendment(a), Some(keys)) if a.revised.is_some() => Some(keys.issue(caller, case_id, caller).await.map_err(crate::key_unavailable)?),
+            _ => None,
+        };
         let mut tx = self.db.begin().await.context("beginning")?;
         // Before the first write: the live feed's order within a case (store::lock_cases).
         store::lock_cases(&mut tx, &[store::case_lock_key(case_id)]).await?;
@@ -157,7 +168,20 @@ impl Agency {
                 stored.case.lifecycle.state
             )));
         }
-        let revised = rules::check_payload(&payload, &stored.referral)?;
+        let mut revised = rules::check_payload(&payload, &stored.referral)?;
+        let mut payload = payload;
+        if let Some(key) = &amend_key {
+            if let Payload::Amendment(a) = &mut payload
+                && let Some(r) = &mut a.revised
+            {
+                duijie_common::sealing::seal_referral(key, case_id, r).map_err(ApiError::Unexpected)?;
+            }
+            if let Some((bytes, _)) = &mut revised {
+                let mut r = Referral::decode(bytes.as_slice()).context("decoding the amended referral")?;
+                duijie_common::sealing::seal_referral(key, case_id, &mut r).map_err(ApiError::Unexpected)?;
+                *bytes = r.encode_to_vec();
+            }
+        }
         let Effects::Send { lifecycle, new_holder, recipient, copy_to, hand_over, court } =
             stored.case.decide(Message::Outgoing { sender: caller, payload: &payload }).map_err(refused)?
         else {
@@ -166,7 +190,6 @@ impl Agency {
         if let Some(to) = &hand_over {
             self.check_known(to, if kind == MessageKind::Redirect { "redirect.to" } else { "escalation.to_agency" })?;
         }
-        let mut payload = payload;
         if let Payload::ConfirmationRequest(r) = &mut payload {
             self.check_application_limit(&mut tx, caller, case_id, r).await?;
         }

@@ -48,6 +48,9 @@ pub fn validate_referral(r: &Referral) -> Result<(), ApiError> {
         if p.name.trim().is_empty() {
             return Err(ApiError::invalid(format!("parties[{i}].name"), "is required"));
         }
+        if !p.sealed.is_empty() {
+            return Err(ApiError::invalid(format!("parties[{i}].sealed"), "is set by the service that seals the parties' data, never by a client"));
+        }
         if let Some(id) = &p.identity {
             duijie_domain::identity::validate(id.document_type(), &id.number)
                 .map_err(|e| ApiError::invalid(format!("parties[{i}].identity.number"), e.to_string()))?;

@@ -48,6 +48,9 @@ pub struct ServiceConfig {
     /// Signed handoffs: the CA(s) whose agencies' signatures are accepted and where the nodes'
     /// certificates and keys are (each node signs what it sends, `duijie_common::signing`).
     pub signing: duijie_common::signing::SigningConfig,
+    /// Where the case data keys come from (the audit service, asked with each node's own
+    /// certificate): the parties' identity, contact and address are sealed with them.
+    pub key_service: duijie_common::sealing::KeyServiceConfig,
 }
 
 fn default_directory_reload() -> std::time::Duration {
@@ -105,6 +108,8 @@ pub async fn start(
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());
     }
+    let keys = duijie_common::sealing::KeyClient::new(&cfg.key_service, &cfg.signing, &nodes).context("key_service: the nodes' identities")?;
+    agency = agency.with_keys(keys);
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
 

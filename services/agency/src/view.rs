@@ -40,6 +40,20 @@ pub struct CaseView {
     pub handed_on: bool,
     /// What the caller may send next (nothing once closed or handed on).
     pub allowed_next: Vec<MessageKind>,
+    /// The parties' identity, contact and address are sealed for this reader.
+    pub parties_sealed: bool,
+    /// The case's data key was erased: nobody can read them any more.
+    pub parties_erased: bool,
+}
+
+/// What a view can do with the referral's sealed parties.
+pub(crate) enum PartyKey {
+    /// Nothing: they stay sealed (lists, action answers, readers other than the holder).
+    Sealed,
+    /// The case's key, released to the holder: they are opened.
+    Open(duijie_common::sealing::Key),
+    /// The key was erased.
+    Erased,
 }
 
 /// One message of a case's timeline.
@@ -104,7 +118,28 @@ impl Agency {
         let mut conn = self.db.acquire().await?;
         let loaded = self.load_view(&mut conn, caller, case_id).await?;
         drop(conn);
-        self.build_view(caller, loaded)
+        let key = self.party_key(caller, &loaded).await;
+        self.build_view_with(caller, loaded, key)
+    }
+
+    /// The case's key for its holder, which must reach the parties (the key service records the
+    /// read); anyone else, or a case whose parties are not sealed, gets none.
+    async fn party_key(&self, caller: &AgencyNode, loaded: &LoadedView) -> PartyKey {
+        let Some(keys) = &self.keys else { return PartyKey::Sealed };
+        let holder = loaded.stored.case.role_of(caller) == Role::Holder && caller.kind() == AgencyKind::Mediation;
+        let sealed = Referral::decode(loaded.stored.referral.as_slice()).is_ok_and(|r| duijie_common::sealing::is_sealed(&r));
+        if !holder || !sealed {
+            return PartyKey::Sealed;
+        }
+        match keys.open(caller, loaded.stored.case_id, "view").await {
+            Ok(k) => PartyKey::Open(k),
+            Err(duijie_common::sealing::KeyError::Erased) => PartyKey::Erased,
+            Err(e) => {
+                // The view still answers, with the parties sealed (and says so).
+                tracing::warn!(case_id = %loaded.stored.case_id, error = %e, "cannot open the parties' data for the holder");
+                PartyKey::Sealed
+            }
+        }
     }
 
     /// What a view of the case is made of, read on `conn`: a snapshot, or the transaction of an
@@ -120,6 +155,11 @@ impl Agency {
 
     /// The view from what [`load_view`](Self::load_view) read (no database).
     pub(crate) fn build_view(&self, caller: &AgencyNode, loaded: LoadedView) -> Result<CaseView, ApiError> {
+        self.build_view_with(caller, loaded, PartyKey::Sealed)
+    }
+
+    /// [`build_view`](Self::build_view), the sealed parties opened with `key` if it is given.
+    pub(crate) fn build_view_with(&self, caller: &AgencyNode, loaded: LoadedView, key: PartyKey) -> Result<CaseView, ApiError> {
         let LoadedView { stored, events } = loaded;
         let mut timeline = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
@@ -148,6 +188,21 @@ impl Agency {
         if let Some(f) = &mut referral.forwarded {
             f.history.clear(); // shown as the timeline's `prior` entries
         }
+        let (mut parties_sealed, mut parties_erased) = (false, false);
+        if duijie_common::sealing::is_sealed(&referral) {
+            let opened = match &key {
+                PartyKey::Open(k) => duijie_common::sealing::open_referral(k, case_id, &mut referral).is_ok(),
+                PartyKey::Erased => {
+                    parties_erased = true;
+                    false
+                }
+                PartyKey::Sealed => false,
+            };
+            if !opened {
+                duijie_common::sealing::strip_sealed(&mut referral);
+                parties_sealed = true;
+            }
+        }
         if !(role == Role::Holder && caller.kind() == AgencyKind::Mediation) {
             referral = duijie_domain::identity::masked(referral);
         }
@@ -167,6 +222,8 @@ impl Agency {
             timeline,
             updated_at,
             handed_on,
+            parties_sealed,
+            parties_erased,
         })
     }
 

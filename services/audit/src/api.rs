@@ -32,6 +32,8 @@ pub struct AuditApi {
     lookup: LookupConfig,
     /// Checks the records' signatures again in `Verify` (none: hashes only).
     verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
+    /// Wraps the case data keys (none: the key calls answer FAILED_PRECONDITION).
+    master: Option<duijie_common::sealing::Key>,
 }
 
 impl AuditApi {
@@ -45,17 +47,18 @@ impl AuditApi {
     /// The service with the parties' lookup set up by `lookup` (who may call it, the access-code
     /// secret, the rate limits).
     pub fn server_with(api_pool: impl Into<ApiPool>, lookup: LookupConfig) -> AuditServiceServer<Self> {
-        Self::server_signed(api_pool, lookup, None)
+        Self::server_signed(api_pool, lookup, None, None)
     }
 
     /// [`AuditApi::server_with`] whose `Verify` also checks every record's signature with
-    /// `verifier` (the agencies' CA).
+    /// `verifier` (the agencies' CA), and which keeps the case data keys wrapped by `master`.
     pub fn server_signed(
         api_pool: impl Into<ApiPool>,
         lookup: LookupConfig,
         verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
+        master: Option<duijie_common::sealing::Key>,
     ) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup, verifier })
+        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup, verifier, master })
             .max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES)
     }
 
@@ -185,6 +188,16 @@ struct RecordRow {
     signer: Option<String>,
 }
 
+fn case_uuid(s: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(s.trim()).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))
+}
+
+impl AuditApi {
+    fn master(&self) -> Result<&duijie_common::sealing::Key, ApiError> {
+        self.master.as_ref().ok_or_else(|| ApiError::FailedPrecondition("this audit service keeps no case keys (audit.keys.master_key)".into()))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -242,8 +255,18 @@ impl AuditService for AuditApi {
             rec.delivered_at = delivered.get(&rec.message_id).map(|t| ts(*t));
         }
         let refs: Vec<(DateTime<Utc>, &Payload)> = payloads.iter().map(|(t, p)| (*t, p)).collect();
-        let case = self.case_view_from(&case, &refs);
-        Ok(Response::new(pb::GetTimelineResponse { case: Some(case), records }))
+        let view = self.case_view_from(&case, &refs);
+        let mut conn = self.conn().await?;
+        let key_releases = crate::keys::releases(&mut conn, case.case_id)
+            .await
+            .map_err(ApiError::Unexpected)?
+            .into_iter()
+            .map(|(agency, at, action, purpose)| {
+                let agency = agency.parse::<AgencyNode>().ok().map(|n| AgencyRef::from(&n));
+                pb::KeyRelease { agency, at: Some(ts(at)), action, purpose }
+            })
+            .collect();
+        Ok(Response::new(pb::GetTimelineResponse { case: Some(view), records, key_releases }))
     }
 
     async fn list_open_handoffs(
@@ -440,6 +463,40 @@ impl AuditService for AuditApi {
         }))
     }
 
+    async fn issue_case_key(&self, req: Request<pb::IssueCaseKeyRequest>) -> Result<Response<pb::IssueCaseKeyResponse>, Status> {
+        let who = caller(&req)?;
+        let id = case_uuid(&req.get_ref().case_id)?;
+        let master = self.master()?;
+        let mut tx = self.db.begin().await.map_err(ApiError::Unexpected)?;
+        let holder = AgencyNode::from_ref(req.get_ref().holder.as_ref()).map_err(|e| ApiError::invalid("holder", e.to_string()))?;
+        let key = crate::keys::issue(&mut tx, master, id, &who, &holder).await?;
+        tx.commit().await.map_err(|e| ApiError::Unexpected(e.into()))?;
+        Ok(Response::new(pb::IssueCaseKeyResponse { key: key.as_bytes().to_vec() }))
+    }
+
+    async fn open_case_key(&self, req: Request<pb::OpenCaseKeyRequest>) -> Result<Response<pb::OpenCaseKeyResponse>, Status> {
+        let who = caller(&req)?;
+        let id = case_uuid(&req.get_ref().case_id)?;
+        let purpose: String = req.get_ref().purpose.chars().filter(|c| !c.is_control()).take(200).collect();
+        let master = self.master()?;
+        let mut tx = self.db.begin().await.map_err(ApiError::Unexpected)?;
+        let key = crate::keys::open(&mut tx, master, id, &who, &purpose).await?;
+        // Committed before the key leaves: no read of the parties' data goes unrecorded.
+        tx.commit().await.map_err(|e| ApiError::Unexpected(e.into()))?;
+        Ok(Response::new(pb::OpenCaseKeyResponse { key: key.as_bytes().to_vec() }))
+    }
+
+    async fn erase_case(&self, req: Request<pb::EraseCaseRequest>) -> Result<Response<pb::EraseCaseResponse>, Status> {
+        let who = caller(&req)?;
+        let id = case_uuid(&req.get_ref().case_id)?;
+        let reason: String = req.get_ref().reason.chars().filter(|c| !c.is_control()).take(500).collect();
+        let mut tx = self.db.begin().await.map_err(ApiError::Unexpected)?;
+        let at = crate::keys::erase(&mut tx, id, &who, &reason).await?;
+        tx.commit().await.map_err(|e| ApiError::Unexpected(e.into()))?;
+        tracing::info!(case_id = %id, by = %who, "case data key erased");
+        Ok(Response::new(pb::EraseCaseResponse { erased_at: Some(ts(at)) }))
+    }
+
     async fn lookup_case(&self, req: Request<pb::LookupCaseRequest>) -> Result<Response<pb::LookupCaseResponse>, Status> {
         // Only the console asks, on a party's behalf: an agency reads its cases through the calls
         // above, and nobody else may try codes and factors against the store.
@@ -448,7 +505,7 @@ impl AuditService for AuditApi {
             return Err(ApiError::PermissionDenied(format!("{via}: the parties' lookup is answered to the console only")).into());
         }
         let mut conn = self.conn().await?;
-        let answer = lookup::lookup(&mut conn, &self.lookup, &self.calendar, &via, req.get_ref()).await?;
+        let answer = lookup::lookup(&mut conn, &self.lookup, &self.calendar, &via, req.get_ref(), self.master.as_ref()).await?;
         Ok(Response::new(answer))
     }
 

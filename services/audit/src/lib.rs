@@ -9,6 +9,7 @@
 //! tells the agency services' audit gates how far behind the store is; `service` runs it all.
 
 pub mod api;
+pub mod keys;
 pub mod lookup;
 pub mod service;
 pub mod stats;

@@ -253,6 +253,7 @@ pub async fn lookup(
     calendar: &WorkCalendar,
     via: &str,
     req: &pb::LookupCaseRequest,
+    master: Option<&duijie_common::sealing::Key>,
 ) -> Result<pb::LookupCaseResponse, ApiError> {
     let address = req.client_address.trim();
     if address.is_empty() || address.len() > 64 {
@@ -300,7 +301,18 @@ pub async fn lookup(
     let ids: Vec<Uuid> = if candidates.is_empty() { vec![Uuid::nil()] } else { candidates.iter().map(|c| c.case_id).collect() };
     for (i, id) in ids.iter().enumerate() {
         let payloads = crate::store::case_payloads(&mut tx, *id).await?;
-        let listed = parties(&payloads);
+        let mut listed = parties(&payloads);
+        // Identity numbers are sealed with the case's key; once it is erased only the access
+        // code still finds the case.
+        if let Some(master) = master
+            && let Some(key) = crate::keys::for_lookup(&mut tx, master, *id).await?
+        {
+            let mut r = duijie_proto::v1::Referral { parties: listed, ..Default::default() };
+            if duijie_common::sealing::open_referral(&key, *id, &mut r).is_err() {
+                tracing::warn!(case_id = %id, "a party's sealed data does not open with its case key");
+            }
+            listed = r.parties;
+        }
         let code_of_case = cfg.access_code_secret.as_ref().and_then(|s| access_code(s, *id));
         let matched = match_factor(&req.factor, &listed, code_of_case.as_deref());
         if let (Some(m), Some(case), None) = (matched, candidates.get(i), answer.as_ref()) {

@@ -59,6 +59,8 @@ pub struct AuditConfig {
     /// The parties' lookup by case code (`audit.lookup`): who may ask, the access-code secret
     /// (`DUIJIE_AUDIT__LOOKUP__ACCESS_CODE_SECRET`), the rate limits.
     pub lookup: crate::lookup::LookupConfig,
+    /// The case data keys' custody (`audit.keys`): the master key, from the environment.
+    pub keys: crate::keys::KeysConfig,
 }
 
 impl Default for AuditConfig {
@@ -71,6 +73,7 @@ impl Default for AuditConfig {
             tree_head_ms: Duration::from_secs(600),
             status_interval_ms: Duration::from_secs(1),
             lookup: crate::lookup::LookupConfig::default(),
+            keys: crate::keys::KeysConfig::default(),
         }
     }
 }
@@ -147,6 +150,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         tracing::info!("audit.lookup.access_code_secret not set: parties' access codes are neither issued nor accepted");
     }
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
+    let master = cfg.audit.keys.master()?;
     // Bulkheads: gRPC calls on one pool; the tap consumer, the relay, the deadline notices,
     // retention and pruning on the other.
     let pools = db::ServicePools::new(&cfg.bus.database)?;
@@ -217,7 +221,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_signed(pools.api, cfg.audit.lookup.clone(), Some(verifier.clone())));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_signed(pools.api, cfg.audit.lookup.clone(), Some(verifier.clone()), Some(master)));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");

@@ -81,6 +81,8 @@ pub struct ProcessStack {
     pub ca: DevCa,
     admin: DatabaseConfig,
     databases: Vec<String>,
+    /// The audit service's master key for this run (64 hex digits).
+    master_key: String,
 }
 
 impl ProcessStack {
@@ -121,7 +123,20 @@ impl ProcessStack {
         let ca = DevCa::generate("duijie system benchmark CA")?;
         let ca_path = dir.join("ca.pem");
         std::fs::write(&ca_path, ca.cert_pem())?;
-        let mut stack = Self { id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases };
+        // Signing keys of every node and of the audit service (signed handoffs).
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys)?;
+        for n in demo_nodes()? {
+            let tls = ca.agency(&n)?;
+            let stem = format!("{}-{}", n.kind().as_str(), n.code());
+            std::fs::write(keys.join(format!("{stem}.pem")), &tls.cert)?;
+            std::fs::write(keys.join(format!("{stem}-key.pem")), &tls.key)?;
+        }
+        let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost", "127.0.0.1"])?;
+        std::fs::write(keys.join("service-audit.pem"), cert)?;
+        std::fs::write(keys.join("service-audit-key.pem"), key)?;
+        let master_key: String = duijie_common::sealing::Key::generate()?.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let mut stack = Self { id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases, master_key };
         for (svc, database) in SERVICES.into_iter().zip(stack.databases.clone()) {
             let process = stack.spawn(opts, svc, &database, &ca_path).await;
             match process {
@@ -158,6 +173,11 @@ impl ProcessStack {
             .env("DUIJIE_GRPC__TLS__CA", ca_path)
             .env("DUIJIE_GRPC__TLS__CERT", &cert_path)
             .env("DUIJIE_GRPC__TLS__KEY", &key_path)
+            .env("DUIJIE_SIGNING__CA", ca_path)
+            .env("DUIJIE_SIGNING__KEYS", self.dir.join("keys"))
+            // The audit service starts first; the agency services ask it for case keys.
+            .env("DUIJIE_KEY_SERVICE__ENDPOINT", self.services.first().map(|a| a.addr.to_string()).unwrap_or_default())
+            .env("DUIJIE_AUDIT__KEYS__MASTER_KEY", &self.master_key)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

@@ -317,6 +317,7 @@ impl ReferralFile {
                 contact: p.contact.clone(),
                 address: p.address.clone(),
                 representative: p.representative.clone(),
+                sealed: Vec::new(),
             });
         }
         for c in &self.consents {

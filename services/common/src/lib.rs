@@ -17,6 +17,7 @@ pub mod process;
 pub mod reconnect;
 pub mod server;
 pub mod shutdown;
+pub mod sealing;
 pub mod signing;
 pub mod status;
 pub mod telemetry;

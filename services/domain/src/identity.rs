@@ -117,6 +117,8 @@ pub fn shown(mut env: duijie_proto::v1::Envelope) -> duijie_proto::v1::Envelope 
         for p in &mut r.parties {
             p.contact.clear();
             p.address.clear();
+            // Ciphertext a timeline reader cannot open (README, Party data).
+            p.sealed.clear();
         }
         if let Some(f) = &mut r.forwarded {
             f.history.clear();

@@ -330,8 +330,17 @@ fn check_party(p: Path<'_>, party: &pb::Party) -> Checked {
     }
     check_line(&p.at("contact"), &party.contact, MAX_CONTACT)?;
     check_line(&p.at("address"), &party.address, MAX_ADDRESS)?;
-    check_line(&p.at("representative"), &party.representative, MAX_NAME)
+    check_line(&p.at("representative"), &party.representative, MAX_NAME)?;
+    // Sealed identity, contact and address (their bounds above, plus AES-GCM's 29 bytes).
+    if party.sealed.len() > MAX_SEALED_PARTY {
+        return Err(Violation::new(p.at("sealed"), format!("must be at most {MAX_SEALED_PARTY} bytes")));
+    }
+    Ok(())
 }
+
+/// A party's sealed data at most (identity, contact and address at their limits, in UTF-8,
+/// with the sealing's overhead).
+pub const MAX_SEALED_PARTY: usize = 4096;
 
 /// A referral's bounds (fields relative to the referral): every string, list, enum, time and
 /// amount; party ids unique; each consent names a party of the referral, once.
@@ -707,6 +716,7 @@ mod tests {
             contact: cjk(MAX_CONTACT),
             address: cjk(MAX_ADDRESS),
             representative: cjk(MAX_NAME),
+            sealed: Vec::new(),
         };
         let parties: Vec<pb::Party> = (0..MAX_PARTIES).map(party).collect();
         let time = Some(prost_types::Timestamp { seconds: MAX_TIME_SECONDS, nanos: 999_999_999 });

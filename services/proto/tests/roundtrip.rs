@@ -56,6 +56,7 @@ fn party(id: &str, role: v1::PartyRole, name: &str, number: &str) -> v1::Party {
         contact: "13800000000".to_owned(),
         address: "湖南省郴州市北湖区人民路1号".to_owned(),
         representative: "李律师".to_owned(),
+        sealed: vec![0x01, 0x02],
     }
 }
 
