@@ -200,14 +200,14 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
             }
         }
     });
-    let (p, t, every) = (pool.clone(), token.clone(), cfg.audit.tree_head_ms);
+    let (p, t, every, s) = (pool.clone(), token.clone(), cfg.audit.tree_head_ms, signer.clone());
     tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = t.cancelled() => return ("tree heads".to_owned(), Ok(())),
                 () = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = crate::tree::record(&p).await {
+            if let Err(e) = crate::tree::record(&p, &s).await {
                 tracing::warn!(error = format!("{e:#}"), "cannot record a tree head; retrying at the next interval");
             }
         }
@@ -217,7 +217,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_signed(pools.api, cfg.audit.lookup.clone(), Some(verifier.clone())));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_anchored(pools.api, cfg.audit.lookup.clone(), Some(verifier.clone()), Some(signer.clone())));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");
