@@ -553,7 +553,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(field: &str, s: &str) -> CliResult<Vec<u8>> {
     let bad = || CliError::Usage(format!("anchor file: {field} is not hex"));
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()).ok_or_else(bad)).collect()

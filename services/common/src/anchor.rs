@@ -14,6 +14,9 @@ use crate::signing::{AUDIT_SIGNER, Signature, SignatureError, Verifier};
 /// Domain separation: a signature over an anchor can never be taken for one over anything else.
 pub const ANCHOR_CONTEXT: &[u8] = b"duijie.audit.anchor.v1\0";
 
+/// One chain's head as an anchor lists it: chain, size, hash of the chain's last record.
+pub type Head<'a> = (i32, i64, &'a [u8]);
+
 /// The leaf of one chain's head.
 pub fn leaf(chain: i32, size: i64, hash: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
@@ -42,7 +45,7 @@ pub fn mth(leaves: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The tree hash over `(chain, size, hash)` heads, in any order (sorted by chain here).
-pub fn root(heads: &[(i32, i64, &[u8])]) -> Vec<u8> {
+pub fn root(heads: &[Head<'_>]) -> Vec<u8> {
     let mut sorted = heads.to_vec();
     sorted.sort_by_key(|h| h.0);
     mth(&sorted.into_iter().map(|(c, s, h)| leaf(c, s, h)).collect::<Vec<_>>())
@@ -56,7 +59,7 @@ fn len_u32(n: usize) -> [u8; 4] {
 /// The bytes an anchor's signature covers (after [`ANCHOR_CONTEXT`]): created_at in microseconds,
 /// every head in chain order, the root; lengths before variable parts, so no two anchors share
 /// their bytes.
-pub fn signed_bytes(created_at_micros: i64, heads: &[(i32, i64, &[u8])], root: &[u8]) -> Vec<u8> {
+pub fn signed_bytes(created_at_micros: i64, heads: &[Head<'_>], root: &[u8]) -> Vec<u8> {
     let mut sorted = heads.to_vec();
     sorted.sort_by_key(|h| h.0);
     let mut b = Vec::with_capacity(16 + sorted.len() * 48 + root.len());
@@ -91,7 +94,7 @@ pub enum AnchorError {
 }
 
 /// An anchor's heads as `(chain, size, hash)`.
-pub fn heads(anchor: &pb::Anchor) -> Result<Vec<(i32, i64, &[u8])>, AnchorError> {
+pub fn heads(anchor: &pb::Anchor) -> Result<Vec<Head<'_>>, AnchorError> {
     anchor
         .heads
         .iter()
