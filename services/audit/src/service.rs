@@ -49,7 +49,8 @@ pub struct AuditConfig {
     /// any time (cases already in the log stay on their chain); it should not shrink, since the
     /// chains beyond it would then take no new cases.
     pub chains: u32,
-    /// How often a tree head over the chains' heads is recorded, if the log moved (ms).
+    /// How often a tree head over the chains' heads is recorded and signed with the audit
+    /// service's key (an anchor for the witnesses), if the log moved (ms).
     #[serde(with = "config::duration_ms")]
     pub tree_head_ms: Duration,
     /// How often the audit service tells the agency services' audit gates how far behind it is
