@@ -600,7 +600,11 @@ async fn tampering_with_one_of_several_chains_is_found_and_a_forged_or_replayed_
     // A tail cut off together with its chain's head (consistently, so the chain alone looks
     // whole) is found by the tree head recorded before.
     let (pool, c) = three_chains(&mut bus, &stories).await?;
-    let root = duijie_audit::tree::record(&pool).await?;
+    let ca = duijie_common::certs::DevCa::generate("duijie test CA")?;
+    let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost"])?;
+    let mut signer = duijie_common::signing::Signer::new();
+    signer.add_pem(cert.as_bytes(), key.as_bytes())?;
+    let root = duijie_audit::tree::record(&pool, &signer).await?;
     let clean = verify::verify_log(&pool).await?;
     assert_eq!(clean.tree_head.as_ref(), Some(&root), "the log verifies against the tree head just recorded");
     let last = last_of(pool.clone(), c).await?;

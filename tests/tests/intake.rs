@@ -161,7 +161,7 @@ async fn a_self_accepted_case_escalates_settles_is_confirmed_by_a_named_court_an
     let kinds: Vec<MessageKind> = t.records.iter().map(|r| r.kind()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == MessageKind::ConfirmationRequest).count(), 2, "the application and the village's copy: {kinds:?}");
     assert_eq!(kinds.first(), Some(&MessageKind::Referral));
-    assert!(audit.verify(VerifyRequest { case_id: id.clone() }).await?.into_inner().ok);
+    assert!(audit.verify(VerifyRequest { case_id: id.clone(), ..Default::default() }).await?.into_inner().ok);
     // The court took part: it reads the case's record in the audit store too.
     let as_court = stack.auditor(&stack::court()).await?.get_timeline(GetTimelineRequest { case_id: id.clone(), ..Default::default() }).await?.into_inner();
     assert_eq!(as_court.records.len(), t.records.len());

@@ -75,7 +75,7 @@ async fn audit_agrees(stack: &Stack, referrer: &Clerk, id: &str, final_state: &s
     }
     let case_seqs: Vec<u32> = own.records.iter().map(|r| r.case_seq).collect();
     assert_eq!(case_seqs, (1..=own.records.len() as u32).collect::<Vec<_>>(), "one unbroken chain per case");
-    let verified = as_supervisor.verify(VerifyRequest { case_id: id.to_owned() }).await?.into_inner();
+    let verified = as_supervisor.verify(VerifyRequest { case_id: id.to_owned(), ..Default::default() }).await?.into_inner();
     assert!(verified.ok, "{verified:?}");
     Ok(own.records.iter().map(|r| r.kind()).collect())
 }

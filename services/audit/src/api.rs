@@ -3,6 +3,8 @@
 //! code starts with its region, the statistics of its region, and runs Verify.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -16,13 +18,26 @@ use duijie_proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, AgencyRef, Channel, ClockPolicyKind, Envelope};
 use duijie_common::db::{ApiConn, ApiPool};
+use duijie_common::signing::{Signer, Verifier};
 use prost::Message as _;
 use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::lookup::{self, LookupConfig};
-use crate::{stats, verify};
+use crate::{stats, tree, verify};
+
+/// What a Verify call asks for, checked before any work starts.
+struct VerifyJob {
+    /// One case, or the whole log.
+    case: Option<Uuid>,
+    /// A witness's anchor whose signature was checked.
+    anchor: Option<verify::AnchorHeads>,
+}
+
+/// Records between two progress messages of `VerifyWithProgress` never wait on a slow reader:
+/// progress that finds the channel full is dropped (the next one says more).
+const PROGRESS_BUFFER: usize = 8;
 
 /// The `AuditService` over the audit database. Each call holds one connection at a time (the
 /// statistics take a second only when one is free at once).
@@ -30,8 +45,11 @@ pub struct AuditApi {
     db: ApiPool,
     calendar: WorkCalendar,
     lookup: LookupConfig,
-    /// Checks the records' signatures again in `Verify` (none: hashes only).
-    verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
+    /// Checks the records' signatures again in `Verify` (none: hashes only), and witnesses'
+    /// anchors (none: an anchor cannot be checked and is refused).
+    verifier: Option<Arc<Verifier>>,
+    /// Signs the tree head `GetAnchor` records when none is signed yet (none: it records none).
+    signer: Option<Arc<Signer>>,
     /// Wraps the case data keys (none: the key calls answer FAILED_PRECONDITION).
     master: Option<duijie_common::sealing::Key>,
 }
@@ -47,18 +65,30 @@ impl AuditApi {
     /// The service with the parties' lookup set up by `lookup` (who may call it, the access-code
     /// secret, the rate limits).
     pub fn server_with(api_pool: impl Into<ApiPool>, lookup: LookupConfig) -> AuditServiceServer<Self> {
-        Self::server_signed(api_pool, lookup, None, None)
+        Self::server_signed(api_pool, lookup, None)
     }
 
     /// [`AuditApi::server_with`] whose `Verify` also checks every record's signature with
-    /// `verifier` (the agencies' CA), and which keeps the case data keys wrapped by `master`.
+    /// `verifier` (the agencies' CA).
     pub fn server_signed(
         api_pool: impl Into<ApiPool>,
         lookup: LookupConfig,
-        verifier: Option<std::sync::Arc<duijie_common::signing::Verifier>>,
+        verifier: Option<Arc<Verifier>>,
+    ) -> AuditServiceServer<Self> {
+        Self::server_anchored(api_pool, lookup, verifier, None, None)
+    }
+
+    /// [`AuditApi::server_signed`] that can also sign a first tree head for `GetAnchor` with
+    /// `signer` (holding the key of [`duijie_common::signing::AUDIT_SIGNER`]), and keeps the
+    /// case data keys wrapped by `master`.
+    pub fn server_anchored(
+        api_pool: impl Into<ApiPool>,
+        lookup: LookupConfig,
+        verifier: Option<Arc<Verifier>>,
+        signer: Option<Arc<Signer>>,
         master: Option<duijie_common::sealing::Key>,
     ) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup, verifier, master })
+        AuditServiceServer::new(Self { db: api_pool.into(), calendar: WorkCalendar::bundled(), lookup, verifier, signer, master })
             .max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES)
     }
 
@@ -200,6 +230,66 @@ impl AuditApi {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl AuditApi {
+    /// Checks who asks and what: supervisors only, a case id or the whole log, and a witness's
+    /// anchor that the audit service really signed.
+    fn verify_job(&self, who: &AgencyNode, r: &pb::VerifyRequest) -> Result<VerifyJob, ApiError> {
+        if who.kind() != AgencyKind::Supervisor {
+            return Err(ApiError::PermissionDenied(format!("{who}: verifying the audit log is for supervisors")));
+        }
+        let case = r.case_id.trim();
+        let case = if case.is_empty() {
+            None
+        } else {
+            Some(Uuid::parse_str(case).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?)
+        };
+        let anchor = match &r.anchor {
+            None => None,
+            Some(_) if case.is_some() => return Err(ApiError::invalid("anchor", "an anchor is checked against the whole log, not one case")),
+            Some(a) => {
+                let verifier =
+                    self.verifier.as_deref().ok_or_else(|| ApiError::FailedPrecondition("this audit service has no CA to check anchors with".into()))?;
+                // A bad anchor is the witness's input at fault, not the log: refused, not "broken".
+                duijie_common::anchor::check(verifier, a).map_err(|e| ApiError::invalid("anchor", e.to_string()))?;
+                let heads = duijie_common::anchor::heads(a)
+                    .map_err(|e| ApiError::invalid("anchor", e.to_string()))?
+                    .into_iter()
+                    .map(|(chain, size, hash)| tree::ChainHead { chain, size, hash: hash.to_vec() })
+                    .collect();
+                Some(verify::AnchorHeads { id: a.id, heads })
+            }
+        };
+        Ok(VerifyJob { case, anchor })
+    }
+}
+
+/// Runs a checked Verify on `conn`.
+async fn run_verify(
+    conn: &mut PgConnection,
+    verifier: Option<&Verifier>,
+    job: &VerifyJob,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<pb::VerifyResponse, ApiError> {
+    let report = match job.case {
+        None => verify::verify_log_against(conn, verifier, job.anchor.as_ref(), progress).await,
+        Some(id) => verify::verify_case_on(conn, id).await,
+    }
+    .map_err(ApiError::Unexpected)?;
+    let (first_broken_seq, problem) = report.broken.clone().map_or((0, String::new()), |(s, p)| (u64::try_from(s).unwrap_or(0), p));
+    Ok(pb::VerifyResponse {
+        ok: report.ok(),
+        records_checked: report.records_checked,
+        first_broken_seq,
+        problem,
+        first_broken_chain: u32::try_from(report.broken_chain).unwrap_or(0),
+        chains: report.chains,
+        tree_head_hex: report.tree_head.as_deref().map(hex).unwrap_or_default(),
+        signatures_checked: report.signatures_checked,
+        unsigned_records: report.unsigned_records,
+        anchor_checked: job.anchor.is_some(),
+    })
 }
 
 #[tonic::async_trait]
@@ -434,33 +524,67 @@ impl AuditService for AuditApi {
 
     async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let who = caller(&req)?;
-        if who.kind() != AgencyKind::Supervisor {
-            return Err(ApiError::PermissionDenied(format!("{who}: verifying the audit log is for supervisors")).into());
-        }
-        let case = req.get_ref().case_id.trim();
-        let id = if case.is_empty() {
-            None
-        } else {
-            Some(Uuid::parse_str(case).map_err(|_| ApiError::invalid("case_id", "must be a case id (UUID)"))?)
-        };
+        let job = self.verify_job(&who, req.get_ref())?;
         let mut conn = self.conn().await?;
-        let report = match id {
-            None => verify::verify_log_on(&mut conn, self.verifier.as_deref(), &mut |_| {}).await,
-            Some(id) => verify::verify_case_on(&mut conn, id).await,
+        let r = run_verify(&mut conn, self.verifier.as_deref(), &job, &mut |_| {}).await?;
+        Ok(Response::new(r))
+    }
+
+    type VerifyWithProgressStream = Pin<Box<dyn futures::Stream<Item = Result<pb::VerifyWithProgressResponse, Status>> + Send + 'static>>;
+
+    async fn verify_with_progress(
+        &self,
+        req: Request<pb::VerifyWithProgressRequest>,
+    ) -> Result<Response<Self::VerifyWithProgressStream>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner().verify.unwrap_or_default();
+        // Refusals (rights, bad input, a bad anchor, busy) answer the call itself, before the
+        // stream starts.
+        let job = self.verify_job(&who, &r)?;
+        let mut conn = self.conn().await?;
+        let verifier = self.verifier.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::VerifyWithProgressResponse, Status>>(PROGRESS_BUFFER);
+        tokio::spawn(async move {
+            let progress_msg = |n: u64| Ok(pb::VerifyWithProgressResponse { event: Some(pb::verify_with_progress_response::Event::RecordsChecked(n)) });
+            let progress_tx = tx.clone();
+            let mut progress = move |n: u64| {
+                // A full channel (a slow reader) or a gone one (the client left): skip this one.
+                let _ = progress_tx.try_send(progress_msg(n));
+            };
+            let result = run_verify(&mut conn, verifier.as_deref(), &job, &mut progress).await.map_err(Status::from);
+            // The client may have gone away; then nothing is left to tell it.
+            if let Ok(r) = &result
+                && !r.records_checked.is_multiple_of(verify::PROGRESS_EVERY)
+            {
+                // The last count too, so every walk reports its progress at least once.
+                let _ = tx.send(progress_msg(r.records_checked)).await;
+            }
+            let result = result.map(|r| pb::VerifyWithProgressResponse { event: Some(pb::verify_with_progress_response::Event::Result(r)) });
+            let _ = tx.send(result).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_anchor(&self, req: Request<pb::GetAnchorRequest>) -> Result<Response<pb::GetAnchorResponse>, Status> {
+        let who = caller(&req)?;
+        // The witnesses DESIGN names: supervisors and the procuratorate keep anchors outside the
+        // audit database. Nobody else needs one, and the heads say how busy every chain is.
+        if !matches!(who.kind(), AgencyKind::Supervisor | AgencyKind::Procuratorate) {
+            return Err(ApiError::PermissionDenied(format!("{who}: anchors are handed to supervisors and the procuratorate")).into());
         }
-        .map_err(ApiError::Unexpected)?;
-        let (first_broken_seq, problem) = report.broken.clone().map_or((0, String::new()), |(s, p)| (u64::try_from(s).unwrap_or(0), p));
-        Ok(Response::new(pb::VerifyResponse {
-            ok: report.ok(),
-            records_checked: report.records_checked,
-            first_broken_seq,
-            problem,
-            first_broken_chain: u32::try_from(report.broken_chain).unwrap_or(0),
-            chains: report.chains,
-            tree_head_hex: report.tree_head.as_deref().map(hex).unwrap_or_default(),
-            signatures_checked: report.signatures_checked,
-            unsigned_records: report.unsigned_records,
-        }))
+        let mut conn = self.conn().await?;
+        let mut anchor = tree::latest_anchor(&mut conn).await.map_err(ApiError::Unexpected)?;
+        if anchor.is_none()
+            && let Some(signer) = &self.signer
+        {
+            // None signed yet (a new deployment, or one from before anchors): sign one now rather
+            // than make the witness wait for the next interval.
+            tree::record_on(&mut conn, signer).await.map_err(ApiError::Unexpected)?;
+            anchor = tree::latest_anchor(&mut conn).await.map_err(ApiError::Unexpected)?;
+        }
+        let anchor = anchor.ok_or_else(|| ApiError::Unavailable("no signed tree head yet; ask again after the next one is recorded".into()))?;
+        Ok(Response::new(pb::GetAnchorResponse { anchor: Some(anchor) }))
     }
 
     async fn issue_case_key(&self, req: Request<pb::IssueCaseKeyRequest>) -> Result<Response<pb::IssueCaseKeyResponse>, Status> {

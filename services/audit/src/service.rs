@@ -49,7 +49,8 @@ pub struct AuditConfig {
     /// any time (cases already in the log stay on their chain); it should not shrink, since the
     /// chains beyond it would then take no new cases.
     pub chains: u32,
-    /// How often a tree head over the chains' heads is recorded, if the log moved (ms).
+    /// How often a tree head over the chains' heads is recorded and signed with the audit
+    /// service's key (an anchor for the witnesses), if the log moved (ms).
     #[serde(with = "config::duration_ms")]
     pub tree_head_ms: Duration,
     /// How often the audit service tells the agency services' audit gates how far behind it is
@@ -204,14 +205,14 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
             }
         }
     });
-    let (p, t, every) = (pool.clone(), token.clone(), cfg.audit.tree_head_ms);
+    let (p, t, every, s) = (pool.clone(), token.clone(), cfg.audit.tree_head_ms, signer.clone());
     tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = t.cancelled() => return ("tree heads".to_owned(), Ok(())),
                 () = tokio::time::sleep(every) => {}
             }
-            if let Err(e) = crate::tree::record(&p).await {
+            if let Err(e) = crate::tree::record(&p, &s).await {
                 tracing::warn!(error = format!("{e:#}"), "cannot record a tree head; retrying at the next interval");
             }
         }
@@ -221,7 +222,13 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         db::prune_inbox_periodically(p, retention, db::INBOX_PRUNE_INTERVAL, t).await;
         ("inbox pruning".to_owned(), Ok(()))
     });
-    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_signed(pools.api, cfg.audit.lookup.clone(), Some(verifier.clone()), Some(master)));
+    let routes = tonic::service::Routes::new(crate::api::AuditApi::server_anchored(
+        pools.api,
+        cfg.audit.lookup.clone(),
+        Some(verifier.clone()),
+        Some(signer.clone()),
+        Some(master),
+    ));
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");

@@ -171,8 +171,36 @@ struct TreeHeadRow {
     root: Vec<u8>,
 }
 
-/// What recorded tree heads say a chain's record at a position must hash to.
-type Commitments = HashMap<(i32, i64), Vec<(i64, Vec<u8>)>>;
+/// What recorded tree heads (named) say a chain's record at a position must hash to.
+type Commitments = HashMap<(i32, i64), Vec<(String, Vec<u8>)>>;
+
+/// Takes what the tree head `what` lists into `committed`, to be checked as the walk passes the
+/// records; a chain now shorter than it says, or a dropped position that disagrees with the
+/// retention checkpoint, is reported at once as (chain, seq, problem).
+fn commit(
+    committed: &mut Commitments,
+    what: &str,
+    listed: Vec<ChainHead>,
+    heads: &HashMap<i32, ChainHead>,
+    checkpoints: &HashMap<i32, (i64, Vec<u8>)>,
+) -> Option<(i32, i64, String)> {
+    for h in listed {
+        let now = heads.get(&h.chain).map_or(0, |n| n.size);
+        if h.size > now {
+            return Some((h.chain, now + 1, format!("{what} covers record {} of chain {}: the chain was cut back to {now}", h.size, h.chain)));
+        }
+        match checkpoints.get(&h.chain) {
+            // Dropped for retention: the checkpoint keeps only its last record's hash.
+            Some((cp, cp_hash)) if h.size == *cp && *cp_hash != h.hash => {
+                return Some((h.chain, h.size, format!("{what} disagrees with the retention checkpoint")));
+            }
+            Some((cp, _)) if h.size <= *cp => {}
+            _ if h.size > 0 => committed.entry((h.chain, h.size)).or_default().push((what.to_owned(), h.hash)),
+            _ => {}
+        }
+    }
+    None
+}
 
 /// Verifies the whole log, on one connection of `pool` (its hashes; no signature check).
 pub async fn verify_log(pool: &PgPool) -> anyhow::Result<Report> {
@@ -187,6 +215,25 @@ pub async fn verify_log_with(pool: &PgPool, verifier: Option<&Verifier>) -> anyh
 /// Verifies the whole log on `conn` (see [`verify_log`]), calling `progress` with the number of
 /// records checked so far every [`PROGRESS_EVERY`] records.
 pub async fn verify_log_on(conn: &mut PgConnection, verifier: Option<&Verifier>, progress: &mut (dyn FnMut(u64) + Send)) -> anyhow::Result<Report> {
+    verify_log_against(conn, verifier, None, progress).await
+}
+
+/// A witness's anchor to check the log against: its id and the heads it committed to (its
+/// signature already checked by the caller).
+pub struct AnchorHeads {
+    pub id: i64,
+    pub heads: Vec<ChainHead>,
+}
+
+/// [`verify_log_on`], and with `anchor` also that the log still holds every record the anchor
+/// committed to: checked like a recorded tree head, but from outside the database, so a log
+/// rewritten together with its heads and every tree head is still found.
+pub async fn verify_log_against(
+    conn: &mut PgConnection,
+    verifier: Option<&Verifier>,
+    anchor: Option<&AnchorHeads>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> anyhow::Result<Report> {
     let mut tx = snapshot(conn).await?;
     let checkpoints = checkpoints(&mut tx).await?;
     let heads: HashMap<i32, ChainHead> = tree::heads(&mut tx).await?.into_iter().map(|h| (h.chain, h)).collect();
@@ -213,21 +260,14 @@ pub async fn verify_log_on(conn: &mut PgConnection, verifier: Option<&Verifier>,
         if listed.len() != t_chains.len().max(sizes.len()).max(hashes.len()) || tree::root(&listed) != root {
             return Ok(report(0, 0, 0, format!("tree head {id} does not hash to what it lists")));
         }
-        for h in listed {
-            let now = heads.get(&h.chain).map_or(0, |n| n.size);
-            if h.size > now {
-                return Ok(report(0, h.chain, now + 1, format!("tree head {id} covers record {} of chain {}: the chain was cut back to {now}", h.size, h.chain)));
-            }
-            match checkpoints.get(&h.chain) {
-                // Dropped for retention: the checkpoint keeps only its last record's hash.
-                Some((cp, cp_hash)) if h.size == *cp && *cp_hash != h.hash => {
-                    return Ok(report(0, h.chain, h.size, format!("tree head {id} disagrees with the retention checkpoint")));
-                }
-                Some((cp, _)) if h.size <= *cp => {}
-                _ if h.size > 0 => committed.entry((h.chain, h.size)).or_default().push((id, h.hash)),
-                _ => {}
-            }
+        if let Some((chain, seq, problem)) = commit(&mut committed, &format!("tree head {id}"), listed, &heads, &checkpoints) {
+            return Ok(report(0, chain, seq, problem));
         }
+    }
+    if let Some(a) = anchor
+        && let Some((chain, seq, problem)) = commit(&mut committed, &format!("the witness's anchor (tree head {})", a.id), a.heads.clone(), &heads, &checkpoints)
+    {
+        return Ok(report(0, chain, seq, problem));
     }
 
     let mut cases: HashMap<Uuid, (i32, i32, Vec<u8>)> = HashMap::new();
@@ -282,9 +322,9 @@ pub async fn verify_log_on(conn: &mut PgConnection, verifier: Option<&Verifier>,
                 return Ok(report(checked, row.chain, row.seq, problem));
             }
             if let Some(commitments) = committed.get(&(row.chain, row.seq))
-                && let Some((id, _)) = commitments.iter().find(|(_, h)| *h != row.hash)
+                && let Some((what, _)) = commitments.iter().find(|(_, h)| *h != row.hash)
             {
-                return Ok(report(checked, row.chain, row.seq, format!("the record differs from what tree head {id} committed to: the log was rewritten")));
+                return Ok(report(checked, row.chain, row.seq, format!("the record differs from what {what} committed to: the log was rewritten")));
             }
             cases.insert(row.case_id, (row.chain, row.case_seq, row.hash.clone()));
             w.prev_hash = row.hash;

@@ -9,8 +9,13 @@ use chrono::{Datelike as _, NaiveDate};
 use clap::Args;
 use duijie_proto::v1::{
     AgencyRef, AuditCase, AuditRecord, GetTimelineResponse, Channel, GetTimelineRequest, ListOpenHandoffsRequest, ListOverdueRequest,
-    GetStatisticsRequest, VerifyRequest,
+    GetStatisticsRequest, VerifyRequest, Anchor, ChainHead, GetAnchorRequest, VerifyWithProgressRequest,
 };
+use duijie_proto::v1::verify_with_progress_response::Event;
+use duijie_common::envelope::{from_timestamp, timestamp};
+use duijie_common::signing::Verifier;
+use prost::Message as _;
+use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult, StatusContext as _};
@@ -451,14 +456,17 @@ pub async fn stats(ctx: &Ctx, args: StatsArgs) -> CliResult<()> {
     Ok(())
 }
 
-/// `duijie verify [--case CASE]`: exit 5 when the chain is broken.
-pub async fn verify(ctx: &Ctx, case: Option<&str>) -> CliResult<()> {
-    let mut client = ctx.audit()?;
+/// `duijie verify [--case CASE] [--anchor FILE]`: exit 5 when the chain is broken (or no longer
+/// holds what the anchor committed to). No overall deadline: the audit service streams progress
+/// (printed to stderr) for as long as the walk takes.
+pub async fn verify(ctx: &Ctx, case: Option<&str>, anchor: Option<&Path>) -> CliResult<()> {
+    let anchor = anchor.map(load_anchor).transpose()?;
     let case_id = match case {
         None => String::new(),
         Some(c) if output::is_case_id(c) => c.trim().to_owned(),
         // Verify takes a case id: resolve a case code through the timeline.
-        Some(c) => client
+        Some(c) => ctx
+            .audit()?
             .get_timeline(timeline_request(c))
             .await
             .or_refused(&format!("looking up case {c}"))?
@@ -467,18 +475,31 @@ pub async fn verify(ctx: &Ctx, case: Option<&str>) -> CliResult<()> {
             .map(|c| c.case_id)
             .ok_or_else(|| CliError::Refused(format!("no case {c}")))?,
     };
-    let r = client.verify(VerifyRequest { case_id: case_id.clone() }).await.or_refused("verifying the audit chain")?.into_inner();
+    let mut client = ctx.audit_unbounded()?;
+    let request = VerifyWithProgressRequest { verify: Some(VerifyRequest { case_id: case_id.clone(), anchor }) };
+    let mut stream = client.verify_with_progress(request).await.or_refused("verifying the audit chain")?.into_inner();
+    let mut result = None;
+    while let Some(msg) = stream.message().await.or_refused("verifying the audit chain")? {
+        match msg.event {
+            Some(Event::RecordsChecked(n)) => eprintln!("checked {n} records…"),
+            Some(Event::Result(r)) => result = Some(r),
+            None => {}
+        }
+    }
+    let r = result.ok_or_else(|| CliError::Unavailable("verifying the audit chain: the stream ended without a result; retry".into()))?;
     if ctx.json {
         output::print_json(&json!({
             "ok": r.ok, "records_checked": r.records_checked, "first_broken_seq": r.first_broken_seq,
             "first_broken_chain": r.first_broken_chain, "problem": r.problem, "chains": r.chains, "tree_head": r.tree_head_hex,
             "case_id": if case_id.is_empty() { Value::Null } else { Value::String(case_id.clone()) },
+            "anchor_checked": r.anchor_checked,
         }));
     }
     if r.ok {
         if !ctx.json {
             let scope = if case_id.is_empty() { format!(" on {} chain(s), tree head {}", r.chains, r.tree_head_hex) } else { format!(" (case {case_id})") };
-            println!("完整 ok: {} records verified{scope}", r.records_checked);
+            let anchored = if r.anchor_checked { ", holding everything the anchor committed to" } else { "" };
+            println!("完整 ok: {} records verified{scope}{anchored}", r.records_checked);
         }
         Ok(())
     } else {
@@ -487,6 +508,98 @@ pub async fn verify(ctx: &Ctx, case: Option<&str>) -> CliResult<()> {
             r.first_broken_seq, r.first_broken_chain, r.problem, r.records_checked
         )))
     }
+}
+
+/// `duijie anchor [--save FILE]`: the latest anchor, its signature checked against the CA of
+/// `--pki` (exit 5 if it does not hold: the audit service handed out something it did not sign).
+pub async fn anchor(ctx: &Ctx, save: Option<&Path>) -> CliResult<()> {
+    let a = ctx
+        .audit()?
+        .get_anchor(GetAnchorRequest {})
+        .await
+        .or_refused("fetching the anchor")?
+        .into_inner()
+        .anchor
+        .ok_or_else(|| CliError::Failure(anyhow::anyhow!("the audit service answered without an anchor")))?;
+    let ca = ctx.pki.dir().join("ca.pem");
+    let verifier = Verifier::from_file(&ca).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    duijie_common::anchor::check(&verifier, &a).map_err(|e| CliError::Broken(format!("the anchor does not hold: {e}")))?;
+    if let Some(path) = save {
+        let bytes = if is_binary(path) { a.encode_to_vec() } else { format!("{:#}\n", anchor_json(&a)).into_bytes() };
+        std::fs::write(path, bytes).map_err(|e| CliError::Failure(anyhow::anyhow!("writing {}: {e}", path.display())))?;
+    }
+    if ctx.json {
+        output::print_json(&anchor_json(&a));
+    } else {
+        let when = from_timestamp(a.created_at.as_ref()).map(|t| t.to_rfc3339()).unwrap_or_default();
+        println!("锚点 anchor {} of {when}, signed by {}, root {}", a.id, duijie_common::signing::AUDIT_SIGNER, hex(&a.root));
+        for h in &a.heads {
+            println!("  chain {:>3}  size {:>10}  hash {}", h.chain, h.size, hex(&h.hash));
+        }
+        if let Some(path) = save {
+            println!("saved to {}; check the log against it later with `duijie verify --anchor {}`", path.display(), path.display());
+        }
+    }
+    Ok(())
+}
+
+fn is_binary(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("pb" | "bin"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(field: &str, s: &str) -> CliResult<Vec<u8>> {
+    let bad = || CliError::Usage(format!("anchor file: {field} is not hex"));
+    if !s.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()).ok_or_else(bad)).collect()
+}
+
+/// An anchor as JSON: bytes in hex, the time in microseconds (exactly what was signed) and, for
+/// people, as RFC 3339.
+fn anchor_json(a: &Anchor) -> Value {
+    let t = from_timestamp(a.created_at.as_ref());
+    json!({
+        "id": a.id,
+        "created_at": t.map(|t| t.to_rfc3339()),
+        "created_at_micros": t.map(|t| t.timestamp_micros()),
+        "heads": a.heads.iter().map(|h| json!({"chain": h.chain, "size": h.size, "hash": hex(&h.hash)})).collect::<Vec<_>>(),
+        "root": hex(&a.root),
+        "signature": hex(&a.signature),
+        "signer_cert": hex(&a.signer_cert),
+    })
+}
+
+/// Reads an anchor saved by `duijie anchor --save`: JSON, or protobuf binary.
+fn load_anchor(path: &Path) -> CliResult<Anchor> {
+    let bytes = std::fs::read(path).map_err(|e| CliError::Usage(format!("reading {}: {e}", path.display())))?;
+    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Anchor::decode(bytes.as_slice()).map_err(|e| CliError::Usage(format!("{}: neither JSON nor a protobuf anchor: {e}", path.display())));
+    };
+    let str_of = |k: &str, v: &Value| v.get(k).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| CliError::Usage(format!("anchor file: {k} missing")));
+    let micros = v.get("created_at_micros").and_then(Value::as_i64).ok_or_else(|| CliError::Usage("anchor file: created_at_micros missing".into()))?;
+    let created = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros).ok_or_else(|| CliError::Usage("anchor file: created_at_micros out of range".into()))?;
+    let mut heads = Vec::new();
+    for h in v.get("heads").and_then(Value::as_array).ok_or_else(|| CliError::Usage("anchor file: heads missing".into()))? {
+        let chain = h.get("chain").and_then(Value::as_u64).and_then(|c| u32::try_from(c).ok());
+        let size = h.get("size").and_then(Value::as_i64);
+        let (Some(chain), Some(size)) = (chain, size) else {
+            return Err(CliError::Usage("anchor file: a head without chain or size".into()));
+        };
+        heads.push(ChainHead { chain, size, hash: unhex("hash", &str_of("hash", h)?)? });
+    }
+    Ok(Anchor {
+        id: v.get("id").and_then(Value::as_i64).unwrap_or(0),
+        created_at: Some(timestamp(created)),
+        heads,
+        root: unhex("root", &str_of("root", &v)?)?,
+        signature: unhex("signature", &str_of("signature", &v)?)?,
+        signer_cert: unhex("signer_cert", &str_of("signer_cert", &v)?)?,
+    })
 }
 
 /// An intake source as the file format and the JSON output name it (`walk_in`, `hotline_148`, …).

@@ -112,6 +112,17 @@ pub enum Command {
         /// Only this case (id or code); the whole log if absent.
         #[arg(long)]
         case: Option<String>,
+        /// Also check the log against this anchor (saved by `duijie anchor --save`): a log
+        /// rewritten since it was taken does not verify (exit 5).
+        #[arg(long, value_name = "FILE", conflicts_with = "case")]
+        anchor: Option<PathBuf>,
+    },
+    /// The audit store's latest signed tree head (anchor, 存证锚点), checked against the CA:
+    /// keep it outside the audit database and pass it to `verify --anchor` later.
+    Anchor {
+        /// Save it to this file: protobuf binary if the name ends in `.pb` or `.bin`, else JSON.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
     },
     /// Messages in the dead-letter queue: list them, replay them after a fix (死信).
     Dead {
@@ -176,6 +187,16 @@ impl Ctx {
         let who = self.audit_reader()?;
         Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(self.channel(&who, &self.endpoints.audit)?))
     }
+
+    /// [`Ctx::audit`] with no deadline on its calls: for `VerifyWithProgress`, which streams
+    /// progress for as long as the log takes to walk.
+    pub fn audit_unbounded(&self) -> CliResult<duijie_proto::v1::audit_service_client::AuditServiceClient<Channel>> {
+        let who = self.audit_reader()?;
+        let tls = self.pki.identity(&who).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+        let channel = duijie_common::client::channel_with(&self.endpoints.audit, &self.endpoints.tls_domain, &tls, None)
+            .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+        Ok(duijie_proto::v1::audit_service_client::AuditServiceClient::new(channel))
+    }
 }
 
 /// Runs one command.
@@ -189,7 +210,8 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Overdue => audit::overdue(&ctx).await,
         Command::Open { min_hours } => audit::open(&ctx, min_hours).await,
         Command::Stats(args) => audit::stats(&ctx, args).await,
-        Command::Verify { case } => audit::verify(&ctx, case.as_deref()).await,
+        Command::Verify { case, anchor } => audit::verify(&ctx, case.as_deref(), anchor.as_deref()).await,
+        Command::Anchor { save } => audit::anchor(&ctx, save.as_deref()).await,
         Command::Dead { command } => dead::run(&ctx, command).await,
         Command::Demo(args) => demo::run_cli(&ctx, args).await,
     }

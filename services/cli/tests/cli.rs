@@ -111,6 +111,7 @@ async fn every_command_has_help() -> anyhow::Result<()> {
         &["open", "--help"],
         &["stats", "--help"],
         &["verify", "--help"],
+        &["anchor", "--help"],
         &["dead", "--help"],
         &["dead", "list", "--help"],
         &["dead", "replay", "--help"],
@@ -371,10 +372,31 @@ async fn demo_to_closure_then_watch_timeline_stats_overdue_verify() -> anyhow::R
     assert_eq!(overdue.as_array().map(Vec::len), Some(0), "{overdue}");
     let open = bin.expect(&["open", "--json"], 0).await?.json()?;
     assert_eq!(open.as_array().map(Vec::len), Some(0), "every handoff answered: {open}");
-    let verified = bin.expect(&["verify", "--json"], 0).await?.json()?;
+    let run = bin.expect(&["verify", "--json"], 0).await?;
+    // Progress on stderr (the last count at least), the result on stdout as before.
+    assert!(run.stderr.contains("checked ") && run.stderr.contains(" records…"), "{run:?}");
+    let verified = run.json()?;
     assert_eq!(verified["ok"], true);
     assert!(verified["records_checked"].as_u64().unwrap_or(0) > 8 * 5, "{verified}");
     bin.expect(&["verify", "--case", &code], 0).await?;
+    // A witness keeps an anchor (checked against the CA before it is saved) and verifies the
+    // log against it later; a court is no witness.
+    let anchor_file = scratch(&stack)?.join("anchor.json");
+    let anchor_path = anchor_file.display().to_string();
+    let taken = bin.expect(&["anchor", "--save", &anchor_path], 0).await?;
+    assert!(taken.stdout.contains("anchor") && anchor_file.exists(), "{taken:?}");
+    let against = bin.expect(&["verify", "--anchor", &anchor_path, "--json"], 0).await?.json()?;
+    assert!(against["ok"] == true && against["anchor_checked"] == true, "{against}");
+    let binary = scratch(&stack)?.join("anchor.pb");
+    bin.expect(&["anchor", "--save", &binary.display().to_string(), "--as", "procuratorate:431003"], 0).await?;
+    bin.expect(&["verify", "--anchor", &binary.display().to_string()], 0).await?;
+    bin.expect(&["anchor", "--as", "court:431003"], 3).await?;
+    // A tampered anchor file is refused by the audit service (exit 3), not taken as a broken log.
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&anchor_file)?)?;
+    doc["root"] = Value::String("00".repeat(32));
+    std::fs::write(&anchor_file, doc.to_string())?;
+    let tampered = bin.expect(&["verify", "--anchor", &anchor_path], 3).await?;
+    assert!(tampered.stderr.contains("anchor"), "{tampered:?}");
     // An agency reads only what it took part in: the police may not verify.
     bin.expect(&["verify", "--as", "police:431003-01"], 3).await?;
     eprintln!("demo of 8 cases took {demo_time:?}");

@@ -154,6 +154,12 @@ impl Pki {
 /// A channel to `addr` over mTLS presenting `tls`; connects on first use and reconnects after
 /// the service restarts, so a caller can hold it for its lifetime.
 pub fn channel(addr: &str, tls_domain: &str, tls: &TlsPem) -> anyhow::Result<Channel> {
+    channel_with(addr, tls_domain, tls, Some(Duration::from_secs(30)))
+}
+
+/// [`channel`] whose calls wait `timeout` at most for their answer, or for ever with `None`
+/// (a long call that shows it is alive by streaming progress, e.g. `VerifyWithProgress`).
+pub fn channel_with(addr: &str, tls_domain: &str, tls: &TlsPem, timeout: Option<Duration>) -> anyhow::Result<Channel> {
     let cfg = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&tls.ca))
         .domain_name(tls_domain.to_owned())
@@ -163,8 +169,11 @@ pub fn channel(addr: &str, tls_domain: &str, tls: &TlsPem) -> anyhow::Result<Cha
         .tls_config(cfg)
         .context("TLS configuration")?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
         .tcp_nodelay(true);
+    let endpoint = match timeout {
+        Some(t) => endpoint.timeout(t),
+        None => endpoint,
+    };
     Ok(endpoint.connect_lazy())
 }
 

@@ -4,6 +4,7 @@
 //! reconnect loop they run in. See ARCHITECTURE.md for the flow.
 
 pub mod amqp;
+pub mod anchor;
 pub mod backoff;
 pub mod certs;
 pub mod client;
