@@ -181,7 +181,10 @@ impl Stack {
                 ..Default::default()
             },
         };
+        let mut audit_cfg = audit_cfg;
         let audit = duijie_audit::service::start(audit_cfg.clone(), bus.shutdown.child_token()).await.context("starting the audit service")?;
+        // A restarted audit service comes back where the agency services ask for case keys.
+        audit_cfg.grpc.listen = audit.addr;
         let mut services = Vec::new();
         let mut service_cfgs = Vec::new();
         for kind in [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation] {
@@ -273,10 +276,9 @@ impl Stack {
         Ok(())
     }
 
-    /// Starts the audit service again on its database.
+    /// Starts the audit service again on its database and its address.
     pub async fn start_audit(&mut self) -> anyhow::Result<()> {
-        let mut cfg = self.audit_cfg.clone();
-        cfg.grpc.listen = "127.0.0.1:0".parse()?;
+        let cfg = self.audit_cfg.clone();
         self.audit = Some(duijie_audit::service::start(cfg, self.bus.shutdown.child_token()).await?);
         Ok(())
     }

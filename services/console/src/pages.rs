@@ -632,6 +632,13 @@ fn case_summary(st: &AppState, me: &AgencyNode, v: &CaseView, failed: Option<&Fa
             }
             div.card {
                 h2 { "当事人" }
+                // Sealed per case: only the holding mediation body reads identity numbers and
+                // contacts (each read recorded); erased ones nobody reads again.
+                @if v.parties_erased {
+                    p.muted #parties-erased { "当事人证件号码、联系方式和地址已依法销毁，无法再查看。" }
+                } @else if v.parties_sealed {
+                    p.muted #parties-sealed { "当事人证件号码、联系方式和地址已加密，仅由承办的调解组织查看（每次查看均留痕）。" }
+                }
                 table {
                     thead { tr { th { "身份" } th { "姓名/名称" } th { "证件号码" } th { "联系方式" } } }
                     tbody { @for p in &referral.parties {
