@@ -144,6 +144,35 @@ async fn forged_envelopes_are_refused_at_the_centre_and_flagged_in_the_audit_sto
     assert_eq!(after.timeline.len(), before.timeline.len(), "{:?}", after.timeline);
     assert_eq!(court.case(&id).await?.state, "DELIVERED");
 
+    // Signed, but not the signer's to say: the police station "hands on" the court's case to
+    // the town committee, and the court claims its own referral was delivered to itself.
+    let hand_on = build(
+        &Header { recipient: stack::town(), ..header(&id, code, &stack::police())? },
+        Payload::Referral(referral("hand-on", ClockPolicyKind::CourtPreFiling)),
+    );
+    stack.bus.publish_signed(&hand_on, &police_key).await?;
+    let own_evidence = build(
+        &Header { sender: node(AgencyKind::Bus, "431003"), ..header(&id, code, &stack::court())? },
+        Payload::DeliveryEvidence(DeliveryEvidence {
+            evidence_type: EvidenceType::Delivered as i32,
+            message_id: original.message_id.clone(),
+            message_kind: MessageKind::Referral as i32,
+            delivered_to: Some(agency_ref(&stack::court())),
+            ..Default::default()
+        }),
+    );
+    stack.bus.publish_signed(&own_evidence, &signer_for(stack.ca(), &[stack::court()])?).await?;
+    let mut refused_for = Vec::new();
+    for mid in [&hand_on.message_id, &own_evidence.message_id] {
+        refused_for.push(wait_until_recorded(&mut audit, &id, mid).await?);
+    }
+    assert!(refused_for[0].refused.contains("only the holder hands a case on"), "{:?}", refused_for[0]);
+    assert!(!refused_for[1].refused.is_empty() && refused_for[1].signer == "court:431003", "{:?}", refused_for[1]);
+    assert_eq!(
+        audit.get_timeline(GetTimelineRequest { case_id: id.clone(), ..Default::default() }).await?.into_inner().case.map(|c| c.state),
+        Some("DELIVERED".to_owned())
+    );
+
     // The log verifies, every signature checked again; nothing is unsigned but the forgeries.
     let verified = audit.verify(VerifyRequest::default()).await?.into_inner();
     assert!(verified.ok, "{verified:?}");

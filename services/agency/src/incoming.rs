@@ -166,6 +166,21 @@ impl Handler for Agency {
                 None => HandleError::Rejected(format!("{e:#}")),
             })?
             .ok_or_else(|| HandleError::Rejected(format!("unknown case {case_id}")))?;
+        // A referrer's message passed on by a body that had handed the case on: only the body
+        // that handed the case to this one passes messages on to it.
+        if env.passed_on.is_some() {
+            let handed_by = Referral::decode(stored.referral.as_slice())
+                .ok()
+                .and_then(|r| r.forwarded)
+                .and_then(|f| AgencyNode::from_ref(f.forwarded_by.as_ref()).ok());
+            let signer = msg.signer.as_deref();
+            if handed_by.as_ref().map(AgencyNode::to_string).as_deref() != signer || signer.is_none() {
+                return Err(HandleError::Rejected(format!(
+                    "passed on by {}, which did not hand case {case_id} to {owner}",
+                    signer.unwrap_or("an unverified sender")
+                )));
+            }
+        }
         // Delivery evidence is signed by the bus; it speaks for the agency it names as
         // `delivered_to` (agency codes are unique per kind only). Evidence naming no agency
         // speaks for nobody: recorded, with no effect.

@@ -41,11 +41,19 @@ struct KeyRow {
     erased_at: Option<DateTime<Utc>>,
 }
 
-async fn row(conn: &mut PgConnection, case_id: Uuid, lock: bool) -> Result<Option<KeyRow>, ApiError> {
-    let sql = if lock {
-        "SELECT wrapped, issued_to, first_holder, erased_at FROM audit_case_keys WHERE case_id = $1 FOR UPDATE"
-    } else {
-        "SELECT wrapped, issued_to, first_holder, erased_at FROM audit_case_keys WHERE case_id = $1"
+/// How a key row is read.
+#[derive(Clone, Copy)]
+enum Lock {
+    /// A release: an erasure waits for it.
+    Share,
+    /// An erasure.
+    Update,
+}
+
+async fn row(conn: &mut PgConnection, case_id: Uuid, lock: Lock) -> Result<Option<KeyRow>, ApiError> {
+    let sql = match lock {
+        Lock::Share => "SELECT wrapped, issued_to, first_holder, erased_at FROM audit_case_keys WHERE case_id = $1 FOR SHARE",
+        Lock::Update => "SELECT wrapped, issued_to, first_holder, erased_at FROM audit_case_keys WHERE case_id = $1 FOR UPDATE",
     };
     sqlx::query_as(sql).bind(case_id).fetch_optional(conn).await.map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("reading a case key")))
 }
@@ -80,6 +88,19 @@ pub async fn issue(conn: &mut PgConnection, master: &Key, case_id: Uuid, who: &A
         return Err(ApiError::PermissionDenied(format!("{who}: only an agency that opens a case gets its key")));
     }
     let name = who.to_string();
+    // A case the log already has is its referrer's to seal (an amendment): nobody else may
+    // claim its key (e.g. a case opened before party data was sealed).
+    let referrer: Option<(String, String)> =
+        sqlx::query_as("SELECT referrer_kind, referrer_code FROM audit_cases WHERE case_id = $1 AND NOT refused_only")
+            .bind(case_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("reading the case's referrer")))?;
+    if let Some((kind, code)) = referrer
+        && !(who.kind_str() == kind && who.code() == code)
+    {
+        return Err(ApiError::PermissionDenied(format!("{who}: only the referrer of case {case_id} seals its parties' data")));
+    }
     let fresh = Key::generate().map_err(ApiError::Unexpected)?;
     let wrapped = master.wrap(case_id, &fresh).map_err(ApiError::Unexpected)?;
     // One statement, so two concurrent retries of one submit end with one key.
@@ -98,7 +119,7 @@ pub async fn issue(conn: &mut PgConnection, master: &Key, case_id: Uuid, who: &A
     let key = if inserted {
         fresh
     } else {
-        let r = row(conn, case_id, false).await?.ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("case key {case_id} vanished")))?;
+        let r = row(conn, case_id, Lock::Share).await?.ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("case key {case_id} vanished")))?;
         if r.erased_at.is_some() {
             return Err(erased());
         }
@@ -116,7 +137,9 @@ pub async fn issue(conn: &mut PgConnection, master: &Key, case_id: Uuid, who: &A
 /// the body it was sent to.
 pub async fn open(conn: &mut PgConnection, master: &Key, case_id: Uuid, who: &AgencyNode, purpose: &str) -> Result<Key, ApiError> {
     let name = who.to_string();
-    let r = row(conn, case_id, false).await?.ok_or_else(|| ApiError::NotFound(format!("no data key for case {case_id}")))?;
+    // Shared lock: an erasure (which locks the row for update) waits for this release to be
+    // recorded, or this release sees the key erased — never a key handed out after its erasure.
+    let r = row(conn, case_id, Lock::Share).await?.ok_or_else(|| ApiError::NotFound(format!("no data key for case {case_id}")))?;
     if r.erased_at.is_some() {
         return Err(erased());
     }
@@ -156,7 +179,7 @@ pub async fn erase(conn: &mut PgConnection, case_id: Uuid, who: &AgencyNode, rea
     if region != Some(true) {
         return Err(ApiError::NotFound(format!("no case {case_id} in region {}", who.code())));
     }
-    let r = row(conn, case_id, true).await?.ok_or_else(|| ApiError::NotFound(format!("no data key for case {case_id}")))?;
+    let r = row(conn, case_id, Lock::Update).await?.ok_or_else(|| ApiError::NotFound(format!("no data key for case {case_id}")))?;
     if let Some(at) = r.erased_at {
         return Ok(at);
     }
@@ -175,12 +198,15 @@ pub async fn erase(conn: &mut PgConnection, case_id: Uuid, who: &AgencyNode, rea
 
 /// The key of a case for the audit service's own use (the parties' lookup compares a party's
 /// identity suffix): `None` if it has none or it was erased.
-pub async fn for_lookup(conn: &mut PgConnection, master: &Key, case_id: Uuid) -> anyhow::Result<Option<Key>> {
-    let wrapped: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT wrapped FROM audit_case_keys WHERE case_id = $1")
+/// Each use is recorded as a release to the audit service itself, for `via`'s lookup.
+pub async fn for_lookup(conn: &mut PgConnection, master: &Key, case_id: Uuid, via: &str) -> anyhow::Result<Option<Key>> {
+    let wrapped: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT wrapped FROM audit_case_keys WHERE case_id = $1 FOR SHARE")
         .bind(case_id)
-        .fetch_optional(conn)
+        .fetch_optional(&mut *conn)
         .await?;
-    Ok(wrapped.flatten().and_then(|w| master.unwrap_key(case_id, &w).ok()))
+    let Some(key) = wrapped.flatten().and_then(|w| master.unwrap_key(case_id, &w).ok()) else { return Ok(None) };
+    record(conn, case_id, duijie_common::signing::AUDIT_SIGNER, "opened", &format!("parties' lookup via {via}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(key))
 }
 
 /// Every release of the case's key, oldest first: (agency, when, action, purpose).

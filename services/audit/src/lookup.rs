@@ -305,7 +305,7 @@ pub async fn lookup(
         // Identity numbers are sealed with the case's key; once it is erased only the access
         // code still finds the case.
         if let Some(master) = master
-            && let Some(key) = crate::keys::for_lookup(&mut tx, master, *id).await?
+            && let Some(key) = crate::keys::for_lookup(&mut tx, master, *id, via).await?
         {
             let mut r = duijie_proto::v1::Referral { parties: listed, ..Default::default() };
             if duijie_common::sealing::open_referral(&key, *id, &mut r).is_err() {

@@ -601,8 +601,16 @@ impl AuditStore {
         // Where the case stands after this message (the same machine the agencies run; a
         // message their machine refuses is recorded with the state unchanged and the refusal).
         let (lc, step, court) = match payload {
-            // A case handed on (redirect, escalation): the holder changed with the hand-over.
-            Payload::Referral(_) => (current, None, None),
+            // A case handed on (redirect, escalation): the holder changed with the hand-over,
+            // which the holder hands on (its Redirect/Escalation may be recorded before or after
+            // this Referral: the sender is then the holder, or the recipient is).
+            Payload::Referral(_) => {
+                let is_holder = |a: Option<&AgencyRef>| a.is_some_and(|a| kind_of(Some(a)) == c.holder_kind && a.code == c.holder_code);
+                if !(is_holder(env.sender.as_ref()) || is_holder(env.recipient.as_ref())) {
+                    return Ok((current.state.as_str(), Some(format!("{}: only the holder hands a case on", ref_str(env.sender.as_ref())))));
+                }
+                (current, None, None)
+            }
             p => match observe(c, current.clone(), env, p) {
                 Ok(o) => o,
                 Err(refusal) => return Ok((current.state.as_str(), Some(refusal))),

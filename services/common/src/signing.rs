@@ -44,6 +44,8 @@ pub const SIGNER_CERT_HEADER: &str = "x-duijie-signer-cert";
 pub const AUDIT_SIGNER: &str = "duijie-audit";
 /// Domain separation: a signature over an envelope can never be taken for one over anything else.
 const ENVELOPE_CONTEXT: &[u8] = b"duijie.envelope.v1\0";
+/// How often one message may be passed on (each hand-over of a case that crossed it once).
+const MAX_PASS_ON_DEPTH: usize = 4;
 /// Certificates whose chain was checked, kept so a busy consumer checks each chain once.
 const CACHE_MAX: usize = 4096;
 
@@ -277,6 +279,10 @@ impl Verifier {
     /// ([`expected_signer`]); a passed-on message's original is checked as well. Returns the
     /// signer's common name.
     pub fn verify_envelope(&self, env: &Envelope, bytes: &[u8], sig: Option<&Signature>, at: DateTime<Utc>) -> Result<String, SignatureError> {
+        self.verify_at_depth(env, bytes, sig, at, 0)
+    }
+
+    fn verify_at_depth(&self, env: &Envelope, bytes: &[u8], sig: Option<&Signature>, at: DateTime<Utc>, depth: usize) -> Result<String, SignatureError> {
         let sig = sig.ok_or(SignatureError::Unsigned)?;
         let signer = self.verify_bytes(ENVELOPE_CONTEXT, bytes, sig, at)?;
         let expected = expected_signer(env)?;
@@ -284,21 +290,39 @@ impl Verifier {
             return Err(SignatureError::WrongSigner { signer, expected });
         }
         if let Some(p) = &env.passed_on {
-            self.check_passed_on(env, p, at)?;
+            self.check_passed_on(env, p, at, depth)?;
         }
         Ok(signer)
     }
 
     /// A passed-on message is the original (signed by its sender) with a new id and recipient.
-    fn check_passed_on(&self, env: &Envelope, p: &duijie_proto::v1::PassedOn, at: DateTime<Utc>) -> Result<(), SignatureError> {
+    fn check_passed_on(&self, env: &Envelope, p: &duijie_proto::v1::PassedOn, at: DateTime<Utc>, depth: usize) -> Result<(), SignatureError> {
         let bad = |m: &str| SignatureError::BadPassOn(m.to_owned());
+        // Only a referrer's message to a holder is passed on: a referral (a case is handed on
+        // with a Referral of its own), a confirmation application or evidence never is.
+        if matches!(env.payload, None | Some(Payload::Referral(_) | Payload::ConfirmationRequest(_) | Payload::DeliveryEvidence(_))) {
+            return Err(bad("this kind of message is never passed on"));
+        }
+        // A case handed on a few times at most; a deeper nesting is an attack on the stack.
+        if depth >= MAX_PASS_ON_DEPTH {
+            return Err(bad("passed on too many times"));
+        }
         let original = Envelope::decode(p.original.as_slice()).map_err(|e| SignatureError::BadPassOn(format!("undecodable original: {e}")))?;
         // The original may itself have been passed on (a case handed on twice): it is checked
         // the same way, down to the envelope its sender signed.
         let sig = Signature { signature: p.signature.clone(), cert: p.signer_cert.clone() };
-        self.verify_envelope(&original, &p.original, Some(&sig), at)
+        self.verify_at_depth(&original, &p.original, Some(&sig), at, depth + 1)
             .map_err(|e| SignatureError::BadPassOn(format!("the original: {e}")))?;
-        if original.sender != env.sender || original.case_id != env.case_id || original.payload != env.payload || original.kind != env.kind {
+        // Everything but its id, recipient, cause and trace is the original's.
+        let same = original.sender == env.sender
+            && original.case_id == env.case_id
+            && original.case_code == env.case_code
+            && original.channel == env.channel
+            && original.kind == env.kind
+            && original.occurred_at == env.occurred_at
+            && original.schema_version == env.schema_version
+            && original.payload == env.payload;
+        if !same {
             return Err(bad("it does not carry what the original says"));
         }
         if env.causation_id != original.message_id {
@@ -453,7 +477,7 @@ mod tests {
     fn a_passed_on_message_proves_its_original() -> anyhow::Result<()> {
         let ca = DevCa::generate("test CA")?;
         let verifier = Verifier::from_pem(ca.cert_pem().as_bytes())?;
-        let s = signer(&ca, &["petition:431003", "mediation:431003-102-05"]);
+        let s = signer(&ca, &["petition:431003", "mediation:431003-102-05", "mediation:431003-102"]);
         let original = notice("petition:431003", "mediation:431003-102-05");
         let original_bytes = original.encode_to_vec();
         let original_sig = s.sign_envelope(&original_bytes)?;
@@ -477,6 +501,40 @@ mod tests {
         let (changed, bytes) = pass(true)?;
         let sig = s.sign_envelope(&bytes)?;
         assert!(matches!(verifier.verify_envelope(&changed, &bytes, Some(&sig), Utc::now()), Err(SignatureError::BadPassOn(_))));
+        // Nested deeper than any real hand-over chain: refused, not followed down the stack.
+        let (mut env, mut bytes) = pass(false)?;
+        let mut sig = s.sign_envelope(&bytes)?;
+        for _ in 0..MAX_PASS_ON_DEPTH + 1 {
+            let mut outer = env.clone();
+            outer.message_id = uuid::Uuid::now_v7().to_string();
+            outer.causation_id.clone_from(&env.message_id);
+            outer.passed_on = Some(PassedOn { original: bytes.clone(), signature: sig.signature.clone(), signer_cert: sig.cert.clone() });
+            outer.recipient = original.recipient.clone();
+            bytes = outer.encode_to_vec();
+            sig = s.sign_envelope(&bytes)?;
+            env = outer;
+        }
+        assert!(matches!(verifier.verify_envelope(&env, &bytes, Some(&sig), Utc::now()), Err(SignatureError::BadPassOn(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_referral_is_never_passed_on() -> anyhow::Result<()> {
+        let ca = DevCa::generate("test CA")?;
+        let verifier = Verifier::from_pem(ca.cert_pem().as_bytes())?;
+        let s = signer(&ca, &["court:431003", "mediation:431003"]);
+        let mut referral = notice("court:431003", "mediation:431003");
+        referral.payload = Some(Payload::Referral(duijie_proto::v1::Referral::default()));
+        let original = referral.encode_to_vec();
+        let sig = s.sign_envelope(&original)?;
+        let mut passed = referral.clone();
+        passed.message_id = uuid::Uuid::now_v7().to_string();
+        passed.causation_id.clone_from(&referral.message_id);
+        passed.recipient = Some((&node("mediation:431003-102")).into());
+        passed.passed_on = Some(PassedOn { original, signature: sig.signature, signer_cert: sig.cert });
+        let bytes = passed.encode_to_vec();
+        let sig = s.sign_envelope(&bytes)?;
+        assert!(matches!(verifier.verify_envelope(&passed, &bytes, Some(&sig), Utc::now()), Err(SignatureError::BadPassOn(_))));
         Ok(())
     }
 }

@@ -306,6 +306,14 @@ impl Case {
         }
         let speaker = self.role_of(sender);
         let notice = matches!(payload, Payload::DeadlineWarning(_) | Payload::DeadlineBreached(_));
+        // A referral is delivered to its holder: evidence of that from the referrer (or a court)
+        // about itself is a lie, whoever signed it.
+        if let Payload::DeliveryEvidence(ev) = payload
+            && ev.message_kind() == MessageKind::Referral
+            && matches!(speaker, Role::Referrer | Role::Court)
+        {
+            return Err(Refusal::NotPermitted { agency: sender.clone(), kind: payload.kind() });
+        }
         match speaker {
             // Evidence from a body that handed the case on (it took a message and passed it on)
             // is a fact to record; deadline notices come from the audit store for any copy.
