@@ -297,3 +297,28 @@ async fn dead_letters(stack: &Stack, n: usize) -> anyhow::Result<Vec<duijie_test
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_on_case_must_prove_its_referrer() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let centre = stack.clerk(&stack::centre()).await?;
+    let mut audit = stack.auditor(&node(AgencyKind::Supervisor, "431003")).await?;
+    // The town committee, with its own good key, "hands on" a case the court never referred.
+    let ghost_id = Uuid::now_v7().to_string();
+    let mut forged = referral("ghost-hand-on", ClockPolicyKind::CourtPreFiling);
+    forged.forwarded = Some(ForwardedCase {
+        original_referrer: Some(agency_ref(&stack::court())),
+        forwarded_by: Some(agency_ref(&stack::town())),
+        reason: MessageKind::Redirect as i32,
+        ..Default::default()
+    });
+    let env = build(&Header { sender: stack::town(), ..header(&ghost_id, "JF-431003-2026-SIG009", &stack::town())? }, Payload::Referral(forged));
+    stack.bus.publish_signed(&env, &signer_for(stack.ca(), &[stack::town()])?).await?;
+    let dead = dead_letters(&stack, 1).await?;
+    assert!(dead[0].reason.as_deref().is_some_and(|r| r.contains("does not prove its referrer court:431003")), "{dead:?}");
+    assert_eq!(centre.case(&ghost_id).await.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::NotFound));
+    let record = wait_until_recorded(&mut audit, &ghost_id, &env.message_id).await?;
+    assert!(record.refused.contains("never seen referred"), "{record:?}");
+    assert_eq!(record.signer, "mediation:431003-102", "who forged it is on record");
+    stack.stop().await
+}

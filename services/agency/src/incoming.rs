@@ -42,14 +42,25 @@ impl Agency {
         sender: &AgencyNode,
         env: &Envelope,
         referral: &Referral,
+        msg: &Inbound,
     ) -> Result<CaseState, HandleError> {
         let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
         let case = Case::receive(owner, sender, env.channel(), referral).map_err(rejected)?;
+        if let Some(f) = &referral.forwarded {
+            self.check_referral_proof(env, sender, f)?;
+        }
         let clock = referral.clock_policy.as_ref().map_or(ClockPolicyKind::Unspecified, |c| c.kind());
         let forwarded_by = referral.forwarded.as_ref().map(|_| sender);
         let taken = store::insert_received(conn, owner, case_id, &env.case_code, &case, clock, &referral.encode_to_vec(), forwarded_by).await?;
         if !taken {
             return Err(HandleError::Rejected(format!("case {case_id} already exists here")));
+        }
+        // The first holder keeps the referral as its referrer signed it: the proof a hand-over
+        // carries on.
+        if referral.forwarded.is_none()
+            && let Some(sig) = &msg.signature
+        {
+            store::keep_referral_proof(conn, owner, case_id, &msg.bytes, &sig.signature, &sig.cert).await?;
         }
         if let Some(f) = &referral.forwarded {
             // A self-accepted case's history starts accepted (its registration is its referral).
@@ -105,6 +116,29 @@ impl Agency {
         Ok(true)
     }
 
+    /// A handed-on case names its original referrer: the body handing it on must prove it with
+    /// the referral that referrer signed (unless it is that referrer itself: a case it
+    /// registered). Without a verifier (the core alone) nothing is checked.
+    fn check_referral_proof(&self, env: &Envelope, sender: &AgencyNode, f: &duijie_proto::v1::ForwardedCase) -> Result<(), HandleError> {
+        let Some(verifier) = &self.verifier else { return Ok(()) };
+        let referrer = AgencyNode::from_ref(f.original_referrer.as_ref()).map_err(malformed)?;
+        if &referrer == sender {
+            return Ok(());
+        }
+        let refuse = |why: String| HandleError::Rejected(format!("the handed-on case does not prove its referrer {referrer}: {why}"));
+        if f.original_envelope.is_empty() {
+            return Err(refuse("no original referral".into()));
+        }
+        let original = Envelope::decode(f.original_envelope.as_slice()).map_err(|e| refuse(format!("undecodable: {e}")))?;
+        let is_original_referral = matches!(&original.payload, Some(Payload::Referral(r)) if r.forwarded.is_none());
+        if !is_original_referral || original.case_id != env.case_id || AgencyNode::from_ref(original.sender.as_ref()).ok().as_ref() != Some(&referrer) {
+            return Err(refuse("it is not this case's referral from that referrer".into()));
+        }
+        let sig = duijie_common::signing::Signature { signature: f.original_signature.clone(), cert: f.original_signer_cert.clone() };
+        verifier.verify_envelope(&original, &f.original_envelope, Some(&sig), Utc::now()).map_err(|e| refuse(e.to_string()))?;
+        Ok(())
+    }
+
     /// Delivery evidence back to the sender for what `owner` durably took.
     async fn evidence(&self, conn: &mut PgConnection, owner: &AgencyNode, env: &Envelope) -> Result<(), HandleError> {
         let kind = env.kind();
@@ -147,7 +181,7 @@ impl Handler for Agency {
         let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
         let payload = env.payload.as_ref().ok_or_else(|| HandleError::Rejected("no payload".into()))?;
         if let Payload::Referral(referral) = payload {
-            let state = self.take_referral(conn, &owner, &sender, env, referral).await?;
+            let state = self.take_referral(conn, &owner, &sender, env, referral, msg).await?;
             store::insert_event(conn, &owner, env, Direction::In, state).await.map_err(db)?;
             return self.evidence(conn, &owner, env).await;
         }

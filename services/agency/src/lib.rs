@@ -66,6 +66,8 @@ pub struct Agency {
     /// Where the case data keys come from (the audit service); without it parties' data is
     /// stored and sent as given (tests of the core alone).
     keys: Option<duijie_common::sealing::KeyClient>,
+    /// Checks the proof of who referred a handed-on case (its original referral's signature).
+    verifier: Option<Arc<duijie_common::signing::Verifier>>,
 }
 
 impl Agency {
@@ -85,7 +87,16 @@ impl Agency {
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             stopping: CancellationToken::new(),
             keys: None,
+            verifier: None,
         }
+    }
+
+    /// A handed-on case is taken only with its original referrer's signed referral
+    /// (`ForwardedCase.original_envelope`), checked with `verifier`.
+    #[must_use]
+    pub fn with_verifier(mut self, verifier: Arc<duijie_common::signing::Verifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// Seals the parties' identity, contact and address of every case this core opens with the

@@ -283,11 +283,20 @@ impl Agency {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut referral = Referral::decode(stored.referral.as_slice()).context("decoding the stored referral")?;
+        // The proof of who referred the case goes along: kept from the hand-over that brought
+        // the case here, or the original referral as this body received it.
+        let (original_envelope, original_signature, original_signer_cert) = match referral.forwarded.take() {
+            Some(f) => (f.original_envelope, f.original_signature, f.original_signer_cert),
+            None => store::referral_proof(tx, caller, stored.case_id).await.context("reading the referral's proof")?,
+        };
         referral.forwarded = Some(ForwardedCase {
             original_referrer: Some(AgencyRef::from(&stored.case.referrer)),
             forwarded_by: Some(AgencyRef::from(caller)),
             reason: handoff.kind,
             history,
+            original_envelope,
+            original_signature,
+            original_signer_cert,
         });
         let header = Header {
             case_id: stored.case_id,

@@ -109,7 +109,7 @@ pub async fn start(
         agency = agency.with_gate(g.clone());
     }
     let keys = duijie_common::sealing::KeyClient::new(&cfg.key_service, &cfg.signing, &nodes).context("key_service: the nodes' identities")?;
-    agency = agency.with_keys(keys);
+    agency = agency.with_keys(keys).with_verifier(verifier.clone());
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
 

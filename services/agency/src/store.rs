@@ -554,3 +554,35 @@ pub async fn feed_end(conn: &mut PgConnection, owner: &AgencyNode) -> anyhow::Re
     .context("reading where the case changes stand")?;
     Ok(last.unwrap_or_else(|| ("0".to_owned(), 0)))
 }
+
+/// The original referral of a case `owner` received directly, as its referrer published and
+/// signed it: (envelope, signature, certificate); empty where none was kept (a case this body
+/// opened itself, or one received before referrals were signed).
+pub async fn referral_proof(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), sqlx::Error> {
+    let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT referral_envelope, referral_signature, referral_signer_cert FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .bind(case_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(e, s, c)| (e.unwrap_or_default(), s.unwrap_or_default(), c.unwrap_or_default())).unwrap_or_default())
+}
+
+/// Keeps the original referral of a case `owner` just received, with its signature.
+pub async fn keep_referral_proof(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid, envelope: &[u8], signature: &[u8], cert: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE cases SET referral_envelope = $4, referral_signature = $5, referral_signer_cert = $6
+         WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
+    )
+    .bind(owner.kind_str())
+    .bind(owner.code())
+    .bind(case_id)
+    .bind(envelope)
+    .bind(signature)
+    .bind(cert)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -593,7 +593,17 @@ impl AuditStore {
             return Ok((state, refused));
         }
         if cases.get(&case_id).is_none_or(|w| w.row.refused_only) {
-            return self.first_record(cases, env, case_id, payload, at);
+            // A hand-over of a case the log never saw referred: nobody can have handed it on.
+            let handed_on_unseen = matches!(payload, Payload::Referral(r) if r.forwarded.as_ref().is_some_and(|f| f.original_referrer != env.sender));
+            let (state, _) = self.first_record(cases, env, case_id, payload, at)?;
+            if handed_on_unseen {
+                if let Some(w) = cases.get_mut(&case_id) {
+                    w.row.refused_only = true;
+                    w.timing = false;
+                }
+                return Ok((state, Some(format!("{}: a hand-over of a case the log has never seen referred", ref_str(env.sender.as_ref())))));
+            }
+            return Ok((state, None));
         }
         let Some(w) = cases.get_mut(&case_id) else { return Err(rejected("case not kept")) };
         let c = &mut w.row;

@@ -548,6 +548,7 @@ mod tests {
                 forwarded_by: Some(AgencyRef::from(&village)),
                 reason: MessageKind::Escalation as i32,
                 history: vec![],
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -738,6 +739,7 @@ mod tests {
                 forwarded_by: Some(AgencyRef::from(&centre())),
                 reason: MessageKind::Redirect as i32,
                 history: vec![],
+                ..Default::default()
             }),
             ..Default::default()
         };

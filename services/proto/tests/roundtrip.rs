@@ -134,6 +134,9 @@ fn referral() -> v1::Referral {
             forwarded_by: Some(v1::AgencyRef { kind: v1::AgencyKind::Mediation as i32, code: "431003".to_owned() }),
             reason: v1::MessageKind::Redirect as i32,
             history: vec![vec![0x0a, 0x01, 0x41]],
+            original_envelope: vec![0x0a, 0x01, 0x42],
+            original_signature: vec![0x30, 0x01],
+            original_signer_cert: vec![0x30, 0x02],
         }),
     }
 }
