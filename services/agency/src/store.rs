@@ -559,7 +559,8 @@ pub async fn feed_end(conn: &mut PgConnection, owner: &AgencyNode) -> anyhow::Re
 /// signed it: (envelope, signature, certificate); empty where none was kept (a case this body
 /// opened itself, or one received before referrals were signed).
 pub async fn referral_proof(conn: &mut PgConnection, owner: &AgencyNode, case_id: Uuid) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), sqlx::Error> {
-    let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+    type Proof = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let row: Option<Proof> = sqlx::query_as(
         "SELECT referral_envelope, referral_signature, referral_signer_cert FROM cases WHERE owner_kind = $1 AND owner_code = $2 AND case_id = $3",
     )
     .bind(owner.kind_str())
