@@ -6,6 +6,7 @@
 
 use duijie_proto::answered_case;
 use duijie_proto::v1::*;
+use duijie_proto::v1::envelope;
 use duijie_tests::stack::{self, Clerk, Stack, agency_ref, referral};
 use duijie_tests::{node, wait_until};
 use sqlx::Connection as _;
@@ -124,6 +125,42 @@ async fn parties_are_sealed_everywhere_read_by_the_holder_only_and_erased_with_t
     // Case B is untouched.
     assert_eq!(first_id_number(&centre.case(&b).await?), ID_NUMBER);
     assert!(console.lookup_case(lookup("JF-431003-2026-PD0002")).await.is_ok());
+    // A sender that puts party data on the bus in clear, even correctly signed, is refused by
+    // the recipient and recorded as refused (the log holds it, but as a refusal).
+    let clear_id = Uuid::now_v7();
+    let clear = duijie_common::envelope::build(
+        &duijie_common::envelope::Header {
+            case_id: clear_id,
+            case_code: "JF-431003-2026-PD0009".into(),
+            channel: Channel::Court,
+            sender: stack::court(),
+            recipient: stack::centre(),
+            causation_id: None,
+        },
+        envelope::Payload::Referral(referral("PD-9", ClockPolicyKind::CourtPreFiling)),
+    );
+    stack.bus.publish_signed(&clear, &duijie_tests::signer_for(stack.ca(), &[stack::court()])?).await?;
+    let deadline = tokio::time::Instant::now() + stack::WAIT;
+    let reason = loop {
+        let reason: Option<Option<String>> = sqlx::query_scalar("SELECT refused FROM audit_log WHERE message_id = $1")
+            .bind(Uuid::parse_str(&clear.message_id)?)
+            .fetch_optional(&mut db)
+            .await?;
+        if let Some(r) = reason {
+            break r;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the clear referral never reached the audit store");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(reason.is_some_and(|r| r.contains("in clear")));
+    let mut dead = Vec::new();
+    while !dead.iter().any(|d: &duijie_tests::DeadMessage| d.reason.as_deref().is_some_and(|r| r.contains("in clear"))) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the centre did not refuse the clear referral: {dead:?}");
+        dead.extend(stack.bus.drain_dead().await?);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(centre.case(&clear_id.to_string()).await.map(|_| ()).map_err(|s| s.code()), Err(Code::NotFound));
+
     // A client may not hand in sealed data of its own.
     let mut forged = referral("PD-3", ClockPolicyKind::CourtPreFiling);
     forged.parties[0].sealed = vec![1, 2, 3];

@@ -146,10 +146,11 @@ async fn forged_envelopes_are_refused_at_the_centre_and_flagged_in_the_audit_sto
 
     // Signed, but not the signer's to say: the police station "hands on" the court's case to
     // the town committee, and the court claims its own referral was delivered to itself.
-    let hand_on = build(
+    let mut hand_on = build(
         &Header { recipient: stack::town(), ..header(&id, code, &stack::police())? },
         Payload::Referral(referral("hand-on", ClockPolicyKind::CourtPreFiling)),
     );
+    duijie_tests::without_party_data(&mut hand_on);
     stack.bus.publish_signed(&hand_on, &police_key).await?;
     let own_evidence = build(
         &Header { sender: node(AgencyKind::Bus, "431003"), ..header(&id, code, &stack::court())? },
@@ -312,7 +313,8 @@ async fn a_handed_on_case_must_prove_its_referrer() -> anyhow::Result<()> {
         reason: MessageKind::Redirect as i32,
         ..Default::default()
     });
-    let env = build(&Header { sender: stack::town(), ..header(&ghost_id, "JF-431003-2026-SIG009", &stack::town())? }, Payload::Referral(forged));
+    let mut env = build(&Header { sender: stack::town(), ..header(&ghost_id, "JF-431003-2026-SIG009", &stack::town())? }, Payload::Referral(forged));
+    duijie_tests::without_party_data(&mut env);
     stack.bus.publish_signed(&env, &signer_for(stack.ca(), &[stack::town()])?).await?;
     let dead = dead_letters(&stack, 1).await?;
     assert!(dead[0].reason.as_deref().is_some_and(|r| r.contains("does not prove its referrer court:431003")), "{dead:?}");

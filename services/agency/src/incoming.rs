@@ -180,6 +180,13 @@ impl Handler for Agency {
         let sender = AgencyNode::from_ref(env.sender.as_ref()).map_err(malformed)?;
         let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
         let payload = env.payload.as_ref().ok_or_else(|| HandleError::Rejected("no payload".into()))?;
+        // Parties' data travels sealed; a sender that puts it in clear on the bus is refused, so
+        // no copy here holds what an erasure could not reach.
+        if self.seals_parties()
+            && duijie_common::sealing::carried_referral(Some(payload)).is_some_and(duijie_common::sealing::has_clear_party_data)
+        {
+            return Err(HandleError::Rejected("party identity, contact or address in clear: the sender must seal them".into()));
+        }
         if let Payload::Referral(referral) = payload {
             let state = self.take_referral(conn, &owner, &sender, env, referral, msg).await?;
             store::insert_event(conn, &owner, env, Direction::In, state).await.map_err(db)?;

@@ -91,6 +91,11 @@ impl Agency {
         }
     }
 
+    /// Whether this core seals parties' data (and so refuses it in clear from the bus).
+    pub(crate) fn seals_parties(&self) -> bool {
+        self.keys.is_some()
+    }
+
     /// A handed-on case is taken only with its original referrer's signed referral
     /// (`ForwardedCase.original_envelope`), checked with `verifier`.
     #[must_use]

@@ -122,12 +122,15 @@ pub struct Arrival<'a> {
     pub signer: Option<&'a str>,
     /// Why the verifier refused its signature: recorded as refused, no effect on the case.
     pub signature_refused: Option<&'a str>,
+    /// It carries parties' identity, contact or address in clear (off the tap): recorded as
+    /// refused, no effect on the case.
+    pub clear_parties: bool,
 }
 
 impl<'a> Arrival<'a> {
     /// An envelope appended directly, not off the tap (replays, tests, benchmarks): no signature.
     pub fn direct(envelope: &'a Envelope) -> Self {
-        Self { envelope, bytes: None, signature: None, signer: None, signature_refused: None }
+        Self { envelope, bytes: None, signature: None, signer: None, signature_refused: None, clear_parties: false }
     }
 
     fn of(msg: &'a Inbound) -> Self {
@@ -137,6 +140,8 @@ impl<'a> Arrival<'a> {
             signature: msg.signature.as_ref(),
             signer: msg.signer.as_deref(),
             signature_refused: msg.signature_refused.as_deref(),
+            clear_parties: duijie_common::sealing::carried_referral(msg.envelope.payload.as_ref())
+                .is_some_and(duijie_common::sealing::has_clear_party_data),
         }
     }
 }
@@ -456,7 +461,11 @@ impl AuditStore {
         for (arrival, message_id, case_id, payload) in parsed {
             let env = arrival.envelope;
             let occurred = duijie_common::envelope::from_timestamp(env.occurred_at.as_ref()).map(micros).unwrap_or_else(|| micros(now));
-            let (state_after, refused) = self.decide(&mut cases, env, case_id, payload, occurred, arrival.signature_refused)?;
+            let refused_on_arrival = arrival
+                .signature_refused
+                .map(|r| format!("signature: {r}"))
+                .or_else(|| arrival.clear_parties.then(|| "party identity, contact or address in clear (never sealed)".to_owned()));
+            let (state_after, refused) = self.decide(&mut cases, env, case_id, payload, occurred, refused_on_arrival)?;
             let w = cases.get_mut(&case_id).ok_or_else(|| rejected("case not kept"))?;
             w.row.last_case_seq += 1;
             if refused.is_none() {
@@ -567,7 +576,7 @@ impl AuditStore {
 
     /// Decides one message against its case (kept in `cases`, created there on its first record)
     /// and moves the case's row on; returns the state it leaves the case in and, if the message
-    /// takes no effect, why (`signature_refused`, or the case desk's refusal).
+    /// takes no effect, why (`refused_on_arrival`: its signature, or party data in clear; or the case desk's refusal).
     fn decide(
         &self,
         cases: &mut HashMap<Uuid, Working>,
@@ -575,11 +584,11 @@ impl AuditStore {
         case_id: Uuid,
         payload: &Payload,
         at: DateTime<Utc>,
-        signature_refused: Option<&str>,
+        refused_on_arrival: Option<String>,
     ) -> Result<(&'static str, Option<String>), HandleError> {
         let parse = |s: &str| CaseState::parse(s).ok_or_else(|| rejected(format!("bad state {s}")));
-        if let Some(reason) = signature_refused {
-            let refused = Some(format!("signature: {reason}"));
+        if let Some(reason) = refused_on_arrival {
+            let refused = Some(reason);
             if let Some(w) = cases.get(&case_id) {
                 return Ok((parse(&w.row.state)?.as_str(), refused));
             }

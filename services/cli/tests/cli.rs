@@ -490,7 +490,8 @@ async fn dead_letter_listed_then_replayed_after_the_fix() -> anyhow::Result<()> 
 
     // The fix: the referral of that case reaches the centre.
     let referral_header = duijie_common::envelope::Header { causation_id: None, ..header };
-    let referral = duijie_common::envelope::build(&referral_header, envelope::Payload::Referral(stack::referral("dl-1", ClockPolicyKind::CourtPreFiling)));
+    let mut referral = duijie_common::envelope::build(&referral_header, envelope::Payload::Referral(stack::referral("dl-1", ClockPolicyKind::CourtPreFiling)));
+    duijie_tests::without_party_data(&mut referral);
     stack.bus.publish_signed(&referral, &signer).await?;
     let centre = stack.clerk(&stack::centre()).await?;
     centre.wait_for(&case_id.to_string(), "DELIVERED").await?;

@@ -160,6 +160,22 @@ pub fn open_referral(key: &Key, case_id: Uuid, referral: &mut Referral) -> Resul
     Ok(())
 }
 
+/// Whether any party of `referral` carries identity, contact or address in clear: what the bus
+/// must never carry (it could never be erased from the audit log).
+pub fn has_clear_party_data(referral: &Referral) -> bool {
+    referral.parties.iter().any(has_clear_data)
+}
+
+/// The referral a payload carries (a referral, or an amendment's revised one), if any.
+pub fn carried_referral(payload: Option<&duijie_proto::v1::envelope::Payload>) -> Option<&Referral> {
+    use duijie_proto::v1::envelope::Payload;
+    match payload? {
+        Payload::Referral(r) => Some(r),
+        Payload::Amendment(a) => a.revised.as_ref(),
+        _ => None,
+    }
+}
+
 /// Whether any party of `referral` is sealed.
 pub fn is_sealed(referral: &Referral) -> bool {
     referral.parties.iter().any(|p| !p.sealed.is_empty())
