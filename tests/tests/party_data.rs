@@ -153,6 +153,9 @@ async fn parties_are_sealed_everywhere_read_by_the_holder_only_and_erased_with_t
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(reason.is_some_and(|r| r.contains("in clear")));
+    // Kept without the data that came in clear.
+    assert_eq!(clear_copies(&stack, "audit", "SELECT count(*) FROM audit_log WHERE position($1 IN envelope) > 0").await?, 0);
+    assert!(audit.verify(VerifyRequest::default()).await?.into_inner().ok);
     let mut dead = Vec::new();
     while !dead.iter().any(|d: &duijie_tests::DeadMessage| d.reason.as_deref().is_some_and(|r| r.contains("in clear"))) {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the centre did not refuse the clear referral: {dead:?}");

@@ -110,6 +110,24 @@ impl Sealed<'_> {
     }
 }
 
+/// How a refusal for party data in clear starts (`Verify` does not check such a record's
+/// signature: its envelope was kept without the data the signature covered).
+pub const CLEAR_PARTY_DATA: &str = "party data: ";
+
+/// Clears the parties' identity, contact and address of the referral `env` carries.
+fn redact_parties(env: &mut Envelope) {
+    let referral = match env.payload.as_mut() {
+        Some(Payload::Referral(r)) => Some(r),
+        Some(Payload::Amendment(a)) => a.revised.as_mut(),
+        _ => None,
+    };
+    for p in referral.into_iter().flat_map(|r| r.parties.iter_mut()) {
+        p.identity = None;
+        p.contact.clear();
+        p.address.clear();
+    }
+}
+
 /// One message as the tap delivered it to the store: the envelope, the bytes its signature
 /// covers, and what the consumer's verifier found.
 #[derive(Debug, Clone, Copy)]
@@ -464,7 +482,7 @@ impl AuditStore {
             let refused_on_arrival = arrival
                 .signature_refused
                 .map(|r| format!("signature: {r}"))
-                .or_else(|| arrival.clear_parties.then(|| "party identity, contact or address in clear (never sealed)".to_owned()));
+                .or_else(|| arrival.clear_parties.then(|| format!("{CLEAR_PARTY_DATA}identity, contact or address in clear (never sealed); kept without them")));
             let (state_after, refused) = self.decide(&mut cases, env, case_id, payload, occurred, refused_on_arrival)?;
             let w = cases.get_mut(&case_id).ok_or_else(|| rejected("case not kept"))?;
             w.row.last_case_seq += 1;
@@ -492,7 +510,16 @@ impl AuditStore {
                 causation_id: if env.causation_id.is_empty() { None } else { Uuid::parse_str(&env.causation_id).ok() },
                 trace_id: env.trace.as_ref().and_then(|t| t.traceparent.split('-').nth(1)).unwrap_or_default().to_owned(),
                 state_after,
-                envelope: arrival.bytes.map_or_else(|| env.encode_to_vec(), <[u8]>::to_vec),
+                // Party data that arrived in clear is not kept: the append-only log could never
+                // erase it. The record keeps the envelope without it (its signature then no
+                // longer matches, which `Verify` expects of such a refusal).
+                envelope: if arrival.clear_parties {
+                    let mut redacted = env.clone();
+                    redact_parties(&mut redacted);
+                    redacted.encode_to_vec()
+                } else {
+                    arrival.bytes.map_or_else(|| env.encode_to_vec(), <[u8]>::to_vec)
+                },
                 refused,
                 signature: arrival.signature.map(|s| s.signature.clone()),
                 signer_cert: arrival.signature.map(|s| s.cert.clone()),

@@ -78,7 +78,7 @@ fn signature_problem(row: &Row, verifier: &Verifier, signatures: &mut u64, unsig
         return None;
     };
     *signatures += 1;
-    if row.refused.as_deref().is_some_and(|r| r.starts_with("signature:")) {
+    if row.refused.as_deref().is_some_and(|r| r.starts_with("signature:") || r.starts_with(crate::store::CLEAR_PARTY_DATA)) {
         return None;
     }
     let env = match Envelope::decode(row.envelope.as_slice()) {
