@@ -421,19 +421,9 @@ pub fn signer_for(ca: &duijie_common::certs::DevCa, nodes: &[AgencyNode]) -> any
     Ok(signer)
 }
 
-/// Clears the parties' identity, contact and address of the referral `env` carries (a referral
-/// or an amendment's revised one), for a test that publishes envelopes onto the bus itself: the
-/// services seal them before anything leaves, and refuse them in clear on the bus.
+/// Clears the parties' identity, contact and address of the referral `env` carries, for a test
+/// that publishes envelopes onto the bus itself: the services seal them before anything leaves,
+/// and refuse them in clear on the bus.
 pub fn without_party_data(env: &mut Envelope) {
-    use duijie_proto::v1::envelope::Payload;
-    let referral = match env.payload.as_mut() {
-        Some(Payload::Referral(r)) => Some(r),
-        Some(Payload::Amendment(a)) => a.revised.as_mut(),
-        _ => None,
-    };
-    for p in referral.into_iter().flat_map(|r| r.parties.iter_mut()) {
-        p.identity = None;
-        p.contact.clear();
-        p.address.clear();
-    }
+    duijie_common::sealing::strip_party_data(env);
 }

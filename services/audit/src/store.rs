@@ -114,20 +114,6 @@ impl Sealed<'_> {
 /// signature: its envelope was kept without the data the signature covered).
 pub const CLEAR_PARTY_DATA: &str = "party data: ";
 
-/// Clears the parties' identity, contact and address of the referral `env` carries.
-fn redact_parties(env: &mut Envelope) {
-    let referral = match env.payload.as_mut() {
-        Some(Payload::Referral(r)) => Some(r),
-        Some(Payload::Amendment(a)) => a.revised.as_mut(),
-        _ => None,
-    };
-    for p in referral.into_iter().flat_map(|r| r.parties.iter_mut()) {
-        p.identity = None;
-        p.contact.clear();
-        p.address.clear();
-    }
-}
-
 /// One message as the tap delivered it to the store: the envelope, the bytes its signature
 /// covers, and what the consumer's verifier found.
 #[derive(Debug, Clone, Copy)]
@@ -515,7 +501,7 @@ impl AuditStore {
                 // longer matches, which `Verify` expects of such a refusal).
                 envelope: if arrival.clear_parties {
                     let mut redacted = env.clone();
-                    redact_parties(&mut redacted);
+                    duijie_common::sealing::strip_party_data(&mut redacted);
                     redacted.encode_to_vec()
                 } else {
                     arrival.bytes.map_or_else(|| env.encode_to_vec(), <[u8]>::to_vec)

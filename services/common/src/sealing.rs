@@ -176,6 +176,22 @@ pub fn carried_referral(payload: Option<&duijie_proto::v1::envelope::Payload>) -
     }
 }
 
+/// Clears the parties' identity, contact and address of the referral `env` carries (a referral
+/// or an amendment's revised one): what must not be kept when it arrived in clear.
+pub fn strip_party_data(env: &mut duijie_proto::v1::Envelope) {
+    use duijie_proto::v1::envelope::Payload;
+    let referral = match env.payload.as_mut() {
+        Some(Payload::Referral(r)) => Some(r),
+        Some(Payload::Amendment(a)) => a.revised.as_mut(),
+        _ => None,
+    };
+    for p in referral.into_iter().flat_map(|r| r.parties.iter_mut()) {
+        p.identity = None;
+        p.contact.clear();
+        p.address.clear();
+    }
+}
+
 /// Whether any party of `referral` is sealed.
 pub fn is_sealed(referral: &Referral) -> bool {
     referral.parties.iter().any(|p| !p.sealed.is_empty())
