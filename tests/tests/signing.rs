@@ -324,3 +324,27 @@ async fn a_handed_on_case_must_prove_its_referrer() -> anyhow::Result<()> {
     assert_eq!(record.signer, "mediation:431003-102", "who forged it is on record");
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gates_believe_only_lag_reports_the_audit_service_signed() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // Any service may publish on the status exchange: forged reports of an hour's lag, unsigned
+    // and signed by an agency, would close every gate if believed.
+    let conn = stack.bus.connector.connect("forged lag reports").await?;
+    let ch = conn.create_channel().await?;
+    let court_key = signer_for(stack.ca(), &[stack::court()])?;
+    let forged = duijie_common::status::AuditLag { at: chrono::Utc::now(), lag_ms: Some(3_600_000), recorded: 0 };
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        duijie_common::status::publish(&ch, &stack.bus.topology, duijie_common::status::AUDIT_LAG_KEY, &forged).await?;
+        duijie_common::status::publish_signed(&ch, &stack.bus.topology, duijie_common::status::AUDIT_LAG_KEY, &forged, &court_key, "court:431003").await?;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for kind in [AgencyKind::Court, AgencyKind::Mediation] {
+        assert!(stack.service(kind)?.agency.gate_open(), "{kind:?}'s gate believed a forged report");
+    }
+    let court = stack.clerk(&stack::court()).await?;
+    submit(&court, "JF-431003-2026-SIG010").await?;
+    let _ = conn.close(200, "done".into()).await;
+    stack.stop().await
+}

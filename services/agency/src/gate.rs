@@ -227,13 +227,25 @@ pub struct AuditGate {
     state: watch::Sender<GateState>,
     service: Arc<str>,
     nodes: Arc<[String]>,
+    /// Believes only lag reports the audit service signed (none: any report, for tests of the
+    /// gate alone).
+    verifier: Option<Arc<duijie_common::signing::Verifier>>,
 }
 
 impl AuditGate {
     /// The gate of service `service` serving `nodes`; it starts closed until its first look.
     pub fn new(service: &str, nodes: &[AgencyNode]) -> Self {
         let state = GateState { open: false, why: Some(Why::Unchecked), since: Utc::now(), closings: 0, openings: 0, looks: 0, seen: None };
-        Self { state: watch::Sender::new(state), service: service.into(), nodes: nodes.iter().map(ToString::to_string).collect() }
+        Self { state: watch::Sender::new(state), service: service.into(), nodes: nodes.iter().map(ToString::to_string).collect(), verifier: None }
+    }
+
+    /// Believes only the lag reports signed by the audit service (`duijie-audit`): every service
+    /// may write to the status exchange, and a forged report could close every gate or hold them
+    /// open while the audit store is down.
+    #[must_use]
+    pub fn with_verifier(mut self, verifier: Arc<duijie_common::signing::Verifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// `UNAVAILABLE` while closed.
@@ -352,7 +364,11 @@ impl AuditGate {
                 () = shutdown.cancelled() => return Ok(()),
                 report = reports.next() => {
                     let delivery = report.ok_or_else(|| anyhow::anyhow!("the broker ended the status consumer"))?.inspect_err(|e| blind(&anyhow::anyhow!("{e}")))?;
-                    if let Some(report) = status::decode::<AuditLag>(&delivery.data) {
+                    let report = match &self.verifier {
+                        Some(v) => status::decode_signed::<AuditLag>(&delivery, v, duijie_common::signing::AUDIT_SIGNER),
+                        None => status::decode::<AuditLag>(&delivery.data),
+                    };
+                    if let Some(report) = report {
                         lag.heard(&report, Instant::now());
                     }
                 }

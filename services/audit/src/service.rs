@@ -189,8 +189,8 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     tasks.spawn(async move { ("relay".to_owned(), relay.run(t).await) });
     let t = token.clone();
     tasks.spawn(async move { ("tap consumer".to_owned(), consumer.run(t).await) });
-    let (c, top, stats, every, t) = (connector, topology.clone(), consumer_stats.clone(), cfg.audit.status_interval_ms, token.clone());
-    tasks.spawn(async move { ("lag reports".to_owned(), crate::status::run(c, top, stats, every, t).await) });
+    let (c, top, stats, every, s, t) = (connector, topology.clone(), consumer_stats.clone(), cfg.audit.status_interval_ms, signer.clone(), token.clone());
+    tasks.spawn(async move { ("lag reports".to_owned(), crate::status::run(c, top, stats, every, s, t).await) });
     let (p, top, t, a) = (pool.clone(), topology.clone(), token.clone(), cfg.audit.clone());
     tasks.spawn(async move { ("deadline notices".to_owned(), crate::watch::run(p, top, waker, a.warn_before_ms, a.deadline_scan_ms, t).await) });
     let (p, t, days) = (pool.clone(), token.clone(), cfg.audit.retention_days);

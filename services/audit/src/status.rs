@@ -34,14 +34,29 @@ pub fn lag_ms(now: DateTime<Utc>, holding_since: Option<DateTime<Utc>>, tap_wait
 
 /// Publishes the lag of `consumer` (the tap consumer) every `interval` until `shutdown`, on a
 /// connection of its own (a session of the shared reconnect loop).
-pub async fn run(connector: Connector, topology: Topology, consumer: Arc<ConsumerStats>, interval: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Each report is signed by the audit service (`signer`): the gates believe no one else.
+pub async fn run(
+    connector: Connector,
+    topology: Topology,
+    consumer: Arc<ConsumerStats>,
+    interval: Duration,
+    signer: Arc<duijie_common::signing::Signer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let backoff = Backoff::new(Duration::from_millis(100).min(interval), interval.max(Duration::from_secs(1)));
-    let (connector, topology, consumer, token) = (&connector, &topology, &consumer, &shutdown);
-    run_sessions("audit status", token, backoff, move |_| session(connector, topology, consumer, interval, token)).await;
+    let (connector, topology, consumer, signer, token) = (&connector, &topology, &consumer, &signer, &shutdown);
+    run_sessions("audit status", token, backoff, move |_| session(connector, topology, consumer, interval, signer, token)).await;
     Ok(())
 }
 
-async fn session(connector: &Connector, topology: &Topology, consumer: &ConsumerStats, interval: Duration, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn session(
+    connector: &Connector,
+    topology: &Topology,
+    consumer: &ConsumerStats,
+    interval: Duration,
+    signer: &duijie_common::signing::Signer,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let conn = connector.connect("audit status").await?;
     topology.ensure_status(&conn).await?;
     let ch = conn.create_channel().await.context("opening the audit status channel")?;
@@ -66,7 +81,7 @@ async fn session(connector: &Connector, topology: &Topology, consumer: &Consumer
         };
         let now = Utc::now();
         let report = AuditLag { at: now, lag_ms: lag_ms(now, holding, waiting), recorded: consumer.applied.load(Ordering::Relaxed) };
-        status::publish(&ch, topology, AUDIT_LAG_KEY, &report).await?;
+        status::publish_signed(&ch, topology, AUDIT_LAG_KEY, &report, signer, duijie_common::signing::AUDIT_SIGNER).await?;
     }
 }
 

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::amqp::Topology;
+use crate::signing::{Signature, Signer, Verifier};
 
 /// Routing key of the audit service's lag reports.
 pub const AUDIT_LAG_KEY: &str = "audit.lag";
@@ -87,6 +88,43 @@ pub async fn publish<T: Serialize>(ch: &Channel, topology: &Topology, key: &str,
 /// Decodes a report; `None` for anything else (a reader skips what it does not understand).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
     serde_json::from_slice(body).ok()
+}
+
+/// What a status report's signature covers (after this context): its JSON body.
+const STATUS_CONTEXT: &[u8] = b"duijie.status.v1\0";
+
+/// [`publish`], signed as `name` with `signer` (the audit service's lag reports, which open and
+/// close every agency's gate: any service may write to the status exchange, so the gates believe
+/// only what the audit service signed).
+pub async fn publish_signed<T: Serialize>(ch: &Channel, topology: &Topology, key: &str, report: &T, signer: &Signer, name: &str) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(report).context("encoding a status report")?;
+    let mut headers = FieldTable::default();
+    signer.sign_bytes(name, STATUS_CONTEXT, &body)?.write_headers(&mut headers);
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_timestamp(Utc::now().timestamp().try_into().unwrap_or(0))
+        .with_headers(headers);
+    ch.basic_publish(topology.status_exchange().into(), key.into(), BasicPublishOptions::default(), &body, props)
+        .await
+        .with_context(|| format!("publishing a status report ({key})"))?;
+    Ok(())
+}
+
+/// Decodes a report signed by `expected` (checked with `verifier` now); `None` for an unsigned
+/// or otherwise signed one, which the reader ignores.
+pub fn decode_signed<T: DeserializeOwned>(delivery: &lapin::message::Delivery, verifier: &Verifier, expected: &str) -> Option<T> {
+    let sig = Signature::from_headers(delivery.properties.headers().as_ref())?;
+    match verifier.verify_bytes(STATUS_CONTEXT, &delivery.data, &sig, Utc::now()) {
+        Ok(signer) if signer == expected => decode(&delivery.data),
+        Ok(signer) => {
+            tracing::warn!(%signer, "ignored a status report signed by someone else than {expected}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ignored a status report whose signature does not verify");
+            None
+        }
+    }
 }
 
 /// A queue of the caller's own (server-named, exclusive, deleted with its connection, keeping at
