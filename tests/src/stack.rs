@@ -167,8 +167,9 @@ impl Stack {
         // Signing keys: each agency node's certificate and key, and the audit service's own.
         let signing = write_signing_keys(&ca, &dir, &demo_nodes())?;
         let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost", "127.0.0.1"])?;
-        std::fs::write(signing.keys.join("service-audit.pem"), cert)?;
-        std::fs::write(signing.keys.join("service-audit-key.pem"), key)?;
+        let (cert_path, key_path) = duijie_common::client::Pki::new(&signing.keys).service_files("audit");
+        std::fs::write(cert_path, cert)?;
+        std::fs::write(key_path, key)?;
         let audit_cfg = duijie_audit::service::AuditServiceConfig {
             signing: signing.clone(),
             bus: bus_cfg("audit", database("audit", &mut bus).await?)?,
@@ -441,6 +442,16 @@ impl Clerk {
         PetitionServiceClient::new(self.ch.clone())
     }
 
+    /// Sends `referral` to `to` as case `case_code`; returns the new case's id.
+    pub async fn submit(&self, to: &AgencyNode, case_code: &str, referral: Referral) -> anyhow::Result<String> {
+        let view = self
+            .referrals()
+            .submit_referral(SubmitReferralRequest { to: Some(agency_ref(to)), case_code: case_code.into(), referral: Some(referral) })
+            .await
+            .and_then(answered_case)?;
+        Ok(view.case_id)
+    }
+
     /// The case as this agency sees it.
     pub async fn case(&self, case_id: &str) -> Result<CaseView, tonic::Status> {
         self.cases().get_case(GetCaseRequest { case_id: case_id.to_owned() }).await.and_then(answered_case)
@@ -520,18 +531,13 @@ pub fn agency_ref(n: &AgencyNode) -> AgencyRef {
 /// `<dir>/keys`, as `duijie-bus certs` does, and returns the signing configuration over them
 /// (trusting `<dir>/ca.pem`).
 pub fn write_signing_keys(ca: &DevCa, dir: &std::path::Path, nodes: &[AgencyNode]) -> anyhow::Result<duijie_common::signing::SigningConfig> {
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys)?;
+    let keys = duijie_common::client::Pki::new(dir.join("keys"));
     for n in nodes {
-        let stem = format!("{}-{}", n.kind().as_str(), n.code());
-        if keys.join(format!("{stem}-key.pem")).exists() {
-            continue;
+        if !keys.node_files(n).1.exists() {
+            keys.write(ca.cert_pem(), n, &ca.agency(n)?)?;
         }
-        let tls = ca.agency(n)?;
-        std::fs::write(keys.join(format!("{stem}.pem")), &tls.cert)?;
-        std::fs::write(keys.join(format!("{stem}-key.pem")), &tls.key)?;
     }
-    Ok(duijie_common::signing::SigningConfig { ca: dir.join("ca.pem"), keys })
+    Ok(duijie_common::signing::SigningConfig { ca: dir.join("ca.pem"), keys: keys.dir().to_owned() })
 }
 
 /// A random master key for a test's audit service (64 hex digits).

@@ -7,23 +7,16 @@
 use std::collections::HashMap;
 
 use duijie_audit::store::{Sealed, record_hash_sealed};
-use duijie_proto::answered_case;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::*;
-use duijie_tests::stack::{self, Stack, agency_ref, referral};
+use duijie_tests::stack::{self, Stack, referral};
 use duijie_tests::{node, signer_for, wait_until};
 use prost::Message as _;
 use sqlx::{Executor as _, PgPool};
 use uuid::Uuid;
 
 async fn submit(court: &stack::Clerk, code: &str) -> anyhow::Result<String> {
-    let r = referral(code, ClockPolicyKind::CourtPreFiling);
-    let view = court
-        .referrals()
-        .submit_referral(SubmitReferralRequest { to: Some(agency_ref(&stack::centre())), case_code: code.into(), referral: Some(r) })
-        .await
-        .and_then(answered_case)?;
-    Ok(view.case_id)
+    court.submit(&stack::centre(), code, referral(code, ClockPolicyKind::CourtPreFiling)).await
 }
 
 #[derive(sqlx::FromRow)]

@@ -5,20 +5,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use duijie_proto::answered_case;
 use duijie_proto::v1::*;
-use duijie_tests::stack::{self, Clerk, Stack, agency_ref, referral};
+use duijie_tests::stack::{self, Clerk, Stack, referral};
 use tonic::Code;
 use tonic::codec::Streaming;
 
 async fn submit(court: &Clerk, code: &str, request: &str) -> anyhow::Result<String> {
-    let r = referral(request, ClockPolicyKind::CourtOrdinary);
-    let view = court
-        .referrals()
-        .submit_referral(SubmitReferralRequest { to: Some(agency_ref(&stack::centre())), case_code: code.into(), referral: Some(r) })
-        .await
-        .and_then(answered_case)?;
-    Ok(view.case_id)
+    court.submit(&stack::centre(), code, referral(request, ClockPolicyKind::CourtOrdinary)).await
 }
 
 /// Reads changes until every message id in `want` was seen (or a minute passed).

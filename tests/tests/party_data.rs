@@ -4,7 +4,6 @@
 //! read recorded; erasing one case's key makes its parties' data unreadable everywhere while the
 //! audit log still verifies, and leaves every other case as it was.
 
-use duijie_proto::answered_case;
 use duijie_proto::v1::*;
 use duijie_proto::v1::envelope;
 use duijie_tests::stack::{self, Clerk, Stack, agency_ref, referral};
@@ -20,16 +19,7 @@ async fn submit(court: &Clerk, code: &str) -> anyhow::Result<String> {
     let mut r = referral(code, ClockPolicyKind::CourtPreFiling);
     r.parties[0].contact = "13800000000".into();
     r.parties[0].address = "郴州市苏仙区人民路1号".into();
-    let view = court
-        .referrals()
-        .submit_referral(SubmitReferralRequest {
-            to: Some(agency_ref(&stack::centre())),
-            case_code: code.into(),
-            referral: Some(r),
-        })
-        .await
-        .and_then(answered_case)?;
-    Ok(view.case_id)
+    court.submit(&stack::centre(), code, r).await
 }
 
 fn first_id_number(v: &CaseView) -> String {

@@ -6,7 +6,6 @@
 //! refused too. A court whose key is rotated keeps sending, and its old records still verify.
 
 use duijie_common::envelope::{Header, build};
-use duijie_proto::answered_case;
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::*;
 use duijie_tests::stack::{self, Stack, agency_ref, referral};
@@ -24,13 +23,7 @@ fn today() -> GetStatisticsRequest {
 }
 
 async fn submit(court: &stack::Clerk, code: &str) -> anyhow::Result<String> {
-    let r = referral(code, ClockPolicyKind::CourtPreFiling);
-    let view = court
-        .referrals()
-        .submit_referral(SubmitReferralRequest { to: Some(agency_ref(&stack::centre())), case_code: code.into(), referral: Some(r) })
-        .await
-        .and_then(answered_case)?;
-    Ok(view.case_id)
+    court.submit(&stack::centre(), code, referral(code, ClockPolicyKind::CourtPreFiling)).await
 }
 
 fn header(case_id: &str, code: &str, sender: &duijie_domain::AgencyNode) -> anyhow::Result<Header> {

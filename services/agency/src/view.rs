@@ -127,8 +127,9 @@ impl Agency {
     async fn party_key(&self, caller: &AgencyNode, loaded: &LoadedView) -> PartyKey {
         let Some(keys) = &self.keys else { return PartyKey::Sealed };
         let holder = loaded.stored.case.role_of(caller) == Role::Holder && caller.kind() == AgencyKind::Mediation;
-        let sealed = Referral::decode(loaded.stored.referral.as_slice()).is_ok_and(|r| duijie_common::sealing::is_sealed(&r));
-        if !holder || !sealed {
+        // Only the holder's view asks for the key; decoding the referral to see whether it is
+        // sealed is left for it.
+        if !holder || !Referral::decode(loaded.stored.referral.as_slice()).is_ok_and(|r| duijie_common::sealing::is_sealed(&r)) {
             return PartyKey::Sealed;
         }
         match keys.open(caller, loaded.stored.case_id, "view").await {

@@ -600,10 +600,16 @@ impl AuditStore {
         refused_on_arrival: Option<String>,
     ) -> Result<(&'static str, Option<String>), HandleError> {
         let parse = |s: &str| CaseState::parse(s).ok_or_else(|| rejected(format!("bad state {s}")));
-        if let Some(reason) = refused_on_arrival {
-            let refused = Some(reason);
+        let unseen = cases.get(&case_id).is_none_or(|w| w.row.refused_only);
+        // A hand-over of a case the log never saw referred: nobody can have handed it on.
+        let handed_on_unseen =
+            unseen && matches!(payload, Payload::Referral(r) if r.forwarded.as_ref().is_some_and(|f| f.original_referrer != env.sender));
+        let refused = refused_on_arrival.or_else(|| {
+            handed_on_unseen.then(|| format!("{}: a hand-over of a case the log has never seen referred", ref_str(env.sender.as_ref())))
+        });
+        if let Some(reason) = refused {
             if let Some(w) = cases.get(&case_id) {
-                return Ok((parse(&w.row.state)?.as_str(), refused));
+                return Ok((parse(&w.row.state)?.as_str(), Some(reason)));
             }
             // A case the log has not seen: its row is kept (for its place in the chain) but does
             // not count as a case until a message of it takes effect.
@@ -612,20 +618,10 @@ impl AuditStore {
                 w.row.refused_only = true;
                 w.timing = false;
             }
-            return Ok((state, refused));
+            return Ok((state, Some(reason)));
         }
-        if cases.get(&case_id).is_none_or(|w| w.row.refused_only) {
-            // A hand-over of a case the log never saw referred: nobody can have handed it on.
-            let handed_on_unseen = matches!(payload, Payload::Referral(r) if r.forwarded.as_ref().is_some_and(|f| f.original_referrer != env.sender));
-            let (state, _) = self.first_record(cases, env, case_id, payload, at)?;
-            if handed_on_unseen {
-                if let Some(w) = cases.get_mut(&case_id) {
-                    w.row.refused_only = true;
-                    w.timing = false;
-                }
-                return Ok((state, Some(format!("{}: a hand-over of a case the log has never seen referred", ref_str(env.sender.as_ref())))));
-            }
-            return Ok((state, None));
+        if unseen {
+            return self.first_record(cases, env, case_id, payload, at);
         }
         let Some(w) = cases.get_mut(&case_id) else { return Err(rejected("case not kept")) };
         let c = &mut w.row;

@@ -124,17 +124,14 @@ impl ProcessStack {
         let ca_path = dir.join("ca.pem");
         std::fs::write(&ca_path, ca.cert_pem())?;
         // Signing keys of every node and of the audit service (signed handoffs).
-        let keys = dir.join("keys");
-        std::fs::create_dir_all(&keys)?;
+        let keys = duijie_common::client::Pki::new(dir.join("keys"));
         for n in demo_nodes()? {
-            let tls = ca.agency(&n)?;
-            let stem = format!("{}-{}", n.kind().as_str(), n.code());
-            std::fs::write(keys.join(format!("{stem}.pem")), &tls.cert)?;
-            std::fs::write(keys.join(format!("{stem}-key.pem")), &tls.key)?;
+            keys.write(ca.cert_pem(), &n, &ca.agency(&n)?)?;
         }
         let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost", "127.0.0.1"])?;
-        std::fs::write(keys.join("service-audit.pem"), cert)?;
-        std::fs::write(keys.join("service-audit-key.pem"), key)?;
+        let (cert_path, key_path) = keys.service_files("audit");
+        std::fs::write(cert_path, cert)?;
+        std::fs::write(key_path, key)?;
         let master_key: String = duijie_common::sealing::Key::generate()?.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         let mut stack = Self { id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases, master_key };
         for (svc, database) in SERVICES.into_iter().zip(stack.databases.clone()) {

@@ -97,37 +97,42 @@ impl Pki {
         &self.dir
     }
 
-    fn stem(who: &AgencyNode) -> String {
-        format!("{}-{}", who.kind().as_str(), who.code())
+    /// Where `who`'s certificate and key are: `<kind>-<code>.pem` and `<kind>-<code>-key.pem`.
+    pub fn node_files(&self, who: &AgencyNode) -> (PathBuf, PathBuf) {
+        let stem = format!("{}-{}", who.kind().as_str(), who.code());
+        (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}-key.pem")))
+    }
+
+    /// Where service `name`'s own certificate and key are: `service-<name>.pem` and
+    /// `service-<name>-key.pem`.
+    pub fn service_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("service-{name}.pem")), self.dir.join(format!("service-{name}-key.pem")))
     }
 
     /// Writes the CA and `who`'s certificate and key (tests and the local stack).
     pub fn write(&self, ca_pem: &str, who: &AgencyNode, tls: &TlsPem) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::write(self.dir.join("ca.pem"), ca_pem)?;
-        std::fs::write(self.dir.join(format!("{}.pem", Self::stem(who))), &tls.cert)?;
-        std::fs::write(self.dir.join(format!("{}-key.pem", Self::stem(who))), &tls.key)?;
+        let (cert, key) = self.node_files(who);
+        std::fs::write(cert, &tls.cert)?;
+        std::fs::write(key, &tls.key)?;
         Ok(())
     }
 
     /// The CA certificate and `who`'s certificate and key.
     pub fn identity(&self, who: &AgencyNode) -> anyhow::Result<TlsPem> {
-        let read = |name: String| {
-            let path = self.dir.join(name);
-            std::fs::read(&path).with_context(|| format!("reading {} (no certificate for {who}?)", path.display()))
-        };
-        Ok(TlsPem { ca: read("ca.pem".into())?, cert: read(format!("{}.pem", Self::stem(who)))?, key: read(format!("{}-key.pem", Self::stem(who)))? })
+        let read = |path: PathBuf| std::fs::read(&path).with_context(|| format!("reading {} (no certificate for {who}?)", path.display()));
+        let (cert, key) = self.node_files(who);
+        Ok(TlsPem { ca: read(self.dir.join("ca.pem"))?, cert: read(cert)?, key: read(key)? })
     }
 
     /// The CA certificate and service `name`'s own certificate and key (`service-<name>.pem`,
     /// as `duijie-bus certs --service <name>` writes them; common name `duijie-<name>`): for the
     /// few calls a service makes as itself, such as the console's parties' lookup.
     pub fn service(&self, name: &str) -> anyhow::Result<TlsPem> {
-        let read = |file: String| {
-            let path = self.dir.join(file);
-            std::fs::read(&path).with_context(|| format!("reading {} (no certificate for service {name}?)", path.display()))
-        };
-        Ok(TlsPem { ca: read("ca.pem".into())?, cert: read(format!("service-{name}.pem"))?, key: read(format!("service-{name}-key.pem"))? })
+        let read = |path: PathBuf| std::fs::read(&path).with_context(|| format!("reading {} (no certificate for service {name}?)", path.display()));
+        let (cert, key) = self.service_files(name);
+        Ok(TlsPem { ca: read(self.dir.join("ca.pem"))?, cert: read(cert)?, key: read(key)? })
     }
 
     /// Every agency identity with a certificate and key in the directory, sorted.

@@ -249,15 +249,13 @@ impl KeyClient {
     /// A client per node, each with that node's certificate from `signing.keys` (lazy channels:
     /// nothing connects until the first call).
     pub fn new(cfg: &KeyServiceConfig, signing: &crate::signing::SigningConfig, nodes: &[AgencyNode]) -> anyhow::Result<Self> {
-        let ca = std::fs::read(&signing.ca).with_context(|| format!("reading {}", signing.ca.display()))?;
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let ca = read(&signing.ca)?;
+        let keys = crate::client::Pki::new(&signing.keys);
         let mut channels = std::collections::HashMap::new();
         for n in nodes {
-            let stem = format!("{}-{}", n.kind().as_str(), n.code());
-            let read = |name: String| {
-                let p = signing.keys.join(name);
-                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
-            };
-            let tls = crate::server::TlsPem { ca: ca.clone(), cert: read(format!("{stem}.pem"))?, key: read(format!("{stem}-key.pem"))? };
+            let (cert, key) = keys.node_files(n);
+            let tls = crate::server::TlsPem { ca: ca.clone(), cert: read(&cert)?, key: read(&key)? };
             let ch = crate::client::channel(&cfg.endpoint, &cfg.tls_domain, &tls)?;
             channels.insert(n.to_string(), AuditServiceClient::new(ch));
         }

@@ -391,9 +391,10 @@ impl SigningConfig {
     /// envelopes could not go out) or with a certificate naming another agency.
     pub fn signer_for(&self, nodes: &[AgencyNode]) -> anyhow::Result<Signer> {
         let mut signer = Signer::new();
+        let keys = crate::client::Pki::new(&self.keys);
         for n in nodes {
-            let stem = format!("{}-{}", n.kind().as_str(), n.code());
-            let name = signer.add_files(&self.keys.join(format!("{stem}.pem")), &self.keys.join(format!("{stem}-key.pem")))?;
+            let (cert, key) = keys.node_files(n);
+            let name = signer.add_files(&cert, &key)?;
             anyhow::ensure!(name == n.to_string(), "the certificate for {n} names {name}");
         }
         Ok(signer)
@@ -402,7 +403,8 @@ impl SigningConfig {
     /// A signer holding service `name`'s own key (`service-<name>.pem`).
     pub fn signer_for_service(&self, name: &str) -> anyhow::Result<Signer> {
         let mut signer = Signer::new();
-        signer.add_files(&self.keys.join(format!("service-{name}.pem")), &self.keys.join(format!("service-{name}-key.pem")))?;
+        let (cert, key) = crate::client::Pki::new(&self.keys).service_files(name);
+        signer.add_files(&cert, &key)?;
         Ok(signer)
     }
 }
