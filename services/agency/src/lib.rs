@@ -190,6 +190,8 @@ impl Agency {
 fn key_unavailable(e: duijie_common::sealing::KeyError) -> ApiError {
     match e {
         duijie_common::sealing::KeyError::Erased => ApiError::FailedPrecondition(e.to_string()),
+        // The key service's verdict on this agency's rights: a retry would not change it.
+        duijie_common::sealing::KeyError::Refused(why) => ApiError::PermissionDenied(format!("the key service refused the case's data key: {why}")),
         other => ApiError::Unavailable(format!("cannot seal the parties' data: {other}; nothing was done, retry later")),
     }
 }
