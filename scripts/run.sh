@@ -163,6 +163,8 @@ duijie bus is up.
   exchanges   duijie.handoff (topic, routing key <kind>.<code>.<message>), duijie.dead (fanout)
   queues      duijie.audit.tap, duijie.dead, duijie.inbox.<kind>.<code> per demo agency
   mTLS        development CA and agency certificates in target/pki (CN <kind>:<code>)
+  signing     every envelope is signed with its sending node's key from target/pki (README, Signed handoffs)
+  party data  sealed per case; the audit service's master key is target/audit-master-key (README, Party data)
 
 Web console:  http://127.0.0.1:$(port_of console)/   (Simplified Chinese; pick an identity to sign in)
   Demo identities (each backed by its certificate in target/pki):
