@@ -105,7 +105,7 @@ impl TestBus {
                                         trace_id TEXT, applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
         )
         .await?;
-        let amqp_cfg = AmqpConfig { url: SecretString::from(amqp.amqp_url()), connection_name: format!("test-{prefix}") };
+        let amqp_cfg = AmqpConfig { url: SecretString::from(amqp.amqp_url()), connection_name: format!("test-{prefix}"), cluster_urls: Vec::new() };
         let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), ..Default::default() });
         Ok(Self {
             pg_servers: pg,

@@ -110,7 +110,7 @@ impl ProcessStack {
         }
         let _ = conn.close().await;
 
-        let connector = Connector::new(AmqpConfig { url: opts.amqp_url.clone().into(), connection_name: "duijie-sysbench".into() });
+        let connector = Connector::new(AmqpConfig { url: opts.amqp_url.clone().into(), connection_name: "duijie-sysbench".into(), cluster_urls: Vec::new() });
         let prefix = format!("sysbench{id}");
         let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), ..Default::default() });
         // Queues first, so the first referral is routable whichever consumer starts first.

@@ -576,6 +576,7 @@ async fn bus_rate(args: &SystemArgs) -> anyhow::Result<f64> {
     let connector = duijie_common::amqp::Connector::new(duijie_common::config::AmqpConfig {
         url: args.amqp_url.clone().into(),
         connection_name: "duijie-sysbench".into(),
+        cluster_urls: Vec::new(),
     });
     let bus = BusUnderTest::new(&connector, &bus_args).await?;
     let rate = bus.throughput(&bus_args).await;

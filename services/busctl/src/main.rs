@@ -99,7 +99,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let topology = Topology::new(TopologyConfig { prefix: cli.prefix.clone(), ..Default::default() });
-    let connector = Connector::new(AmqpConfig { url: cli.amqp_url.clone().into(), connection_name: "duijie-bus".into() });
+    let connector = Connector::new(AmqpConfig { url: cli.amqp_url.clone().into(), connection_name: "duijie-bus".into(), cluster_urls: Vec::new() });
     match cli.command {
         Command::Migrate { database_url } => {
             let cfg = DatabaseConfig::from_url(&database_url)?;

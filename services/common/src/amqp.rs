@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
-use secrecy::ExposeSecret as _;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::config::{AmqpConfig, TopologyConfig};
 
@@ -36,21 +36,55 @@ pub const DEAD_QUEUE: &str = "x-duijie-dead-queue";
 #[derive(Debug, Clone)]
 pub struct Connector {
     cfg: AmqpConfig,
+    /// The node of `url` + `cluster_urls` the next attempt starts from: the one that last
+    /// answered, so a reconnect goes back to a node known to be up.
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// How long one node of a cluster may take to accept a connection before the next is tried
+/// (a node stopped with SIGSTOP accepts TCP and never answers).
+const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Connector {
     /// A connector for the configured broker.
     pub fn new(cfg: AmqpConfig) -> Self {
-        Self { cfg }
+        Self { cfg, next: std::sync::Arc::default() }
     }
 
-    /// One connection attempt (no automatic recovery: the caller's loop decides).
+    /// One connection attempt (no automatic recovery: the caller's loop decides). With
+    /// `cluster_urls`, each node is tried once in turn, starting from the last that answered.
     pub async fn connect(&self, purpose: &str) -> anyhow::Result<Connection> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("{}:{purpose}", self.cfg.connection_name).into());
-        Connection::connect(self.cfg.url.expose_secret(), props)
-            .await
-            .with_context(|| format!("connecting to RabbitMQ for {purpose}"))
+        let urls: Vec<&SecretString> = std::iter::once(&self.cfg.url).chain(&self.cfg.cluster_urls).collect();
+        let start = self.next.load(std::sync::atomic::Ordering::Relaxed) % urls.len();
+        let mut last = None;
+        for i in 0..urls.len() {
+            let n = (start + i) % urls.len();
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("{}:{purpose}", self.cfg.connection_name).into());
+            let attempt = Connection::connect(urls[n].expose_secret(), props);
+            let outcome = if urls.len() == 1 {
+                attempt.await.map_err(anyhow::Error::from)
+            } else {
+                match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+                    Ok(r) => r.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow::anyhow!("no answer within {NODE_CONNECT_TIMEOUT:?}")),
+                }
+            };
+            match outcome {
+                Ok(conn) => {
+                    self.next.store(n, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    if urls.len() > 1 {
+                        tracing::debug!(node = n, error = format!("{e:#}"), "broker node not reachable; trying the next");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| anyhow::anyhow!("no broker URL configured"));
+        Err(e.context(format!("connecting to RabbitMQ for {purpose} ({} node(s) tried)", urls.len())))
     }
 }
 

@@ -129,6 +129,11 @@ impl DatabaseConfig {
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost`; secret because it carries the password.
     pub url: SecretString,
+    /// Further nodes of the same RabbitMQ cluster (same form as `url`), tried in turn after
+    /// `url` when a connection cannot be made: a node that is down or cut off does not keep a
+    /// service away from the others (README, "Running N replicas").
+    #[serde(default)]
+    pub cluster_urls: Vec<SecretString>,
     /// Connection name shown in the broker's management tools.
     #[serde(default = "default_connection_name")]
     pub connection_name: String,
