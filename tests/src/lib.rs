@@ -16,7 +16,7 @@ use duijie_common::outbox::{self, Relay, RelayStats};
 use duijie_common::{CancellationToken, db};
 use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, Channel, Envelope, Referral};
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
 use secrecy::SecretString;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
@@ -106,7 +106,9 @@ impl TestBus {
         )
         .await?;
         let amqp_cfg = AmqpConfig { url: SecretString::from(amqp.amqp_url()), connection_name: format!("test-{prefix}"), cluster_urls: Vec::new() };
-        let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), ..Default::default() });
+        // Two partitions per kind and for the tap: enough for a case's order across partitions
+        // to matter, few enough quorum queues for many tests side by side.
+        let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), partitions: 2, tap_partitions: 2, ..Default::default() });
         Ok(Self {
             pg_servers: pg,
             prefix,
@@ -143,11 +145,15 @@ impl TestBus {
         Ok(DatabaseConfig { database: name, max_connections: 4, bus_connections: 2, ..admin_cfg })
     }
 
-    /// Declares the topology for `nodes`.
+    /// Declares the topology for the kinds of `nodes` (the exchanges, dead queue and tap
+    /// always; no kind for none: a message to any agency is then returned by the broker).
     pub async fn declare(&self, nodes: &[AgencyNode]) -> anyhow::Result<()> {
         let conn = self.connector.connect("test declare").await?;
         let ch = conn.create_channel().await?;
-        self.topology.declare(&ch, nodes).await?;
+        let mut kinds: Vec<duijie_proto::v1::AgencyKind> = nodes.iter().map(AgencyNode::kind).collect();
+        kinds.sort_by_key(|k| *k as i32);
+        kinds.dedup();
+        self.topology.declare_kinds(&ch, &kinds).await?;
         conn.close(200, "done".into()).await?;
         Ok(())
     }
@@ -170,27 +176,27 @@ impl TestBus {
         stats
     }
 
-    /// Starts a consumer of `node`'s inbox queue named `name`, applying into `test_applied`
-    /// (messages whose case code starts with `REJECT` are refused by the handler).
+    /// Starts consumers of the partitions of `node`'s kind named `name`, applying into
+    /// `test_applied` (messages whose case code starts with `REJECT` are refused by the handler).
     pub fn spawn_consumer(&self, name: &str, node: &AgencyNode) -> Arc<ConsumerStats> {
         self.spawn_consumer_with(name, node, RecordingHandler, self.shutdown.child_token())
     }
 
-    /// Starts a consumer with any handler, stopped by `token`.
-    pub fn spawn_consumer_with<H: Handler>(&self, name: &str, node: &AgencyNode, handler: H, token: CancellationToken) -> Arc<ConsumerStats> {
-        let consumer = Consumer::new(
-            name,
-            self.topology.inbox_queue(node),
-            vec![node.clone()],
-            self.pool.clone(),
-            self.connector.clone(),
-            self.topology.clone(),
-            ConsumerConfig::default(),
-            handler,
-        );
-        let stats = consumer.stats();
-        tokio::spawn(consumer.run(token));
+    /// Starts consumers of every partition of `node`'s kind with any handler (one per
+    /// partition, counting together), stopped by `token`.
+    pub fn spawn_consumer_with<H: Handler + Clone>(&self, name: &str, node: &AgencyNode, handler: H, token: CancellationToken) -> Arc<ConsumerStats> {
+        let stats = Arc::new(ConsumerStats::default());
+        for queue in self.topology.inbox_queues(node.kind()) {
+            let consumer = Consumer::new(name, queue, self.pool.clone(), self.connector.clone(), self.topology.clone(), Self::consumer_config(), handler.clone())
+                .with_stats(stats.clone());
+            tokio::spawn(consumer.run(token.clone()));
+        }
         stats
+    }
+
+    /// Consumer settings for tests: early messages held only briefly.
+    pub fn consumer_config() -> ConsumerConfig {
+        ConsumerConfig { hold_for: Duration::from_secs(3), hold_retry: Duration::from_millis(200), ..Default::default() }
     }
 
     /// Stages envelopes in one committed transaction.
@@ -240,6 +246,10 @@ impl TestBus {
         if let Some(sig) = sig {
             sig.write_headers(&mut headers);
         }
+        // The case header the relay sets, so the message goes to its case's partition.
+        if let Ok(env) = <Envelope as prost::Message>::decode(body) {
+            headers.insert(duijie_common::amqp::CASE_HEADER.into(), AMQPValue::LongString(env.case_id.into()));
+        }
         use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         let conn = self.connector.connect("test raw publisher").await?;
         let ch = conn.create_channel().await?;
@@ -287,18 +297,11 @@ impl TestBus {
     }
 
     /// Removes this test's queues, exchanges and database (call at the end of a passing test).
-    pub async fn cleanup(self, nodes: &[AgencyNode]) -> anyhow::Result<()> {
+    pub async fn cleanup(self, _nodes: &[AgencyNode]) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let conn = self.connector.connect("test cleanup").await?;
         let ch = conn.create_channel().await?;
-        let mut queues = vec![self.topology.dead_queue(), self.topology.tap_queue()];
-        queues.extend(nodes.iter().map(|n| self.topology.inbox_queue(n)));
-        for q in queues {
-            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
-        }
-        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange(), self.topology.status_exchange()] {
-            ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await?;
-        }
+        self.topology.delete(&ch).await?;
         conn.close(200, "done".into()).await?;
         self.pool.close().await;
         let admin_cfg = DatabaseConfig::from_url(&self.pg_servers.database_url())?;

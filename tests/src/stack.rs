@@ -11,7 +11,7 @@ use duijie_agency::service::{self, Running, ServiceConfig};
 use duijie_domain::AgencyNode;
 use duijie_common::CancellationToken;
 use duijie_common::certs::DevCa;
-use duijie_common::config::{BusConfig, ConsumerConfig, DatabaseConfig, TopologyConfig};
+use duijie_common::config::{BusConfig, DatabaseConfig, TopologyConfig};
 use duijie_common::server::{GrpcConfig, TlsFiles, TlsPem};
 use duijie_proto::answered_case;
 use duijie_proto::v1::cases_service_client::CasesServiceClient;
@@ -78,7 +78,8 @@ pub struct Stack {
     service_cfgs: Vec<(AgencyKind, ServiceConfig)>,
     /// Services started for agencies beyond the demo ones ([`Stack::start_service_for`]), with
     /// their nodes.
-    extra: Vec<(Vec<AgencyNode>, Running)>,
+    /// Further replicas of a service ([`Stack::start_replica`]).
+    extra: Vec<(AgencyKind, Running)>,
     /// Each service's database settings, by service name (see [`Stack::database`]).
     databases: Vec<(String, DatabaseConfig)>,
     dir: PathBuf,
@@ -136,14 +137,15 @@ impl Stack {
             Some(u) => u.amqp(service),
             None => Ok(amqp_cfg.clone()),
         };
+        let topology = bus.topology.config().clone();
         let bus_cfg = |service: &str, database| -> anyhow::Result<BusConfig> {
             Ok(BusConfig {
-            database,
-            amqp: amqp_for(service)?,
-            topology: TopologyConfig { prefix: prefix.clone(), ..Default::default() },
-            relay: TestBus::relay_config(),
-            consumer: ConsumerConfig::default(),
-        })
+                database,
+                amqp: amqp_for(service)?,
+                topology: TopologyConfig { prefix: prefix.clone(), ..topology.clone() },
+                relay: TestBus::relay_config(),
+                consumer: TestBus::consumer_config(),
+            })
         };
         let grpc = |name: &str| -> anyhow::Result<GrpcConfig> {
             let (cert, key) = ca.issue(&format!("duijie-{name}"), &["localhost", "127.0.0.1"])?;
@@ -193,7 +195,7 @@ impl Stack {
             let cfg = ServiceConfig {
                 bus: bus_cfg(name, database(name, &mut bus).await?)?,
                 grpc: grpc(name)?,
-                nodes: demo_nodes().into_iter().filter(|n| n.kind() == kind).collect(),
+                nodes: None,
                 directory: directory.clone(),
                 directory_reload_ms: Duration::from_millis(200),
                 audit_gate: gate.clone(),
@@ -247,19 +249,25 @@ impl Stack {
         self.dir.join("directory.yaml")
     }
 
-    /// Starts one more service of `kind` acting for `nodes` (a new region's agencies), on a
-    /// database of its own, with the stack's directory, broker and audit gate; declares their
-    /// queues first. Returns where it listens.
-    pub async fn start_service_for(&mut self, kind: AgencyKind, nodes: Vec<AgencyNode>) -> anyhow::Result<std::net::SocketAddr> {
-        let mut cfg = self.service_cfgs.iter().find(|(k, _)| *k == kind).map(|(_, c)| c.clone()).ok_or_else(|| anyhow::anyhow!("no {kind:?} config"))?;
-        cfg.bus.database = self.bus.extra_database_config().await?;
-        cfg.nodes = nodes.clone();
-        cfg.grpc.listen = "127.0.0.1:0".parse()?;
+    /// Onboards `nodes` (a new region's agencies of `kind`): installs their certificates and
+    /// keys where the services read them. Their directory entries are the caller's (the file
+    /// is read again by the running services); no queue is declared and nothing restarts: the
+    /// running service of their kind acts for them. Returns where that service listens.
+    pub async fn onboard(&mut self, kind: AgencyKind, nodes: Vec<AgencyNode>) -> anyhow::Result<std::net::SocketAddr> {
+        anyhow::ensure!(nodes.iter().all(|n| n.kind() == kind), "onboard: every agency must be a {kind:?}");
         write_signing_keys(&self.ca, &self.dir, &nodes)?;
-        self.bus.declare(&nodes).await?;
+        Ok(self.service(kind)?.addr)
+    }
+
+    /// Starts one more replica of the `kind` service: the same configuration and database as
+    /// the running one, on a port of its own; the two share the kind's partitions (one active
+    /// consumer each) and the outbox. Returns where it listens.
+    pub async fn start_replica(&mut self, kind: AgencyKind) -> anyhow::Result<std::net::SocketAddr> {
+        let mut cfg = self.service_cfgs.iter().find(|(k, _)| *k == kind).map(|(_, c)| c.clone()).ok_or_else(|| anyhow::anyhow!("no {kind:?} config"))?;
+        cfg.grpc.listen = "127.0.0.1:0".parse()?;
         let running = start_service(kind, cfg, self.bus.shutdown.child_token()).await?;
         let addr = running.addr;
-        self.extra.push((nodes, running));
+        self.extra.push((kind, running));
         Ok(addr)
     }
 
@@ -387,11 +395,10 @@ impl Stack {
                 .await
                 .with_context(|| format!("{kind:?} did not stop"))???;
         }
-        let mut nodes = demo_nodes();
-        for (extra, s) in self.extra {
-            tokio::time::timeout(Duration::from_secs(20), s.handle).await.context("a service for more agencies did not stop")???;
-            nodes.extend(extra);
+        for (kind, s) in self.extra {
+            tokio::time::timeout(Duration::from_secs(20), s.handle).await.with_context(|| format!("a replica of {kind:?} did not stop"))???;
         }
+        let nodes = demo_nodes();
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(users) = self.users.take() {
             users.delete().await?;

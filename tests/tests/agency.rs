@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use duijie_agency::{Agency, CaseView, migrator};
 use duijie_domain::AgencyNode;
-use duijie_common::config::ConsumerConfig;
 use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::Relay;
 use duijie_common::server::ApiError;
@@ -45,18 +44,25 @@ fn consume(
     agency: &Agency,
     stop: duijie_common::CancellationToken,
 ) -> (std::sync::Arc<ConsumerStats>, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let consumer = Consumer::new(
-        format!("agency-{me}"),
-        bus.topology.inbox_queue(me),
-        vec![me.clone()],
-        pool,
-        bus.connector.clone(),
-        bus.topology.clone(),
-        ConsumerConfig::default(),
-        agency.clone(),
-    );
-    let stats = consumer.stats();
-    (stats, tokio::spawn(consumer.run(stop)))
+    // One consumer per partition of `me`'s kind, counting together, ending together.
+    let stats = std::sync::Arc::new(ConsumerStats::default());
+    let consumers: Vec<_> = bus
+        .topology
+        .inbox_queues(me.kind())
+        .into_iter()
+        .map(|q| {
+            Consumer::new(format!("agency-{me}"), q, pool.clone(), bus.connector.clone(), bus.topology.clone(), TestBus::consumer_config(), agency.clone())
+                .with_stats(stats.clone())
+                .run(stop.clone())
+        })
+        .collect();
+    let all = tokio::spawn(async move {
+        for r in futures::future::join_all(consumers).await {
+            r?;
+        }
+        Ok(())
+    });
+    (stats, all)
 }
 
 fn referral(request_id: &str, id_number: &str) -> Referral {

@@ -749,28 +749,26 @@ async fn an_overdue_case_sends_a_breach_notice_to_the_referring_agency() -> anyh
         bus.publish_signed(&env, &signer).await?;
     }
     // The breach reaches the court's inbox queue.
+    // (A consumer on each partition of the courts' inboxes: quorum queues with a single active
+    // consumer refuse basic.get.)
     let conn = bus.connector.connect("test reader").await?;
     let ch = conn.create_channel().await?;
-    let breach = std::sync::Arc::new(std::sync::Mutex::new(None));
-    wait_until("a DeadlineBreached in the court's queue", stack::WAIT, || {
-        let ch = ch.clone();
-        let queue = bus.topology.inbox_queue(&court);
-        let found = breach.clone();
-        async move {
-            while let Some(d) = ch.basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true }).await? {
-                let env = Envelope::decode(d.delivery.data.as_slice())?;
-                if let Some(Payload::DeadlineBreached(b)) = env.payload {
-                    if let Ok(mut f) = found.lock() {
-                        *f = Some((env.case_id, b));
-                    }
-                    return Ok(true);
-                }
+    let mut streams = Vec::new();
+    for (i, queue) in bus.topology.inbox_queues(court.kind()).into_iter().enumerate() {
+        let opts = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
+        streams.push(ch.basic_consume(queue.into(), format!("reader-{i}").into(), opts, lapin::types::FieldTable::default()).await?);
+    }
+    let mut deliveries = futures::stream::select_all(streams);
+    let find = async {
+        while let Some(d) = deliveries.next().await {
+            let env = Envelope::decode(d?.data.as_slice())?;
+            if let Some(Payload::DeadlineBreached(b)) = env.payload {
+                return anyhow::Ok((env.case_id, b));
             }
-            Ok(false)
         }
-    })
-    .await?;
-    let (case, b) = breach.lock().ok().and_then(|mut b| b.take()).ok_or_else(|| anyhow::anyhow!("no breach"))?;
+        anyhow::bail!("the reader ended")
+    };
+    let (case, b) = tokio::time::timeout(stack::WAIT, find).await.map_err(|_| anyhow::anyhow!("no DeadlineBreached in the court's queue"))??;
     assert_eq!(case, story.case_id.to_string());
     let deadline = b.deadline.unwrap_or_default();
     assert_eq!(deadline.limit(), TimeLimit::CourtMediationOrdinary);
@@ -954,7 +952,11 @@ struct GateRig {
     gate: AuditGate,
     ch: lapin::Channel,
     _conn: lapin::Connection,
-    _consumer: lapin::Consumer,
+    _consumers: Vec<lapin::Consumer>,
+    /// The stand-in's consumer on the first partition and the message it holds there (quorum
+    /// queues with a single active consumer refuse `basic.get`: messages are taken away through
+    /// it, one ack at a time).
+    first: tokio::sync::Mutex<(lapin::Consumer, Option<lapin::message::Delivery>)>,
 }
 
 impl GateRig {
@@ -965,31 +967,43 @@ impl GateRig {
         let conn = bus.connector.connect("stand-in audit consumer").await?;
         let consumer_ch = conn.create_channel().await?;
         consumer_ch.basic_qos(1, BasicQosOptions::default()).await?;
-        let mut consumer = consumer_ch
-            .basic_consume(bus.topology.tap_queue().into(), "stand-in".into(), BasicConsumeOptions::default(), lapin::types::FieldTable::default())
-            .await?;
+        // A consumer on every partition of the tap (the gate wants each one consumed).
+        let mut consumers = Vec::new();
+        for (i, tap) in bus.topology.tap_queues().into_iter().enumerate() {
+            let tag = format!("stand-in-{i}");
+            consumers.push(consumer_ch.basic_consume(tap.into(), tag.into(), BasicConsumeOptions::default(), lapin::types::FieldTable::default()).await?);
+        }
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        // The stand-in takes one message and holds it: from here on, what is published waits.
-        ch.basic_publish("".into(), bus.topology.tap_queue().into(), Default::default(), b"held", lapin::BasicProperties::default()).await?.await?;
-        tokio::time::timeout(stack::WAIT, consumer.next()).await?.ok_or_else(|| anyhow::anyhow!("the stand-in got nothing"))??;
+        // The stand-in takes one message of the first partition and holds it (prefetch 1 on
+        // the channel): from here on, what is published waits.
+        let first = bus.topology.tap_queues()[0].clone();
+        ch.basic_publish("".into(), first.into(), Default::default(), b"held", lapin::BasicProperties::default()).await?.await?;
+        let mut first_consumer = consumers.remove(0);
+        let held = tokio::time::timeout(stack::WAIT, first_consumer.next()).await?.ok_or_else(|| anyhow::anyhow!("the stand-in got nothing"))??;
         let gate = AuditGate::new("court", &[stack::court()]);
         tokio::spawn(gate.clone().watch(bus.connector.clone(), bus.topology.clone(), cfg, bus.shutdown.child_token()));
-        Ok(Self { bus, gate, ch, _conn: conn, _consumer: consumer })
+        Ok(Self { bus, gate, ch, _conn: conn, _consumers: consumers, first: tokio::sync::Mutex::new((first_consumer, Some(held))) })
     }
 
     /// Leaves exactly `n` messages waiting in the tap (beside the one the stand-in holds),
     /// publishing or taking away one at a time, so the backlog moves straight to `n` and no look
     /// of the gate sees it pass through a mark on the way.
     async fn fill(&self, n: u32) -> anyhow::Result<()> {
-        use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-        let tap = self.bus.topology.tap_queue();
+        use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeclareOptions};
+        let tap = self.bus.topology.tap_queues()[0].clone();
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
         let waiting = self.ch.queue_declare(tap.clone().into(), passive, lapin::types::FieldTable::default()).await?.message_count();
+        let mut first = self.first.lock().await;
         for _ in n..waiting {
-            let m = self.ch.basic_get(tap.clone().into(), BasicGetOptions::default()).await?.ok_or_else(|| anyhow::anyhow!("the tap ran dry"))?;
-            m.delivery.ack(BasicAckOptions::default()).await?;
+            // Ack the message in hand: the next waiting one comes to the stand-in and is held.
+            if let Some(held) = first.1.take() {
+                held.ack(BasicAckOptions::default()).await?;
+            }
+            let next = tokio::time::timeout(stack::WAIT, first.0.next()).await?.ok_or_else(|| anyhow::anyhow!("the tap ran dry"))??;
+            first.1 = Some(next);
         }
+        drop(first);
         for _ in waiting..n {
             self.ch
                 .basic_publish("".into(), tap.clone().into(), BasicPublishOptions::default(), b"x", lapin::BasicProperties::default())
@@ -1087,7 +1101,7 @@ async fn the_gate_closes_and_reopens_at_the_age_marks_of_the_audit_services_repo
         while !stop.is_cancelled() {
             let lag = *told.borrow();
             if let Some(ms) = lag {
-                let report = duijie_common::status::AuditLag { at: Utc::now(), lag_ms: Some(ms), recorded: 0 };
+                let report = duijie_common::status::AuditLag { at: Utc::now(), lag_ms: Some(ms), recorded: 0, replica: String::new() };
                 duijie_common::status::publish(&ch, &topology, duijie_common::status::AUDIT_LAG_KEY, &report).await?;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

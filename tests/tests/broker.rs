@@ -46,7 +46,9 @@ async fn a_service_user_reads_only_its_own_queues_writes_only_its_exchanges_and_
     bus.declare(&demo_nodes()).await?;
     let users = ServiceUsers::create(&bus.topology, &bus.prefix, bus.amqp_cfg.url.expose_secret()).await?;
     let t = &bus.topology;
-    let (court_inbox, centre_inbox) = (t.inbox_queue(&stack::court()), t.inbox_queue(&stack::centre()));
+    // A partition of the courts' inboxes, and one of the mediation bodies' (the centre's).
+    let (court_inbox, centre_inbox) = (t.inbox_queues(stack::court().kind())[0].clone(), t.inbox_queues(stack::centre().kind())[0].clone());
+    let tap = t.tap_queues()[0].clone();
     let court = Connector::new(users.amqp("court")?).connect("broker test court").await?;
     let audit = Connector::new(users.amqp("audit")?).connect("broker test audit").await?;
     let none = FieldTable::default;
@@ -57,14 +59,14 @@ async fn a_service_user_reads_only_its_own_queues_writes_only_its_exchanges_and_
     let consumer = ch.basic_consume(court_inbox.clone().into(), "own".into(), BasicConsumeOptions::default(), none()).await;
     assert!(consumer.is_ok(), "the court consumes its own inbox: {:?}", consumer.err());
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    assert!(ch.queue_declare(t.tap_queue().into(), passive, none()).await.is_ok(), "the court looks at the tap");
+    assert!(ch.queue_declare(tap.clone().into(), passive, none()).await.is_ok(), "the court looks at the tap");
     publish(&court, &t.handoff_exchange(), "mediation.431003.referral").await?;
     let own = ch.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, none()).await?;
     ch.queue_bind(own.name().clone(), t.status_exchange().into(), "audit.lag".into(), QueueBindOptions::default(), none()).await?;
     ch.close(200, "done".into()).await?;
 
     // Another agency's inbox and the tap: neither consumed, read, nor purged.
-    for queue in [centre_inbox.as_str(), &t.tap_queue(), &t.dead_queue()] {
+    for queue in [centre_inbox.as_str(), &tap.clone(), &t.dead_queue()] {
         let ch = court.create_channel().await?;
         assert!(refused(ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), none()).await), "court consumes {queue}");
         let ch = court.create_channel().await?;
@@ -108,13 +110,13 @@ async fn a_service_user_reads_only_its_own_queues_writes_only_its_exchanges_and_
 
     // The audit service's user reads the tap and no inbox.
     let ch = audit.create_channel().await?;
-    assert!(ch.basic_consume(t.tap_queue().into(), "tap".into(), BasicConsumeOptions::default(), none()).await.is_ok(), "audit consumes the tap");
+    assert!(ch.basic_consume(tap.clone().into(), "tap".into(), BasicConsumeOptions::default(), none()).await.is_ok(), "audit consumes the tap");
     let ch = audit.create_channel().await?;
     assert!(refused(ch.basic_consume(court_inbox.clone().into(), "".into(), BasicConsumeOptions::default(), none()).await), "audit consumes an inbox");
 
     // The queues are all still there.
     let admin = bus.connector.connect("broker test check").await?;
-    for q in [&court_inbox, &centre_inbox, &t.tap_queue()] {
+    for q in [&court_inbox, &centre_inbox, &tap.clone()] {
         assert!(admin.create_channel().await?.queue_declare(q.clone().into(), passive, none()).await.is_ok(), "{q} still exists");
     }
     let _ = admin.close(200, "done".into()).await;

@@ -8,7 +8,7 @@ use duijie_common::inbox::{self, Applied};
 use duijie_common::outbox;
 use duijie_proto::v1::AgencyKind;
 use duijie_tests::{RecordingHandler, TestBus, node, referral, tracing_trace_id, wait_until};
-use lapin::options::BasicGetOptions;
+use futures::StreamExt as _;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -94,11 +94,16 @@ async fn consumer_dying_after_commit_before_ack_skips_the_redelivery() -> anyhow
     {
         let conn = bus.connector.connect("dying consumer").await?;
         let ch = conn.create_channel().await?;
-        let got = ch
-            .basic_get(bus.topology.inbox_queue(&centre).into(), BasicGetOptions { no_ack: false })
+        // From whichever partition of the mediation bodies' inboxes its case hashed to (a
+        // consumer on each: quorum queues with a single active consumer refuse basic.get).
+        let mut streams = Vec::new();
+        for (i, q) in bus.topology.inbox_queues(centre.kind()).into_iter().enumerate() {
+            streams.push(ch.basic_consume(q.into(), format!("dying-{i}").into(), Default::default(), Default::default()).await?);
+        }
+        let got = tokio::time::timeout(WAIT, futures::stream::select_all(streams).next())
             .await?
-            .ok_or_else(|| anyhow::anyhow!("the referral is not in the inbox queue"))?;
-        let msg = inbox::decode(&got.delivery).map_err(anyhow::Error::msg)?;
+            .ok_or_else(|| anyhow::anyhow!("the referral is in no inbox partition"))??;
+        let msg = inbox::decode(&got).map_err(anyhow::Error::msg)?;
         let mut tx = bus.pool.begin().await?;
         let outcome = inbox::apply_one(&mut tx, "mediation-test", &RecordingHandler, &msg).await?;
         assert_eq!(outcome, Applied::Applied);
@@ -152,8 +157,8 @@ async fn poison_messages_go_to_the_dead_letter_queue_with_a_reason_and_the_strea
 async fn unroutable_message_is_not_marked_sent_and_goes_out_once_the_recipient_exists() -> anyhow::Result<()> {
     let bus = TestBus::new().await?;
     let court = node(AgencyKind::Court, "431003");
-    let nowhere = node(AgencyKind::Mediation, "999999-404");
-    bus.declare(&[]).await?; // exchanges exist, but no queue for the recipient
+    let nowhere = node(AgencyKind::Police, "999999-404");
+    bus.declare(&[]).await?; // exchanges exist, but no partition of the recipient's kind
     let relay = bus.spawn_relay();
     let mut env = [referral(&court, &nowhere, "JF-431003-2026-000040", "to nowhere".into())];
     bus.stage(&mut env).await?;
@@ -231,7 +236,8 @@ async fn returns_are_matched_by_message_id_in_a_mixed_batch() -> anyhow::Result<
     // routable and unroutable messages must still keep exactly the unroutable ones.
     let bus = TestBus::new().await?;
     let (court, centre) = nodes();
-    let nowhere = node(AgencyKind::Mediation, "999999-404");
+    // A kind with no partitions: the broker returns what is addressed to it.
+    let nowhere = node(AgencyKind::Supervisor, "999999");
     bus.declare(std::slice::from_ref(&centre)).await?;
     let consumer = bus.spawn_consumer("mediation-test", &centre);
     let mut envs: Vec<_> = (0..600)
@@ -249,7 +255,7 @@ async fn returns_are_matched_by_message_id_in_a_mixed_batch() -> anyhow::Result<
     .await?;
     let kept: Vec<String> = sqlx::query_scalar("SELECT routing_key FROM outbox").fetch_all(&bus.pool).await?;
     assert_eq!(kept.len(), 300, "exactly the unroutable rows stay");
-    assert!(kept.iter().all(|k| k.starts_with("mediation.999999-404.")), "only unroutable rows stay");
+    assert!(kept.iter().all(|k| k.starts_with("supervisor.999999.")), "only unroutable rows stay");
     assert_eq!(bus.applied_counts().await?, (300, 300));
     assert!(relay.returned.load(Ordering::Relaxed) >= 300);
     bus.cleanup(&[centre]).await

@@ -34,7 +34,7 @@ async fn a_region_added_to_a_running_stack_receives_a_referral() -> anyhow::Resu
     assert_eq!(fields, ["to"], "{status:?}");
 
     // The region's service (its queues declared first), then its entry in the directory file.
-    let addr = stack.start_service_for(AgencyKind::Mediation, vec![new_centre.clone()]).await?;
+    let addr = stack.onboard(AgencyKind::Mediation, vec![new_centre.clone()]).await?;
     let path = stack.directory_file();
     let mut text = std::fs::read_to_string(&path)?;
     text.push_str("  - { id: \"mediation:431081\", name: \"资兴市矛盾纠纷调解中心\" }\n");

@@ -326,7 +326,7 @@ async fn the_gates_believe_only_lag_reports_the_audit_service_signed() -> anyhow
     let conn = stack.bus.connector.connect("forged lag reports").await?;
     let ch = conn.create_channel().await?;
     let court_key = signer_for(stack.ca(), &[stack::court()])?;
-    let forged = duijie_common::status::AuditLag { at: chrono::Utc::now(), lag_ms: Some(3_600_000), recorded: 0 };
+    let forged = duijie_common::status::AuditLag { at: chrono::Utc::now(), lag_ms: Some(3_600_000), recorded: 0, replica: String::new() };
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     while tokio::time::Instant::now() < until {
         duijie_common::status::publish(&ch, &stack.bus.topology, duijie_common::status::AUDIT_LAG_KEY, &forged).await?;

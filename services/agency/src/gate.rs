@@ -376,20 +376,27 @@ impl AuditGate {
                     if !conn.status().connected() || !ch.status().connected() {
                         anyhow::bail!("the connection to RabbitMQ was lost");
                     }
+                    // The tap is its partitions: recorded only while every one has a consumer;
+                    // the backlog is theirs together.
                     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                    match ch.queue_declare(topology.tap_queue().into(), passive, FieldTable::default()).await {
-                        Ok(q) => {
-                            let now = Instant::now();
-                            lag.consumers(q.consumer_count(), now);
-                            self.apply(&marks, Seen::Tap { consumers: q.consumer_count(), backlog: q.message_count(), lag: lag.seen(now) });
-                        }
-                        Err(e) => {
-                            // A failed passive declare closes the channel: start over on a new connection.
-                            let e = anyhow::Error::new(e).context("looking at the audit tap");
-                            blind(&e);
-                            return Err(e);
+                    let (mut consumers, mut backlog) = (u32::MAX, 0u32);
+                    for tap in topology.tap_queues() {
+                        match ch.queue_declare(tap.as_str().into(), passive, FieldTable::default()).await {
+                            Ok(q) => {
+                                consumers = consumers.min(q.consumer_count());
+                                backlog = backlog.saturating_add(q.message_count());
+                            }
+                            Err(e) => {
+                                // A failed passive declare closes the channel: start over on a new connection.
+                                let e = anyhow::Error::new(e).context(format!("looking at the audit tap ({tap})"));
+                                blind(&e);
+                                return Err(e);
+                            }
                         }
                     }
+                    let now = Instant::now();
+                    lag.consumers(consumers, now);
+                    self.apply(&marks, Seen::Tap { consumers, backlog, lag: lag.seen(now) });
                     status::publish(&ch, topology, &status::gate_key(&self.service), &self.report()).await?;
                 }
             }
@@ -400,8 +407,10 @@ impl AuditGate {
 /// What a gate session heard from the audit service, and since when the tap has a consumer.
 struct LagWatch {
     stale: Duration,
-    /// The last report: when it came and the lag it told (`None`: the audit service could not tell).
-    last: Option<(Instant, Option<Duration>)>,
+    /// The last report of each audit replica: when it came and the lag it told (`None`: that
+    /// replica could not tell). Replicas share the tap's partitions, so the audit store is as
+    /// far behind as the furthest behind of them.
+    last: std::collections::HashMap<String, (Instant, Option<Duration>)>,
     /// Since when the tap has had a consumer without a break (as far as this session saw).
     consumed_since: Option<Instant>,
     /// Whether the last [`LagWatch::seen`] knew the lag (to log when that changes).
@@ -410,11 +419,11 @@ struct LagWatch {
 
 impl LagWatch {
     fn new(stale: Duration) -> Self {
-        Self { stale, last: None, consumed_since: None, knew: false }
+        Self { stale, last: std::collections::HashMap::new(), consumed_since: None, knew: false }
     }
 
     fn heard(&mut self, report: &AuditLag, now: Instant) {
-        self.last = Some((now, report.lag_ms.map(Duration::from_millis)));
+        self.last.insert(report.replica.clone(), (now, report.lag_ms.map(Duration::from_millis)));
     }
 
     fn consumers(&mut self, consumers: u32, now: Instant) {
@@ -424,8 +433,10 @@ impl LagWatch {
     fn seen(&mut self, now: Instant) -> Lag {
         // A report from before the consumer (re)appeared speaks of a consumer that has gone.
         let current = |at: Instant| now.duration_since(at) <= self.stale && self.consumed_since.is_some_and(|since| at >= since);
-        let seen = match self.last {
-            Some((at, Some(lag))) if current(at) => Lag::Known(lag),
+        self.last.retain(|_, (at, _)| now.duration_since(*at) <= self.stale);
+        let known = self.last.values().filter(|(at, _)| current(*at)).filter_map(|(_, lag)| *lag).max();
+        let seen = match known {
+            Some(lag) => Lag::Known(lag),
             _ if self.consumed_since.is_some_and(|since| now.duration_since(since) < self.stale) => Lag::Awaited,
             _ => Lag::Unknown,
         };
@@ -532,17 +543,17 @@ mod tests {
         w.consumers(1, at(0));
         assert_eq!(w.seen(at(0)), Lag::Awaited);
         assert_eq!(w.seen(at(5)), Lag::Unknown, "no report within the stale window: cannot tell");
-        w.heard(&AuditLag { at: Utc::now(), lag_ms: Some(2_000), recorded: 1 }, at(6));
+        w.heard(&AuditLag { at: Utc::now(), lag_ms: Some(2_000), recorded: 1, replica: String::new() }, at(6));
         assert_eq!(w.seen(at(6)), Lag::Known(Duration::from_secs(2)));
         assert_eq!(w.seen(at(11)), Lag::Known(Duration::from_secs(2)));
         assert_eq!(w.seen(at(12)), Lag::Unknown, "stale");
         // The consumer goes and comes back: its next report is awaited again, even while the
         // last one from before would still be fresh.
-        w.heard(&AuditLag { at: Utc::now(), lag_ms: Some(0), recorded: 1 }, at(13));
+        w.heard(&AuditLag { at: Utc::now(), lag_ms: Some(0), recorded: 1, replica: String::new() }, at(13));
         w.consumers(0, at(13));
         w.consumers(1, at(14));
         assert_eq!(w.seen(at(15)), Lag::Awaited);
-        w.heard(&AuditLag { at: Utc::now(), lag_ms: None, recorded: 1 }, at(16));
+        w.heard(&AuditLag { at: Utc::now(), lag_ms: None, recorded: 1, replica: String::new() }, at(16));
         assert_eq!(w.seen(at(16)), Lag::Awaited, "a report that cannot tell is no answer");
     }
 

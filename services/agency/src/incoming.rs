@@ -164,6 +164,10 @@ impl Agency {
                 ..Default::default()
             }),
         );
+        if let Some(why) = self.unknown_recipient(&evidence) {
+            // The sender is not in this service's directory (yet: a reload may be due).
+            return Err(HandleError::Early(format!("cannot give delivery evidence: {why}")));
+        }
         outbox::stage(conn, &self.topology, &mut evidence).await.map_err(|e| HandleError::Transient(e.into()))?;
         Ok(())
     }
@@ -175,7 +179,8 @@ impl Handler for Agency {
         let owner = AgencyNode::from_ref(env.recipient.as_ref())
             .ok()
             .filter(|n| self.serves(n))
-            .ok_or_else(|| HandleError::Rejected(format!("this service does not serve {}", ref_str(env.recipient.as_ref()))))?;
+            // Not (yet) in this service's directory: held while a reload may bring it.
+            .ok_or_else(|| HandleError::Early(format!("this service does not serve {}", ref_str(env.recipient.as_ref()))))?;
         env.check_sender_kind().map_err(malformed)?;
         let sender = AgencyNode::from_ref(env.sender.as_ref()).map_err(malformed)?;
         let case_id = Uuid::parse_str(&env.case_id).map_err(malformed)?;
@@ -206,7 +211,8 @@ impl Handler for Agency {
                 // retrying cannot help, so the message goes to the dead letters with the reason.
                 None => HandleError::Rejected(format!("{e:#}")),
             })?
-            .ok_or_else(|| HandleError::Rejected(format!("unknown case {case_id}")))?;
+            // The message that opens the case here may still be on its way (held, then dead-lettered).
+            .ok_or_else(|| HandleError::Early(format!("unknown case {case_id}")))?;
         // A referrer's message passed on by a body that had handed the case on: only the body
         // that handed the case to this one passes messages on to it.
         if env.passed_on.is_some() {
@@ -257,6 +263,9 @@ impl Handler for Agency {
                     signature: msg.signature.as_ref().map(|s| s.signature.clone()).unwrap_or_default(),
                     signer_cert: msg.signature.as_ref().map(|s| s.cert.clone()).unwrap_or_default(),
                 });
+                if let Some(why) = self.unknown_recipient(&passed) {
+                    return Err(HandleError::Early(format!("cannot pass the message on: {why}")));
+                }
                 store::insert_event(conn, &owner, env, Direction::In, current).await.map_err(db)?;
                 outbox::stage(conn, &self.topology, &mut passed).await.map_err(|e| HandleError::Transient(e.into()))?;
                 tracing::info!(case = %case_id, kind = %env.kind(), %to, "passed a referrer's message on to the current holder");

@@ -46,14 +46,25 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     sqlx::migrate::Migrator::with_migrations(duijie_common::db::BUS_MIGRATOR.iter().chain(AGENCY.iter()).cloned().collect())
 }
 
-/// One agency service's core, serving `nodes` (all of one kind).
+/// Which agencies a service core acts for.
+#[derive(Clone, Debug)]
+enum Serves {
+    /// These (the core's own tests).
+    Listed(BTreeSet<AgencyNode>),
+    /// Every agency of this kind in the directory, as it is now: a new agency needs a directory
+    /// entry and its certificate, no queue and no restart (the service's partitions carry every
+    /// agency of its kind).
+    Kind(duijie_proto::v1::AgencyKind),
+}
+
+/// One agency service's core, serving agencies of one kind.
 #[derive(Clone)]
 pub struct Agency {
     /// The gRPC calls' connections (the inbox hands its handler a connection of the bus pool).
     db: ApiPool,
     topology: Topology,
     waker: Option<RelayWaker>,
-    nodes: BTreeSet<AgencyNode>,
+    nodes: Serves,
     /// Agencies a case may be sent or handed to; `None` accepts any well-formed agency.
     directory: Option<LiveDirectory>,
     /// Closed while the audit store cannot record: no new referrals then.
@@ -80,7 +91,7 @@ impl Agency {
             db: api_pool.into(),
             topology,
             waker,
-            nodes: nodes.iter().cloned().collect(),
+            nodes: Serves::Listed(nodes.iter().cloned().collect()),
             directory: None,
             gate: None,
             calendar: WorkCalendar::bundled(),
@@ -89,6 +100,14 @@ impl Agency {
             keys: None,
             verifier: None,
         }
+    }
+
+    /// The core acting for every agency of `kind` in its directory ([`Agency::with_directory`];
+    /// without one, for any agency of that kind).
+    pub fn for_kind(api_pool: impl Into<ApiPool>, topology: Topology, kind: duijie_proto::v1::AgencyKind, waker: Option<RelayWaker>) -> Self {
+        let mut agency = Self::new(api_pool, topology, &[], waker);
+        agency.nodes = Serves::Kind(kind);
+        agency
     }
 
     /// Whether this core seals parties' data (and so refuses it in clear from the bus).
@@ -169,7 +188,21 @@ impl Agency {
     }
 
     fn serves(&self, node: &AgencyNode) -> bool {
-        self.nodes.contains(node)
+        match &self.nodes {
+            Serves::Listed(nodes) => nodes.contains(node),
+            Serves::Kind(kind) => node.kind() == *kind && self.directory.as_ref().is_none_or(|d| d.current().contains(node)),
+        }
+    }
+
+    /// Why `env` may not be staged: its recipient is not in the directory (checked before
+    /// staging, so a message addressed to no one never enters the outbox).
+    fn unknown_recipient(&self, env: &duijie_proto::v1::Envelope) -> Option<String> {
+        let d = self.directory.as_ref()?;
+        match AgencyNode::from_ref(env.recipient.as_ref()) {
+            Ok(n) if d.current().contains(&n) => None,
+            Ok(n) => Some(format!("{n} is not in the agency directory")),
+            Err(e) => Some(format!("the recipient: {e}")),
+        }
     }
 
     fn check_serves(&self, caller: &AgencyNode) -> Result<(), ApiError> {

@@ -312,8 +312,13 @@ impl Agency {
     }
 
     /// Stages `env` and records it in the owner's timeline.
-    async fn record_out(&self, tx: &mut PgConnection, owner: &AgencyNode, env: &mut Envelope, state_after: CaseState) -> anyhow::Result<()> {
+    /// Refused before staging when the recipient is not in the directory: nothing was done.
+    async fn record_out(&self, tx: &mut PgConnection, owner: &AgencyNode, env: &mut Envelope, state_after: CaseState) -> Result<(), ApiError> {
+        if let Some(why) = self.unknown_recipient(env) {
+            return Err(ApiError::FailedPrecondition(format!("{why}: nothing was sent")));
+        }
         outbox::stage(tx, &self.topology, env).await.context("staging the envelope")?;
-        store::insert_event(tx, owner, env, Direction::Out, state_after).await
+        store::insert_event(tx, owner, env, Direction::Out, state_after).await?;
+        Ok(())
     }
 }

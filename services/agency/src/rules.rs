@@ -32,8 +32,13 @@ pub fn refused(r: Refusal) -> ApiError {
 }
 
 /// A refusal of the desk as the reason a received message is dead-lettered.
+/// A step the state does not allow (yet) is held and tried again: what it waits for may still
+/// be on its way (a crossing message, one overtaken by a retry).
 pub fn rejected(r: Refusal) -> HandleError {
-    HandleError::Rejected(format!("refused: {r}"))
+    match r {
+        Refusal::NotAllowed { .. } => HandleError::Early(format!("refused: {r}")),
+        r => HandleError::Rejected(format!("refused: {r}")),
+    }
 }
 
 /// Input checks of a referral, naming the field at fault: a referral without parties is told

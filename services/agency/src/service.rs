@@ -1,5 +1,5 @@
 //! Running one agency service: configuration, database migrations, the outbox relay, one inbox
-//! consumer per agency node it serves, inbox pruning, the audit gate, and the gRPC server (mTLS,
+//! consumer per partition of its kind (every agency of the kind in the directory), inbox pruning, the audit gate, and the gRPC server (mTLS,
 //! health with the gate as `duijie.audit_gate`, reflection), all under one supervisor with
 //! graceful shutdown. The gRPC calls and the bus work have database pools of their own
 //! ([`db::ServicePools`]). The five service binaries
@@ -32,9 +32,11 @@ pub struct ServiceConfig {
     #[serde(flatten)]
     pub bus: BusConfig,
     pub grpc: GrpcConfig,
-    /// The agency nodes this process acts for, as `kind:code` (all of the service's kind),
-    /// e.g. a district centre and its town and village committees.
-    pub nodes: Vec<AgencyNode>,
+    /// No longer read: a service acts for every agency of its kind in the directory (issue
+    /// #15). Refused when present, so a configuration that still limits a process to some
+    /// agencies is not silently taken for one serving them all.
+    #[serde(default)]
+    pub nodes: Option<Vec<AgencyNode>>,
     /// The deployment's agency directory file ([`duijie_common::directory::Directory`]): a referral or hand-over to an
     /// agency not in it is refused as an unknown agency. Read again when it changes (looked at
     /// every `directory_reload_ms`), so an agency added to it needs no restart.
@@ -78,18 +80,20 @@ pub async fn start(
     routes: impl FnOnce(&Agency) -> Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let nodes = cfg.nodes.clone();
-    if nodes.is_empty() {
-        anyhow::bail!("nodes: the service must act for at least one {} agency", kind.as_str());
-    }
-    if let Some(n) = nodes.iter().find(|n| n.kind() != kind) {
-        anyhow::bail!("nodes: {n} is not a {} agency", kind.as_str());
+    if cfg.nodes.is_some() {
+        anyhow::bail!(
+            "nodes: a service now acts for every {} agency in the directory ({}); remove `nodes` from its configuration",
+            kind.as_str(),
+            cfg.directory.display()
+        );
     }
     if cfg.audit_gate.enabled {
         cfg.audit_gate.validate()?;
     }
     anyhow::ensure!(!cfg.directory_reload_ms.is_zero(), "directory_reload_ms must be above 0");
     let directory = LiveDirectory::load(&cfg.directory)?;
+    let nodes: Vec<AgencyNode> = directory.current().entries().map(|(n, _)| n.clone()).filter(|n| n.kind() == kind).collect();
+    anyhow::ensure!(!nodes.is_empty(), "the directory {} lists no {} agency for this service to act for", cfg.directory.display(), kind.as_str());
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
     // Bulkheads: gRPC calls on one pool, the relay, the consumers and the pruner on the other.
     let pools = db::ServicePools::new(&cfg.bus.database)?;
@@ -97,18 +101,19 @@ pub async fn start(
     crate::migrator().run(&pool).await.context("migrating the service database")?;
     let connector = Connector::new(cfg.bus.amqp.clone());
     let topology = Topology::new(cfg.bus.topology.clone());
-    // A node without its key could not send anything: refuse to start rather than stage
-    // envelopes no receiver would take.
-    let signer = std::sync::Arc::new(cfg.signing.signer_for(&nodes).context("signing: the nodes' certificates and keys")?);
+    // Each agency signs with its own key, read from signing.keys when first needed (an agency
+    // added to the directory later brings its certificate there). Those missing now are named at
+    // start: their envelopes would wait in the outbox, unsigned, until the key is there.
+    let signer = std::sync::Arc::new(cfg.signing.signer_for_kind(kind, &nodes).context("signing: the agencies' certificates and keys")?);
     let verifier = std::sync::Arc::new(cfg.signing.verifier().context("signing: the CA")?);
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay")).with_signer(signer);
     let relay_stats = relay.stats();
-    let mut agency = Agency::new(pools.api, topology.clone(), &nodes, Some(relay.waker())).with_directory(directory.clone());
-    let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes).with_verifier(verifier.clone()));
+    let mut agency = Agency::for_kind(pools.api, topology.clone(), kind, Some(relay.waker())).with_directory(directory.clone());
+    let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &[]).with_verifier(verifier.clone()));
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());
     }
-    let keys = duijie_common::sealing::KeyClient::new(&cfg.key_service, &cfg.signing, &nodes).context("key_service: the nodes' identities")?;
+    let keys = duijie_common::sealing::KeyClient::for_kind(&cfg.key_service, &cfg.signing, kind).context("key_service: the agencies' identities")?;
     agency = agency.with_keys(keys).with_verifier(verifier.clone());
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
@@ -140,22 +145,15 @@ pub async fn start(
         let (c, top, gc, t) = (connector.clone(), topology.clone(), cfg.audit_gate.clone(), token.clone());
         tasks.spawn(async move { ("audit gate".to_owned(), g.watch(c, top, gc, t).await) });
     }
+    // One consumer per partition of the kind, all under the inbox key `name` (a message is in
+    // one partition only); each partition has one active consumer among the replicas.
     let mut consumers = Vec::new();
-    for node in &nodes {
-        let consumer = Consumer::new(
-            format!("{name}-{node}"),
-            topology.inbox_queue(node),
-            vec![node.clone()],
-            pool.clone(),
-            connector.clone(),
-            topology.clone(),
-            cfg.bus.consumer.clone(),
-            agency.clone(),
-        )
-        .with_verifier(verifier.clone(), BadSignature::DeadLetter);
+    for queue in topology.inbox_queues(kind) {
+        let consumer = Consumer::new(name, queue.clone(), pool.clone(), connector.clone(), topology.clone(), cfg.bus.consumer.clone(), agency.clone())
+            .with_verifier(verifier.clone(), BadSignature::DeadLetter);
         consumers.push(consumer.stats());
         let t = token.clone();
-        let task = format!("inbox {node}");
+        let task = format!("inbox {queue}");
         tasks.spawn(async move { (task, consumer.run(t).await) });
     }
     // One pruner for the process, however many nodes it serves: their consumers share the
@@ -173,7 +171,7 @@ pub async fn start(
         let t = token.clone();
         async move { ("grpc".to_owned(), server::serve_with_health(name, listener, routes, health, &tls, t, grace).await) }
     });
-    tracing::info!(service = name, %addr, nodes = ?cfg.nodes.iter().map(ToString::to_string).collect::<Vec<_>>(), "serving");
+    tracing::info!(service = name, %addr, agencies = nodes.len(), partitions = consumers.len(), "serving");
     let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
     Ok(Running { addr, agency, relay: relay_stats, consumers, shutdown, handle })
 }

@@ -87,7 +87,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     /// The service's bus pool (consumer, relay, watcher), also for tests' direct queries.
     pub pool: PgPool,
-    pub consumer: std::sync::Arc<ConsumerStats>,
+    /// One per partition of the tap.
+    pub consumers: Vec<std::sync::Arc<ConsumerStats>>,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -168,27 +169,29 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     let verifier = Arc::new(cfg.signing.verifier().context("signing: the CA")?);
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), "audit-relay").with_signer(signer.clone());
     let waker = relay.waker();
-    let consumer = Consumer::new(
-        "audit",
-        topology.tap_queue(),
-        Vec::new(),
-        pool.clone(),
-        connector.clone(),
-        topology.clone(),
-        cfg.bus.consumer.clone(),
-        AuditStore::default().with_chains(cfg.audit.chains),
-    )
-    // Refused signatures are recorded as refused, not dead-lettered: the log shows the forgery.
-    .with_verifier(verifier.clone(), duijie_common::inbox::BadSignature::Deliver);
-    let consumer_stats = consumer.stats();
+    // One consumer per partition of the tap, all under the inbox key "audit" (a message is in
+    // one partition only); each partition has one active consumer among the replicas.
+    let store = AuditStore::default().with_chains(cfg.audit.chains);
+    let consumers: Vec<Consumer<AuditStore>> = topology
+        .tap_queues()
+        .into_iter()
+        .map(|q| {
+            Consumer::new("audit", q, pool.clone(), connector.clone(), topology.clone(), cfg.bus.consumer.clone(), store.clone())
+                // Refused signatures are recorded as refused, not dead-lettered: the log shows the forgery.
+                .with_verifier(verifier.clone(), duijie_common::inbox::BadSignature::Deliver)
+        })
+        .collect();
+    let consumer_stats: Vec<_> = consumers.iter().map(Consumer::stats).collect();
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
     let token = shutdown.child_token();
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
     let t = token.clone();
     tasks.spawn(async move { ("relay".to_owned(), relay.run(t).await) });
-    let t = token.clone();
-    tasks.spawn(async move { ("tap consumer".to_owned(), consumer.run(t).await) });
+    for consumer in consumers {
+        let t = token.clone();
+        tasks.spawn(async move { ("tap consumer".to_owned(), consumer.run(t).await) });
+    }
     let (c, top, stats, every, s, t) = (connector, topology.clone(), consumer_stats.clone(), cfg.audit.status_interval_ms, signer.clone(), token.clone());
     tasks.spawn(async move { ("lag reports".to_owned(), crate::status::run(c, top, stats, every, s, t).await) });
     let (p, top, t, a) = (pool.clone(), topology.clone(), token.clone(), cfg.audit.clone());
@@ -233,7 +236,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");
     let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
-    Ok(Running { addr, pool, consumer: consumer_stats, shutdown, handle })
+    Ok(Running { addr, pool, consumers: consumer_stats, shutdown, handle })
 }
 
 /// The whole `duijie-audit` process (configuration from `DUIJIE_CONFIG_DIR`, default

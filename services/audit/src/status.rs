@@ -38,23 +38,26 @@ pub fn lag_ms(now: DateTime<Utc>, holding_since: Option<DateTime<Utc>>, tap_wait
 pub async fn run(
     connector: Connector,
     topology: Topology,
-    consumer: Arc<ConsumerStats>,
+    consumers: Vec<Arc<ConsumerStats>>,
     interval: Duration,
     signer: Arc<duijie_common::signing::Signer>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let backoff = Backoff::new(Duration::from_millis(100).min(interval), interval.max(Duration::from_secs(1)));
-    let (connector, topology, consumer, signer, token) = (&connector, &topology, &consumer, &signer, &shutdown);
-    run_sessions("audit status", token, backoff, move |_| session(connector, topology, consumer, interval, signer, token)).await;
+    // This replica's name in its reports: the gates keep the last report of each replica.
+    let replica = uuid::Uuid::now_v7().simple().to_string();
+    let (connector, topology, consumers, signer, token, replica) = (&connector, &topology, &consumers, &signer, &shutdown, &replica);
+    run_sessions("audit status", token, backoff, move |_| session(connector, topology, consumers, interval, signer, replica, token)).await;
     Ok(())
 }
 
 async fn session(
     connector: &Connector,
     topology: &Topology,
-    consumer: &ConsumerStats,
+    consumers: &[Arc<ConsumerStats>],
     interval: Duration,
     signer: &duijie_common::signing::Signer,
+    replica: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let conn = connector.connect("audit status").await?;
@@ -70,17 +73,23 @@ async fn session(
             }
             _ = tick.tick() => {}
         }
-        let holding = consumer.holding_since();
+        // The oldest message any of this replica's partition consumers holds.
+        let holding = consumers.iter().filter_map(|c| c.holding_since()).min();
         let waiting = match holding {
             Some(_) => None,
             None => {
                 let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                let tap = ch.queue_declare(topology.tap_queue().into(), passive, FieldTable::default()).await.context("looking at the audit tap")?;
-                Some(tap.message_count())
+                let mut waiting = 0u32;
+                for q in topology.tap_queues() {
+                    let tap = ch.queue_declare(q.as_str().into(), passive, FieldTable::default()).await.with_context(|| format!("looking at the audit tap ({q})"))?;
+                    waiting = waiting.saturating_add(tap.message_count());
+                }
+                Some(waiting)
             }
         };
         let now = Utc::now();
-        let report = AuditLag { at: now, lag_ms: lag_ms(now, holding, waiting), recorded: consumer.applied.load(Ordering::Relaxed) };
+        let recorded = consumers.iter().map(|c| c.applied.load(Ordering::Relaxed)).sum();
+        let report = AuditLag { at: now, lag_ms: lag_ms(now, holding, waiting), recorded, replica: replica.to_owned() };
         status::publish_signed(&ch, topology, AUDIT_LAG_KEY, &report, signer, duijie_common::signing::AUDIT_SIGNER).await?;
     }
 }

@@ -204,6 +204,7 @@ pub async fn raw_ceiling(connector: &Connector, args: &BusArgs) -> anyhow::Resul
 }
 
 /// Consumer handler: applies nothing beyond the inbox record; after commit, records latency.
+#[derive(Clone)]
 struct BenchHandler {
     applied: Arc<AtomicU64>,
     latency: Arc<Mutex<Option<Histogram<u64>>>>,
@@ -276,7 +277,7 @@ impl BusUnderTest {
         let to = AgencyNode::new(AgencyKind::Mediation, "431003-102")?;
         let ch_conn = connector.connect("bench declare").await?;
         let ch = ch_conn.create_channel().await?;
-        topology.declare(&ch, std::slice::from_ref(&to)).await?;
+        topology.declare(&ch).await?;
         // The channel first: a channel dropped while its connection closes logs an error.
         let _ = ch.close(200, "done".into()).await;
         let _ = ch_conn.close(200, "done".into()).await;
@@ -288,18 +289,23 @@ impl BusUnderTest {
         let relay = Relay::new(pool.clone(), connector.clone(), relay_cfg, "bench");
         let waker = relay.waker();
         tokio::spawn(relay.run(shutdown.clone()));
-        let consumer = Consumer::new(
-            "bench",
-            topology.inbox_queue(&to),
-            vec![to.clone()],
-            pool.clone(),
-            connector.clone(),
-            topology.clone(),
-            ConsumerConfig { prefetch: args.prefetch, batch_max: args.consumer_batch, ..Default::default() },
-            BenchHandler { applied: applied.clone(), latency: latency.clone() },
-        );
-        tokio::spawn(consumer.run(shutdown.clone()));
-        tokio::spawn(drain_tap(connector.clone(), topology.tap_queue(), shutdown.clone()));
+        // The recipient's kind's partitions, one consumer each (as a service has).
+        let handler = BenchHandler { applied: applied.clone(), latency: latency.clone() };
+        for queue in topology.inbox_queues(to.kind()) {
+            let consumer = Consumer::new(
+                "bench",
+                queue,
+                pool.clone(),
+                connector.clone(),
+                topology.clone(),
+                ConsumerConfig { prefetch: args.prefetch, batch_max: args.consumer_batch, ..Default::default() },
+                handler.clone(),
+            );
+            tokio::spawn(consumer.run(shutdown.clone()));
+        }
+        for tap in topology.tap_queues() {
+            tokio::spawn(drain_tap(connector.clone(), tap, shutdown.clone()));
+        }
         Ok(Self {
             pool,
             producer_pool,
@@ -475,9 +481,7 @@ impl BusUnderTest {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let conn = self.connector.connect("bench cleanup").await?;
         let ch = conn.create_channel().await?;
-        for q in [self.topology.inbox_queue(&self.to), self.topology.tap_queue(), self.topology.dead_queue()] {
-            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
-        }
+        self.topology.delete(&ch).await?;
         let _ = conn.close(200, "done".into()).await;
         self.pool.close().await;
         self.producer_pool.close().await;

@@ -17,7 +17,7 @@ use duijie_common::certs::DevCa;
 use duijie_common::config::{AmqpConfig, DatabaseConfig, TopologyConfig};
 use duijie_domain::AgencyNode;
 use duijie_proto::v1::AgencyKind;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use secrecy::ExposeSecret as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -116,7 +116,7 @@ impl ProcessStack {
         // Queues first, so the first referral is routable whichever consumer starts first.
         let amqp = connector.connect("sysbench declare").await?;
         let ch = amqp.create_channel().await?;
-        topology.declare(&ch, &demo_nodes()?).await?;
+        topology.declare(&ch).await?;
         let _ = ch.close(200, "declared".into()).await;
         let _ = amqp.close(200, "declared".into()).await;
 
@@ -234,9 +234,7 @@ impl ProcessStack {
             let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&s.pool).await?;
             if s.name == "audit" { recorded = inbox } else { delivered += inbox }
         }
-        let mut queues = vec![self.topology.tap_queue()];
-        queues.extend(demo_nodes()?.iter().map(|n| self.topology.inbox_queue(n)));
-        for q in queues {
+        for q in self.topology.queues().into_iter().filter(|q| *q != self.topology.dead_queue()) {
             if self.queue_depth(ch, &q).await? > 0 {
                 return Ok(false);
             }
@@ -274,14 +272,7 @@ impl ProcessStack {
     async fn delete_topology(&self) -> anyhow::Result<()> {
         let conn = self.connector.connect("sysbench cleanup").await?;
         let ch = conn.create_channel().await?;
-        let mut queues = vec![self.topology.dead_queue(), self.topology.tap_queue()];
-        queues.extend(demo_nodes()?.iter().map(|n| self.topology.inbox_queue(n)));
-        for q in queues {
-            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
-        }
-        for x in [self.topology.handoff_exchange(), self.topology.dead_exchange()] {
-            ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await?;
-        }
+        self.topology.delete(&ch).await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(())
     }

@@ -222,7 +222,7 @@ async fn measure_stack(stack: &ProcessStack, args: &SystemArgs) -> anyhow::Resul
     progress.set_length(u64::from(args.cases));
     let sampling = CancellationToken::new();
     let started = Instant::now();
-    let sampler = tokio::spawn(sample_tap(ch.clone(), stack.topology.tap_queue(), started, progress.clone(), sampling.clone()));
+    let sampler = tokio::spawn(sample_tap(ch.clone(), stack.topology.tap_queues(), started, progress.clone(), sampling.clone()));
     groups.push(ProcessGroup { name: DRIVER.into(), root: std::process::id(), with_root: true, children: Children::None });
     let cpu0 = cpu::busy_cpu_seconds();
     let before = cpu::snapshot(&groups);
@@ -341,7 +341,7 @@ async fn wait_caught_up(stack: &ProcessStack, ch: &lapin::Channel, within: Durat
 
 /// Samples the tap's backlog every 250 ms until `stop`, printing progress every 10 s; returns
 /// the largest backlog seen and when (seconds after `started`).
-async fn sample_tap(ch: lapin::Channel, tap: String, started: Instant, progress: ProgressBar, stop: CancellationToken) -> (u32, f64) {
+async fn sample_tap(ch: lapin::Channel, taps: Vec<String>, started: Instant, progress: ProgressBar, stop: CancellationToken) -> (u32, f64) {
     let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
     let (mut max, mut max_at) = (0, 0.0);
     let mut last_print = Instant::now();
@@ -350,8 +350,18 @@ async fn sample_tap(ch: lapin::Channel, tap: String, started: Instant, progress:
             () = stop.cancelled() => return (max, max_at),
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        let depth = match ch.queue_declare(tap.clone().into(), passive, lapin::types::FieldTable::default()).await {
-            Ok(q) => q.message_count(),
+        let mut seen = Ok(0u32);
+        for tap in &taps {
+            match ch.queue_declare(tap.as_str().into(), passive, lapin::types::FieldTable::default()).await {
+                Ok(q) => seen = seen.map(|d| d.saturating_add(q.message_count())),
+                Err(e) => {
+                    seen = Err(e);
+                    break;
+                }
+            }
+        }
+        let depth = match seen {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("sysbench: cannot see the tap any more: {e}");
                 return (max, max_at);

@@ -1,10 +1,10 @@
 //! `duijie-bus`: operator commands for the bus itself.
 //!
 //! * `migrate`  — apply the bus migrations (outbox, inbox) to a service database;
-//! * `declare`  — declare the topology (exchanges, dead-letter queue, audit tap, inbox queues)
-//!   for the given agency nodes; idempotent;
-//! * `status`   — queue depths and consumers of the tap, the dead-letter queue and each node's
-//!   inbox; how far behind the audit store is and every agency service's audit gate (open or
+//! * `declare`  — declare the topology (exchanges, dead-letter queue, the audit tap's and every
+//!   service kind's partition queues); idempotent; its size does not depend on the agencies;
+//! * `status`   — depths and consumers of every queue (partitions), the directory's agencies by
+//!   kind and whether their kind's partitions are consumed; how far behind the audit store is and every agency service's audit gate (open or
 //!   closed and why), from the reports they publish on `<p>.audit.status`;
 //!
 //! * `permissions` — each service's own broker user and what it may do (configure, write,
@@ -35,6 +35,12 @@ struct Cli {
     /// Prefix of every exchange and queue name.
     #[arg(long, global = true, env = "DUIJIE_TOPOLOGY__PREFIX", default_value = "duijie")]
     prefix: String,
+    /// Inbox partitions per service kind (every service must be configured alike).
+    #[arg(long, global = true, env = "DUIJIE_TOPOLOGY__PARTITIONS", default_value_t = 4)]
+    partitions: u16,
+    /// Partitions of the audit tap.
+    #[arg(long, global = true, env = "DUIJIE_TOPOLOGY__TAP_PARTITIONS", default_value_t = 4)]
+    tap_partitions: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,9 +53,12 @@ enum Command {
         #[arg(long, env = "DUIJIE_DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
-    /// Declare the topology for agency nodes given as kind:code (e.g. court:431003).
+    /// Declare the topology: exchanges, the dead-letter queue, the audit tap's partitions and
+    /// every service kind's inbox partitions. The same whatever the number of agencies (a new
+    /// agency needs a directory entry, not a queue). Agencies given here are ignored (accepted
+    /// so that older scripts keep working).
     Declare {
-        #[arg(required = true)]
+        #[arg(hide = true)]
         nodes: Vec<AgencyNode>,
     },
     /// Print, per service, its broker user's permissions for this prefix:
@@ -98,7 +107,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let topology = Topology::new(TopologyConfig { prefix: cli.prefix.clone(), ..Default::default() });
+    let topology = Topology::new(TopologyConfig { prefix: cli.prefix.clone(), partitions: cli.partitions, tap_partitions: cli.tap_partitions, ..Default::default() });
     let connector = Connector::new(AmqpConfig { url: cli.amqp_url.clone().into(), connection_name: "duijie-bus".into(), cluster_urls: Vec::new() });
     match cli.command {
         Command::Migrate { database_url } => {
@@ -114,12 +123,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{service}\t{}\t{}\t{}", p.configure, p.write, p.read);
             }
         }
-        Command::Declare { nodes } => {
+        Command::Declare { nodes: _ } => {
             let conn = connector.connect("declare").await?;
-            topology.declare(&conn.create_channel().await?, &nodes).await?;
-            println!("declared exchange {} (topic), {} (fanout)", topology.handoff_exchange(), topology.dead_exchange());
-            for n in &nodes {
-                println!("  {n:<28} inbox {}", topology.inbox_queue(n));
+            let started = std::time::Instant::now();
+            topology.declare(&conn.create_channel().await?).await?;
+            println!(
+                "declared exchange {} (topic), {} (fanout), {} queues in {:.0} ms:",
+                topology.handoff_exchange(),
+                topology.dead_exchange(),
+                topology.queues().len(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            println!("  audit tap      {} partitions {}", topology.tap_exchange(), topology.tap_queues().join(" "));
+            for kind in duijie_common::amqp::KINDS {
+                println!("  {:<14} {} partitions {}", kind.as_str(), topology.inbox_exchange(kind), topology.inbox_queues(kind).join(" "));
             }
             let _ = conn.close(200, "done".into()).await;
         }
@@ -139,29 +156,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reports = if listen_ms > 0 { Some(status::listen(&conn, &listen_ch, &topology, "#", "duijie-bus status").await?) } else { None };
             let listening = std::time::Instant::now();
             println!("{:<48} {:>10} {:>10}", "queue", "messages", "consumers");
-            for q in [topology.tap_queue(), topology.dead_queue()] {
-                match passive_declare(&conn, &q).await {
-                    Some((messages, consumers)) => println!("{q:<48} {messages:>10} {consumers:>10}"),
+            // Per kind: whether every partition has a consumer (the kind's agencies are served).
+            let mut unserved_kinds = Vec::new();
+            let mut queues = vec![(None, topology.dead_queue())];
+            queues.extend(topology.tap_queues().into_iter().map(|q| (None, q)));
+            for kind in duijie_common::amqp::KINDS {
+                queues.extend(topology.inbox_queues(kind).into_iter().map(|q| (Some(kind), q)));
+            }
+            for (kind, q) in &queues {
+                match passive_declare(&conn, q).await {
+                    Some((messages, consumers)) => {
+                        println!("{q:<48} {messages:>10} {consumers:>10}");
+                        if consumers == 0 && let Some(k) = kind && !unserved_kinds.contains(k) {
+                            unserved_kinds.push(*k);
+                        }
+                    }
                     None => anyhow::bail!("queue {q} is not declared; run `duijie-bus declare` first"),
                 }
             }
             println!();
             println!("{} agencies configured ({}):", configured.len(), if configured.iter().all(|(_, n)| n.is_empty()) { "as given" } else { "from the directory" });
-            println!("  {:<28} {:>10} {:>10}  {:<14} name", "agency", "inbox", "consumers", "state");
+            println!("  {:<28} {:<14} name", "agency", "state");
             let mut idle = 0;
             for (node, name) in &configured {
-                let (inbox, consumers, state) = match passive_declare(&conn, &topology.inbox_queue(node)).await {
-                    Some((m, c)) if c > 0 => (m.to_string(), c.to_string(), "served"),
-                    Some((m, c)) => (m.to_string(), c.to_string(), "NOT SERVED"),
-                    None => ("-".to_owned(), "-".to_owned(), "NOT DECLARED"),
-                };
+                let state = if unserved_kinds.contains(&node.kind()) { "NOT SERVED" } else { "served" };
                 if state != "served" {
                     idle += 1;
                 }
-                println!("  {:<28} {inbox:>10} {consumers:>10}  {state:<14} {name}", node.to_string());
+                println!("  {:<28} {state:<14} {name}", node.to_string());
             }
             if idle > 0 {
-                println!("  {idle} not served: no service consumes their inbox (start the service that acts for them; messages wait in the inbox, or in the sender's outbox until it is declared)");
+                println!("  {idle} not served: a partition of their kind has no consumer (start the service of that kind; messages wait in the partition)");
             }
             if let Some(reports) = reports {
                 let window = std::time::Duration::from_millis(listen_ms);

@@ -4,19 +4,25 @@
 //! "Broker credentials") configures nothing, and relies on the operator's declaration.
 //!
 //! ```text
-//! <p>.handoff  (topic)  ──<kind>.<code>.*──▶ <p>.inbox.<kind>.<code>   (quorum; one per agency node)
-//!                       ──<kind>.<code>.*──▶ <p>.audit.tap             (quorum; a copy of every handoff)
-//!                       ──record.#─────────▶ <p>.audit.tap             (a body's messages to itself: recorded only)
-//! <p>.dead     (fanout) ──────────────────▶ <p>.dead                   (quorum; poison messages with reasons)
+//! <p>.handoff (topic) ──<kind>.*.*──▶ <p>.inbox.<kind> (x-consistent-hash on x-duijie-case)
+//!                                        ──▶ <p>.inbox.<kind>.p0 … p<P-1>   quorum, single active consumer
+//!                     ──<kind>.*.* (each kind), record.#──▶ <p>.audit.tap (x-consistent-hash)
+//!                                        ──▶ <p>.audit.tap.p0 … p<T-1>      quorum, single active consumer
+//! <p>.dead    (fanout) ──▶ <p>.dead                                          quorum; poison messages with reasons
 //! <p>.audit.status (topic) ──audit.lag, gate.<service>──▶ each reader's own exclusive queue
 //! ```
 //!
-//! The tap is bound with each agency's pattern rather than `#` so that `mandatory` still
-//! means something: a message for an agency that has no queue is returned to the relay
-//! instead of silently landing in the tap only (see ARCHITECTURE.md).
+//! The number of queues is fixed by the number of partitions (5 × P + T + 1), whatever the
+//! number of agencies: the recipient is in the envelope, and a service replica serves every
+//! agency of its kind in the directory. A case's messages all hash to one partition (the relay
+//! sets `x-duijie-case` to the case id), and a partition has one active consumer at a time, so
+//! replicas of a service share the partitions without reordering a case (ARCHITECTURE.md,
+//! "Scale-out"). Unknown agencies are refused before staging (the directory); `mandatory` still
+//! returns what the broker cannot route (a kind with no partitions: a supervisor, a topology not
+//! declared), and the relay keeps it.
 
 use anyhow::Context as _;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -88,7 +94,7 @@ impl Connector {
     }
 }
 
-use duijie_domain::AgencyNode;
+use duijie_proto::v1::AgencyKind;
 
 /// Whether `e` is, somewhere in its chain, the broker refusing the operation to this user
 /// (`ACCESS_REFUSED`, 403: the user's permissions do not cover the resource).
@@ -138,8 +144,8 @@ impl Topology {
         let own = "amq[.]gen-.*";
         let status = format!("{p}[.]audit[.]status");
         let reads = match service {
-            "audit" => format!("{p}[.]audit[.]tap"),
-            kind if SERVICES.contains(&kind) => format!("{p}[.]inbox[.]{kind}[.][^.]+"),
+            "audit" => format!("{p}[.]audit[.]tap[.]p[0-9]+"),
+            kind if SERVICES.contains(&kind) => format!("{p}[.]inbox[.]{kind}[.]p[0-9]+"),
             _ => return None,
         };
         Some(Permissions {
@@ -147,6 +153,11 @@ impl Topology {
             write: format!("^({p}[.]handoff|{p}[.]dead|{status}|{own})$"),
             read: format!(r"^({reads}|{status}|{own})$"),
         })
+    }
+
+    /// Its settings (names, partitions).
+    pub fn config(&self) -> &TopologyConfig {
+        &self.cfg
     }
 
     /// The topic exchange every handoff is published to.
@@ -178,19 +189,40 @@ impl Topology {
             .context("declaring the audit status exchange")
     }
 
-    /// The audit tap queue.
-    pub fn tap_queue(&self) -> String {
+    /// The consistent-hash exchange the audit tap's partitions are bound to.
+    pub fn tap_exchange(&self) -> String {
         format!("{}.audit.tap", self.cfg.prefix)
     }
 
-    /// The inbox queue of an agency node.
-    pub fn inbox_queue(&self, node: &AgencyNode) -> String {
-        format!("{}.inbox.{}.{}", self.cfg.prefix, node.kind().as_str(), node.code())
+    /// The audit tap's partition queues, in order.
+    pub fn tap_queues(&self) -> Vec<String> {
+        (0..self.cfg.tap_partitions).map(|i| format!("{}.audit.tap.p{i}", self.cfg.prefix)).collect()
     }
 
-    /// The binding pattern of an agency node: every message kind addressed to it.
-    pub fn node_pattern(node: &AgencyNode) -> String {
-        format!("{}.{}.*", node.kind().as_str(), node.code())
+    /// The consistent-hash exchange of one service kind's inbox partitions.
+    pub fn inbox_exchange(&self, kind: AgencyKind) -> String {
+        format!("{}.inbox.{}", self.cfg.prefix, kind.as_str())
+    }
+
+    /// One service kind's inbox partition queues, in order: every agency of that kind receives
+    /// through them (the recipient is in the envelope).
+    pub fn inbox_queues(&self, kind: AgencyKind) -> Vec<String> {
+        (0..self.cfg.partitions).map(|i| format!("{}.inbox.{}.p{i}", self.cfg.prefix, kind.as_str())).collect()
+    }
+
+    /// Every queue of the topology: the dead queue, the tap's partitions, every kind's.
+    pub fn queues(&self) -> Vec<String> {
+        let mut q = vec![self.dead_queue()];
+        q.extend(self.tap_queues());
+        for kind in KINDS {
+            q.extend(self.inbox_queues(kind));
+        }
+        q
+    }
+
+    /// The binding pattern of one service kind: every message kind to any agency of it.
+    pub fn kind_pattern(kind: AgencyKind) -> String {
+        format!("{}.*.*", kind.as_str())
     }
 
     fn work_queue_args(&self) -> FieldTable {
@@ -198,6 +230,9 @@ impl Topology {
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(self.cfg.delivery_limit));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(self.dead_exchange().into()));
+        // One consumer at a time per partition: replicas wait their turn, so a case's messages
+        // are applied in the order they were routed.
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         if self.cfg.at_least_once_dead_lettering {
             // at-least-once dead-lettering requires reject-publish overflow.
             args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
@@ -210,15 +245,16 @@ impl Topology {
     /// the topology (the operator's, the tests'); a service's restricted user may not and gets
     /// `ACCESS_REFUSED`, which is fine: the operator declared it (`duijie-bus declare`), and what
     /// is missing shows in the service's own consume or publish.
-    pub async fn ensure(&self, conn: &Connection, nodes: &[AgencyNode]) -> anyhow::Result<()> {
+    pub async fn ensure(&self, conn: &Connection) -> anyhow::Result<()> {
         // Everything there already (always, for a service on its own user): nothing to declare,
         // and no refusal, which lapin would log as an error at every reconnect.
-        let queues: Vec<String> = [self.dead_queue(), self.tap_queue()].into_iter().chain(nodes.iter().map(|n| self.inbox_queue(n))).collect();
-        if exist(conn, &[self.handoff_exchange(), self.dead_exchange(), self.status_exchange()], &queues).await {
+        let mut exchanges = vec![self.handoff_exchange(), self.dead_exchange(), self.status_exchange(), self.tap_exchange()];
+        exchanges.extend(KINDS.iter().map(|k| self.inbox_exchange(*k)));
+        if exist(conn, &exchanges, &self.queues()).await {
             return Ok(());
         }
         let ch = conn.create_channel().await.context("opening a channel to declare the topology")?;
-        let outcome = self.declare(&ch, nodes).await;
+        let outcome = self.declare(&ch).await;
         permitted(ch, outcome).await
     }
 
@@ -232,9 +268,18 @@ impl Topology {
         permitted(ch, outcome).await
     }
 
-    /// Declares exchanges (also the status exchange), the dead queue, the tap, and the inbox
-    /// queue of each node with its bindings (to its own queue and to the tap). Idempotent.
-    pub async fn declare(&self, ch: &Channel, nodes: &[AgencyNode]) -> anyhow::Result<()> {
+    /// Declares the whole topology: exchanges (also the status exchange), the dead queue, the
+    /// tap's partitions, and every service kind's partitions with their bindings. Idempotent;
+    /// its size does not depend on the agencies.
+    pub async fn declare(&self, ch: &Channel) -> anyhow::Result<()> {
+        self.declare_kinds(ch, &KINDS).await
+    }
+
+    /// [`Topology::declare`] for some service kinds only: each kind's partitions together with
+    /// the tap's binding of that kind, so a kind is either routable to both or returned (the
+    /// tests of the return path declare fewer kinds).
+    pub async fn declare_kinds(&self, ch: &Channel, kinds: &[AgencyKind]) -> anyhow::Result<()> {
+        anyhow::ensure!(self.cfg.partitions > 0 && self.cfg.tap_partitions > 0, "topology: partitions and tap_partitions must be at least 1");
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         ch.exchange_declare(self.handoff_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
             .await
@@ -248,52 +293,75 @@ impl Topology {
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
         ch.queue_declare(self.dead_queue().into(), qopts, dead_args).await.context("declaring the dead queue")?;
-        ch.queue_bind(
-            self.dead_queue().into(),
-            self.dead_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("binding the dead queue")?;
+        bind_queue(ch, &self.dead_queue(), &self.dead_exchange(), "").await?;
 
-        ch.queue_declare(self.tap_queue().into(), qopts, self.work_queue_args())
-            .await
-            .context("declaring the audit tap queue")?;
+        self.declare_partitions(ch, &self.tap_exchange(), &self.tap_queues()).await?;
         // A self-accepted case's messages (sender and recipient the same body) go to the audit
         // store only (Envelope::routing_key).
         let record = format!("{}.#", duijie_proto::RECORD_PREFIX);
-        ch.queue_bind(
-            self.tap_queue().into(),
-            self.handoff_exchange().into(),
-            record.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("binding the audit tap to the records")?;
-
-        for node in nodes {
-            let queue = self.inbox_queue(node);
-            let pattern = Self::node_pattern(node);
-            ch.queue_declare(queue.clone().into(), qopts, self.work_queue_args())
-                .await
-                .with_context(|| format!("declaring inbox queue {queue}"))?;
-            for q in [queue.as_str(), &self.tap_queue()] {
-                ch.queue_bind(
-                    q.into(),
-                    self.handoff_exchange().into(),
-                    pattern.clone().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("binding {q} to {pattern}"))?;
-            }
+        bind_exchange(ch, &self.tap_exchange(), &self.handoff_exchange(), &record).await?;
+        for kind in kinds {
+            let pattern = Self::kind_pattern(*kind);
+            self.declare_partitions(ch, &self.inbox_exchange(*kind), &self.inbox_queues(*kind)).await?;
+            bind_exchange(ch, &self.inbox_exchange(*kind), &self.handoff_exchange(), &pattern).await?;
+            bind_exchange(ch, &self.tap_exchange(), &self.handoff_exchange(), &pattern).await?;
         }
         Ok(())
     }
+
+    /// Deletes every queue and exchange of the topology (tests and benchmarks clean up so).
+    pub async fn delete(&self, ch: &Channel) -> anyhow::Result<()> {
+        for q in self.queues() {
+            ch.queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default()).await.with_context(|| format!("deleting {q}"))?;
+        }
+        let mut exchanges = vec![self.handoff_exchange(), self.dead_exchange(), self.status_exchange(), self.tap_exchange()];
+        exchanges.extend(KINDS.iter().map(|k| self.inbox_exchange(*k)));
+        for e in exchanges {
+            ch.exchange_delete(e.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.with_context(|| format!("deleting {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A consistent-hash exchange hashing the case id header onto `queues`, each bound with the
+    /// same weight.
+    async fn declare_partitions(&self, ch: &Channel, exchange: &str, queues: &[String]) -> anyhow::Result<()> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let mut args = FieldTable::default();
+        args.insert("hash-header".into(), AMQPValue::LongString(CASE_HEADER.into()));
+        ch.exchange_declare(exchange.into(), ExchangeKind::Custom("x-consistent-hash".into()), durable, args)
+            .await
+            .with_context(|| format!("declaring the partitioning exchange {exchange} (is the rabbitmq_consistent_hash_exchange plugin enabled? scripts/deps.sh enables it)"))?;
+        let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+        for q in queues {
+            ch.queue_declare(q.as_str().into(), qopts, self.work_queue_args()).await.with_context(|| format!("declaring partition queue {q}"))?;
+            // The binding key of a consistent-hash exchange is the queue's weight.
+            bind_queue(ch, q, exchange, PARTITION_WEIGHT).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The header the relay puts the case id in; the partitioning exchanges hash it, so every
+/// message of a case goes to the same partition of each queue set.
+pub const CASE_HEADER: &str = "x-duijie-case";
+
+/// Every partition gets the same share of the hash ring.
+const PARTITION_WEIGHT: &str = "1";
+
+/// The service kinds that have partitions: everyone a case is handed to. Supervisors read the
+/// audit store and receive nothing on the bus.
+pub const KINDS: [AgencyKind; 5] = [AgencyKind::Court, AgencyKind::Procuratorate, AgencyKind::Police, AgencyKind::Petition, AgencyKind::Mediation];
+
+async fn bind_queue(ch: &Channel, queue: &str, exchange: &str, key: &str) -> anyhow::Result<()> {
+    ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .with_context(|| format!("binding {queue} to {exchange} with {key:?}"))
+}
+
+async fn bind_exchange(ch: &Channel, destination: &str, source: &str, key: &str) -> anyhow::Result<()> {
+    ch.exchange_bind(destination.into(), source.into(), key.into(), ExchangeBindOptions::default(), FieldTable::default())
+        .await
+        .with_context(|| format!("binding {destination} to {source} with {key:?}"))
 }
 
 /// Whether every one of `exchanges` and `queues` exists: passive declarations, which need no
@@ -368,10 +436,10 @@ mod tests {
             Some(Permissions {
                 configure: "^amq[.]gen-.*$".into(),
                 write: "^(duijie[.]handoff|duijie[.]dead|duijie[.]audit[.]status|amq[.]gen-.*)$".into(),
-                read: "^(duijie[.]inbox[.]court[.][^.]+|duijie[.]audit[.]status|amq[.]gen-.*)$".into(),
+                read: "^(duijie[.]inbox[.]court[.]p[0-9]+|duijie[.]audit[.]status|amq[.]gen-.*)$".into(),
             })
         );
-        assert!(t.permissions("audit").is_some_and(|p| p.read.contains("duijie[.]audit[.]tap") && !p.read.contains("inbox")));
+        assert!(t.permissions("audit").is_some_and(|p| p.read.contains("duijie[.]audit[.]tap[.]p[0-9]+") && !p.read.contains("inbox")));
         assert_eq!(t.permissions("console"), None);
         assert_eq!(regex_escape("a.b*c"), "a[.]b[*]c");
     }

@@ -154,11 +154,17 @@ pub struct TopologyConfig {
     pub delivery_limit: i64,
     /// Use `x-dead-letter-strategy=at-least-once` (RabbitMQ ≥ 3.10).
     pub at_least_once_dead_lettering: bool,
+    /// Inbox partitions per service kind (queues `<p>.inbox.<kind>.p<i>`): how many replicas of
+    /// a service can work at once. Fixed for a deployment: every service and the operator's
+    /// `duijie-bus declare` must agree (ARCHITECTURE.md, "Scale-out").
+    pub partitions: u16,
+    /// Partitions of the audit tap (`<p>.audit.tap.p<i>`): how many audit replicas can work at once.
+    pub tap_partitions: u16,
 }
 
 impl Default for TopologyConfig {
     fn default() -> Self {
-        Self { prefix: "duijie".into(), delivery_limit: 10, at_least_once_dead_lettering: true }
+        Self { prefix: "duijie".into(), delivery_limit: 10, at_least_once_dead_lettering: true, partitions: 4, tap_partitions: 4 }
     }
 }
 
@@ -209,11 +215,25 @@ pub struct ConsumerConfig {
     /// Inbox records (the deduplication memory) are kept this long, then deleted.
     #[serde(with = "duration_ms")]
     pub inbox_retention: Duration,
+    /// How long a message that arrived before its case's state allowed it is held and tried
+    /// again before it goes to the dead letters (ms, default 2 min; `inbox_held`).
+    #[serde(with = "duration_ms")]
+    pub hold_for: Duration,
+    /// How often held messages are tried again when nothing else moved their case (ms, default
+    /// 1 s; a batch that touches a case tries that case's held messages at once).
+    #[serde(with = "duration_ms")]
+    pub hold_retry: Duration,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { prefetch: 256, batch_max: 128, inbox_retention: Duration::from_secs(30 * 24 * 3600) }
+        Self {
+            prefetch: 256,
+            batch_max: 128,
+            inbox_retention: Duration::from_secs(30 * 24 * 3600),
+            hold_for: Duration::from_secs(120),
+            hold_retry: Duration::from_secs(1),
+        }
     }
 }
 

@@ -24,7 +24,6 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::amqp::{Connector, DEAD_CONSUMER, DEAD_QUEUE, DEAD_REASON, ORIGINAL_ROUTING_KEY, Topology};
-use duijie_domain::AgencyNode;
 use crate::backoff::Backoff;
 use crate::config::ConsumerConfig;
 use crate::db::is_transient;
@@ -74,6 +73,12 @@ pub enum HandleError {
     /// the dead-letter queue with this reason.
     #[error("{0}")]
     Rejected(String),
+    /// The message cannot be applied *yet*: its case's state does not allow it now, or the case
+    /// or its recipient is not known here yet. It is held (`inbox_held`) and tried again for
+    /// `consumer.hold_for`, then dead-lettered with this reason (a crossing message, or one
+    /// overtaken by a retry, is applied once what it waited for has arrived).
+    #[error("{0}")]
+    Early(String),
     /// Applying failed for a reason unrelated to the message (database down): retried.
     #[error(transparent)]
     Transient(anyhow::Error),
@@ -141,6 +146,12 @@ pub struct ConsumerStats {
     pub restarts: AtomicU64,
     /// Messages whose signature was missing, bad or not the sender's.
     pub bad_signatures: AtomicU64,
+    /// Messages held because they arrived before their case's state allowed them.
+    pub held: AtomicU64,
+    /// Held messages applied later.
+    pub released: AtomicU64,
+    /// Held messages that never applied within `hold_for` (dead-lettered).
+    pub expired: AtomicU64,
     /// Publish time (AMQP `timestamp`, seconds since the epoch) of the oldest delivery taken and
     /// not yet acked; 0 once the consumer waits for the broker with nothing in hand. A session
     /// that ends holding a batch leaves it set: those messages come again. How the audit service
@@ -168,6 +179,8 @@ pub enum Applied {
     Duplicate,
     /// Refused by the handler: to be dead-lettered with this reason.
     Rejected(String),
+    /// Not applicable yet: to be held and tried again ([`HandleError::Early`]).
+    Held(String),
 }
 
 /// Applies one message in its own savepoint of `conn`: records it in the inbox and runs the
@@ -195,6 +208,10 @@ pub async fn apply_one<H: Handler>(conn: &mut PgConnection, consumer: &str, hand
         Err(HandleError::Rejected(reason)) => {
             sp.rollback().await?;
             Ok(Applied::Rejected(reason))
+        }
+        Err(HandleError::Early(reason)) => {
+            sp.rollback().await?;
+            Ok(Applied::Held(reason))
         }
         Err(e @ HandleError::Transient(_)) => Err(e),
     }
@@ -279,7 +296,7 @@ async fn apply_batch_fast<H: Handler>(conn: &mut PgConnection, consumer: &str, h
     }
     match run_batch(conn, consumer, handler, &new).await {
         Ok(()) => Ok(Some(outcomes)),
-        Err(HandleError::Rejected(_)) => Ok(None),
+        Err(HandleError::Rejected(_) | HandleError::Early(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -289,6 +306,7 @@ fn refusal_as_outcome(r: Result<Applied, HandleError>) -> anyhow::Result<Applied
     match r {
         Ok(o) => Ok(o),
         Err(HandleError::Rejected(reason)) => Ok(Applied::Rejected(reason)),
+        Err(HandleError::Early(reason)) => Ok(Applied::Held(reason)),
         Err(HandleError::Transient(e)) => Err(e.context("applying a message")),
     }
 }
@@ -333,11 +351,11 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
     })
 }
 
-/// Consumes one agency node's inbox queue (or the audit tap) into a handler.
+/// Consumes one partition queue (a service kind's inbox partition, or one of the audit tap's)
+/// into a handler.
 pub struct Consumer<H> {
     name: String,
     queue: String,
-    nodes: Vec<AgencyNode>,
     pool: PgPool,
     connector: Connector,
     topology: Topology,
@@ -348,13 +366,12 @@ pub struct Consumer<H> {
 }
 
 impl<H: Handler> Consumer<H> {
-    /// A consumer named `name` (the inbox key: keep it stable across restarts and replicas)
-    /// reading `queue`. `nodes` are the agency nodes whose topology it (re)declares on connect.
-    #[allow(clippy::too_many_arguments)]
+    /// A consumer named `name` (the inbox key: keep it stable across restarts and replicas, and
+    /// the same for every partition of a service: a message goes to one of them) reading `queue`.
+    /// It (re)declares the topology on connect where its broker user may.
     pub fn new(
         name: impl Into<String>,
         queue: impl Into<String>,
-        nodes: Vec<AgencyNode>,
         pool: PgPool,
         connector: Connector,
         topology: Topology,
@@ -364,7 +381,6 @@ impl<H: Handler> Consumer<H> {
         Self {
             name: name.into(),
             queue: queue.into(),
-            nodes,
             pool,
             connector,
             topology,
@@ -406,6 +422,14 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
+    /// Counts into `stats` (shared by the consumers of several partitions, to read them as
+    /// one; `oldest_held` then means nothing: the audit service keeps one per partition).
+    #[must_use]
+    pub fn with_stats(mut self, stats: Arc<ConsumerStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Its counters.
     pub fn stats(&self) -> Arc<ConsumerStats> {
         self.stats.clone()
@@ -422,7 +446,7 @@ impl<H: Handler> Consumer<H> {
 
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = self.connector.connect(&format!("consumer {}", self.name)).await?;
-        self.topology.ensure(&conn, &self.nodes).await?;
+        self.topology.ensure(&conn).await?;
         let ch = conn.create_channel().await.context("opening the consumer channel")?;
         ch.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await.context("setting prefetch")?;
         // Dead-lettering publishes with confirms on a channel of its own, so that confirm mode
@@ -446,9 +470,14 @@ impl<H: Handler> Consumer<H> {
 
     /// Takes batches from `deliveries` and applies them until shutdown (`Ok`) or a broker error.
     async fn consume(&self, ch: &Channel, dead_ch: &Channel, deliveries: &mut lapin::Consumer, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut next_retry = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
+            }
+            if tokio::time::Instant::now() >= next_retry {
+                self.retry_held(dead_ch, None).await?;
+                next_retry = tokio::time::Instant::now() + self.cfg.hold_retry;
             }
             let first = match deliveries.next().now_or_never() {
                 Some(d) => d,
@@ -459,6 +488,7 @@ impl<H: Handler> Consumer<H> {
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
                         d = deliveries.next() => d,
+                        () = tokio::time::sleep_until(next_retry) => continue,
                     }
                 }
             };
@@ -499,13 +529,36 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         };
+        let held: Vec<(&Inbound, &str)> = outcomes
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(o, d)| match (o, d) {
+                (Applied::Held(reason), Ok(msg)) => Some((msg, reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        if !held.is_empty() {
+            let mut db_backoff = Backoff::reconnect();
+            while let Err(e) = self.hold(&held).await {
+                tracing::warn!(consumer = %self.name, error = format!("{e:#}"), "cannot hold early messages (database unavailable?); retrying");
+                if !db_backoff.wait(shutdown).await {
+                    return Ok(false);
+                }
+            }
+        }
+        let mut touched = Vec::new();
         for ((delivery, outcome), decoded) in batch.iter().zip(&outcomes).zip(&decoded) {
             match outcome {
                 Applied::Applied => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
                     if let Ok(msg) = decoded {
                         self.handler.committed(msg);
+                        touched.extend(Uuid::parse_str(&msg.envelope.case_id).ok());
                     }
+                }
+                Applied::Held(reason) => {
+                    self.stats.held.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(consumer = %self.name, routing_key = %delivery.routing_key, reason = %reason, "message arrived before its case allows it: held and tried again");
                 }
                 Applied::Duplicate => {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -520,6 +573,10 @@ impl<H: Handler> Consumer<H> {
         }
         if let Some(last) = batch.last() {
             ch.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await.context("acking a batch")?;
+        }
+        // What this batch applied may be what a held message of the same case waited for.
+        if !touched.is_empty() {
+            self.retry_held(dead_ch, Some(&touched)).await?;
         }
         tracing::debug!(consumer = %self.name, batch = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "applied a batch");
         Ok(true)
@@ -537,7 +594,7 @@ impl<H: Handler> Consumer<H> {
         let prepared = async |tx: &mut PgConnection, msgs: &[&Inbound]| match handler.prepare(tx, msgs).await {
             Ok(()) => Ok(()),
             Err(HandleError::Transient(e)) => Err(e.context("preparing a batch")),
-            Err(HandleError::Rejected(r)) => Err(anyhow::anyhow!("the handler could not prepare a batch: {r}")),
+            Err(HandleError::Rejected(r) | HandleError::Early(r)) => Err(anyhow::anyhow!("the handler could not prepare a batch: {r}")),
         };
         let mut tx = self.pool.begin().await.context("beginning the inbox transaction")?;
         prepared(&mut tx, &msgs).await?;
@@ -547,7 +604,7 @@ impl<H: Handler> Consumer<H> {
                 Err(e) if is_transient(&e) => return Err(anyhow::Error::new(e).context("committing a batch")),
                 Err(_) => {}
             },
-            Ok(None) | Err(HandleError::Rejected(_)) => tx.rollback().await.context("rolling back the fast path")?,
+            Ok(None) | Err(HandleError::Rejected(_) | HandleError::Early(_)) => tx.rollback().await.context("rolling back the fast path")?,
             Err(HandleError::Transient(e)) => return Err(e.context("applying a batch")),
         }
 
@@ -587,19 +644,170 @@ impl<H: Handler> Consumer<H> {
         Ok(outcomes)
     }
 
+    /// Keeps early messages in `inbox_held` (a copy already held stays as it is).
+    async fn hold(&self, held: &[(&Inbound, &str)]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await.context("beginning the hold transaction")?;
+        for (msg, reason) in held {
+            let id = Uuid::parse_str(&msg.envelope.message_id).context("a held message's id")?;
+            let case = Uuid::parse_str(&msg.envelope.case_id).context("a held message's case id")?;
+            sqlx::query(
+                "INSERT INTO inbox_held (consumer, message_id, queue, case_id, routing_key, body, signature, signer_cert, signer,
+                                         traceparent, tracestate, reason, next_try_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now() + $13 * interval '1 millisecond')
+                 ON CONFLICT (consumer, message_id) DO NOTHING",
+            )
+            .bind(&self.name)
+            .bind(id)
+            .bind(&self.queue)
+            .bind(case)
+            .bind(&msg.routing_key)
+            .bind(&msg.bytes)
+            .bind(msg.signature.as_ref().map(|s| s.signature.clone()))
+            .bind(msg.signature.as_ref().map(|s| s.cert.clone()))
+            .bind(msg.signer.as_deref())
+            .bind(msg.trace.traceparent.as_deref())
+            .bind(msg.trace.tracestate.as_deref())
+            .bind(*reason)
+            .bind(i64::try_from(self.cfg.hold_retry.as_millis()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .context("holding an early message")?;
+        }
+        tx.commit().await.context("committing held messages")
+    }
+
+    /// Tries this partition's held messages again: those of `cases` (just moved by a batch), or
+    /// every one whose retry is due. Applied ones leave the hold; ones refused for good, or still
+    /// early after `hold_for`, are dead-lettered with the reason before the hold forgets them.
+    /// Rounds repeat while something applied (one held message may be what another waits for).
+    /// A database problem is logged and left for the next look; a broker problem ends the session.
+    async fn retry_held(&self, dead_ch: &Channel, cases: Option<&[Uuid]>) -> anyhow::Result<()> {
+        for _ in 0..16 {
+            match self.retry_round(dead_ch, cases).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(RetryError::Db(e)) => {
+                    tracing::warn!(consumer = %self.name, error = format!("{e:#}"), "cannot try held messages again now");
+                    return Ok(());
+                }
+                Err(RetryError::Amqp(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of [`Consumer::retry_held`]; returns how many held messages applied.
+    async fn retry_round(&self, dead_ch: &Channel, cases: Option<&[Uuid]>) -> Result<usize, RetryError> {
+        let db = |e: sqlx::Error| RetryError::Db(e.into());
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows: Vec<HeldRow> = sqlx::query_as(
+            "SELECT message_id, routing_key, body, signature, signer_cert, signer, traceparent, tracestate,
+                    held_at + $4 * interval '1 millisecond' <= now() AS expired, attempts
+             FROM inbox_held
+             WHERE consumer = $1 AND queue = $2 AND (case_id = ANY($3) OR ($3 IS NULL AND next_try_at <= now()))
+             ORDER BY held_at, message_id
+             LIMIT 128
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&self.name)
+        .bind(&self.queue)
+        .bind(cases)
+        .bind(i64::try_from(self.cfg.hold_for.as_millis()).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let msgs: Vec<Result<Inbound, String>> = rows.iter().map(HeldRow::inbound).collect();
+        let ok: Vec<&Inbound> = msgs.iter().flatten().collect();
+        self.handler.prepare(&mut tx, &ok).await.map_err(|e| RetryError::Db(anyhow::anyhow!("preparing held messages: {e}")))?;
+        let (mut applied, mut gone, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+        let mut again = Vec::new();
+        for (row, msg) in rows.iter().zip(&msgs) {
+            let outcome = match msg {
+                Err(reason) => Applied::Rejected(reason.clone()),
+                Ok(m) => match apply_one(&mut tx, &self.name, self.handler.as_ref(), m).await {
+                    Ok(o) => o,
+                    Err(HandleError::Transient(e)) => return Err(RetryError::Db(e)),
+                    Err(HandleError::Rejected(r)) => Applied::Rejected(r),
+                    Err(HandleError::Early(r)) => Applied::Held(r),
+                },
+            };
+            match outcome {
+                Applied::Applied => {
+                    applied.push(msg);
+                    gone.push(row.message_id);
+                }
+                Applied::Duplicate => gone.push(row.message_id),
+                Applied::Rejected(reason) => {
+                    dead.push((row, reason));
+                    gone.push(row.message_id);
+                }
+                Applied::Held(reason) if row.expired => {
+                    dead.push((row, format!("held for {} s and still not applicable: {reason}", self.cfg.hold_for.as_secs())));
+                    gone.push(row.message_id);
+                }
+                Applied::Held(reason) => again.push((row.message_id, reason, row.attempts)),
+            }
+        }
+        sqlx::query("DELETE FROM inbox_held WHERE consumer = $1 AND message_id = ANY($2)")
+            .bind(&self.name)
+            .bind(&gone)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for (id, reason, attempts) in &again {
+            // Backoff from hold_retry, doubling, at most a tenth of hold_for.
+            let delay = self.cfg.hold_retry.saturating_mul(1u32 << (*attempts).clamp(0, 10)).min(self.cfg.hold_for / 10).max(self.cfg.hold_retry);
+            sqlx::query(
+                "UPDATE inbox_held SET attempts = attempts + 1, reason = $3, next_try_at = now() + $4 * interval '1 millisecond'
+                 WHERE consumer = $1 AND message_id = $2",
+            )
+            .bind(&self.name)
+            .bind(id)
+            .bind(reason)
+            .bind(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        // Dead letters first: if the commit is lost they are published again with the next try
+        // (a duplicate dead letter), never forgotten.
+        for (row, reason) in &dead {
+            tracing::error!(consumer = %self.name, routing_key = %row.routing_key, reason = %reason, "held message sent to the dead-letter queue");
+            self.publish_dead(dead_ch, row.properties(), &row.routing_key, &row.body, reason).await.map_err(RetryError::Amqp)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.stats.expired.fetch_add(u64::try_from(dead.len()).unwrap_or(0), Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(u64::try_from(dead.len()).unwrap_or(0), Ordering::Relaxed);
+        for m in applied.iter().copied().flatten() {
+            self.stats.applied.fetch_add(1, Ordering::Relaxed);
+            self.stats.released.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(consumer = %self.name, message_id = %m.envelope.message_id, "a held message applied");
+            self.handler.committed(m);
+        }
+        Ok(applied.len())
+    }
+
     async fn dead_letter(&self, dead_ch: &Channel, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        self.publish_dead(dead_ch, delivery.properties.clone(), &original_routing_key(delivery), &delivery.data, reason).await
+    }
+
+    /// Publishes a dead letter with its reason, with confirms.
+    async fn publish_dead(&self, dead_ch: &Channel, props: BasicProperties, routing_key: &str, body: &[u8], reason: &str) -> anyhow::Result<()> {
+        let mut headers = props.headers().clone().unwrap_or_default();
         headers.insert(DEAD_REASON.into(), AMQPValue::LongString(reason.to_owned().into()));
         headers.insert(DEAD_CONSUMER.into(), AMQPValue::LongString(self.name.clone().into()));
-        headers.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(original_routing_key(delivery).into()));
+        headers.insert(ORIGINAL_ROUTING_KEY.into(), AMQPValue::LongString(routing_key.to_owned().into()));
         headers.insert(DEAD_QUEUE.into(), AMQPValue::LongString(self.queue.clone().into()));
-        let props: BasicProperties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+        let props: BasicProperties = props.with_headers(headers).with_delivery_mode(2);
         let confirm = dead_ch
             .basic_publish(
                 self.topology.dead_exchange().into(),
-                delivery.routing_key.clone(),
+                routing_key.into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
-                &delivery.data,
+                body,
                 props,
             )
             .await
@@ -612,5 +820,57 @@ impl<H: Handler> Consumer<H> {
             Confirmation::Ack(None) => Ok(()),
             other => anyhow::bail!("dead-letter exchange did not take the message: {other:?}"),
         }
+    }
+}
+
+enum RetryError {
+    Db(anyhow::Error),
+    Amqp(anyhow::Error),
+}
+
+/// A held message as stored ([`Consumer::hold`]).
+#[derive(sqlx::FromRow)]
+struct HeldRow {
+    message_id: Uuid,
+    routing_key: String,
+    body: Vec<u8>,
+    signature: Option<Vec<u8>>,
+    signer_cert: Option<Vec<u8>>,
+    signer: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    expired: bool,
+    attempts: i32,
+}
+
+impl HeldRow {
+    /// The message again, as the consumer took it (its signature was checked then).
+    fn inbound(&self) -> Result<Inbound, String> {
+        Ok(Inbound {
+            envelope: decode_envelope(&self.body)?,
+            routing_key: self.routing_key.clone(),
+            redelivered: true,
+            trace: W3cContext { traceparent: self.traceparent.clone(), tracestate: self.tracestate.clone() },
+            bytes: self.body.clone(),
+            signature: match (&self.signature, &self.signer_cert) {
+                (Some(signature), Some(cert)) => Some(Signature { signature: signature.clone(), cert: cert.clone() }),
+                _ => None,
+            },
+            signer: self.signer.clone(),
+            signature_refused: None,
+        })
+    }
+
+    /// The AMQP properties a dead letter of it carries (the signature and trace headers).
+    fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let (Some(signature), Some(cert)) = (&self.signature, &self.signer_cert) {
+            Signature { signature: signature.clone(), cert: cert.clone() }.write_headers(&mut headers);
+        }
+        W3cContext { traceparent: self.traceparent.clone(), tracestate: self.tracestate.clone() }.write_headers(&mut headers);
+        BasicProperties::default()
+            .with_content_type(duijie_proto::ENVELOPE_CONTENT_TYPE.into())
+            .with_message_id(self.message_id.to_string().into())
+            .with_headers(headers)
     }
 }

@@ -122,6 +122,7 @@ pub struct RelayStats {
 struct OutboxRow {
     id: i64,
     message_id: Uuid,
+    case_id: Uuid,
     kind: String,
     exchange: String,
     routing_key: String,
@@ -272,8 +273,18 @@ impl Relay {
                     // claim skips the rows it still holds (SKIP LOCKED).
                     db_backoff.reset();
                     let full = i64::try_from(batch.rows.len()).unwrap_or(i64::MAX) >= self.cfg.batch_size;
+                    let deferred = batch.deferred > 0;
                     let relay = self.clone();
                     committing = Some(tokio::spawn(async move { relay.finish(batch).await }));
+                    // Rows behind a row in flight (this process's previous batch, or another
+                    // replica's): they go once that lands, in a moment.
+                    if deferred {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(DEFERRED_PAUSE) => {}
+                        }
+                        continue;
+                    }
                     // A batch that was not full took every row there was: claim again when
                     // woken (a commit that staged more wakes the relay, and a wake during this
                     // batch is kept) or at the next poll, not at once for nothing. Under load
@@ -310,8 +321,8 @@ impl Relay {
     /// `None` when there was nothing to publish.
     async fn publish_batch(&self, ch: &Channel) -> Result<Option<ConfirmedBatch>, RelayError> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "beginning the relay transaction"))?;
-        let rows = claim(&mut tx, self.cfg.batch_size).await.map_err(|e| db_error(e, "claiming outbox rows"))?;
-        if rows.is_empty() {
+        let (rows, deferred) = claim(&mut tx, self.cfg.batch_size).await.map_err(|e| db_error(e, "claiming outbox rows"))?;
+        if rows.is_empty() && deferred == 0 {
             return Ok(None);
         }
         let confirms = start_publish(ch, &rows, self.signer.as_deref()).await.map_err(RelayError::Amqp)?;
@@ -319,12 +330,12 @@ impl Relay {
             .await
             .map_err(|_| RelayError::Amqp(anyhow::anyhow!("no publisher confirms within {:?}", self.cfg.confirm_timeout)))?
             .map_err(RelayError::Amqp)?;
-        Ok(Some(ConfirmedBatch { tx, rows, results }))
+        Ok(Some(ConfirmedBatch { tx, rows, results, deferred }))
     }
 
     /// Records a confirmed batch's outcome and commits.
     async fn finish(&self, batch: ConfirmedBatch) -> Result<BatchOutcome, RelayError> {
-        let ConfirmedBatch { mut tx, rows, results } = batch;
+        let ConfirmedBatch { mut tx, rows, results, .. } = batch;
         let outcome = self.record(&mut tx, &rows, &results).await.map_err(|e| db_error(e, "recording the publish outcome"))?;
         tx.commit().await.map_err(|e| db_error(e, "committing the relay transaction"))?;
         tracing::debug!(relay = %self.name, claimed = outcome.claimed, sent = outcome.sent, failed = outcome.failed, "relayed a batch");
@@ -410,22 +421,56 @@ fn earliest(due: Option<tokio::time::Instant>, retry_in: Option<std::time::Durat
     }
 }
 
+/// How long the relay waits before claiming rows again that it left behind an earlier row of
+/// their case still in flight.
+const DEFERRED_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Claims up to `limit` unsent rows that are due, oldest first, locking them for this transaction.
 /// `clock_timestamp()`, not `now()`: a row staged by a transaction that began after this one
 /// (its `next_attempt_at` defaults to *its* start time) is due too; with `now()` it would wait
 /// for the next poll, its notification already spent.
-async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as::<_, OutboxRow>(
-        "SELECT id, message_id, kind, exchange, routing_key, payload, traceparent, tracestate, attempts
+///
+/// A case's messages go out in the order they were staged: a row whose case has an earlier row
+/// waiting for a retry is not claimed, and a claimed row whose case has an earlier row outside
+/// this claim (held by another relay replica, or in the previous batch whose commit is still
+/// running) is left for a moment, locked but unpublished until this transaction ends. Returns
+/// the rows to publish and how many were left so.
+async fn claim(tx: &mut PgConnection, limit: i64) -> Result<(Vec<OutboxRow>, usize), sqlx::Error> {
+    let rows = sqlx::query_as::<_, OutboxRow>(
+        "SELECT id, message_id, case_id, kind, exchange, routing_key, payload, traceparent, tracestate, attempts
          FROM outbox
          WHERE next_attempt_at <= clock_timestamp()
+           AND NOT EXISTS (SELECT 1 FROM outbox e
+                           WHERE e.case_id = outbox.case_id AND e.id < outbox.id AND e.next_attempt_at > clock_timestamp())
          ORDER BY id
          LIMIT $1
          FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
-    .fetch_all(tx)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok((rows, 0));
+    }
+    let mut first_claimed: std::collections::HashMap<Uuid, i64> = std::collections::HashMap::new();
+    for r in &rows {
+        first_claimed.entry(r.case_id).or_insert(r.id);
+    }
+    let cases: Vec<Uuid> = first_claimed.keys().copied().collect();
+    // Locked rows are still seen by a plain read (and rows of a commit in flight until it lands).
+    let firsts: Vec<(Uuid, i64)> = sqlx::query_as("SELECT case_id, min(id) FROM outbox WHERE case_id = ANY($1) GROUP BY case_id")
+        .bind(&cases)
+        .fetch_all(&mut *tx)
+        .await?;
+    let blocked: std::collections::HashSet<Uuid> =
+        firsts.into_iter().filter(|(case, first)| first_claimed.get(case).is_some_and(|claimed| first < claimed)).map(|(case, _)| case).collect();
+    if blocked.is_empty() {
+        return Ok((rows, 0));
+    }
+    let total = rows.len();
+    let rows: Vec<OutboxRow> = rows.into_iter().filter(|r| !blocked.contains(&r.case_id)).collect();
+    let deferred = total - rows.len();
+    Ok((rows, deferred))
 }
 
 enum Published {
@@ -452,6 +497,8 @@ async fn start_publish(ch: &Channel, rows: &[OutboxRow], signer: Option<&Signer>
         }
         W3cContext { traceparent: row.traceparent.clone(), tracestate: row.tracestate.clone() }.write_headers(&mut headers);
         headers.insert("x-duijie-kind".into(), AMQPValue::LongString(row.kind.clone().into()));
+        // What the partitioning exchanges hash: every message of a case to the same partition.
+        headers.insert(crate::amqp::CASE_HEADER.into(), AMQPValue::LongString(row.case_id.to_string().into()));
         let props = BasicProperties::default()
             .with_content_type(ENVELOPE_CONTENT_TYPE.into())
             .with_message_id(row.message_id.to_string().into())
@@ -531,6 +578,8 @@ struct ConfirmedBatch {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     rows: Vec<OutboxRow>,
     results: Vec<Published>,
+    /// Rows claimed but left for later, behind an earlier row of their case ([`claim`]).
+    deferred: usize,
 }
 
 fn db_error(e: sqlx::Error, what: &'static str) -> RelayError {
@@ -543,7 +592,7 @@ fn db_error(e: sqlx::Error, what: &'static str) -> RelayError {
 #[doc(hidden)]
 pub async fn publish_then_crash(pool: &PgPool, connector: &Connector, limit: i64, signer: Option<&Signer>) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let rows = claim(&mut tx, limit).await?;
+    let (rows, _) = claim(&mut tx, limit).await?;
     let conn = connector.connect("crashing relay").await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;

@@ -236,12 +236,24 @@ pub enum KeyError {
 /// Asks the audit service for case keys, as each of the process's nodes.
 #[derive(Clone)]
 pub struct KeyClient {
-    channels: std::collections::HashMap<String, AuditServiceClient<Channel>>,
+    channels: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, AuditServiceClient<Channel>>>>,
+    /// For an agency service: how to make the channel of an agency of its kind when it first
+    /// needs one (its certificate from `signing.keys`).
+    on_demand: Option<std::sync::Arc<OnDemand>>,
+}
+
+struct OnDemand {
+    endpoint: String,
+    tls_domain: String,
+    ca: Vec<u8>,
+    keys: crate::client::Pki,
+    kind: duijie_proto::v1::AgencyKind,
 }
 
 impl std::fmt::Debug for KeyClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyClient").field("nodes", &self.channels.keys().collect::<Vec<_>>()).finish()
+        let nodes: Vec<String> = self.channels.read().map(|c| c.keys().cloned().collect()).unwrap_or_default();
+        f.debug_struct("KeyClient").field("nodes", &nodes).finish()
     }
 }
 
@@ -259,11 +271,35 @@ impl KeyClient {
             let ch = crate::client::channel(&cfg.endpoint, &cfg.tls_domain, &tls)?;
             channels.insert(n.to_string(), AuditServiceClient::new(ch));
         }
-        Ok(Self { channels })
+        Ok(Self { channels: std::sync::Arc::new(std::sync::RwLock::new(channels)), on_demand: None })
+    }
+
+    /// A client for every agency of `kind` (an agency service): each agency's channel is made
+    /// with its own certificate from `signing.keys` the first time it asks (lazy: nothing
+    /// connects until then).
+    pub fn for_kind(cfg: &KeyServiceConfig, signing: &crate::signing::SigningConfig, kind: duijie_proto::v1::AgencyKind) -> anyhow::Result<Self> {
+        let ca = std::fs::read(&signing.ca).with_context(|| format!("reading {}", signing.ca.display()))?;
+        let on_demand = OnDemand { endpoint: cfg.endpoint.clone(), tls_domain: cfg.tls_domain.clone(), ca, keys: crate::client::Pki::new(&signing.keys), kind };
+        Ok(Self { channels: std::sync::Arc::default(), on_demand: Some(std::sync::Arc::new(on_demand)) })
     }
 
     fn client(&self, who: &AgencyNode) -> Result<AuditServiceClient<Channel>, KeyError> {
-        self.channels.get(&who.to_string()).cloned().ok_or_else(|| KeyError::Refused(format!("no key-service identity for {who}")))
+        let poisoned = || KeyError::Unavailable("the key client's lock is poisoned".into());
+        if let Some(c) = self.channels.read().map_err(|_| poisoned())?.get(&who.to_string()) {
+            return Ok(c.clone());
+        }
+        let refused = |why: String| KeyError::Refused(format!("no key-service identity for {who}: {why}"));
+        let Some(d) = &self.on_demand else { return Err(refused("not an agency of this process".into())) };
+        if who.kind() != d.kind {
+            return Err(refused(format!("this process acts for {} agencies", d.kind.as_str())));
+        }
+        let (cert, key) = d.keys.node_files(who);
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| refused(format!("reading {}: {e}", p.display())));
+        let tls = crate::server::TlsPem { ca: d.ca.clone(), cert: read(&cert)?, key: read(&key)? };
+        let ch = crate::client::channel(&d.endpoint, &d.tls_domain, &tls).map_err(|e| refused(format!("{e:#}")))?;
+        let client = AuditServiceClient::new(ch);
+        self.channels.write().map_err(|_| poisoned())?.insert(who.to_string(), client.clone());
+        Ok(client)
     }
 
     /// The key of a case `who` opens (submit, registration, amendment), sent to `holder`.

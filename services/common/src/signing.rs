@@ -136,25 +136,61 @@ struct SigningKey {
 
 /// The signing keys of the nodes a process sends for, by certificate common name.
 pub struct Signer {
-    keys: HashMap<String, SigningKey>,
+    keys: std::sync::RwLock<HashMap<String, std::sync::Arc<SigningKey>>>,
     rng: SystemRandom,
+    /// Where keys of agencies of this kind not held yet are read from when first needed.
+    on_demand: Option<(crate::client::Pki, duijie_proto::v1::AgencyKind)>,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("signers", &self.keys.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        let names: Vec<String> = self.keys.read().map(|k| k.keys().cloned().collect()).unwrap_or_default();
+        f.debug_struct("Signer").field("signers", &names).finish_non_exhaustive()
     }
 }
 
 impl Signer {
     /// A signer with no keys yet.
     pub fn new() -> Self {
-        Self { keys: HashMap::new(), rng: SystemRandom::new() }
+        Self { keys: std::sync::RwLock::new(HashMap::new()), rng: SystemRandom::new(), on_demand: None }
+    }
+
+    /// Also signs for any agency of `kind` whose certificate and key appear in `pki` later
+    /// (`<kind>-<code>.pem`), read the first time that agency sends.
+    #[must_use]
+    pub fn with_keys_on_demand(mut self, pki: crate::client::Pki, kind: duijie_proto::v1::AgencyKind) -> Self {
+        self.on_demand = Some((pki, kind));
+        self
+    }
+
+    /// The key of `name`: held, or read now for an agency of the on-demand kind.
+    fn key(&self, name: &str) -> anyhow::Result<std::sync::Arc<SigningKey>> {
+        if let Some(k) = self.keys.read().map_err(|_| anyhow::anyhow!("the signing keys' lock is poisoned"))?.get(name) {
+            return Ok(k.clone());
+        }
+        let Some((pki, kind)) = &self.on_demand else { anyhow::bail!("no signing key for {name} in this process") };
+        let node: AgencyNode = name.parse().map_err(|e| anyhow::anyhow!("no signing key for {name}: {e}"))?;
+        anyhow::ensure!(node.kind() == *kind, "no signing key for {name} in this process (it signs for {} agencies)", kind.as_str());
+        let (cert, key) = pki.node_files(&node);
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("no signing key for {name}: reading {}", p.display()));
+        let (cert_pem, key_pem) = (read(&cert)?, read(&key)?);
+        let (cn, k) = self.load_pem(&cert_pem, &key_pem)?;
+        anyhow::ensure!(cn == name, "the certificate {} names {cn}, not {name}", cert.display());
+        let k = std::sync::Arc::new(k);
+        self.keys.write().map_err(|_| anyhow::anyhow!("the signing keys' lock is poisoned"))?.insert(cn, k.clone());
+        Ok(k)
     }
 
     /// Adds the key of the certificate `cert_pem` (its common name names the signer) with its
     /// private key `key_pem` (PKCS#8, ECDSA P-256). Returns the common name.
     pub fn add_pem(&mut self, cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<String> {
+        let (name, key) = self.load_pem(cert_pem, key_pem)?;
+        self.keys.get_mut().map_err(|_| anyhow::anyhow!("the signing keys' lock is poisoned"))?.insert(name.clone(), std::sync::Arc::new(key));
+        Ok(name)
+    }
+
+    /// The key of a certificate and its private key, with the certificate's common name.
+    fn load_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<(String, SigningKey)> {
         let cert = CertificateDer::from_pem_slice(cert_pem).context("reading the signing certificate (PEM)")?;
         let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem).context("reading the signing key (PKCS#8 PEM)")?;
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key.secret_pkcs8_der(), &self.rng)
@@ -165,8 +201,7 @@ impl Signer {
             parsed.public_key().subject_public_key.data.as_ref() == ring::signature::KeyPair::public_key(&pair).as_ref(),
             "the signing key of {name} does not belong to its certificate"
         );
-        self.keys.insert(name.clone(), SigningKey { key: pair, cert: cert.to_vec() });
-        Ok(name)
+        Ok((name, SigningKey { key: pair, cert: cert.to_vec() }))
     }
 
     /// Adds the certificate and key in these files (see [`Signer::add_pem`]).
@@ -178,12 +213,12 @@ impl Signer {
 
     /// Whether it holds the key of `name`.
     pub fn has(&self, name: &str) -> bool {
-        self.keys.contains_key(name)
+        self.keys.read().is_ok_and(|k| k.contains_key(name))
     }
 
     /// Signs `envelope` (its bytes as published) as `name`.
     pub fn sign(&self, name: &str, envelope: &[u8]) -> anyhow::Result<Signature> {
-        let k = self.keys.get(name).ok_or_else(|| anyhow::anyhow!("no signing key for {name} in this process"))?;
+        let k = self.key(name)?;
         let sig = k.key.sign(&self.rng, &signed_message(envelope)).map_err(|_| anyhow::anyhow!("signing as {name} failed"))?;
         Ok(Signature { signature: sig.as_ref().to_vec(), cert: k.cert.clone() })
     }
@@ -197,7 +232,7 @@ impl Signer {
 
     /// Signs raw bytes (not an envelope) under another context, e.g. the audit store's anchors.
     pub fn sign_bytes(&self, name: &str, context: &[u8], bytes: &[u8]) -> anyhow::Result<Signature> {
-        let k = self.keys.get(name).ok_or_else(|| anyhow::anyhow!("no signing key for {name} in this process"))?;
+        let k = self.key(name)?;
         let mut m = context.to_vec();
         m.extend_from_slice(bytes);
         let sig = k.key.sign(&self.rng, &m).map_err(|_| anyhow::anyhow!("signing as {name} failed"))?;
@@ -398,6 +433,30 @@ impl SigningConfig {
             anyhow::ensure!(name == n.to_string(), "the certificate for {n} names {name}");
         }
         Ok(signer)
+    }
+
+    /// A signer for every agency of `kind` (an agency service): the keys of `nodes` (the
+    /// directory's agencies of that kind now) are read at once, and any other agency's key of the
+    /// kind when it first sends. A missing key is named in the log, not refused: that agency's
+    /// envelopes wait unsigned in the outbox until its certificate is installed. A certificate
+    /// naming another agency is refused.
+    pub fn signer_for_kind(&self, kind: duijie_proto::v1::AgencyKind, nodes: &[AgencyNode]) -> anyhow::Result<Signer> {
+        let keys = crate::client::Pki::new(&self.keys);
+        let mut signer = Signer::new();
+        let mut missing = Vec::new();
+        for n in nodes.iter().filter(|n| n.kind() == kind) {
+            let (cert, key) = keys.node_files(n);
+            if !cert.exists() || !key.exists() {
+                missing.push(n.to_string());
+                continue;
+            }
+            let name = signer.add_files(&cert, &key)?;
+            anyhow::ensure!(name == n.to_string(), "the certificate for {n} names {name}");
+        }
+        if !missing.is_empty() {
+            tracing::warn!(agencies = missing.len(), first = %missing[0], keys = %self.keys.display(), "agencies of the directory without a signing key here: what they send waits in the outbox until their certificate is installed");
+        }
+        Ok(signer.with_keys_on_demand(keys, kind))
     }
 
     /// A signer holding service `name`'s own key (`service-<name>.pem`).

@@ -45,6 +45,10 @@ pub struct AuditLag {
     pub lag_ms: Option<u64>,
     /// Messages the audit service recorded since it started.
     pub recorded: u64,
+    /// Which replica of the audit service reports (each reports for the partitions it consumes;
+    /// the gates take the furthest behind). Empty from a report of before replicas.
+    #[serde(default)]
+    pub replica: String,
 }
 
 /// One agency service's audit gate, as it last decided.
@@ -156,7 +160,7 @@ mod tests {
 
     #[test]
     fn reports_round_trip_and_strangers_are_skipped() {
-        let lag = AuditLag { at: Utc::now(), lag_ms: Some(1500), recorded: 7 };
+        let lag = AuditLag { at: Utc::now(), lag_ms: Some(1500), recorded: 7, replica: String::new() };
         let body = serde_json::to_vec(&lag).unwrap_or_default();
         assert_eq!(decode::<AuditLag>(&body), Some(lag));
         assert_eq!(decode::<AuditLag>(b"not json"), None);
