@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Brings the duijie bus up locally from nothing:
 #   1. RabbitMQ and PostgreSQL (installed and started by scripts/deps.sh when missing);
-#   2. the bus database migrated (outbox, inbox) and the topology declared for the demo agencies
-#      (as the broker's operator, duijie), and each service's own broker user made with its
+#   2. the bus database migrated (outbox, inbox) and the topology declared (partition queues per
+#      service kind and for the audit tap, the same for any number of agencies; as the broker's
+#      operator, duijie), and each service's own broker user made with its
 #      permissions (duijie-bus permissions);
-#   3. the five agency services (court, procuratorate, police, petition, mediation) for the demo
-#      agencies, each with its own database, in the background (logs and pids in target/run);
+#   3. the five agency services (court, procuratorate, police, petition, mediation), each acting
+#      for every agency of its kind in config/directory.yaml, with its own database, in the background (logs and pids in target/run);
 #      services already running from an earlier run are restarted on the fresh build;
 #   4. the web console (http://127.0.0.1:8080), signing in as any demo agency;
 #   5. a small demo data set (36 cases in different states across the four channels, sent and
@@ -63,7 +64,7 @@ cargo build --quiet -p duijie-busctl -p duijie-audit -p duijie-court -p duijie-p
 BUS="$ROOT_DIR/target/debug/duijie-bus"
 
 "$BUS" migrate --database-url "$DUIJIE_DATABASE_URL" >&2
-"$BUS" declare "${DEMO_NODES[@]}" >&2
+"$BUS" declare >&2
 # Each service's own broker user (README, "Broker credentials"): the permissions `duijie-bus
 # permissions` prints, the password deps.sh put in target/duijie-env.sh; `duijie`, the operator's,
 # only declares. One `rabbitmqctl eval` for all six (each rabbitmqctl call costs about a second);

@@ -259,6 +259,16 @@ impl Stack {
         Ok(self.service(kind)?.addr)
     }
 
+    /// Stops the running `kind` service (it drains, as on SIGTERM) and does not start it again
+    /// (its replicas, if any, go on).
+    pub async fn stop_service(&mut self, kind: AgencyKind) -> anyhow::Result<()> {
+        let i = self.services.iter().position(|(k, _)| *k == kind).ok_or_else(|| anyhow::anyhow!("no {kind:?} service"))?;
+        let (_, old) = self.services.remove(i);
+        old.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), old.handle).await.with_context(|| format!("{kind:?} did not stop"))???;
+        Ok(())
+    }
+
     /// Starts one more replica of the `kind` service: the same configuration and database as
     /// the running one, on a port of its own; the two share the kind's partitions (one active
     /// consumer each) and the outbox. Returns where it listens.
