@@ -33,7 +33,7 @@ fn header(case_id: uuid::Uuid, code: &str, sender: &duijie_domain::AgencyNode) -
 async fn a_message_that_overtook_its_referral_is_held_and_applied_after_it() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let court = stack::court();
-    let signer = duijie_tests::signer_for(stack.ca(), &[court.clone()])?;
+    let signer = duijie_tests::signer_for(stack.ca(), std::slice::from_ref(&court))?;
     let case_id = uuid::Uuid::now_v7();
     let h = header(case_id, "JF-431003-2026-S0001", &court);
     // The court's 督办 notice reaches the centre before the referral it follows (as a message
@@ -85,7 +85,7 @@ async fn an_agency_outside_the_directory_is_refused_before_staging_and_its_messa
     // it may not be staged), holds it while a directory reload might bring the court, then
     // dead-letters it with the reason. No case is opened.
     let outsider: duijie_domain::AgencyNode = "court:439999".parse()?;
-    let signer = duijie_tests::signer_for(stack.ca(), &[outsider.clone()])?;
+    let signer = duijie_tests::signer_for(stack.ca(), std::slice::from_ref(&outsider))?;
     let case_id = uuid::Uuid::now_v7();
     let mut env = duijie_common::envelope::build(&header(case_id, "JF-439999-2026-S0003", &outsider), Payload::Referral(referral("s-3", ClockPolicyKind::CourtOrdinary)));
     duijie_tests::without_party_data(&mut env);
