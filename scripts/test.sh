@@ -6,8 +6,9 @@
 #      rules and `buf breaking` against the last release, contract/released.binpb (buf is
 #      installed into target/tools with npm when missing, and npm from Debian if need be);
 #   3. clippy with warnings as errors;
-#   4. every test of the workspace with cargo-nextest (one build, tests in parallel; fault tests
-#      serialised in their own group, see .config/nextest.toml);
+#   4. every test of the workspace with cargo-nextest (one build, tests in parallel; fault and
+#      replica tests serialised in their own group, see .config/nextest.toml), after the service
+#      binaries the replica test starts as processes;
 #   (Chromium, ChromeDriver and a CJK font are installed first when missing: the console's
 #   browser tests need them; their screenshots land in target/artifacts/browser/)
 #   5. the README's run command as a smoke test: the five services start from their config
@@ -63,6 +64,10 @@ log "contract: buf lint (STANDARD), buf breaking against contract/released.binpb
 
 log "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# The service binaries (debug): the replica test runs them as processes it can SIGKILL.
+log "service binaries"
+cargo build --workspace --bins --quiet
 
 log "tests"
 cargo nextest run --workspace --profile ci "$@"

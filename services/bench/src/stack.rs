@@ -70,6 +70,8 @@ pub struct ServiceProcess {
 /// The running stack.
 #[derive(Debug)]
 pub struct ProcessStack {
+    /// How the stack was started (a replica starts the same way).
+    opts: StackOptions,
     /// Names this run's databases (`sysbench_<id>_<service>`), prefix and directory.
     pub id: String,
     /// The topology prefix, `sysbench<id>`.
@@ -133,7 +135,7 @@ impl ProcessStack {
         std::fs::write(cert_path, cert)?;
         std::fs::write(key_path, key)?;
         let master_key: String = duijie_common::sealing::Key::generate()?.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let mut stack = Self { id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases, master_key };
+        let mut stack = Self { opts: opts.clone(), id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases, master_key };
         for (svc, database) in SERVICES.into_iter().zip(stack.databases.clone()) {
             let process = stack.spawn(opts, svc, &database, &ca_path).await;
             match process {
@@ -149,11 +151,15 @@ impl ProcessStack {
     }
 
     async fn spawn(&self, opts: &StackOptions, svc: &'static str, database: &str, ca_path: &Path) -> anyhow::Result<ServiceProcess> {
+        self.spawn_logging(opts, svc, database, ca_path, &format!("{svc}.log")).await
+    }
+
+    async fn spawn_logging(&self, opts: &StackOptions, svc: &'static str, database: &str, ca_path: &Path, log_name: &str) -> anyhow::Result<ServiceProcess> {
         let (cert, key) = self.ca.issue(&format!("duijie-{svc}"), &["localhost", "127.0.0.1"])?;
         let (cert_path, key_path) = (self.dir.join(format!("service-{svc}.pem")), self.dir.join(format!("service-{svc}-key.pem")));
         std::fs::write(&cert_path, cert)?;
         std::fs::write(&key_path, key)?;
-        let log = self.dir.join(format!("{svc}.log"));
+        let log = self.dir.join(log_name);
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let child = tokio::process::Command::new(opts.bin_dir.join(format!("duijie-{svc}")))
@@ -187,6 +193,31 @@ impl ProcessStack {
         let mut process = ServiceProcess { name: svc, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log, pool, child };
         process.addr = process.wait_listening(Duration::from_secs(60)).await?;
         Ok(process)
+    }
+
+    /// Starts one more replica of service `name` on the same database and queues, and puts it
+    /// first: [`ProcessStack::service`] and the agencies' channels ([`ProcessStack::agencies`])
+    /// go to it from now on. Returns its pid.
+    pub async fn spawn_replica(&mut self, name: &str) -> anyhow::Result<u32> {
+        let svc = SERVICES.into_iter().find(|s| *s == name).with_context(|| format!("no service {name}"))?;
+        let database = format!("sysbench_{}_{svc}", self.id);
+        let (opts, ca_path) = (self.opts.clone(), self.dir.join("ca.pem"));
+        let n = self.services.iter().filter(|s| s.name == svc).count() + 1;
+        let replica = self.spawn_logging(&opts, svc, &database, &ca_path, &format!("{svc}-{n}.log")).await?;
+        let pid = replica.pid;
+        self.services.insert(0, replica);
+        Ok(pid)
+    }
+
+    /// Kills the service process `pid` with SIGKILL (no drain, no goodbye to the broker or the
+    /// database) and waits for it to be gone; it stays out of the stack.
+    pub async fn kill(&mut self, pid: u32) -> anyhow::Result<()> {
+        let i = self.services.iter().position(|s| s.pid == pid).with_context(|| format!("no service process {pid}"))?;
+        let mut s = self.services.remove(i);
+        let status = tokio::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().await?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        s.child.wait().await?;
+        Ok(())
     }
 
     /// The demo agencies, each calling its own service with its own certificate.
@@ -226,7 +257,9 @@ impl ProcessStack {
     pub async fn audit_caught_up(&self, ch: &lapin::Channel) -> anyhow::Result<bool> {
         let mut delivered = 0;
         let mut recorded = 0;
-        for s in &self.services {
+        let mut seen = std::collections::HashSet::new();
+        // Replicas share their service's database: count each database once.
+        for s in self.services.iter().filter(|s| seen.insert(s.name)) {
             let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&s.pool).await?;
             if unsent > 0 {
                 return Ok(false);

@@ -328,7 +328,8 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "n/a".into())
 }
 
-async fn wait_caught_up(stack: &ProcessStack, ch: &lapin::Channel, within: Duration) -> anyhow::Result<()> {
+/// Waits until the audit store recorded everything the services sent ([`ProcessStack::audit_caught_up`]).
+pub async fn wait_caught_up(stack: &ProcessStack, ch: &lapin::Channel, within: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if stack.audit_caught_up(ch).await? {
