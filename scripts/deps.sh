@@ -17,6 +17,9 @@
 #              <ver>/fault (5433) that fault-injection tests may restart;
 #              proves that restarting both works and reports the timings.
 #
+# Every RabbitMQ node (main, fault) has the plugin
+# rabbitmq_consistent_hash_exchange enabled (shipped with RabbitMQ).
+#
 # Progress goes to stderr (one line per step). Stdout carries only VAR=value
 # lines, so callers can do:  eval "$(scripts/deps.sh)"
 # The same lines (with `export `) are written to target/duijie-env.sh.
@@ -70,6 +73,9 @@ RABBIT_FAULT_DATA_DIR=/var/lib/rabbitmq/duijie-fault
 RABBIT_FAULT_LOG_DIR=/var/log/rabbitmq/duijie-fault
 RABBIT_FAULT_PID_FILE=$RABBIT_FAULT_DATA_DIR/$RABBIT_FAULT_NODE.pid
 RABBIT_WAIT=90
+# Plugins every node needs (the topology's partitioned queues use the consistent-hash exchange).
+RABBIT_PLUGINS=(rabbitmq_consistent_hash_exchange)
+
 
 START_TS=$SECONDS
 
@@ -258,13 +264,23 @@ rabbit_log_hint() {
 	echo "see $logdir/$node.log"
 }
 
-# rabbit_start NODE: start the node detached (as rabbitmq via the wrapper)
+# Where a node other than the main one (the fault node) keeps everything: NAME@localhost has
+# /etc/rabbitmq/NAME (rabbitmq-env.conf, rabbitmq.conf, advanced.config, enabled_plugins),
+# /var/lib/rabbitmq/NAME (mnesia, pid file) and /var/log/rabbitmq/NAME.
+rabbit_conf_dir() { echo "/etc/rabbitmq/${1%@*}"; }
+rabbit_data_dir() { echo "/var/lib/rabbitmq/${1%@*}"; }
+rabbit_log_dir() { echo "/var/log/rabbitmq/${1%@*}"; }
+rabbit_env_file() { echo "$(rabbit_conf_dir "$1")/rabbitmq-env.conf"; }
+rabbit_pid_file() { echo "$(rabbit_data_dir "$1")/$1.pid"; }
+
+# rabbit_start NODE: start the node detached (as rabbitmq via the wrapper); every node but
+# the main one with its own RABBITMQ_CONF_ENV_FILE. Tests restart a node the same way.
 rabbit_start() {
 	local node=$1
-	if [ "$node" = "$RABBIT_FAULT_NODE" ]; then
+	if [ "$node" != "$RABBIT_MAIN_NODE" ]; then
 		# a pid file left by a killed node would confuse `rabbitmqctl wait`
-		as_root rm -f "$RABBIT_FAULT_PID_FILE"
-		quiet as_root env RABBITMQ_CONF_ENV_FILE="$RABBIT_FAULT_ENV_FILE" rabbitmq-server -detached
+		as_root rm -f "$(rabbit_pid_file "$node")"
+		quiet as_root env RABBITMQ_CONF_ENV_FILE="$(rabbit_env_file "$node")" rabbitmq-server -detached
 	else
 		quiet as_root rabbitmq-server -detached
 	fi
@@ -320,6 +336,7 @@ true = lists:member(administrator, internal_user:get_tags(IU)),
 true = lists:member([{vhost, <<\"/\">>}, {configure, <<\".*\">>}, {write, <<\".*\">>}, {read, <<\".*\">>}],
                     rabbit_auth_backend_internal:list_user_permissions(U)),
 [] = maps:keys(rabbit_feature_flags:list(disabled, stable)),
+[] = [P || P <- [$(IFS=,; echo "${RABBIT_PLUGINS[*]}")], not lists:keymember(P, 1, application:which_applications(10000))],
 rabbit_quorum_queue = begin $RABBIT_QQ_PROBE end,
 ok."
 
@@ -360,9 +377,34 @@ rabbit_ensure_app() {
 		quiet rmqctl -q -n "$node" delete_user guest || die "delete_user guest on $node failed"
 		what="${what}guest deleted, "
 	fi
+	rabbit_ensure_plugins "$node"
+	[ "$RABBIT_PLUGINS_CHANGED" = 0 ] || what="${what}plugins enabled, "
 	out=$(rmqctl -q -n "$node" eval "$RABBIT_QQ_PROBE." 2>&1 </dev/null) || true
 	[ "$(tail -n1 <<<"$out")" = rabbit_quorum_queue ] || die "RabbitMQ $node: declaring a quorum queue failed: $out"
-	log "rabbitmq $node: ${what}user $APP_USER (administrator, / .* .* .*) ok, no guest, quorum queues ok"
+	log "rabbitmq $node: ${what}user $APP_USER (administrator, / .* .* .*) ok, no guest, plugins ${RABBIT_PLUGINS[*]} ok, quorum queues ok"
+}
+
+# rabbit_ensure_plugins NODE: RABBIT_PLUGINS enabled on the running NODE (rabbitmq-plugins
+# writes the node's own enabled_plugins file and starts them without a restart).
+# Sets RABBIT_PLUGINS_CHANGED=1 if it enabled any.
+rabbit_ensure_plugins() {
+	local node=$1 active p missing=()
+	RABBIT_PLUGINS_CHANGED=0
+	# The running applications (rabbit_plugins:active() reads the plugins' files through the
+	# broker's file handle cache, and waits as long as that is exhausted).
+	active=$(rmqctl -q -n "$node" eval "[A || {A, _, _} <- application:which_applications(10000)]." 2>/dev/null </dev/null) ||
+		die "rabbitmqctl -n $node eval application:which_applications() failed"
+	for p in "${RABBIT_PLUGINS[@]}"; do
+		grep -qw "$p" <<<"$active" || missing+=("$p")
+	done
+	[ ${#missing[@]} -gt 0 ] || return 0
+	quiet as_root rabbitmq-plugins -q -n "$node" enable "${missing[@]}" ||
+		die "rabbitmq-plugins -n $node enable ${missing[*]} failed"
+	active=$(rmqctl -q -n "$node" eval "[A || {A, _, _} <- application:which_applications(10000)]." 2>/dev/null </dev/null) || true
+	for p in "${missing[@]}"; do
+		grep -qw "$p" <<<"$active" || die "RabbitMQ $node: plugin $p is enabled but not active: $active"
+	done
+	RABBIT_PLUGINS_CHANGED=1
 }
 
 # rabbit_ensure NODE AMQP_PORT LOGDIR: quick check, else start + set up
@@ -376,46 +418,62 @@ rabbit_ensure() {
 	rabbit_ensure_app "$1"
 }
 
-# Config for the fault node: everything (ports, data, logs, plugins) separate
-# from the main node. RABBITMQ_CONF_ENV_FILE points rabbitmq-server at it.
-rabbit_fault_write_config() {
-	local tmp changed=0
+# rabbit_write_node_config NODE AMQP_PORT DIST_PORT PURPOSE [RABBITMQ_CONF_LINES [ADVANCED_CONFIG]]
+# Config for a node beside the main one (the fault node): everything (ports, data, logs,
+# plugins) separate from the main node; RABBITMQ_CONF_ENV_FILE points rabbitmq-server at it.
+# A running node whose config changed is stopped, to be started again with it.
+rabbit_write_node_config() {
+	local node=$1 port=$2 dist_port=$3 purpose=$4 conf_lines=${5:-} advanced=${6:-'[].'}
+	local tmp changed=0 conf_dir data_dir log_dir
+	conf_dir=$(rabbit_conf_dir "$node")
+	data_dir=$(rabbit_data_dir "$node")
+	log_dir=$(rabbit_log_dir "$node")
 	tmp=$(mktemp -d)
 	cat >"$tmp/rabbitmq-env.conf" <<EOF
-# Generated by duijie scripts/deps.sh -- second RabbitMQ node for fault-injection tests.
-# Start:  RABBITMQ_CONF_ENV_FILE=$RABBIT_FAULT_ENV_FILE rabbitmq-server -detached
-NODENAME=$RABBIT_FAULT_NODE
-NODE_PORT=$RABBIT_FAULT_PORT
-DIST_PORT=$RABBIT_FAULT_DIST_PORT
-MNESIA_BASE=$RABBIT_FAULT_DATA_DIR/mnesia
-PID_FILE=$RABBIT_FAULT_PID_FILE
-LOG_BASE=$RABBIT_FAULT_LOG_DIR
-CONFIG_FILE=$RABBIT_FAULT_CONF_DIR/rabbitmq.conf
-ADVANCED_CONFIG_FILE=$RABBIT_FAULT_CONF_DIR/advanced.config
-ENABLED_PLUGINS_FILE=$RABBIT_FAULT_CONF_DIR/enabled_plugins
+# Generated by duijie scripts/deps.sh -- $purpose.
+# Start:  RABBITMQ_CONF_ENV_FILE=$conf_dir/rabbitmq-env.conf rabbitmq-server -detached
+NODENAME=$node
+NODE_PORT=$port
+DIST_PORT=$dist_port
+MNESIA_BASE=$data_dir/mnesia
+PID_FILE=$(rabbit_pid_file "$node")
+LOG_BASE=$log_dir
+CONFIG_FILE=$conf_dir/rabbitmq.conf
+ADVANCED_CONFIG_FILE=$conf_dir/advanced.config
+ENABLED_PLUGINS_FILE=$conf_dir/enabled_plugins
+# Sourced by rabbitmq-server after \`su rabbitmq\`, which leaves 1024 open files: the broker's
+# file handle cache keeps ~100 for sockets and files beyond those, and every quorum queue
+# segment takes one. Up to the hard limit.
+ulimit -n "\$(ulimit -Hn)" 2>/dev/null || true
 EOF
-	cat >"$tmp/rabbitmq.conf" <<EOF
-# Generated by duijie scripts/deps.sh
-listeners.tcp.default = $RABBIT_FAULT_PORT
-EOF
-	# No plugins: management (15672), prometheus (15692), stream (5552) ...
+	{
+		echo "# Generated by duijie scripts/deps.sh"
+		echo "listeners.tcp.default = $port"
+		[ -z "$conf_lines" ] || printf '%s\n' "$conf_lines"
+	} >"$tmp/rabbitmq.conf"
+	# Only RABBIT_PLUGINS: management (15672), prometheus (15692), stream (5552) ...
 	# would otherwise collide with the main node's listeners.
-	echo '[].' >"$tmp/enabled_plugins"
-	echo '[].' >"$tmp/advanced.config"
-	as_root install -d -o rabbitmq -g rabbitmq -m 0755 "$RABBIT_FAULT_CONF_DIR"
-	as_root install -d -o rabbitmq -g rabbitmq -m 0750 "$RABBIT_FAULT_DATA_DIR" "$RABBIT_FAULT_LOG_DIR"
+	echo "[$(IFS=,; echo "${RABBIT_PLUGINS[*]}")]." >"$tmp/enabled_plugins"
+	echo "$advanced" >"$tmp/advanced.config"
+	as_root install -d -o rabbitmq -g rabbitmq -m 0755 "$conf_dir"
+	as_root install -d -o rabbitmq -g rabbitmq -m 0750 "$data_dir" "$log_dir"
 	local f
 	for f in rabbitmq-env.conf rabbitmq.conf enabled_plugins advanced.config; do
-		if ! as_root cmp -s "$tmp/$f" "$RABBIT_FAULT_CONF_DIR/$f"; then
-			as_root install -o rabbitmq -g rabbitmq -m 0644 "$tmp/$f" "$RABBIT_FAULT_CONF_DIR/$f"
+		if ! as_root cmp -s "$tmp/$f" "$conf_dir/$f"; then
+			as_root install -o rabbitmq -g rabbitmq -m 0644 "$tmp/$f" "$conf_dir/$f"
 			changed=1
 		fi
 	done
 	rm -rf "$tmp"
-	if [ "$changed" = 1 ] && rmqdiag -q -n "$RABBIT_FAULT_NODE" ping >/dev/null 2>&1 </dev/null; then
-		log "rabbitmq $RABBIT_FAULT_NODE: config changed, stopping it to apply"
-		quiet rmqctl -q -n "$RABBIT_FAULT_NODE" shutdown || die "could not stop $RABBIT_FAULT_NODE"
+	if [ "$changed" = 1 ] && rmqdiag -q -n "$node" ping >/dev/null 2>&1 </dev/null; then
+		log "rabbitmq $node: config changed, stopping it to apply"
+		quiet rmqctl -q -n "$node" shutdown || die "could not stop $node"
 	fi
+}
+
+rabbit_fault_write_config() {
+	rabbit_write_node_config "$RABBIT_FAULT_NODE" "$RABBIT_FAULT_PORT" "$RABBIT_FAULT_DIST_PORT" \
+		"second RabbitMQ node for fault-injection tests"
 }
 
 # ------------------------------------------------------------ restart proof --
