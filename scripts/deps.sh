@@ -2,7 +2,7 @@
 # Bring up the local dependencies of duijie (PostgreSQL + RabbitMQ) without
 # systemd or Docker, idempotently.
 #
-# Usage: scripts/deps.sh [--fault]
+# Usage: scripts/deps.sh [--fault] [--cluster]
 #
 #   (no flag)  main PostgreSQL cluster <ver>/main (5432) and RabbitMQ node
 #              rabbit@<hostname -s> (AMQP 5672), role/user duijie/duijie
@@ -16,8 +16,22 @@
 #              (AMQP 5673, dist 25673) and a second PostgreSQL cluster
 #              <ver>/fault (5433) that fault-injection tests may restart;
 #              proves that restarting both works and reports the timings.
+#   --cluster  additionally a three-node RabbitMQ cluster for cluster fault
+#              tests: duijie-c1@localhost, duijie-c2@localhost and
+#              duijie-c3@localhost (AMQP 5681-5683, dist 25681-25683), each
+#              with its own config, data and log directories under
+#              /etc/rabbitmq, /var/lib/rabbitmq and /var/log/rabbitmq
+#              (duijie-cN), the system Erlang cookie, c2 and c3 joined to c1;
+#              user duijie as on the main node, no guest; partition handling
+#              autoheal, net_ticktime 10 s, modest memory (rabbit_cluster_conf).
+#              A node that is down is started again (rejoined if it left, its
+#              app restarted if it is partitioned from the others). The URLs go
+#              to target/duijie-env.sh only (DUIJIE_CLUSTER_AMQP_URLS, comma-
+#              separated, with passwords); the node names, their env and pid
+#              files to stdout too (DUIJIE_CLUSTER_RABBIT_*). Tests restart a
+#              node as rabbit_start does.
 #
-# Every RabbitMQ node (main, fault) has the plugin
+# Every RabbitMQ node (main, fault, cluster) has the plugin
 # rabbitmq_consistent_hash_exchange enabled (shipped with RabbitMQ).
 #
 # Progress goes to stderr (one line per step). Stdout carries only VAR=value
@@ -40,14 +54,16 @@ LOG_TAG=deps
 usage() { sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; }
 
 FAULT=0
+CLUSTER=0
 for arg in "$@"; do
 	case $arg in
 	--fault) FAULT=1 ;;
+	--cluster) CLUSTER=1 ;;
 	-h | --help)
 		usage
 		exit 0
 		;;
-	*) die "unknown argument: $arg (usage: scripts/deps.sh [--fault])" ;;
+	*) die "unknown argument: $arg (usage: scripts/deps.sh [--fault] [--cluster])" ;;
 	esac
 done
 
@@ -76,6 +92,11 @@ RABBIT_WAIT=90
 # Plugins every node needs (the topology's partitioned queues use the consistent-hash exchange).
 RABBIT_PLUGINS=(rabbitmq_consistent_hash_exchange)
 
+# The three-node cluster (--cluster): node i has AMQP port RABBIT_CLUSTER_PORTS[i] and dist
+# port RABBIT_CLUSTER_DIST_PORTS[i]; directories as for the fault node (rabbit_conf_dir, ...).
+RABBIT_CLUSTER_NODES=(duijie-c1@localhost duijie-c2@localhost duijie-c3@localhost)
+RABBIT_CLUSTER_PORTS=(5681 5682 5683)
+RABBIT_CLUSTER_DIST_PORTS=(25681 25682 25683)
 
 START_TS=$SECONDS
 
@@ -264,9 +285,10 @@ rabbit_log_hint() {
 	echo "see $logdir/$node.log"
 }
 
-# Where a node other than the main one (the fault node) keeps everything: NAME@localhost has
-# /etc/rabbitmq/NAME (rabbitmq-env.conf, rabbitmq.conf, advanced.config, enabled_plugins),
-# /var/lib/rabbitmq/NAME (mnesia, pid file) and /var/log/rabbitmq/NAME.
+# Where a node other than the main one keeps everything (the fault node and the cluster
+# nodes): NAME@localhost has /etc/rabbitmq/NAME (rabbitmq-env.conf, rabbitmq.conf,
+# advanced.config, enabled_plugins), /var/lib/rabbitmq/NAME (mnesia, pid file) and
+# /var/log/rabbitmq/NAME.
 rabbit_conf_dir() { echo "/etc/rabbitmq/${1%@*}"; }
 rabbit_data_dir() { echo "/var/lib/rabbitmq/${1%@*}"; }
 rabbit_log_dir() { echo "/var/log/rabbitmq/${1%@*}"; }
@@ -419,7 +441,7 @@ rabbit_ensure() {
 }
 
 # rabbit_write_node_config NODE AMQP_PORT DIST_PORT PURPOSE [RABBITMQ_CONF_LINES [ADVANCED_CONFIG]]
-# Config for a node beside the main one (the fault node): everything (ports, data, logs,
+# Config for a node beside the main one (fault, cluster): everything (ports, data, logs,
 # plugins) separate from the main node; RABBITMQ_CONF_ENV_FILE points rabbitmq-server at it.
 # A running node whose config changed is stopped, to be started again with it.
 rabbit_write_node_config() {
@@ -474,6 +496,165 @@ EOF
 rabbit_fault_write_config() {
 	rabbit_write_node_config "$RABBIT_FAULT_NODE" "$RABBIT_FAULT_PORT" "$RABBIT_FAULT_DIST_PORT" \
 		"second RabbitMQ node for fault-injection tests"
+}
+
+# ----------------------------------------------------------------- cluster --
+# rabbitmq.conf lines of a cluster node (beyond its listener). Five nodes share this machine
+# (main, fault, three cluster nodes; CI has 2 cores): each cluster node flow-controls
+# publishers at 512 MiB (one uses 130-200 MiB through the cluster tests), and quorum queues'
+# write-ahead log rolls over at 64 MiB instead of 512 MiB (its entries are held in memory
+# until then). net_ticktime 10 (default 60): the others notice a node that stopped answering within
+# 7.5-12.5 s instead of 45-75 s, during which the cluster's metadata (declaring a queue, a
+# queue's new leader) waits for it. autoheal: when a node cut off for longer comes back, the
+# partition is healed by restarting the side with fewer client connections (its quorum queue
+# members then catch up from the others' logs). pause_minority does not heal it: a node that
+# was frozen (SIGSTOP, a paused VM) reconnects to the others before it sees itself in a
+# minority, never pauses, and the cluster stays split (seen here with RabbitMQ 3.10.8).
+rabbit_cluster_conf() {
+	cat <<EOF
+cluster_partition_handling = autoheal
+net_ticktime = 10
+vm_memory_high_watermark.absolute = 536870912
+raft.wal_max_size_bytes = 67108864
+EOF
+}
+
+RABBIT_CLUSTER_SIZE=${#RABBIT_CLUSTER_NODES[@]}
+
+# Erlang list of the cluster's nodes, sorted: ['duijie-c1@localhost',...]
+rabbit_cluster_erl_nodes() {
+	local n out=""
+	for n in $(printf '%s\n' "${RABBIT_CLUSTER_NODES[@]}" | sort); do
+		out="$out${out:+,}'$n'"
+	done
+	echo "[$out]"
+}
+
+# Everything rabbit_cluster_ensure would check, in ONE `rabbitmqctl eval` on the first node:
+# the three nodes are the cluster's members and all run, each has RABBIT_PLUGINS, and the
+# first node passes the quick check (users, flags, a quorum queue, now across the cluster).
+rabbit_cluster_quick_check() {
+	local out expr i
+	expr="Nodes = $(rabbit_cluster_erl_nodes),
+Nodes = lists:usort(rabbit_nodes:all()),
+Nodes = lists:usort(rabbit_nodes:all_running()),
+[] = [{N, P} || N <- Nodes, P <- [$(IFS=,; echo "${RABBIT_PLUGINS[*]}")],
+                not lists:keymember(P, 1, rpc:call(N, application, which_applications, [10000], 15000))],
+$RABBIT_QUICK_CHECK"
+	out=$(rmqctl -q -n "${RABBIT_CLUSTER_NODES[0]}" eval "$expr" 2>/dev/null </dev/null) || return 1
+	[ "$out" = ok ] || return 1
+	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
+		port_open 127.0.0.1 "${RABBIT_CLUSTER_PORTS[$i]}" || return 1
+	done
+}
+
+# rabbit_cluster_member NODE: true if the first node counts NODE among the cluster's members
+rabbit_cluster_member() {
+	local out
+	out=$(rmqctl -q -n "${RABBIT_CLUSTER_NODES[0]}" eval "lists:member('$1', rabbit_nodes:all())." 2>/dev/null </dev/null) || return 1
+	[ "$out" = true ]
+}
+
+# rabbit_cluster_running_count NODE: how many of the cluster's nodes NODE sees running (0 if
+# it does not answer)
+rabbit_cluster_running_count() {
+	rmqctl -q -n "$1" eval 'length(rabbit_nodes:all_running()).' 2>/dev/null </dev/null || echo 0
+}
+
+# rabbit_cluster_restart_app NODE: stop_app + start_app, waiting until it is up again
+rabbit_cluster_restart_app() {
+	log "rabbitmq $1: sees only part of the cluster running (a partition); restarting its rabbit app"
+	quiet rmqctl -q -n "$1" stop_app || die "stop_app on $1 failed"
+	quiet rmqctl -q -n "$1" start_app || die "start_app on $1 failed"
+	wait_for "$RABBIT_WAIT" "RabbitMQ $1 startup" rmqctl -q -n "$1" await_startup --timeout 10 ||
+		die "RabbitMQ $1 did not start again; $(rabbit_log_hint "$1" "$(rabbit_log_dir "$1")")"
+}
+
+# rabbit_cluster_heal: returns 1 if it had to restart a node's app (see step 3b below)
+rabbit_cluster_heal() {
+	local i node max=0 healed=0 counts=()
+	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
+		counts[i]=$(rabbit_cluster_running_count "${RABBIT_CLUSTER_NODES[$i]}")
+		[ "${counts[i]}" -le "$max" ] || max=${counts[i]}
+	done
+	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
+		if [ "${counts[i]}" -lt "$max" ]; then
+			rabbit_cluster_restart_app "${RABBIT_CLUSTER_NODES[$i]}"
+			healed=1
+		fi
+	done
+	for node in "${RABBIT_CLUSTER_NODES[@]}"; do
+		if [ "$(rabbit_cluster_running_count "$node")" -lt "$RABBIT_CLUSTER_SIZE" ]; then
+			rabbit_cluster_restart_app "$node"
+			healed=1
+		fi
+	done
+	[ "$healed" = 0 ]
+}
+
+# The three-node cluster: configs, every node up (all that are down started at once: a
+# clustered node waits at boot for the peers it last saw), c2 and c3 joined to c1, the user,
+# plugins, a quorum queue.
+rabbit_cluster_ensure() {
+	local i node port first=${RABBIT_CLUSTER_NODES[0]} t0 started=() what=""
+	t0=$(now_ms)
+	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
+		rabbit_write_node_config "${RABBIT_CLUSTER_NODES[$i]}" "${RABBIT_CLUSTER_PORTS[$i]}" "${RABBIT_CLUSTER_DIST_PORTS[$i]}" \
+			"node $((i + 1)) of the three-node cluster for cluster fault tests" "$(rabbit_cluster_conf)"
+	done
+	if rabbit_cluster_quick_check; then
+		log "rabbitmq cluster ${RABBIT_CLUSTER_NODES[*]}: formed, all running, AMQP 127.0.0.1:${RABBIT_CLUSTER_PORTS[*]} open, user $APP_USER ok, quorum queues ok"
+		return
+	fi
+	# 1) Start every node whose VM is down, all before waiting for any.
+	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
+		node=${RABBIT_CLUSTER_NODES[$i]}
+		port=${RABBIT_CLUSTER_PORTS[$i]}
+		rmqdiag -q -n "$node" ping >/dev/null 2>&1 </dev/null && continue
+		wait_for 30 "port $port to be released" port_free "$port" ||
+			die "port $port is in use but RabbitMQ node $node does not answer (wrong Erlang cookie or foreign process?); check 'ss -ltnp'"
+		rabbit_start "$node" || die "rabbitmq-server -detached for $node failed; $(rabbit_log_hint "$node" "$(rabbit_log_dir "$node")")"
+		started+=("$node")
+	done
+	[ ${#started[@]} = 0 ] || what="started ${started[*]}, "
+	# 2) Wait for them; a VM that runs without the rabbit app (stop_app) gets start_app.
+	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
+		node=${RABBIT_CLUSTER_NODES[$i]}
+		if [[ " ${started[*]} " == *" $node "* ]]; then
+			wait_for "$RABBIT_WAIT" "RabbitMQ $node startup" rmqctl -q -n "$node" await_startup --timeout 10 || {
+				tail -n 20 "$(rabbit_log_dir "$node")/$node.log" 2>/dev/null | sed 's/^/    /' >&2 || true
+				die "RabbitMQ $node did not start within ${RABBIT_WAIT}s; $(rabbit_log_hint "$node" "$(rabbit_log_dir "$node")"). A node whose peers forgot it waits for them: to build the cluster afresh, stop the three nodes and remove /var/lib/rabbitmq/duijie-c*/mnesia"
+			}
+		fi
+		rabbit_ensure_running "$node" "${RABBIT_CLUSTER_PORTS[$i]}" "$(rabbit_log_dir "$node")"
+	done
+	# 3) c2, c3: joined to c1 unless c1 already counts them.
+	for node in "${RABBIT_CLUSTER_NODES[@]:1}"; do
+		rabbit_cluster_member "$node" && continue
+		log "rabbitmq $node: joining the cluster of $first"
+		quiet rmqctl -q -n "$node" stop_app || die "stop_app on $node failed"
+		quiet rmqctl -q -n "$node" reset || quiet rmqctl -q -n "$node" force_reset || die "reset of $node failed"
+		quiet rmqctl -q -n "$node" join_cluster "$first" || die "join_cluster $first on $node failed"
+		quiet rmqctl -q -n "$node" start_app || die "start_app on $node failed"
+		wait_for "$RABBIT_WAIT" "RabbitMQ $node startup" rmqctl -q -n "$node" await_startup --timeout 10 ||
+			die "RabbitMQ $node did not start after joining $first; $(rabbit_log_hint "$node" "$(rabbit_log_dir "$node")")"
+		rabbit_cluster_member "$node" || die "$node joined $first but $first does not list it"
+		what="${what}$node joined, "
+	done
+	# 3b) A partition left unhealed (a node that does not see the others running although
+	#     they run): the rabbit app of the nodes that see fewer restarted, then of any still
+	#     short, so it rejoins them (the documented recovery from a partition).
+	if ! rabbit_cluster_heal; then
+		what="${what}partition healed, "
+	fi
+	# 4) Users, permissions and feature flags live in the cluster's shared schema: set up
+	#    once; plugins are per node.
+	rabbit_ensure_app "$first"
+	for node in "${RABBIT_CLUSTER_NODES[@]:1}"; do
+		rabbit_ensure_plugins "$node"
+	done
+	rabbit_cluster_quick_check || die "the cluster ${RABBIT_CLUSTER_NODES[*]} is still not formed and running; see rabbitmqctl -n $first cluster_status"
+	log "rabbitmq cluster ${RABBIT_CLUSTER_NODES[*]}: ${what}formed, all running, AMQP 127.0.0.1:${RABBIT_CLUSTER_PORTS[*]} open, in $(fmt_ms $(($(now_ms) - t0)))"
 }
 
 # ------------------------------------------------------------ restart proof --
@@ -553,6 +734,25 @@ if [ "$FAULT" = 1 ]; then
 	)
 fi
 
+if [ "$CLUSTER" = 1 ]; then
+	rabbit_cluster_ensure
+	cluster_urls=()
+	for port in "${RABBIT_CLUSTER_PORTS[@]}"; do
+		cluster_urls+=("amqp://$APP_USER:$APP_PASS@127.0.0.1:$port/%2f")
+	done
+	cluster_env_files=()
+	cluster_pid_files=()
+	for node in "${RABBIT_CLUSTER_NODES[@]}"; do
+		cluster_env_files+=("$(rabbit_env_file "$node")")
+		cluster_pid_files+=("$(rabbit_pid_file "$node")")
+	done
+	lines+=(
+		"DUIJIE_CLUSTER_RABBIT_NODES=$(IFS=,; echo "${RABBIT_CLUSTER_NODES[*]}")"
+		"DUIJIE_CLUSTER_RABBIT_CONF_ENV_FILES=$(IFS=,; echo "${cluster_env_files[*]}")"
+		"DUIJIE_CLUSTER_RABBIT_PID_FILES=$(IFS=,; echo "${cluster_pid_files[*]}")"
+	)
+fi
+
 # Each service's own broker user (scripts/run.sh creates them with their permissions): the
 # password from the environment, else a local-only default. Into the env file only.
 secret_lines=()
@@ -564,11 +764,15 @@ for svc in court procuratorate police petition mediation audit; do
 		"DUIJIE_AMQP_URL_${svc^^}=amqp://duijie-$svc:$pass@127.0.0.1:$RABBIT_MAIN_PORT/%2f"
 	)
 done
+# The cluster's URLs carry the password: into the env file only, like the services' URLs.
+if [ "$CLUSTER" = 1 ]; then
+	secret_lines+=("DUIJIE_CLUSTER_AMQP_URLS=$(IFS=,; echo "${cluster_urls[*]}")")
+fi
 
 mkdir -p "$ROOT_DIR/target"
 env_file=$ROOT_DIR/target/duijie-env.sh
 {
-	echo "# Generated by scripts/deps.sh$([ "$FAULT" = 1 ] && echo ' --fault') -- source this file."
+	echo "# Generated by scripts/deps.sh$([ "$FAULT" = 1 ] && echo ' --fault')$([ "$CLUSTER" = 1 ] && echo ' --cluster') -- source this file."
 	printf 'export %s\n' "${lines[@]}" "${secret_lines[@]}"
 } >"$env_file.tmp.$$"
 chmod 600 "$env_file.tmp.$$"
