@@ -12,6 +12,8 @@
 #              permissions` prints; their passwords are set here: the
 #              environment's DUIJIE_BROKER_PASSWORD_<SERVICE>, else a local-only
 #              default, and written to target/duijie-env.sh only (not stdout).
+#              The node's open files are raised to the hard limit (a marked
+#              line in /etc/rabbitmq/rabbitmq-env.conf, from its next start).
 #   --fault    additionally a second RabbitMQ node duijie-fault@localhost
 #              (AMQP 5673, dist 25673) and a second PostgreSQL cluster
 #              <ver>/fault (5433) that fault-injection tests may restart;
@@ -657,6 +659,29 @@ rabbit_cluster_ensure() {
 	log "rabbitmq cluster ${RABBIT_CLUSTER_NODES[*]}: ${what}formed, all running, AMQP 127.0.0.1:${RABBIT_CLUSTER_PORTS[*]} open, in $(fmt_ms $(($(now_ms) - t0)))"
 }
 
+# The main node's open files: its env file is the system one, which rabbitmq-server sources
+# after `su rabbitmq` (1024 open files; its file handle cache then holds 927, and a few
+# hundred quorum queues of tests running side by side exhaust it: every queue operation
+# waits). A marked line raises the limit to the hard limit at the node's next start; a running
+# node is not restarted for it (others' tests may be using it), only told about.
+RABBIT_MAIN_ENV_FILE=/etc/rabbitmq/rabbitmq-env.conf
+# shellcheck disable=SC2016 # expanded where the env file is sourced
+RABBIT_OPEN_FILES_LINE='ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # added by duijie scripts/deps.sh'
+RABBIT_OPEN_FILES_MIN=4096
+rabbit_main_open_files() {
+	as_root grep -qxF "$RABBIT_OPEN_FILES_LINE" "$RABBIT_MAIN_ENV_FILE" 2>/dev/null && return 0
+	log "rabbitmq: raising the main node's open files to the hard limit in $RABBIT_MAIN_ENV_FILE (at its next start)"
+	# shellcheck disable=SC2016 # $1/$2 expand in the inner sh
+	as_root sh -c 'printf "\n%s\n" "$1" >>"$2"' _ "$RABBIT_OPEN_FILES_LINE" "$RABBIT_MAIN_ENV_FILE" ||
+		die "could not append to $RABBIT_MAIN_ENV_FILE"
+}
+rabbit_main_check_open_files() {
+	local limit
+	limit=$(rmqctl -q -n "$RABBIT_MAIN_NODE" eval 'file_handle_cache:get_limit().' 2>/dev/null </dev/null) || return 0
+	[ "$limit" -ge "$RABBIT_OPEN_FILES_MIN" ] 2>/dev/null ||
+		warn "rabbitmq $RABBIT_MAIN_NODE: its file handle cache holds only $limit handles (started with few open files); when nothing uses it, restart it to raise them: rabbitmqctl -n $RABBIT_MAIN_NODE shutdown && scripts/deps.sh"
+}
+
 # ------------------------------------------------------------ restart proof --
 prove_fault_restarts() {
 	local t0 t1 t2 t3 pg_ver=$1 pg_port=$2
@@ -695,7 +720,9 @@ HOST_SHORT=$(hostname -s)
 getent hosts "$HOST_SHORT" >/dev/null ||
 	die "hostname '$HOST_SHORT' does not resolve; RabbitMQ node rabbit@$HOST_SHORT cannot start. Add '127.0.1.1 $HOST_SHORT' to /etc/hosts"
 RABBIT_MAIN_NODE=rabbit@$HOST_SHORT
+rabbit_main_open_files
 rabbit_ensure "$RABBIT_MAIN_NODE" "$RABBIT_MAIN_PORT" /var/log/rabbitmq
+rabbit_main_check_open_files
 
 lines=(
 	"DUIJIE_AMQP_URL=amqp://$APP_USER:$APP_PASS@127.0.0.1:$RABBIT_MAIN_PORT/%2f"
