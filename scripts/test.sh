@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of duijie against real servers, on a fresh Debian machine or this one:
-#   1. scripts/deps.sh --fault: installs/starts RabbitMQ and PostgreSQL, plus the fault servers
-#      (second RabbitMQ node on 5673, second PostgreSQL cluster on 5433) that fault tests restart;
+#   1. scripts/deps.sh --fault --cluster: installs/starts RabbitMQ and PostgreSQL, plus the fault
+#      servers (second RabbitMQ node on 5673, second PostgreSQL cluster on 5433) that fault tests
+#      restart, and the three-node RabbitMQ cluster (5681-5683) whose nodes the cluster tests
+#      kill and stop;
 #   2. the contract (proto/) as other agencies' tooling checks it: `buf lint` with buf's STANDARD
 #      rules and `buf breaking` against the last release, contract/released.binpb (buf is
 #      installed into target/tools with npm when missing, and npm from Debian if need be);
 #   3. clippy with warnings as errors;
 #   4. every test of the workspace with cargo-nextest (one build, tests in parallel; fault and
-#      replica tests serialised in their own group, see .config/nextest.toml), after the service
-#      binaries the replica test starts as processes;
+#      replica tests, and cluster tests, each serialised in their own group, see
+#      .config/nextest.toml), after the service binaries the replica test starts as processes;
 #   (Chromium, ChromeDriver and a CJK font are installed first when missing: the console's
 #   browser tests need them; their screenshots land in target/artifacts/browser/)
 #   5. the README's run command as a smoke test: the five services start from their config
@@ -22,7 +24,7 @@ LOG_TAG=test
 . "$SCRIPT_DIR/lib.sh"
 cd "$ROOT_DIR"
 
-"$SCRIPT_DIR/deps.sh" --fault >/dev/null
+"$SCRIPT_DIR/deps.sh" --fault --cluster >/dev/null
 # shellcheck source=/dev/null
 . "$ROOT_DIR/target/duijie-env.sh"
 

@@ -115,8 +115,30 @@ impl Stack {
         Self::start_inner(test_gate(), |_, _| {}, true).await
     }
 
+    /// Starts the five services for the demo agencies against brokers of the test's choosing (a
+    /// RabbitMQ cluster: [`crate::cluster`]): `amqp(name)` gives each its connection settings,
+    /// `amqp.url` and `amqp.cluster_urls` — `test` for the test's own connections (declaring and
+    /// removing the topology), then `audit`, `court`, `procuratorate`, `police`, `petition`,
+    /// `mediation`. Every service connects as the test's admin user.
+    pub async fn start_on_brokers(amqp: impl Fn(&str) -> duijie_common::config::AmqpConfig) -> anyhow::Result<Self> {
+        Self::start_inner_on(test_gate(), |_, _| {}, false, Some(&amqp)).await
+    }
+
     async fn start_inner(gate: GateConfig, tune: impl Fn(&str, &mut DatabaseConfig), restricted: bool) -> anyhow::Result<Self> {
+        Self::start_inner_on(gate, tune, restricted, None).await
+    }
+
+    async fn start_inner_on(
+        gate: GateConfig,
+        tune: impl Fn(&str, &mut DatabaseConfig),
+        restricted: bool,
+        brokers: Option<&dyn Fn(&str) -> duijie_common::config::AmqpConfig>,
+    ) -> anyhow::Result<Self> {
         let mut bus = TestBus::new().await?;
+        if let Some(brokers) = brokers {
+            bus.amqp_cfg = brokers("test");
+            bus.connector = duijie_common::amqp::Connector::new(bus.amqp_cfg.clone());
+        }
         let users = if restricted {
             Some(crate::broker::ServiceUsers::create(&bus.topology, &bus.prefix, secrecy::ExposeSecret::expose_secret(&bus.amqp_cfg.url)).await?)
         } else {
@@ -133,9 +155,10 @@ impl Stack {
         let directory = dir.join("directory.yaml");
         std::fs::copy(demo_directory(), &directory).context("copying the agency directory")?;
         let (amqp_cfg, prefix) = (bus.amqp_cfg.clone(), bus.prefix.clone());
-        let amqp_for = |service: &str| match &users {
-            Some(u) => u.amqp(service),
-            None => Ok(amqp_cfg.clone()),
+        let amqp_for = |service: &str| match (&users, brokers) {
+            (Some(u), _) => u.amqp(service),
+            (None, Some(brokers)) => Ok(brokers(service)),
+            (None, None) => Ok(amqp_cfg.clone()),
         };
         let topology = bus.topology.config().clone();
         let bus_cfg = |service: &str, database| -> anyhow::Result<BusConfig> {
