@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let configured: Vec<(AgencyNode, String)> = if nodes.is_empty() {
                 let d = duijie_common::directory::Directory::load(&directory)
                     .with_context(|| format!("the agency directory {} (or name the nodes)", directory.display()))?;
-                d.entries().filter(|(n, _)| has_inbox(n)).map(|(n, name)| (n.clone(), name.to_owned())).collect()
+                d.entries().filter(|(n, _)| duijie_common::amqp::KINDS.contains(&n.kind())).map(|(n, name)| (n.clone(), name.to_owned())).collect()
             } else {
                 nodes.into_iter().map(|n| (n, String::new())).collect()
             };
@@ -197,12 +197,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Agencies that receive handoffs (and so have an inbox queue); supervisors and the bus do not.
-fn has_inbox(n: &AgencyNode) -> bool {
-    use duijie_proto::v1::AgencyKind as K;
-    matches!(n.kind(), K::Court | K::Procuratorate | K::Police | K::Petition | K::Mediation)
 }
 
 /// A queue's (messages, consumers), or `None` when it is not declared (on a channel of its own:

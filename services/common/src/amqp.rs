@@ -220,6 +220,14 @@ impl Topology {
         q
     }
 
+    /// Every exchange of the topology: handoff, dead letters, status, the tap's and every
+    /// kind's partitioning exchange.
+    pub fn exchanges(&self) -> Vec<String> {
+        let mut x = vec![self.handoff_exchange(), self.dead_exchange(), self.status_exchange(), self.tap_exchange()];
+        x.extend(KINDS.iter().map(|k| self.inbox_exchange(*k)));
+        x
+    }
+
     /// The binding pattern of one service kind: every message kind to any agency of it.
     pub fn kind_pattern(kind: AgencyKind) -> String {
         format!("{}.*.*", kind.as_str())
@@ -248,9 +256,7 @@ impl Topology {
     pub async fn ensure(&self, conn: &Connection) -> anyhow::Result<()> {
         // Everything there already (always, for a service on its own user): nothing to declare,
         // and no refusal, which lapin would log as an error at every reconnect.
-        let mut exchanges = vec![self.handoff_exchange(), self.dead_exchange(), self.status_exchange(), self.tap_exchange()];
-        exchanges.extend(KINDS.iter().map(|k| self.inbox_exchange(*k)));
-        if exist(conn, &exchanges, &self.queues()).await {
+        if exist(conn, &self.exchanges(), &self.queues()).await {
             return Ok(());
         }
         let ch = conn.create_channel().await.context("opening a channel to declare the topology")?;
@@ -314,9 +320,7 @@ impl Topology {
         for q in self.queues() {
             ch.queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default()).await.with_context(|| format!("deleting {q}"))?;
         }
-        let mut exchanges = vec![self.handoff_exchange(), self.dead_exchange(), self.status_exchange(), self.tap_exchange()];
-        exchanges.extend(KINDS.iter().map(|k| self.inbox_exchange(*k)));
-        for e in exchanges {
+        for e in self.exchanges() {
             ch.exchange_delete(e.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.with_context(|| format!("deleting {e}"))?;
         }
         Ok(())
