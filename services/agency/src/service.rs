@@ -109,7 +109,7 @@ pub async fn start(
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay")).with_signer(signer);
     let relay_stats = relay.stats();
     let mut agency = Agency::for_kind(pools.api, topology.clone(), kind, Some(relay.waker())).with_directory(directory.clone());
-    let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &[]).with_verifier(verifier.clone()));
+    let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes).with_verifier(verifier.clone()));
     if let Some(g) = &gate {
         agency = agency.with_gate(g.clone());
     }
