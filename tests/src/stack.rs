@@ -440,6 +440,19 @@ impl Stack {
     }
 }
 
+/// The header of a court-channel message of case `case_id` from `sender` to the district centre
+/// (for tests that build and publish envelopes themselves).
+pub fn to_centre(case_id: uuid::Uuid, code: &str, sender: &AgencyNode) -> duijie_common::envelope::Header {
+    duijie_common::envelope::Header {
+        case_id,
+        case_code: code.into(),
+        channel: duijie_proto::v1::Channel::Court,
+        sender: sender.clone(),
+        recipient: centre(),
+        causation_id: None,
+    }
+}
+
 /// Starts the agency service of `kind` with `cfg`.
 async fn start_service(kind: AgencyKind, cfg: ServiceConfig, token: CancellationToken) -> anyhow::Result<Running> {
     match kind {

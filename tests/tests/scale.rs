@@ -18,24 +18,13 @@ fn holds(stack: &Stack, kind: AgencyKind) -> anyhow::Result<(u64, u64, u64)> {
     Ok((sum(&|c| c.held.load(Ordering::Relaxed)), sum(&|c| c.released.load(Ordering::Relaxed)), sum(&|c| c.expired.load(Ordering::Relaxed))))
 }
 
-fn header(case_id: uuid::Uuid, code: &str, sender: &duijie_domain::AgencyNode) -> duijie_common::envelope::Header {
-    duijie_common::envelope::Header {
-        case_id,
-        case_code: code.into(),
-        channel: Channel::Court,
-        sender: sender.clone(),
-        recipient: stack::centre(),
-        causation_id: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_overtook_its_referral_is_held_and_applied_after_it() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let court = stack::court();
     let signer = duijie_tests::signer_for(stack.ca(), std::slice::from_ref(&court))?;
     let case_id = uuid::Uuid::now_v7();
-    let h = header(case_id, "JF-431003-2026-S0001", &court);
+    let h = stack::to_centre(case_id, "JF-431003-2026-S0001", &court);
     // The court's 督办 notice reaches the centre before the referral it follows (as a message
     // overtaken by a retry would): the centre does not know the case yet.
     let notice = duijie_common::envelope::build(&h, Payload::SupervisionNotice(SupervisionNotice { instructions: "请尽快签收".into(), ..Default::default() }));
@@ -87,7 +76,7 @@ async fn an_agency_outside_the_directory_is_refused_before_staging_and_its_messa
     let outsider: duijie_domain::AgencyNode = "court:439999".parse()?;
     let signer = duijie_tests::signer_for(stack.ca(), std::slice::from_ref(&outsider))?;
     let case_id = uuid::Uuid::now_v7();
-    let mut env = duijie_common::envelope::build(&header(case_id, "JF-439999-2026-S0003", &outsider), Payload::Referral(referral("s-3", ClockPolicyKind::CourtOrdinary)));
+    let mut env = duijie_common::envelope::build(&stack::to_centre(case_id, "JF-439999-2026-S0003", &outsider), Payload::Referral(referral("s-3", ClockPolicyKind::CourtOrdinary)));
     duijie_tests::without_party_data(&mut env);
     stack.bus.publish_signed(&env, &signer).await?;
     let found = std::sync::Mutex::new(Vec::new());

@@ -27,14 +27,7 @@ async fn submit(court: &stack::Clerk, code: &str) -> anyhow::Result<String> {
 }
 
 fn header(case_id: &str, code: &str, sender: &duijie_domain::AgencyNode) -> anyhow::Result<Header> {
-    Ok(Header {
-        case_id: Uuid::parse_str(case_id)?,
-        case_code: code.into(),
-        channel: Channel::Court,
-        sender: sender.clone(),
-        recipient: stack::centre(),
-        causation_id: None,
-    })
+    Ok(stack::to_centre(Uuid::parse_str(case_id)?, code, sender))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
