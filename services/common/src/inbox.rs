@@ -363,6 +363,9 @@ pub struct Consumer<H> {
     handler: Arc<H>,
     stats: Arc<ConsumerStats>,
     verifier: Option<(Arc<Verifier>, BadSignature)>,
+    /// Whether this partition may have held messages (set when it holds one, and by each
+    /// periodic look): while it has none, a batch costs no look at `inbox_held`.
+    may_hold: std::sync::atomic::AtomicBool,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -388,6 +391,8 @@ impl<H: Handler> Consumer<H> {
             handler: Arc::new(handler),
             stats: Arc::default(),
             verifier: None,
+            // A replica taking the partition over may inherit held rows: the first look says.
+            may_hold: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -673,7 +678,9 @@ impl<H: Handler> Consumer<H> {
             .await
             .context("holding an early message")?;
         }
-        tx.commit().await.context("committing held messages")
+        tx.commit().await.context("committing held messages")?;
+        self.may_hold.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Tries this partition's held messages again: those of `cases` (just moved by a batch), or
@@ -682,6 +689,25 @@ impl<H: Handler> Consumer<H> {
     /// Rounds repeat while something applied (one held message may be what another waits for).
     /// A database problem is logged and left for the next look; a broker problem ends the session.
     async fn retry_held(&self, dead_ch: &Channel, cases: Option<&[Uuid]>) -> anyhow::Result<()> {
+        if cases.is_some() && !self.may_hold.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.retry_rounds(dead_ch, cases).await?;
+        if cases.is_none() {
+            // The periodic look also says whether anything is held here at all (due or not).
+            let any: Result<bool, sqlx::Error> = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox_held WHERE consumer = $1 AND queue = $2)")
+                .bind(&self.name)
+                .bind(&self.queue)
+                .fetch_one(&self.pool)
+                .await;
+            // Unknown: keep looking after every batch.
+            self.may_hold.store(any.unwrap_or(true), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The rounds of [`Consumer::retry_held`].
+    async fn retry_rounds(&self, dead_ch: &Channel, cases: Option<&[Uuid]>) -> anyhow::Result<()> {
         for _ in 0..16 {
             match self.retry_round(dead_ch, cases).await {
                 Ok(0) => return Ok(()),
