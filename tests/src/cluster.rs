@@ -145,6 +145,33 @@ impl Cluster {
         Ok(Self { nodes })
     }
 
+    /// Waits until no other cluster test on this machine runs and keeps it so while the returned
+    /// guard lives: an exclusive lock on `${TMPDIR:-/tmp}/duijie-cluster-tests.lock`. The nextest
+    /// group `cluster` serialises the tests of one run only; this also keeps apart the runs of two
+    /// worktrees (or engineers) sharing the one cluster of the machine, whose kills and stops
+    /// would otherwise land in each other's middle.
+    pub async fn exclusive(&self) -> anyhow::Result<ClusterLock> {
+        const WAIT: Duration = Duration::from_secs(600);
+        let path = std::env::temp_dir().join("duijie-cluster-tests.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let started = tokio::time::Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(ClusterLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    anyhow::ensure!(started.elapsed() < WAIT, "another cluster test has held {} for {WAIT:?}", path.display());
+                    if !told {
+                        eprintln!("waiting for another cluster test on this machine to finish ({} is held)", path.display());
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(anyhow::Error::from(e).context(format!("locking {}", path.display()))),
+            }
+        }
+    }
+
     /// The node's index by Erlang name.
     pub fn index_of(&self, name: &str) -> anyhow::Result<usize> {
         self.nodes.iter().position(|n| n.name == name).ok_or_else(|| anyhow::anyhow!("{name} is not a node of the cluster"))
@@ -159,8 +186,9 @@ impl Cluster {
         AmqpConfig { url, cluster_urls: order.collect(), connection_name: connection_name.to_owned() }
     }
 
-    /// Checks that every node runs, counts all of them as running members and knows of no
-    /// partition: the state the tests start from (`scripts/deps.sh --cluster` repairs it).
+    /// Checks that every node runs, counts all of them as running members, knows of no
+    /// partition and has its at-least-once dead-letter supervisor: the state the tests start
+    /// from (`scripts/deps.sh --cluster` repairs it).
     pub async fn check_formed(&self) -> anyhow::Result<()> {
         let want = self.sorted_names();
         for node in &self.nodes {
@@ -170,6 +198,15 @@ impl Cluster {
             anyhow::ensure!(running == want, "{} sees {running:?} running, not {want:?}; run scripts/deps.sh --cluster", node.name);
             let partitions = eval(&node.name, "rabbit_node_monitor:partitions().").await?;
             anyhow::ensure!(partitions == "[]", "{} was partitioned from {partitions}; run scripts/deps.sh --cluster", node.name);
+            // RabbitMQ 3.10.8 loses a node's at-least-once dead-letter supervisor for good when
+            // its workers fail together (quorum queue members churning after a partition healed):
+            // that node can then lead no queue of the bus (rabbitmq-server #16652).
+            let dlx = eval(&node.name, "is_pid(whereis(rabbit_fifo_dlx_sup)).").await?;
+            anyhow::ensure!(
+                dlx == "true",
+                "{} lost its rabbit_fifo_dlx_sup (RabbitMQ gave up restarting at-least-once dead-letter workers, rabbitmq-server #16652): it can lead no quorum queue of the bus; run scripts/deps.sh --cluster (restarts its rabbit app)",
+                node.name
+            );
         }
         Ok(())
     }
@@ -560,4 +597,10 @@ impl Drop for Killed {
                 .spawn();
         }
     }
+}
+
+/// The cluster tests' machine-wide lock ([`Cluster::exclusive`]); released when dropped.
+#[derive(Debug)]
+pub struct ClusterLock {
+    _file: std::fs::File,
 }

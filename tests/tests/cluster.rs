@@ -390,8 +390,10 @@ async fn load_reached(load: &Load, n: usize) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_nothing_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let t0 = Instant::now();
     let cluster = Cluster::from_env()?;
+    // One cluster test at a time on this machine, whichever worktree runs it.
+    let _exclusive = cluster.exclusive().await?;
+    let t0 = Instant::now();
     let stack = start_stack(&cluster).await?;
     let prefix = stack.prefix().to_owned();
     let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
@@ -448,8 +450,10 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_nothing_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let t0 = Instant::now();
     let cluster = Cluster::from_env()?;
+    // One cluster test at a time on this machine, whichever worktree runs it.
+    let _exclusive = cluster.exclusive().await?;
+    let t0 = Instant::now();
     let stack = start_stack(&cluster).await?;
     let prefix = stack.prefix().to_owned();
     let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
