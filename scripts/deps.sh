@@ -542,6 +542,7 @@ Nodes = lists:usort(rabbit_nodes:all()),
 Nodes = lists:usort(rabbit_nodes:all_running()),
 [] = [{N, P} || N <- Nodes, P <- [$(IFS=,; echo "${RABBIT_PLUGINS[*]}")],
                 not lists:keymember(P, 1, rpc:call(N, application, which_applications, [10000], 15000))],
+[] = [N || N <- Nodes, not is_pid(rpc:call(N, erlang, whereis, [rabbit_fifo_dlx_sup], 10000))],
 $RABBIT_QUICK_CHECK"
 	out=$(rmqctl -q -n "${RABBIT_CLUSTER_NODES[0]}" eval "$expr" 2>/dev/null </dev/null) || return 1
 	[ "$out" = ok ] || return 1
@@ -563,9 +564,9 @@ rabbit_cluster_running_count() {
 	rmqctl -q -n "$1" eval 'length(rabbit_nodes:all_running()).' 2>/dev/null </dev/null || echo 0
 }
 
-# rabbit_cluster_restart_app NODE: stop_app + start_app, waiting until it is up again
+# rabbit_cluster_restart_app NODE WHY: stop_app + start_app, waiting until it is up again
 rabbit_cluster_restart_app() {
-	log "rabbitmq $1: sees only part of the cluster running (a partition); restarting its rabbit app"
+	log "rabbitmq $1: $2; restarting its rabbit app"
 	quiet rmqctl -q -n "$1" stop_app || die "stop_app on $1 failed"
 	quiet rmqctl -q -n "$1" start_app || die "start_app on $1 failed"
 	wait_for "$RABBIT_WAIT" "RabbitMQ $1 startup" rmqctl -q -n "$1" await_startup --timeout 10 ||
@@ -581,13 +582,25 @@ rabbit_cluster_heal() {
 	done
 	for i in "${!RABBIT_CLUSTER_NODES[@]}"; do
 		if [ "${counts[i]}" -lt "$max" ]; then
-			rabbit_cluster_restart_app "${RABBIT_CLUSTER_NODES[$i]}"
+			rabbit_cluster_restart_app "${RABBIT_CLUSTER_NODES[$i]}" "sees only part of the cluster running (a partition)"
 			healed=1
 		fi
 	done
 	for node in "${RABBIT_CLUSTER_NODES[@]}"; do
 		if [ "$(rabbit_cluster_running_count "$node")" -lt "$RABBIT_CLUSTER_SIZE" ]; then
-			rabbit_cluster_restart_app "$node"
+			rabbit_cluster_restart_app "$node" "sees only part of the cluster running (a partition)"
+			healed=1
+		fi
+	done
+	# RabbitMQ 3.10.8: when a node's quorum queue members churn (a partition healed, leaders
+	# moving), their at-least-once dead-letter workers can fail together until the node's
+	# rabbit_fifo_dlx_sup gives up (reached_max_restart_intensity) and is gone for good: that node
+	# can then lead no quorum queue with x-dead-letter-strategy=at-least-once (declaring one it
+	# should lead fails with INTERNAL_ERROR). Only a restart of its rabbit app brings it back.
+	# (rabbitmq-server issue #16652.)
+	for node in "${RABBIT_CLUSTER_NODES[@]}"; do
+		if [ "$(rmqctl -q -n "$node" eval 'is_pid(whereis(rabbit_fifo_dlx_sup)).' 2>/dev/null </dev/null)" = false ]; then
+			rabbit_cluster_restart_app "$node" "lost its rabbit_fifo_dlx_sup (at-least-once dead-lettering; rabbitmq-server #16652)"
 			healed=1
 		fi
 	done
@@ -645,9 +658,10 @@ rabbit_cluster_ensure() {
 	done
 	# 3b) A partition left unhealed (a node that does not see the others running although
 	#     they run): the rabbit app of the nodes that see fewer restarted, then of any still
-	#     short, so it rejoins them (the documented recovery from a partition).
+	#     short, so it rejoins them (the documented recovery from a partition); likewise a node
+	#     that lost its dead-letter supervisor (rabbit_cluster_heal).
 	if ! rabbit_cluster_heal; then
-		what="${what}partition healed, "
+		what="${what}healed (rabbit app restarted where needed), "
 	fi
 	# 4) Users, permissions and feature flags live in the cluster's shared schema: set up
 	#    once; plugins are per node.

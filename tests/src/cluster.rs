@@ -113,6 +113,12 @@ async fn eval(node: &str, expr: &str) -> anyhow::Result<String> {
     Ok(ctl("rabbitmqctl", &["-q", "-n", node, "eval", expr]).await?.trim().to_owned())
 }
 
+/// The port of an `amqp://user:password@host:port/vhost` URL.
+fn amqp_port(url: &SecretString) -> Option<u64> {
+    let rest = secrecy::ExposeSecret::expose_secret(url).rsplit_once('@').map(|(_, r)| r.to_owned())?;
+    rest.split('/').next()?.rsplit_once(':')?.1.parse().ok()
+}
+
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
 }
@@ -139,6 +145,33 @@ impl Cluster {
         Ok(Self { nodes })
     }
 
+    /// Waits until no other cluster test on this machine runs and keeps it so while the returned
+    /// guard lives: an exclusive lock on `${TMPDIR:-/tmp}/duijie-cluster-tests.lock`. The nextest
+    /// group `cluster` serialises the tests of one run only; this also keeps apart the runs of two
+    /// worktrees (or engineers) sharing the one cluster of the machine, whose kills and stops
+    /// would otherwise land in each other's middle.
+    pub async fn exclusive(&self) -> anyhow::Result<ClusterLock> {
+        const WAIT: Duration = Duration::from_secs(600);
+        let path = std::env::temp_dir().join("duijie-cluster-tests.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let started = tokio::time::Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(ClusterLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    anyhow::ensure!(started.elapsed() < WAIT, "another cluster test has held {} for {WAIT:?}", path.display());
+                    if !told {
+                        eprintln!("waiting for another cluster test on this machine to finish ({} is held)", path.display());
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(anyhow::Error::from(e).context(format!("locking {}", path.display()))),
+            }
+        }
+    }
+
     /// The node's index by Erlang name.
     pub fn index_of(&self, name: &str) -> anyhow::Result<usize> {
         self.nodes.iter().position(|n| n.name == name).ok_or_else(|| anyhow::anyhow!("{name} is not a node of the cluster"))
@@ -153,8 +186,9 @@ impl Cluster {
         AmqpConfig { url, cluster_urls: order.collect(), connection_name: connection_name.to_owned() }
     }
 
-    /// Checks that every node runs, counts all of them as running members and knows of no
-    /// partition: the state the tests start from (`scripts/deps.sh --cluster` repairs it).
+    /// Checks that every node runs, counts all of them as running members, knows of no
+    /// partition and has its at-least-once dead-letter supervisor: the state the tests start
+    /// from (`scripts/deps.sh --cluster` repairs it).
     pub async fn check_formed(&self) -> anyhow::Result<()> {
         let want = self.sorted_names();
         for node in &self.nodes {
@@ -164,6 +198,15 @@ impl Cluster {
             anyhow::ensure!(running == want, "{} sees {running:?} running, not {want:?}; run scripts/deps.sh --cluster", node.name);
             let partitions = eval(&node.name, "rabbit_node_monitor:partitions().").await?;
             anyhow::ensure!(partitions == "[]", "{} was partitioned from {partitions}; run scripts/deps.sh --cluster", node.name);
+            // RabbitMQ 3.10.8 loses a node's at-least-once dead-letter supervisor for good when
+            // its workers fail together (quorum queue members churning after a partition healed):
+            // that node can then lead no queue of the bus (rabbitmq-server #16652).
+            let dlx = eval(&node.name, "is_pid(whereis(rabbit_fifo_dlx_sup)).").await?;
+            anyhow::ensure!(
+                dlx == "true",
+                "{} lost its rabbit_fifo_dlx_sup (RabbitMQ gave up restarting at-least-once dead-letter workers, rabbitmq-server #16652): it can lead no quorum queue of the bus; run scripts/deps.sh --cluster (restarts its rabbit app)",
+                node.name
+            );
         }
         Ok(())
     }
@@ -277,6 +320,71 @@ impl Cluster {
             .collect())
     }
 
+    /// What the queues whose names start with `prefix` hold, one line each (name, messages
+    /// ready, unacknowledged, consumers, leader), as the first node that answers lists them, and
+    /// the client connections on each node whose names contain `connections` (the name a client
+    /// gave its connection): for a failing test's report.
+    pub async fn describe(&self, prefix: &str, connections: &str) -> anyhow::Result<String> {
+        let bounded = |args: Vec<String>| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tokio::time::timeout(Duration::from_secs(20), ctl("rabbitmqctl", &args))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 20 s")))
+        };
+        let mut report = None;
+        let mut last = None;
+        for node in &self.nodes {
+            let args = ["-q", "-n", &node.name, "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "leader", "--no-table-headers"];
+            match bounded(args.iter().map(|a| a.to_string()).collect()).await {
+                Ok(out) => {
+                    report = Some(out.lines().filter(|l| l.starts_with(prefix)).collect::<Vec<_>>().join("\n"));
+                    break;
+                }
+                Err(e) => last = Some(e.context(format!("listing queues on {}", node.name))),
+            }
+        }
+        let mut report = match (report, last) {
+            (Some(r), _) => r,
+            (None, Some(e)) => return Err(e),
+            (None, None) => return Err(anyhow::anyhow!("no nodes")),
+        };
+        // The cluster's connections (any node lists them all), by the node (AMQP port) they are on.
+        let mut by_port: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut listed = Err(anyhow::anyhow!("no nodes"));
+        for node in &self.nodes {
+            let args = ["-q", "-n", &node.name, "list_connections", "port", "client_properties", "--formatter", "json"];
+            listed = bounded(args.iter().map(|a| a.to_string()).collect()).await;
+            if listed.is_ok() {
+                break;
+            }
+        }
+        match listed {
+            Ok(out) => {
+                let all: Vec<Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+                for c in &all {
+                    let port = c.get("port").and_then(Value::as_u64).unwrap_or(0);
+                    let name = c
+                        .get("client_properties")
+                        .and_then(Value::as_array)
+                        .and_then(|ps| ps.iter().find(|p| p.get(0).and_then(Value::as_str) == Some("connection_name")))
+                        .and_then(|p| p.get(2))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if name.contains(connections) {
+                        by_port.entry(port).or_default().push(name.to_owned());
+                    }
+                }
+                for (port, mut names) in by_port {
+                    names.sort();
+                    let node = self.nodes.iter().find(|n| amqp_port(&n.url) == Some(port)).map_or_else(|| format!("port {port}"), |n| n.name.clone());
+                    report.push_str(&format!("\nconnections on {node}: {}", names.join(", ")));
+                }
+            }
+            Err(e) => report.push_str(&format!("\n(connections not listed: {e:#})")),
+        }
+        Ok(report)
+    }
+
     /// The leader of every quorum queue whose name starts with `prefix`, as the queue's member on
     /// node `via` knows it (Raft's view, asked of that member: `ra:members/2`), and the nodes the
     /// queue has members on, from `via`'s own copy of the metadata. Unlike `list_queues`, asks
@@ -373,9 +481,11 @@ io:format("~s~n", [rabbit_json:encode(Out)]), ok."#
         Ok(by_queue)
     }
 
-    /// Waits until every quorum queue of `prefix` has one leader and its members on all the
-    /// cluster's nodes, and the member on node `i` follows (or leads) with its log at least at
-    /// the leader's commit index: node `i`'s copies have caught up. Asked of another node.
+    /// Waits until node `i`'s copies of the quorum queues of `prefix` have caught up: first
+    /// until every queue has one leader and members on all the cluster's nodes (noting each
+    /// leader's commit index then: what the cluster had committed when the node came back), then
+    /// until the member on node `i` follows (or leads) with its log at least that far. Asked of
+    /// another node. (Not "as far as the leader is now": under load that moves on.)
     pub async fn wait_caught_up(&self, i: usize, prefix: &str, deadline: Duration) -> anyhow::Result<()> {
         let via = (i + 1) % self.nodes.len();
         let name = self.nodes[i].name.clone();
@@ -385,26 +495,38 @@ io:format("~s~n", [rabbit_json:encode(Out)]), ok."#
                 *l = what;
             }
         };
+        let targets: std::sync::Mutex<BTreeMap<String, u64>> = Default::default();
         let result = wait_until(&format!("{name}'s quorum queue members of {prefix} to catch up"), deadline, || {
-            let (name, seen) = (name.clone(), &seen);
+            let (name, seen, targets) = (name.clone(), &seen, &targets);
             async move {
                 let status = self.quorum_status(via, prefix).await?;
                 anyhow::ensure!(!status.is_empty(), "no quorum queues start with {prefix}");
+                let mut targets = targets.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                if targets.is_empty() {
+                    // The commit index each queue's leader had reached when all were back.
+                    let mut found = BTreeMap::new();
+                    for (queue, members) in &status {
+                        let leaders: Vec<&Member> = members.iter().filter(|m| m.raft_state == "leader").collect();
+                        let (Some(Member { commit_index: Some(commit), .. }), 1) = (leaders.first().copied(), leaders.len()) else {
+                            seen(format!("{queue}: {members:?}"));
+                            return Ok(false);
+                        };
+                        if members.len() != self.nodes.len() || !members.iter().any(|m| m.node == name) {
+                            seen(format!("{queue} has not a member on every node: {members:?}"));
+                            return Ok(false);
+                        }
+                        found.insert(queue.clone(), *commit);
+                    }
+                    *targets = found;
+                }
                 for (queue, members) in &status {
-                    let leaders: Vec<&Member> = members.iter().filter(|m| m.raft_state == "leader").collect();
-                    let (Some(leader), 1) = (leaders.first(), leaders.len()) else {
-                        seen(format!("{queue}: {members:?}"));
-                        return Ok(false);
-                    };
-                    let Some(mine) = members.iter().find(|m| m.node == name) else {
-                        seen(format!("{queue} has no member on {name}: {members:?}"));
-                        return Ok(false);
-                    };
-                    let caught_up = matches!(mine.raft_state.as_str(), "leader" | "follower")
-                        && members.len() == self.nodes.len()
-                        && mine.log_index.zip(leader.commit_index).is_some_and(|(log, commit)| log >= commit);
+                    let target = targets.get(queue).copied().unwrap_or(0);
+                    let mine = members.iter().find(|m| m.node == name);
+                    let caught_up = mine.is_some_and(|m| {
+                        matches!(m.raft_state.as_str(), "leader" | "follower") && m.log_index.is_some_and(|log| log >= target)
+                    });
                     if !caught_up {
-                        seen(format!("{queue}: {members:?}"));
+                        seen(format!("{queue} (to reach {target}): {members:?}"));
                         return Ok(false);
                     }
                 }
@@ -475,4 +597,10 @@ impl Drop for Killed {
                 .spawn();
         }
     }
+}
+
+/// The cluster tests' machine-wide lock ([`Cluster::exclusive`]); released when dropped.
+#[derive(Debug)]
+pub struct ClusterLock {
+    _file: std::fs::File,
 }

@@ -34,11 +34,14 @@ const CASES: usize = 300;
 const CONCURRENCY: usize = 24;
 /// How long one step may take, retries and the wait for the other side included: a message
 /// that does not arrive within it counts as lost.
-const STEP_DEADLINE: Duration = Duration::from_secs(120);
+const STEP_DEADLINE: Duration = Duration::from_secs(90);
 /// How long the cut-off node stays stopped.
 const STOPPED_FOR: Duration = Duration::from_secs(20);
 /// How long the node's copies may take to catch up once it is back.
 const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// How the stack's connections are named on the broker: `cluster-test-<service>:<purpose>`.
+const CONNECTION_PREFIX: &str = "cluster-test-";
 
 /// Which node each of the stack's connections tries first: spread over the three, so a node
 /// that goes away always takes some services' connections with it.
@@ -51,7 +54,7 @@ async fn start_stack(cluster: &Cluster) -> anyhow::Result<Stack> {
     // Formed, or about to be (the test before may have just brought a node back).
     cluster.wait_formed(Duration::from_secs(30)).await?;
     let n = cluster.nodes.len();
-    Stack::start_on_brokers(|name| cluster.amqp(first_node(name, n), &format!("cluster-test-{name}"))).await
+    Stack::start_on_brokers(|name| cluster.amqp(first_node(name, n), &format!("{CONNECTION_PREFIX}{name}"))).await
 }
 
 /// The load: the four referring agencies send cases to the district centre, which takes each
@@ -189,11 +192,11 @@ impl Load {
         Ok(Finished { id, referrer: r })
     }
 
-    /// Drives [`CASES`] cases, [`CONCURRENCY`] at a time; every case must finish.
+    /// Drives [`CASES`] cases, [`CONCURRENCY`] at a time; every case must finish. The first case
+    /// that fails ends the load (the others in flight are dropped).
     async fn run(self: Arc<Self>) -> anyhow::Result<Vec<Finished>> {
         let mut tasks = JoinSet::new();
         let mut finished = Vec::with_capacity(CASES);
-        let mut failures = Vec::new();
         let mut next = 0;
         while next < CASES || !tasks.is_empty() {
             while next < CASES && tasks.len() < CONCURRENCY {
@@ -201,14 +204,18 @@ impl Load {
                 tasks.spawn(async move { load.case(i).await.map_err(|e| format!("case {i}: {e:#}")) });
                 next += 1;
             }
-            match tasks.join_next().await {
-                Some(Ok(Ok(f))) => finished.push(f),
-                Some(Ok(Err(e))) => failures.push(e),
-                Some(Err(e)) => failures.push(format!("a case's task failed: {e}")),
-                None => {}
-            }
+            let failure = match tasks.join_next().await {
+                Some(Ok(Ok(f))) => {
+                    finished.push(f);
+                    continue;
+                }
+                Some(Ok(Err(e))) => e,
+                Some(Err(e)) => format!("a case's task failed: {e}"),
+                None => continue,
+            };
+            tasks.abort_all();
+            anyhow::bail!("{failure} ({} of {CASES} cases finished, {} in flight)", finished.len(), tasks.len());
         }
-        anyhow::ensure!(failures.is_empty(), "{} of {CASES} cases did not finish; the first: {:#?}", failures.len(), &failures[..failures.len().min(5)]);
         Ok(finished)
     }
 }
@@ -248,7 +255,7 @@ async fn check_everything(stack: &Stack, load: &Load, finished: &[Finished]) -> 
     let audit = stack.auditor(&supervisor).await?;
     // The audit store may still be appending the last outcomes.
     for f in finished {
-        wait_until(&format!("the audit store to record case {} settled", f.id), STEP_DEADLINE, || {
+        let settled = wait_until(&format!("the audit store to record case {} settled", f.id), STEP_DEADLINE, || {
             let mut audit = audit.clone();
             let id = f.id.clone();
             async move {
@@ -256,7 +263,17 @@ async fn check_everything(stack: &Stack, load: &Load, finished: &[Finished]) -> 
                 Ok(t.case.is_some_and(|c| c.state == "SETTLED"))
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = settled {
+            // What it recorded, in its order: a step recorded as refused took no effect.
+            let t = audit.clone().get_timeline(GetTimelineRequest { case_id: f.id.clone(), ..Default::default() }).await?.into_inner();
+            let records: Vec<String> = t
+                .records
+                .iter()
+                .map(|r| format!("{:?} -> {}{}", r.kind(), r.state_after, if r.refused.is_empty() { String::new() } else { format!(" (REFUSED: {})", r.refused) }))
+                .collect();
+            return Err(e.context(format!("LOST at the audit store: case {} there is {:?}; its records: {records:#?}", f.id, t.case.map(|c| c.state))));
+        }
     }
     let mut problems = Vec::new();
     for f in finished {
@@ -275,6 +292,11 @@ async fn check_everything(stack: &Stack, load: &Load, finished: &[Finished]) -> 
         let t = a.get_timeline(GetTimelineRequest { case_id: f.id.clone(), ..Default::default() }).await?.into_inner();
         let recorded: Vec<(String, MessageKind)> = t.records.iter().map(|r| (r.message_id.clone(), r.kind())).collect();
         check_once(&mut problems, "the audit store", &f.id, &recorded);
+        // Every step here was taken by the agencies: one the audit store recorded as refused
+        // took no effect there (its view of the case, its statistics and limits, miss it).
+        for r in t.records.iter().filter(|r| !r.refused.is_empty()) {
+            problems.push(format!("REFUSED: the audit store recorded {:?} {} of case {} as refused: {}", r.kind(), r.message_id, f.id, r.refused));
+        }
         let recorded: HashSet<&String> = recorded.iter().map(|(m, _)| m).collect();
         for m in everything.iter().filter(|m| !recorded.contains(m)) {
             problems.push(format!("LOST: message {m} of case {} is in an agency's timeline, not in the audit store", f.id));
@@ -349,6 +371,18 @@ async fn assert_replicated_everywhere(cluster: &Cluster, via: usize, prefix: &st
     Ok(queues.len())
 }
 
+/// The load's result; if it failed, with what the test's queues held then (messages ready and
+/// unacknowledged, consumers, leader) and the stack's connections on each node.
+async fn with_queues<T>(cluster: &Cluster, prefix: &str, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let queues = cluster.describe(prefix, CONNECTION_PREFIX).await.unwrap_or_else(|d| format!("(could not list them: {d:#})"));
+            Err(e.context(format!("the queues of {prefix}:\n{queues}")))
+        }
+    }
+}
+
 /// Waits until the load has done `n` cases (or ended).
 async fn load_reached(load: &Load, n: usize) -> anyhow::Result<()> {
     wait_until(&format!("{n} cases to be done"), STEP_DEADLINE, || async { Ok(load.done() >= n) }).await
@@ -356,8 +390,10 @@ async fn load_reached(load: &Load, n: usize) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_nothing_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let t0 = Instant::now();
     let cluster = Cluster::from_env()?;
+    // One cluster test at a time on this machine, whichever worktree runs it.
+    let _exclusive = cluster.exclusive().await?;
+    let t0 = Instant::now();
     let stack = start_stack(&cluster).await?;
     let prefix = stack.prefix().to_owned();
     let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
@@ -398,7 +434,7 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
     };
     let load_started = Instant::now();
     let (finished, fault) = tokio::join!(load.clone().run(), fault);
-    let (finished, (done_at_kill, target)) = (finished?, fault?);
+    let (finished, (done_at_kill, target)) = (with_queues(&cluster, &prefix, finished).await?, fault?);
     eprintln!("load: {CASES} cases in {:.1?}, calls retried: {:?}", load_started.elapsed(), load.retried.lock().map(|r| r.clone()).unwrap_or_default());
     assert!(done_at_kill < CASES / 2, "the node was killed in the middle of the load ({done_at_kill} of {CASES} cases done)");
 
@@ -414,8 +450,10 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_nothing_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let t0 = Instant::now();
     let cluster = Cluster::from_env()?;
+    // One cluster test at a time on this machine, whichever worktree runs it.
+    let _exclusive = cluster.exclusive().await?;
+    let t0 = Instant::now();
     let stack = start_stack(&cluster).await?;
     let prefix = stack.prefix().to_owned();
     let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
@@ -461,7 +499,7 @@ async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_noth
     };
     let load_started = Instant::now();
     let (finished, fault) = tokio::join!(load.clone().run(), fault);
-    let (finished, (done_at_stop, target)) = (finished?, fault?);
+    let (finished, (done_at_stop, target)) = (with_queues(&cluster, &prefix, finished).await?, fault?);
     eprintln!("load: {CASES} cases in {:.1?}, calls retried: {:?}", load_started.elapsed(), load.retried.lock().map(|r| r.clone()).unwrap_or_default());
     assert!(done_at_stop < CASES / 2, "the node was stopped in the middle of the load ({done_at_stop} of {CASES} cases done)");
 
