@@ -64,6 +64,11 @@ log "contract: buf lint (STANDARD), buf breaking against contract/released.binpb
 "$BUF" breaking --against contract/released.binpb ||
 	die "buf breaking: the contract breaks clients of the last release (README, Contract changes)"
 
+# One build of the workspace, not a series of edits: incremental artifacts would only cost
+# disk (several GB on a clean clone; a CI run once ran out of space linking). Set
+# CARGO_INCREMENTAL=1 to keep them while iterating on the suite.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 log "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
