@@ -7,6 +7,10 @@
 # and the five agency services, release builds, one process each) under N cases at C in flight,
 # idle CPU, audit lag, the gate, and in the same run the audit append rate and the bus's rate
 # (see duijie-system-bench --help).
+# `scripts/bench.sh --topology` runs the topology benchmark instead: directories of 1,000, 10,000 and
+# 100,000 agencies; the broker's queues, memory and declare time for each, and referrals to randomly
+# chosen agencies through the real audit, court and mediation services (see
+# duijie-bench --topology --help).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -19,6 +23,11 @@ if [ "${1:-}" = --system ]; then
 	cargo build --quiet --release -p duijie-bench -p duijie-audit -p duijie-court -p duijie-procuratorate \
 		-p duijie-police -p duijie-petition -p duijie-mediation
 	exec "$ROOT_DIR/target/release/duijie-system-bench" "$@"
+fi
+if [ "${1:-}" = --topology ]; then
+	shift
+	cargo build --quiet --release -p duijie-bench -p duijie-audit -p duijie-court -p duijie-mediation
+	exec "$ROOT_DIR/target/release/duijie-bench" --topology "$@"
 fi
 cargo build --quiet --release -p duijie-bench
 # scripts/bench.sh --audit [args]: the audit store at 10M records (see duijie-audit-bench --help).

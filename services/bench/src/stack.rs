@@ -3,7 +3,8 @@
 //! configuration file in `config/<service>` as `scripts/run.sh` does, with what must differ
 //! from the local stack given through `DUIJIE_*` variables: a fresh database per service, a fresh
 //! topology prefix, a development CA of its own and any free port. Logs go to
-//! `target/sysbench/<id>/<service>.log`.
+//! `target/<plan>/<id>/<service>.log` (`target/sysbench/…` for the system benchmark; a
+//! [`StackPlan`] names the services, the agencies with keys and the directory file).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,31 @@ pub fn demo_nodes() -> anyhow::Result<Vec<AgencyNode>> {
     .collect()
 }
 
+/// What a stack runs: which services, the agencies given signing keys, the agency directory, and
+/// the names of its databases, topology and log directory.
+#[derive(Debug, Clone)]
+pub struct StackPlan {
+    /// Names the run: databases `<name>_<id>_<service>`, prefix `<name><id>`, logs in
+    /// `target/<name>/<id>/`.
+    pub name: &'static str,
+    /// The services to start, in order; the audit service first (the others ask it for keys).
+    pub services: Vec<&'static str>,
+    /// The agencies whose certificates and signing keys are written to the stack's `keys/`.
+    pub nodes: Vec<AgencyNode>,
+    /// The agency directory file the agency services read (`None`: `config/directory.yaml`, as
+    /// their configuration says).
+    pub directory: Option<PathBuf>,
+    /// The topology prefix (`None`: `<name><id>`). It is declared (again) either way.
+    pub prefix: Option<String>,
+}
+
+impl StackPlan {
+    /// The system benchmark's stack: every service, the demo agencies, `config/directory.yaml`.
+    pub fn demo() -> anyhow::Result<Self> {
+        Ok(Self { name: "sysbench", services: SERVICES.to_vec(), nodes: demo_nodes()?, directory: None, prefix: None })
+    }
+}
+
 /// Where the stack runs and what it runs on.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -64,6 +90,8 @@ pub struct ServiceProcess {
     pub log: PathBuf,
     /// Its database.
     pub pool: PgPool,
+    /// How long it took from its start until it listened (migrations, the directory, keys).
+    pub started: Duration,
     child: tokio::process::Child,
 }
 
@@ -72,9 +100,13 @@ pub struct ServiceProcess {
 pub struct ProcessStack {
     /// How the stack was started (a replica starts the same way).
     opts: StackOptions,
-    /// Names this run's databases (`sysbench_<id>_<service>`), prefix and directory.
+    /// The plan's agency directory file, if not the demo's (a replica reads the same).
+    directory: Option<PathBuf>,
+    /// Names this run's databases (`<name>_<id>_<service>`), prefix and directory.
     pub id: String,
-    /// The topology prefix, `sysbench<id>`.
+    /// The plan's name (`sysbench` for the system benchmark).
+    pub name: &'static str,
+    /// The topology prefix, `<name><id>` unless the plan named one.
     pub prefix: String,
     pub topology: Topology,
     pub connector: Connector,
@@ -88,10 +120,16 @@ pub struct ProcessStack {
 }
 
 impl ProcessStack {
-    /// Creates the databases, declares the topology, writes the certificates and starts every
-    /// service; returns once each listens.
+    /// The system benchmark's stack ([`StackPlan::demo`]).
     pub async fn start(opts: &StackOptions) -> anyhow::Result<Self> {
-        for svc in SERVICES {
+        Self::start_plan(opts, &StackPlan::demo()?).await
+    }
+
+    /// Creates the databases, declares the topology, writes the certificates and starts every
+    /// service of `plan`; returns once each listens.
+    pub async fn start_plan(opts: &StackOptions, plan: &StackPlan) -> anyhow::Result<Self> {
+        anyhow::ensure!(plan.services.first() == Some(&"audit"), "the audit service starts first (the agency services ask it for case keys)");
+        for svc in &plan.services {
             let bin = opts.bin_dir.join(format!("duijie-{svc}"));
             anyhow::ensure!(
                 bin.is_file(),
@@ -99,44 +137,60 @@ impl ProcessStack {
                 bin.display()
             );
         }
+        let name = plan.name;
         let id = Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let dir = opts.root.join("target").join("sysbench").join(&id);
+        let dir = opts.root.join("target").join(name).join(&id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let admin = DatabaseConfig::from_url(&opts.database_url)?;
         let mut conn = PgConnection::connect_with(&admin.connect_options()).await.context("connecting to PostgreSQL")?;
         let mut databases = Vec::new();
-        for svc in SERVICES {
-            let name = format!("sysbench_{id}_{svc}");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).execute(&mut conn).await?;
-            databases.push(name);
+        for svc in &plan.services {
+            let db = format!("{name}_{id}_{svc}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{db}""#))).execute(&mut conn).await?;
+            databases.push(db);
         }
         let _ = conn.close().await;
 
-        let connector = Connector::new(AmqpConfig { url: opts.amqp_url.clone().into(), connection_name: "duijie-sysbench".into(), cluster_urls: Vec::new() });
-        let prefix = format!("sysbench{id}");
+        let connector = Connector::new(AmqpConfig { url: opts.amqp_url.clone().into(), connection_name: format!("duijie-{name}"), cluster_urls: Vec::new() });
+        let prefix = plan.prefix.clone().unwrap_or_else(|| format!("{name}{id}"));
         let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), ..Default::default() });
         // Queues first, so the first referral is routable whichever consumer starts first.
-        let amqp = connector.connect("sysbench declare").await?;
+        let amqp = connector.connect(&format!("{name} declare")).await?;
         let ch = amqp.create_channel().await?;
         topology.declare(&ch).await?;
         let _ = ch.close(200, "declared".into()).await;
         let _ = amqp.close(200, "declared".into()).await;
 
-        let ca = DevCa::generate("duijie system benchmark CA")?;
+        let ca = DevCa::generate(&format!("duijie {name} benchmark CA"))?;
         let ca_path = dir.join("ca.pem");
         std::fs::write(&ca_path, ca.cert_pem())?;
-        // Signing keys of every node and of the audit service (signed handoffs).
+        // Signing keys of the plan's nodes and of the audit service (signed handoffs); the
+        // services read a node's key when it first needs it.
         let keys = duijie_common::client::Pki::new(dir.join("keys"));
-        for n in demo_nodes()? {
-            keys.write(ca.cert_pem(), &n, &ca.agency(&n)?)?;
+        for n in &plan.nodes {
+            keys.write(ca.cert_pem(), n, &ca.agency(n)?)?;
         }
         let (cert, key) = ca.issue(duijie_common::signing::AUDIT_SIGNER, &["localhost", "127.0.0.1"])?;
         let (cert_path, key_path) = keys.service_files("audit");
         std::fs::write(cert_path, cert)?;
         std::fs::write(key_path, key)?;
         let master_key: String = duijie_common::sealing::Key::generate()?.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let mut stack = Self { opts: opts.clone(), id, prefix, topology, connector, dir, services: Vec::new(), ca, admin, databases, master_key };
-        for (svc, database) in SERVICES.into_iter().zip(stack.databases.clone()) {
+        let mut stack = Self {
+            opts: opts.clone(),
+            directory: plan.directory.clone(),
+            id,
+            name,
+            prefix,
+            topology,
+            connector,
+            dir,
+            services: Vec::new(),
+            ca,
+            admin,
+            databases,
+            master_key,
+        };
+        for (svc, database) in plan.services.iter().copied().zip(stack.databases.clone()) {
             let process = stack.spawn(opts, svc, &database, &ca_path).await;
             match process {
                 Ok(p) => stack.services.push(p),
@@ -162,7 +216,13 @@ impl ProcessStack {
         let log = self.dir.join(log_name);
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        let child = tokio::process::Command::new(opts.bin_dir.join(format!("duijie-{svc}")))
+        let mut command = tokio::process::Command::new(opts.bin_dir.join(format!("duijie-{svc}")));
+        if let Some(d) = self.directory.as_deref().filter(|_| svc != "audit") {
+            // The agency services' directory (the audit service reads none).
+            command.env("DUIJIE_DIRECTORY", d);
+        }
+        let started = Instant::now();
+        let child = command
             .current_dir(&opts.root)
             .env("DUIJIE_CONFIG_DIR", opts.root.join("config").join(svc))
             .env("DUIJIE_DATABASE__HOST", &self.admin.host)
@@ -190,8 +250,9 @@ impl ProcessStack {
             .with_context(|| format!("starting duijie-{svc}"))?;
         let pid = child.id().context("the service exited at once")?;
         let pool = duijie_common::db::pool(&DatabaseConfig { database: database.to_owned(), max_connections: 2, ..self.admin.clone() });
-        let mut process = ServiceProcess { name: svc, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log, pool, child };
+        let mut process = ServiceProcess { name: svc, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log, pool, started: Duration::ZERO, child };
         process.addr = process.wait_listening(Duration::from_secs(60)).await?;
+        process.started = started.elapsed();
         Ok(process)
     }
 
@@ -200,7 +261,7 @@ impl ProcessStack {
     /// go to it from now on. Returns its pid.
     pub async fn spawn_replica(&mut self, name: &str) -> anyhow::Result<u32> {
         let svc = SERVICES.into_iter().find(|s| *s == name).with_context(|| format!("no service {name}"))?;
-        let database = format!("sysbench_{}_{svc}", self.id);
+        let database = format!("{}_{}_{svc}", self.name, self.id);
         let (opts, ca_path) = (self.opts.clone(), self.dir.join("ca.pem"));
         let n = self.services.iter().filter(|s| s.name == svc).count() + 1;
         let replica = self.spawn_logging(&opts, svc, &database, &ca_path, &format!("{svc}-{n}.log")).await?;
@@ -288,7 +349,7 @@ impl ProcessStack {
             s.pool.close().await;
         }
         if let Err(e) = self.delete_topology().await {
-            eprintln!("sysbench: deleting the queues of prefix {}: {e:#}", self.prefix);
+            eprintln!("{}: deleting the queues of prefix {}: {e:#}", self.name, self.prefix);
         }
         let dropped = async {
             let mut conn = PgConnection::connect_with(&self.admin.connect_options()).await?;
@@ -298,12 +359,12 @@ impl ProcessStack {
             anyhow::Ok(())
         };
         if let Err(e) = dropped.await {
-            eprintln!("sysbench: dropping the databases sysbench_{}_*: {e:#}", self.id);
+            eprintln!("{}: dropping the databases {}_{}_*: {e:#}", self.name, self.name, self.id);
         }
     }
 
     async fn delete_topology(&self) -> anyhow::Result<()> {
-        let conn = self.connector.connect("sysbench cleanup").await?;
+        let conn = self.connector.connect(&format!("{} cleanup", self.name)).await?;
         let ch = conn.create_channel().await?;
         self.topology.delete(&ch).await?;
         let _ = conn.close(200, "done".into()).await;
@@ -348,7 +409,7 @@ impl ServiceProcess {
         // `kill -TERM`: the services shut down gracefully on SIGTERM (tokio's Child only kills).
         let _ = tokio::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().await;
         if tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.is_err() {
-            eprintln!("sysbench: duijie-{} did not stop within 20 s; killing it", self.name);
+            eprintln!("stack: duijie-{} did not stop within 20 s; killing it", self.name);
             let _ = self.child.kill().await;
         }
     }
