@@ -69,7 +69,7 @@ impl ServiceUsers {
     pub fn amqp(&self, service: &str) -> anyhow::Result<AmqpConfig> {
         let (_, user, password) = self.users.iter().find(|(s, _, _)| s == service).with_context(|| format!("no broker user for {service}"))?;
         let url = with_credentials(&self.admin_url, user, password.expose_secret())?;
-        Ok(AmqpConfig { url: SecretString::from(url), connection_name: user.clone(), cluster_urls: Vec::new() })
+        Ok(AmqpConfig::new(url, user.clone()))
     }
 
     /// The user name of `service`.

@@ -183,7 +183,7 @@ impl Cluster {
         let n = self.nodes.len();
         let mut order = (0..n).map(|i| self.nodes[(first + i) % n].url.clone());
         let url = order.next().unwrap_or_else(|| SecretString::from(String::new()));
-        AmqpConfig { url, cluster_urls: order.collect(), connection_name: connection_name.to_owned() }
+        AmqpConfig { cluster_urls: order.collect(), ..AmqpConfig::new(url, connection_name) }
     }
 
     /// Checks that every node runs, counts all of them as running members, knows of no

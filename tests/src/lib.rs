@@ -18,7 +18,6 @@ use duijie_proto::v1::envelope::Payload;
 use duijie_proto::v1::{AgencyKind, Channel, Envelope, Referral};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::AMQPValue;
-use secrecy::SecretString;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -106,7 +105,7 @@ impl TestBus {
                                         trace_id TEXT, applied_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
         )
         .await?;
-        let amqp_cfg = AmqpConfig { url: SecretString::from(amqp.amqp_url()), connection_name: format!("test-{prefix}"), cluster_urls: Vec::new() };
+        let amqp_cfg = AmqpConfig::new(amqp.amqp_url(), format!("test-{prefix}"));
         // Two partitions per kind and for the tap: enough for a case's order across partitions
         // to matter, few enough quorum queues for many tests side by side.
         let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), partitions: 2, tap_partitions: 2, ..Default::default() });

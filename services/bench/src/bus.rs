@@ -83,7 +83,7 @@ pub struct BusArgs {
 
 /// Runs the bus benchmark and prints its figures.
 pub async fn run(args: &BusArgs) -> anyhow::Result<()> {
-    let amqp = AmqpConfig { url: args.amqp_url.clone().into(), connection_name: "duijie-bench".into(), cluster_urls: Vec::new() };
+    let amqp = AmqpConfig::new(args.amqp_url.clone(), "duijie-bench");
     let connector = Connector::new(amqp);
 
     println!("duijie-bench: {} messages of {} bytes, latency run {} msg/s for {} s", args.messages, args.size, args.rate, args.seconds);

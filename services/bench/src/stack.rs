@@ -151,7 +151,7 @@ impl ProcessStack {
         }
         let _ = conn.close().await;
 
-        let connector = Connector::new(AmqpConfig { url: opts.amqp_url.clone().into(), connection_name: format!("duijie-{name}"), cluster_urls: Vec::new() });
+        let connector = Connector::new(AmqpConfig::new(opts.amqp_url.clone(), format!("duijie-{name}")));
         let prefix = plan.prefix.clone().unwrap_or_else(|| format!("{name}{id}"));
         let topology = Topology::new(TopologyConfig { prefix: prefix.clone(), ..Default::default() });
         // Queues first, so the first referral is routable whichever consumer starts first.

@@ -584,11 +584,7 @@ async fn bus_rate(args: &SystemArgs) -> anyhow::Result<f64> {
         amqp_url: args.amqp_url.clone(),
         database_url: args.database_url.clone(),
     };
-    let connector = duijie_common::amqp::Connector::new(duijie_common::config::AmqpConfig {
-        url: args.amqp_url.clone().into(),
-        connection_name: "duijie-sysbench".into(),
-        cluster_urls: Vec::new(),
-    });
+    let connector = duijie_common::amqp::Connector::new(duijie_common::config::AmqpConfig::new(args.amqp_url.clone(), "duijie-sysbench"));
     let bus = BusUnderTest::new(&connector, &bus_args).await?;
     let rate = bus.throughput(&bus_args).await;
     bus.cleanup().await?;

@@ -138,7 +138,7 @@ pub async fn run(args: &TopologyArgs) -> anyhow::Result<()> {
         topology_cfg.partitions, topology_cfg.tap_partitions
     );
     let opts = StackOptions { bin_dir, root: root.clone(), amqp_url: args.amqp_url.clone(), database_url: args.database_url.clone() };
-    let connector = Connector::new(AmqpConfig { url: args.amqp_url.clone().into(), connection_name: "duijie-topobench".into(), cluster_urls: Vec::new() });
+    let connector = Connector::new(AmqpConfig::new(args.amqp_url.clone(), "duijie-topobench"));
     let mut all = Vec::new();
     for &n in &args.nodes {
         println!("\n== {n} agencies ==");

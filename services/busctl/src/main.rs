@@ -108,7 +108,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let topology = Topology::new(TopologyConfig { prefix: cli.prefix.clone(), partitions: cli.partitions, tap_partitions: cli.tap_partitions, ..Default::default() });
-    let connector = Connector::new(AmqpConfig { url: cli.amqp_url.clone().into(), connection_name: "duijie-bus".into(), cluster_urls: Vec::new() });
+    let connector = Connector::new(AmqpConfig::new(cli.amqp_url.clone(), "duijie-bus"));
     match cli.command {
         Command::Migrate { database_url } => {
             let cfg = DatabaseConfig::from_url(&database_url)?;

@@ -169,7 +169,7 @@ struct DeadQueue {
 
 impl DeadQueue {
     async fn open(ctx: &Ctx) -> CliResult<Self> {
-        let connector = Connector::new(AmqpConfig { url: ctx.amqp_url.clone().into(), connection_name: "duijie-cli".into(), cluster_urls: Vec::new() });
+        let connector = Connector::new(AmqpConfig::new(ctx.amqp_url.clone(), "duijie-cli"));
         let conn = connector.connect("dead letters").await.map_err(CliError::Failure)?;
         let topology = Topology::new(TopologyConfig { prefix: ctx.prefix.clone(), ..Default::default() });
         Ok(Self { conn, queue: topology.dead_queue() })

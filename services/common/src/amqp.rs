@@ -67,7 +67,18 @@ impl Connector {
             let n = (start + i) % urls.len();
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("{}:{purpose}", self.cfg.connection_name).into());
-            let attempt = Connection::connect(urls[n].expose_secret(), props);
+            let mut uri: lapin::uri::AMQPUri = match urls[n].expose_secret().parse() {
+                Ok(uri) => uri,
+                // The parser's message may quote the URL, password and all.
+                Err(_) => {
+                    last = Some(anyhow::anyhow!("broker URL {n} is not an amqp:// or amqps:// URL"));
+                    continue;
+                }
+            };
+            if uri.query.heartbeat.is_none() && self.cfg.heartbeat_secs > 0 {
+                uri.query.heartbeat = Some(self.cfg.heartbeat_secs);
+            }
+            let attempt = Connection::connect_uri(uri, props);
             let outcome = if urls.len() == 1 {
                 attempt.await.map_err(anyhow::Error::from)
             } else {

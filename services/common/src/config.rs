@@ -137,10 +137,27 @@ pub struct AmqpConfig {
     /// Connection name shown in the broker's management tools.
     #[serde(default = "default_connection_name")]
     pub connection_name: String,
+    /// AMQP heartbeat in seconds, asked for when a URL names none (`?heartbeat=`). A node that
+    /// stops answering without closing the socket (frozen, cut off) is given up after two
+    /// missed heartbeats and the service reconnects, to another node with `cluster_urls`; the
+    /// broker's own default (60 s) kept services waiting on a frozen node for two minutes.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u16,
+}
+
+impl AmqpConfig {
+    /// One broker node at `url`, the default heartbeat.
+    pub fn new(url: impl Into<SecretString>, connection_name: impl Into<String>) -> Self {
+        Self { url: url.into(), cluster_urls: Vec::new(), connection_name: connection_name.into(), heartbeat_secs: default_heartbeat_secs() }
+    }
 }
 
 fn default_connection_name() -> String {
     "duijie".into()
+}
+
+fn default_heartbeat_secs() -> u16 {
+    10
 }
 
 /// Names and queue arguments of the bus topology.
