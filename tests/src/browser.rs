@@ -33,6 +33,7 @@ pub async fn start_console_with(stack: &Stack, session: duijie_console::SessionC
         directory_reload_ms: Duration::from_millis(200),
         grace_ms: Duration::from_secs(2),
         session,
+        metrics: duijie_common::metrics::MetricsConfig { listen: Some("127.0.0.1:0".parse()?) },
     };
     duijie_console::start(cfg, stack.bus.shutdown.child_token()).await
 }

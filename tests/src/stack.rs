@@ -168,6 +168,8 @@ impl Stack {
                 topology: TopologyConfig { prefix: prefix.clone(), ..topology.clone() },
                 relay: TestBus::relay_config(),
                 consumer: TestBus::consumer_config(),
+                // One recorder per process: every in-process service serves the same figures.
+                metrics: duijie_common::metrics::MetricsConfig { listen: Some("127.0.0.1:0".parse()?) },
             })
         };
         let grpc = |name: &str| -> anyhow::Result<GrpcConfig> {
@@ -177,6 +179,8 @@ impl Stack {
             std::fs::write(&key_path, key)?;
             Ok(GrpcConfig {
                 listen: "127.0.0.1:0".parse()?,
+                // Every service of a test stack has its probes' port (tests/tests/ops.rs).
+                health_listen: Some("127.0.0.1:0".parse()?),
                 tls: TlsFiles { ca: ca_path.clone(), cert: cert_path, key: key_path },
                 grace_ms: Duration::from_secs(5),
             })

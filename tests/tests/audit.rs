@@ -715,9 +715,11 @@ async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir:
             topology: duijie_common::config::TopologyConfig { prefix: bus.prefix.clone(), ..Default::default() },
             relay: TestBus::relay_config(),
             consumer: Default::default(),
+            metrics: Default::default(),
         },
         grpc: duijie_common::server::GrpcConfig {
             listen: "127.0.0.1:0".parse()?,
+            health_listen: None,
             tls: duijie_common::server::TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("audit.pem"), key: dir.join("audit-key.pem") },
             grace_ms: Duration::from_secs(5),
         },

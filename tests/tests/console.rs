@@ -310,6 +310,7 @@ async fn in_production_the_browser_certificate_is_the_identity() -> anyhow::Resu
         directory_reload_ms: std::time::Duration::from_secs(5),
         grace_ms: std::time::Duration::from_secs(2),
         session: duijie_console::SessionConfig::default(),
+        metrics: Default::default(),
     };
     let console = duijie_console::start(cfg, stack.bus.shutdown.child_token()).await?;
     let ca = stack.ca.cert_pem().to_owned();

@@ -17,7 +17,7 @@ use duijie_common::inbox::{BadSignature, Consumer, ConsumerStats};
 use duijie_common::outbox::{Relay, RelayStats};
 use duijie_common::process::run_process;
 use duijie_common::server::{self, GrpcConfig};
-use duijie_common::{CancellationToken, db, shutdown};
+use duijie_common::{CancellationToken, db, metrics, shutdown};
 use duijie_proto::v1::AgencyKind;
 use serde::Deserialize;
 use tokio::task::JoinSet;
@@ -66,6 +66,10 @@ pub struct Running {
     pub agency: Agency,
     pub relay: std::sync::Arc<RelayStats>,
     pub consumers: Vec<std::sync::Arc<ConsumerStats>>,
+    /// Where `/metrics` is served (`metrics.listen`), if it is.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where the plaintext health listener is (`grpc.health_listen`), if there is one.
+    pub health_addr: Option<SocketAddr>,
     /// Cancel to stop it; `handle` ends once everything drained.
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -97,6 +101,7 @@ pub async fn start(
     let tls = cfg.grpc.tls.read().context("reading the TLS files")?;
     // Bulkheads: gRPC calls on one pool, the relay, the consumers and the pruner on the other.
     let pools = db::ServicePools::new(&cfg.bus.database)?;
+    let mut samplers = metrics::Samplers::default().with(metrics::pools_sampler(pools.clone())).with(metrics::outbox_sampler(pools.bus.clone()));
     let pool = pools.bus;
     crate::migrator().run(&pool).await.context("migrating the service database")?;
     let connector = Connector::new(cfg.bus.amqp.clone());
@@ -108,6 +113,7 @@ pub async fn start(
     let verifier = std::sync::Arc::new(cfg.signing.verifier().context("signing: the CA")?);
     let relay = Relay::new(pool.clone(), connector.clone(), cfg.bus.relay.clone(), format!("{name}-relay")).with_signer(signer);
     let relay_stats = relay.stats();
+    samplers = samplers.with(metrics::relay_sampler(relay_stats.clone()));
     let mut agency = Agency::for_kind(pools.api, topology.clone(), kind, Some(relay.waker())).with_directory(directory.clone());
     let gate = cfg.audit_gate.enabled.then(|| crate::gate::AuditGate::new(name, &nodes).with_verifier(verifier.clone()));
     if let Some(g) = &gate {
@@ -138,6 +144,8 @@ pub async fn start(
     let health_service = health_service.max_decoding_message_size(duijie_common::server::MAX_REQUEST_BYTES);
     let at_start = if gate.is_some() { tonic_health::ServingStatus::NotServing } else { tonic_health::ServingStatus::Serving };
     health.set_service_status(crate::gate::HEALTH_SERVICE, at_start).await;
+    let gate_open = gate.as_ref().map(crate::gate::AuditGate::subscribe);
+    samplers = samplers.with(metrics::flag_sampler("duijie_audit_gate_open", move || gate_open.as_ref().is_none_or(|rx| rx.borrow().open)));
     if let Some(g) = gate {
         let (h, t) = (health.clone(), token.clone());
         let mirror = g.clone();
@@ -152,6 +160,7 @@ pub async fn start(
         let consumer = Consumer::new(name, queue.clone(), pool.clone(), connector.clone(), topology.clone(), cfg.bus.consumer.clone(), agency.clone())
             .with_verifier(verifier.clone(), BadSignature::DeadLetter);
         consumers.push(consumer.stats());
+        samplers = samplers.with(metrics::consumer_sampler(queue.clone(), consumer.stats()));
         let t = token.clone();
         let task = format!("inbox {queue}");
         tasks.spawn(async move { (task, consumer.run(t).await) });
@@ -165,6 +174,22 @@ pub async fn start(
             ("inbox pruning".to_owned(), Ok(()))
         }
     });
+    let metrics_addr = match metrics::bind(&cfg.bus.metrics, samplers, token.clone()).await? {
+        Some((addr, serve)) => {
+            tasks.spawn(async move { ("metrics".to_owned(), serve.await) });
+            Some(addr)
+        }
+        None => None,
+    };
+    let health_addr = match server::bind_health(&cfg.grpc).await? {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let (h, t) = (health.clone(), token.clone());
+            tasks.spawn(async move { ("health".to_owned(), server::serve_health(listener, h, t).await) });
+            Some(addr)
+        }
+        None => None,
+    };
     let routes = routes(&agency).add_service(health_service);
     let grace = cfg.grpc.grace_ms;
     tasks.spawn({
@@ -173,12 +198,28 @@ pub async fn start(
     });
     tracing::info!(service = name, %addr, agencies = nodes.len(), partitions = consumers.len(), "serving");
     let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
-    Ok(Running { addr, agency, relay: relay_stats, consumers, shutdown, handle })
+    Ok(Running { addr, agency, relay: relay_stats, consumers, metrics_addr, health_addr, shutdown, handle })
 }
 
 /// The whole process of service `name`: telemetry, configuration from `DUIJIE_CONFIG_DIR`
 /// (default `config/<name>`), then [`start`] until SIGINT/SIGTERM.
 pub async fn main(name: &'static str, kind: AgencyKind, routes: impl FnOnce(&Agency) -> Routes) -> std::process::ExitCode {
+    match duijie_common::process::Command::from_args(name) {
+        Ok(duijie_common::process::Command::Serve) => {}
+        Ok(duijie_common::process::Command::Migrate) => {
+            return duijie_common::process::run_once(name, "migrate", |cfg: ServiceConfig| async move {
+                let pool = db::pool(&cfg.bus.database);
+                crate::migrator().run(&pool).await.context("migrating the service database")?;
+                pool.close().await;
+                Ok(())
+            })
+            .await;
+        }
+        Err(usage) => {
+            eprintln!("{usage}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     run_process(name, |cfg: ServiceConfig, shutdown| async move {
         let running = start(name, kind, cfg, routes, shutdown).await?;
         Ok((running.addr, running.handle))

@@ -12,7 +12,7 @@ use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::Relay;
 use duijie_common::process::run_process;
 use duijie_common::server::{self, GrpcConfig};
-use duijie_common::{CancellationToken, db, shutdown};
+use duijie_common::{CancellationToken, db, metrics, shutdown};
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -89,6 +89,10 @@ pub struct Running {
     pub pool: PgPool,
     /// One per partition of the tap.
     pub consumers: Vec<std::sync::Arc<ConsumerStats>>,
+    /// Where `/metrics` is served (`metrics.listen`), if it is.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the plaintext health listener is (`grpc.health_listen`), if there is one.
+    pub health_addr: Option<std::net::SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -156,6 +160,7 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
     // Bulkheads: gRPC calls on one pool; the tap consumer, the relay, the deadline notices,
     // retention and pruning on the other.
     let pools = db::ServicePools::new(&cfg.bus.database)?;
+    let mut samplers = metrics::Samplers::default().with(metrics::pools_sampler(pools.clone())).with(metrics::outbox_sampler(pools.bus.clone()));
     let pool = pools.bus;
     crate::migrator().run(&pool).await.context("migrating the audit database")?;
     maintain_partitions(&pool, cfg.audit.retention_days).await?;
@@ -182,6 +187,11 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         })
         .collect();
     let consumer_stats: Vec<_> = consumers.iter().map(Consumer::stats).collect();
+    samplers = samplers.with(metrics::relay_sampler(relay.stats()));
+    for (queue, stats) in topology.tap_queues().into_iter().zip(&consumer_stats) {
+        samplers = samplers.with(metrics::consumer_sampler(queue, stats.clone()));
+    }
+    samplers = samplers.with(audit_sampler(consumer_stats.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.grpc.listen).await.with_context(|| format!("listening on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
     let token = shutdown.child_token();
@@ -232,16 +242,67 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         Some(signer.clone()),
         Some(master),
     ));
+    let metrics_addr = match metrics::bind(&cfg.bus.metrics, samplers, token.clone()).await? {
+        Some((addr, serve)) => {
+            tasks.spawn(async move { ("metrics".to_owned(), serve.await) });
+            Some(addr)
+        }
+        None => None,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(server::MAX_REQUEST_BYTES);
+    let health_addr = match server::bind_health(&cfg.grpc).await? {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let (h, t) = (health.clone(), token.clone());
+            tasks.spawn(async move { ("health".to_owned(), server::serve_health(listener, h, t).await) });
+            Some(addr)
+        }
+        None => None,
+    };
+    let routes = routes.add_service(health_service);
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
-    tasks.spawn(async move { ("grpc".to_owned(), server::serve("audit", listener, routes, &tls, t, grace).await) });
+    tasks.spawn(async move { ("grpc".to_owned(), server::serve_with_health("audit", listener, routes, health, &tls, t, grace).await) });
     tracing::info!(%addr, "audit serving");
     let handle = tokio::spawn(shutdown::supervise(tasks, token, grace));
-    Ok(Running { addr, pool, consumers: consumer_stats, shutdown, handle })
+    Ok(Running { addr, pool, consumers: consumer_stats, metrics_addr, health_addr, shutdown, handle })
+}
+
+/// The audit store's own figures: records appended (every tap message recorded, refused ones
+/// included) and the age of the oldest tap message in hand.
+fn audit_sampler(consumers: Vec<Arc<ConsumerStats>>) -> metrics::Sampler {
+    Arc::new(move || {
+        let appended: u64 = consumers.iter().map(|c| c.applied.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        let now = chrono::Utc::now();
+        let lag = consumers.iter().filter_map(|c| c.holding_since()).map(|since| (now - since).num_milliseconds().max(0)).max().unwrap_or(0);
+        Box::pin(async move {
+            ::metrics::counter!("duijie_audit_appended_total").absolute(appended);
+            #[allow(clippy::cast_precision_loss)] // milliseconds of lag: far below 2^52
+            ::metrics::gauge!("duijie_audit_lag_seconds").set(lag as f64 / 1000.0);
+        })
+    })
 }
 
 /// The whole `duijie-audit` process (configuration from `DUIJIE_CONFIG_DIR`, default
 /// `config/audit`).
 pub async fn main() -> std::process::ExitCode {
+    match duijie_common::process::Command::from_args("audit") {
+        Ok(duijie_common::process::Command::Serve) => {}
+        Ok(duijie_common::process::Command::Migrate) => {
+            return duijie_common::process::run_once("audit", "migrate", |cfg: AuditServiceConfig| async move {
+                let pool = db::pool(&cfg.bus.database);
+                crate::migrator().run(&pool).await.context("migrating the audit database")?;
+                maintain_partitions(&pool, cfg.audit.retention_days).await?;
+                pool.close().await;
+                Ok(())
+            })
+            .await;
+        }
+        Err(usage) => {
+            eprintln!("{usage}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     run_process("audit", |cfg: AuditServiceConfig, shutdown| async move {
         let running = start(cfg, shutdown).await?;
         Ok((running.addr, running.handle))

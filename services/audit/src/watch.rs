@@ -111,6 +111,9 @@ pub async fn notify_once(pool: &PgPool, topology: &Topology, warn_before: Durati
             .await?;
     }
     tx.commit().await.context("committing the notices")?;
+    let breaches = due.iter().filter(|d| d.breached).count() as u64;
+    ::metrics::counter!("duijie_deadline_breaches_total").increment(breaches);
+    ::metrics::counter!("duijie_deadline_warnings_total").increment(due.len() as u64 - breaches);
     Ok(staged)
 }
 

@@ -26,6 +26,9 @@ pub struct BusConfig {
     /// Inbox consumer tuning.
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    /// Where `/metrics` is served (README, "Metrics").
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// PostgreSQL connection settings; kept as parts, not a URL, so the password stays secret.

@@ -113,12 +113,24 @@ impl ApiPool {
 
     /// A slot, waiting at most the pool's acquire timeout; [`Busy`] after that.
     async fn slot(&self) -> anyhow::Result<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(slot);
+        }
+        metrics::counter!("duijie_db_pool_waits_total", "pool" => "api").increment(1);
         match tokio::time::timeout(self.wait, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(slot)) => Ok(slot),
             // The semaphore is never closed; say so rather than panic if that ever changes.
             Ok(Err(closed)) => Err(anyhow::Error::new(closed).context("the calls' connection slots are closed")),
-            Err(_) => Err(Busy { connections: self.connections, waited: self.wait }.into()),
+            Err(_) => {
+                metrics::counter!("duijie_db_pool_busy_total", "pool" => "api").increment(1);
+                Err(Busy { connections: self.connections, waited: self.wait }.into())
+            }
         }
+    }
+
+    /// The pool behind the slots (for its size and idle connections).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     async fn connect(&self, slot: OwnedSemaphorePermit) -> anyhow::Result<ApiConn> {

@@ -521,6 +521,10 @@ impl<H: Handler> Consumer<H> {
     /// unacked and the broker redelivers it to the next consumer).
     async fn process(&self, ch: &Channel, dead_ch: &Channel, batch: Vec<Delivery>, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let started = std::time::Instant::now();
+        let redelivered = batch.iter().filter(|d| d.redelivered).count();
+        if redelivered > 0 {
+            metrics::counter!("duijie_consumer_redeliveries_total", "queue" => self.queue.clone()).increment(redelivered as u64);
+        }
         let decoded: Vec<Result<Inbound, String>> = batch.iter().map(|d| decode(d).and_then(|m| self.check_signature(m))).collect();
         let mut db_backoff = Backoff::reconnect();
         let outcomes = loop {
@@ -573,6 +577,9 @@ impl<H: Handler> Consumer<H> {
                     tracing::error!(consumer = %self.name, routing_key = %delivery.routing_key, reason = %reason, "poison message sent to the dead-letter queue");
                     self.dead_letter(dead_ch, delivery, reason).await?;
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    // Unreadable: not an envelope, or its signature fails; refused: the handler's no.
+                    let why = if decoded.is_err() { "unreadable" } else { "refused" };
+                    metrics::counter!("duijie_dead_letters_total", "reason" => why).increment(1);
                 }
             }
         }
@@ -583,6 +590,7 @@ impl<H: Handler> Consumer<H> {
         if !touched.is_empty() {
             self.retry_held(dead_ch, Some(&touched)).await?;
         }
+        metrics::histogram!("duijie_consumer_apply_seconds", "queue" => self.queue.clone()).record(started.elapsed().as_secs_f64());
         tracing::debug!(consumer = %self.name, batch = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "applied a batch");
         Ok(true)
     }
@@ -806,6 +814,9 @@ impl<H: Handler> Consumer<H> {
         }
         tx.commit().await.map_err(db)?;
         self.stats.expired.fetch_add(u64::try_from(dead.len()).unwrap_or(0), Ordering::Relaxed);
+        if !dead.is_empty() {
+            metrics::counter!("duijie_dead_letters_total", "reason" => "expired").increment(dead.len() as u64);
+        }
         self.stats.dead_lettered.fetch_add(u64::try_from(dead.len()).unwrap_or(0), Ordering::Relaxed);
         for m in applied.iter().copied().flatten() {
             self.stats.applied.fetch_add(1, Ordering::Relaxed);

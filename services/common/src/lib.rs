@@ -13,6 +13,7 @@ pub mod db;
 pub mod directory;
 pub mod envelope;
 pub mod inbox;
+pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod reconnect;

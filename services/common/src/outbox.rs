@@ -325,11 +325,15 @@ impl Relay {
         if rows.is_empty() && deferred == 0 {
             return Ok(None);
         }
+        let published = std::time::Instant::now();
         let confirms = start_publish(ch, &rows, self.signer.as_deref()).await.map_err(RelayError::Amqp)?;
         let results = tokio::time::timeout(self.cfg.confirm_timeout, await_confirms(&rows, confirms))
             .await
             .map_err(|_| RelayError::Amqp(anyhow::anyhow!("no publisher confirms within {:?}", self.cfg.confirm_timeout)))?
             .map_err(RelayError::Amqp)?;
+        if !rows.is_empty() {
+            metrics::histogram!("duijie_relay_confirm_seconds").record(published.elapsed().as_secs_f64());
+        }
         Ok(Some(ConfirmedBatch { tx, rows, results, deferred }))
     }
 

@@ -18,6 +18,8 @@ where
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)>>,
 {
+    // Recording starts with the process, whether or not `/metrics` is served.
+    let _ = crate::metrics::install();
     let _telemetry = match telemetry::init(name, "info", std::io::stdout) {
         Ok(g) => g,
         Err(e) => {
@@ -38,6 +40,59 @@ where
             tracing::error!(error = format!("{e:#}"), "{name} stopped");
             eprintln!("{name}: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A one-shot command of service `name` (e.g. `duijie-court migrate`): telemetry, the same
+/// configuration as the service, `task`, and exit status 0 or 1 with the reason.
+pub async fn run_once<C, F, Fut>(name: &'static str, what: &str, task: F) -> std::process::ExitCode
+where
+    C: serde::de::DeserializeOwned,
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let _telemetry = match telemetry::init(name, "info", std::io::stdout) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{name}: telemetry: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::var_os("DUIJIE_CONFIG_DIR").map_or_else(|| PathBuf::from("config").join(name), PathBuf::from);
+    let run = async {
+        let cfg: C = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
+        task(cfg).await
+    };
+    match run.await {
+        Ok(()) => {
+            println!("{name}: {what}: done");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {what}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the command line asks of a service binary: run (no argument), or `migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Serve until SIGINT/SIGTERM.
+    Serve,
+    /// Apply the database migrations and exit (a deployment's pre-install/pre-upgrade job).
+    Migrate,
+}
+
+impl Command {
+    /// From the process's arguments; `Err` with a usage line for anything else.
+    pub fn from_args(name: &str) -> Result<Self, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            [] => Ok(Self::Serve),
+            ["migrate"] => Ok(Self::Migrate),
+            _ => Err(format!("usage: duijie-{name} [migrate]\n  (no argument) serve; migrate: apply the database migrations and exit")),
         }
     }
 }

@@ -25,6 +25,11 @@ pub struct GrpcConfig {
     /// Address to listen on, e.g. `127.0.0.1:50051` (port 0: any free port).
     pub listen: SocketAddr,
     pub tls: TlsFiles,
+    /// A plaintext listener serving only `grpc.health.v1` (e.g. `0.0.0.0:8081`): the main port
+    /// requires mutual TLS, which Kubernetes' native `grpc` probe cannot present. It reports
+    /// the same statuses, and says nothing else.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
     /// How long in-flight calls and tasks get to finish on shutdown.
     #[serde(default = "default_grace", with = "crate::config::duration_ms")]
     pub grace_ms: Duration,
@@ -308,6 +313,7 @@ pub async fn serve_with_health(
     let server = Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
+        .layer(crate::metrics::GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
@@ -322,6 +328,27 @@ pub async fn serve_with_health(
             Ok(())
         }
     }
+}
+
+/// Serves only `grpc.health.v1`, in plaintext, on `listener` with the statuses of `health`,
+/// until `shutdown` (the probes' port: [`GrpcConfig::health_listen`]).
+pub async fn serve_health(listener: TcpListener, health: tonic_health::server::HealthReporter, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = tonic_health::pb::health_server::HealthServer::new(tonic_health::server::HealthService::from_health_reporter(health))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .context("health server failed")
+}
+
+/// Binds `cfg.health_listen`, if set, for [`serve_health`].
+pub async fn bind_health(cfg: &GrpcConfig) -> anyhow::Result<Option<TcpListener>> {
+    let Some(listen) = cfg.health_listen else { return Ok(None) };
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("health: listening on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving plaintext gRPC health for probes");
+    Ok(Some(listener))
 }
 
 /// The agency a request names in `field` (the field path in the error).

@@ -90,6 +90,9 @@ pub struct ConsoleConfig {
     /// The signed session cookie of `demo` sign-in (secret, lifetime).
     #[serde(default)]
     pub session: SessionConfig,
+    /// Where `/metrics` is served (README, "Metrics"): the console's requests by route.
+    #[serde(default)]
+    pub metrics: duijie_common::metrics::MetricsConfig,
 }
 
 fn default_grace() -> Duration {
@@ -153,8 +156,21 @@ impl AppState {
 pub struct Running {
     /// The bound address (the real port when configured with port 0).
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`metrics.listen`), if it is.
+    pub metrics_addr: Option<SocketAddr>,
     /// Ends when the console stopped; an error says why.
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Counts and times every request by its route's pattern (`/cases/{id}`, never the id) and
+/// status (a route layer: a path no route matches, answered by the fallback, is not counted).
+async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    metrics::histogram!("duijie_http_request_seconds", "route" => route.clone()).record(started.elapsed().as_secs_f64());
+    metrics::counter!("duijie_http_requests_total", "route" => route, "status" => res.status().as_u16().to_string()).increment(1);
+    res
 }
 
 fn router(state: AppState) -> Router {
@@ -175,6 +191,7 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(guard))
+        .route_layer(axum::middleware::from_fn(measure))
         .with_state(state)
 }
 
@@ -259,6 +276,17 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
         stopping: shutdown.clone(),
     };
     let app = router(state);
+    let metrics_addr = match duijie_common::metrics::bind(&cfg.metrics, duijie_common::metrics::Samplers::default(), shutdown.clone()).await? {
+        Some((addr, serve)) => {
+            tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = format!("{e:#}"), "the console's metrics server stopped");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let handle = match cfg.sign_in {
@@ -283,5 +311,5 @@ pub async fn start(cfg: ConsoleConfig, shutdown: CancellationToken) -> anyhow::R
         }
     };
     tracing::info!(%addr, sign_in = ?cfg.sign_in, "console listening");
-    Ok(Running { addr, handle })
+    Ok(Running { addr, metrics_addr, handle })
 }
