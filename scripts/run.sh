@@ -99,12 +99,15 @@ for svc in "${SERVICES[@]}"; do SERVICE_ARGS+=(--service "$svc"); done
 
 stop_services
 port_of() { sed -nE 's/^ *listen: *[^:]+:([0-9]+).*/\1/p' "$ROOT_DIR/config/$1/base.yaml"; }
+metrics_port_of() { sed -nE 's/^metrics: *\{ *listen: *"?[^:]+:([0-9]+).*/\1/p' "$ROOT_DIR/config/$1/base.yaml"; }
 # Our own services are stopped now: a port still taken belongs to another program, and a
 # service started beside it would fail to bind while the check below saw the port open.
 for svc in "${SERVICES[@]}"; do
-	if port_open 127.0.0.1 "$(port_of "$svc")"; then
-		die "port $(port_of "$svc") (duijie-$svc, config/$svc/base.yaml) is taken by another program; nothing was started"
-	fi
+	for port in "$(port_of "$svc")" "$(metrics_port_of "$svc")"; do
+		if port_open 127.0.0.1 "$port"; then
+			die "port $port (duijie-$svc, config/$svc/base.yaml) is taken by another program; nothing was started"
+		fi
+	done
 done
 # Secrets reach the services through the environment, never through the config files.
 DB_BASE=${DUIJIE_DATABASE_URL%/*}
@@ -162,7 +165,8 @@ duijie bus is up.
   RabbitMQ    $(redact_url "$DUIJIE_AMQP_URL")   (management: rabbitmqctl list_queues name messages consumers)
   PostgreSQL  $(redact_url "$DUIJIE_DATABASE_URL")   (psql -h 127.0.0.1 -U duijie duijie)
   exchanges   duijie.handoff (topic, routing key <kind>.<code>.<message>), duijie.dead (fanout)
-  queues      duijie.audit.tap, duijie.dead, duijie.inbox.<kind>.<code> per demo agency
+  queues      duijie.inbox.<kind>.p0..p3 (partitions by case, whatever the number of agencies),
+              duijie.audit.tap.p0..p3, duijie.dead
   mTLS        development CA and agency certificates in target/pki (CN <kind>:<code>)
   signing     every envelope is signed with its sending node's key from target/pki (README, Signed handoffs)
   party data  sealed per case; the audit service's master key is target/audit-master-key (README, Party data)
@@ -195,6 +199,10 @@ Services (gRPC over mTLS; health, reflection and duijie.v1.SessionService on eac
             127.0.0.1:$(port_of court) duijie.v1.CasesService/ListCases   (one command line)
   console        127.0.0.1:$(port_of console)    the web console (HTTP; calls the services with each agency's certificate)
   Logs: target/run/<service>.log   Stop: scripts/run.sh stop
+
+Metrics (Prometheus text; README, Metrics), e.g. curl -s http://127.0.0.1:$(metrics_port_of court)/metrics:
+  audit http://127.0.0.1:$(metrics_port_of audit)/metrics   court :$(metrics_port_of court)   procuratorate :$(metrics_port_of procuratorate)   police :$(metrics_port_of police)
+  petition :$(metrics_port_of petition)   mediation :$(metrics_port_of mediation)   console :$(metrics_port_of console)
 
 Audit store and dead letters from the command line (as the district supervisor by default):
   target/debug/duijie timeline JF-431003-2026-D1M-0001      target/debug/duijie watch <case> --until closed
