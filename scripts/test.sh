@@ -6,7 +6,8 @@
 #      kill and stop;
 #   2. the contract (proto/) as other agencies' tooling checks it: `buf lint` with buf's STANDARD
 #      rules and `buf breaking` against the last release, contract/released.binpb (buf is
-#      installed into target/tools with npm when missing, and npm from Debian if need be);
+#      installed into target/tools with npm when missing, and npm from Debian if need be); then
+#      the Helm chart charts/duijie (scripts/chart-check.sh: lint, render, schemas);
 #   3. clippy with warnings as errors;
 #   4. every test of the workspace with cargo-nextest (one build, tests in parallel; fault and
 #      replica tests, and cluster tests, each serialised in their own group, see
@@ -63,6 +64,16 @@ log "contract: buf lint (STANDARD), buf breaking against contract/released.binpb
 "$BUF" lint || die "buf lint: the contract breaks buf's STANDARD rules (see buf.yaml)"
 "$BUF" breaking --against contract/released.binpb ||
 	die "buf breaking: the contract breaks clients of the last release (README, Contract changes)"
+
+# The Helm chart, with Helm's own Go SDK (no helm binary): lint, render of the default values and
+# every ci/*-values.yaml, manifests validated against Kubernetes 1.31 and the operators' CRD
+# schemas, invalid values refused (python3-venv from Debian and a venv in target/ when missing).
+log "chart: helm lint, render and validate charts/duijie (scripts/chart-check.sh)"
+chart_out=$(LOG_TAG=chart "$SCRIPT_DIR/chart-check.sh" 2>&1) || {
+	printf '%s\n' "$chart_out" >&2
+	die "chart check failed (scripts/chart-check.sh)"
+}
+log "chart: $(grep '^summary:' <<<"$chart_out")"
 
 # One build of the workspace, not a series of edits: incremental artifacts would only cost
 # disk (several GB on a clean clone; a CI run once ran out of space linking). Set
