@@ -18,7 +18,7 @@ where
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)>>,
 {
-    let _telemetry = match telemetry::init(name, "info", std::io::stdout) {
+    let telemetry = match telemetry::init(name, "info", std::io::stdout) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{name}: telemetry: {e:#}");
@@ -32,12 +32,16 @@ where
         println!("{name} listening on {addr}");
         handle.await.context("supervisor")?
     };
-    match run.await {
+    let code = match run.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "{name} stopped");
             eprintln!("{name}: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans are exported as the guard shuts the exporter down: off the async threads,
+    // since that export runs on this runtime (blocking a worker could stall it until timeout).
+    let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    code
 }

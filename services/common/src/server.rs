@@ -308,6 +308,8 @@ pub async fn serve_with_health(
     let server = Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
+        // Every call in a span of its own, continuing the caller's trace (crate::trace).
+        .trace_fn(crate::trace::grpc_span)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
