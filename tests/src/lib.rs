@@ -24,6 +24,7 @@ use uuid::Uuid;
 pub mod broker;
 pub mod browser;
 pub mod cluster;
+pub mod otlp;
 pub mod stack;
 
 pub use duijie_common;

@@ -93,6 +93,7 @@ pub async fn act<T, R: CaseAnswer>(
     let me = caller(&req)?;
     let key = idempotency_key(&req)?;
     let (case, payload) = build(&me, req.into_inner())?;
+    duijie_common::trace::record_case_id(case);
     crate::rules::check_bounds(&payload, crate::rules::request_field(&payload))?;
     let view = agency.send_once(&me, case, payload, key.as_deref()).await?;
     Ok(Response::new(case_view(&view).into()))
@@ -245,6 +246,8 @@ impl ReferralsService for ReferralsApi {
         crate::validate_referral(&referral).map_err(|e| e.within("referral"))?;
         self.check_referral(&referral, "referral")?;
         let view = self.agency.submit_referral(&me, &to, &r.case_code, referral).await?;
+        // The case id is made by the submit: the call's span learns it only now.
+        duijie_common::trace::record_case_id(view.case_id);
         Ok(Response::new(case_view(&view).into()))
     }
 

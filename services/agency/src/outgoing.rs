@@ -113,6 +113,7 @@ impl Agency {
         let loaded = self.load_view(&mut tx, caller, case_id).await?;
         tx.commit().await.context("committing the referral")?;
         self.wake();
+        tracing::debug!(case_id = %case_id, case_code, "case opened; its first message is staged");
         self.build_view(caller, loaded)
     }
 

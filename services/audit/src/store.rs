@@ -37,6 +37,7 @@ use duijie_proto::v1::{
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// The hash of one record: the record's content (its envelope exactly as received, the state it
@@ -1016,11 +1017,23 @@ pub async fn case_payloads(conn: &mut PgConnection, case_id: Uuid) -> anyhow::Re
 
 impl Handler for AuditStore {
     async fn handle(&self, conn: &mut PgConnection, msg: &Inbound) -> Result<(), HandleError> {
-        self.append_arrivals(conn, &[Arrival::of(msg)]).await
+        let span = append_span(&tracing::Span::current(), msg);
+        self.append_arrivals(conn, &[Arrival::of(msg)]).instrument(span).await
     }
 
     async fn handle_batch<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Batched<'a>]) -> Result<(), HandleError> {
         let arrivals: Vec<Arrival<'_>> = batch.iter().map(|b| Arrival::of(b.msg)).collect();
-        self.append_arrivals(conn, &arrivals).await
+        // One `audit.append` per record, in its message's trace, open while the batch is
+        // appended: a trace shows its record's append even though records are written together.
+        let spans: Vec<tracing::Span> = batch.iter().map(|b| append_span(&b.span, b.msg)).collect();
+        let result = self.append_arrivals(conn, &arrivals).await;
+        drop(spans);
+        result
     }
+}
+
+/// The span `audit.append` of one record, a child of `parent` (the message's `inbox.apply`).
+fn append_span(parent: &tracing::Span, msg: &Inbound) -> tracing::Span {
+    tracing::info_span!(parent: parent, "audit.append", case_id = %msg.envelope.case_id, message_id = %msg.envelope.message_id,
+        kind = msg.envelope.kind().routing_segment())
 }

@@ -15,6 +15,7 @@ use prost::Message as _;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::amqp::{Connector, Topology};
@@ -499,7 +500,9 @@ async fn start_publish(ch: &Channel, rows: &[OutboxRow], signer: Option<&Signer>
                 }
             }
         }
-        W3cContext { traceparent: row.traceparent.clone(), tracestate: row.tracestate.clone() }.write_headers(&mut headers);
+        // The consumers continue the trace from this publish, itself a child of the staging span.
+        let span = publish_span(row);
+        W3cContext::of(&span).write_headers(&mut headers);
         headers.insert("x-duijie-kind".into(), AMQPValue::LongString(row.kind.clone().into()));
         // What the partitioning exchanges hash: every message of a case to the same partition.
         headers.insert(crate::amqp::CASE_HEADER.into(), AMQPValue::LongString(row.case_id.to_string().into()));
@@ -518,11 +521,21 @@ async fn start_publish(ch: &Channel, rows: &[OutboxRow], signer: Option<&Signer>
                 &row.payload,
                 props,
             )
+            .instrument(span)
             .await
             .context("publishing an outbox row")?;
         confirms.push(Ok(confirm));
     }
     Ok(confirms)
+}
+
+/// The span `relay.publish` of one row: handing it to the broker (its confirm is awaited with
+/// the batch's), in the trace of the transaction that staged it.
+fn publish_span(row: &OutboxRow) -> tracing::Span {
+    let span = tracing::info_span!("relay.publish", otel.kind = "producer", case_id = %row.case_id, message_id = %row.message_id,
+        kind = %row.kind, routing_key = %row.routing_key, attempt = row.attempts + 1);
+    W3cContext { traceparent: row.traceparent.clone(), tracestate: row.tracestate.clone() }.set_as_parent_of(&span);
+    span
 }
 
 /// Waits for every confirm of a batch and says, per row, what became of it. A returned message

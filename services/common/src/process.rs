@@ -20,7 +20,7 @@ where
 {
     // Recording starts with the process, whether or not `/metrics` is served.
     let _ = crate::metrics::install();
-    let _telemetry = match telemetry::init(name, "info", std::io::stdout) {
+    let telemetry = match telemetry::init(name, "info", std::io::stdout) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{name}: telemetry: {e:#}");
@@ -34,14 +34,18 @@ where
         println!("{name} listening on {addr}");
         handle.await.context("supervisor")?
     };
-    match run.await {
+    let code = match run.await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "{name} stopped");
             eprintln!("{name}: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans are exported as the guard shuts the exporter down: off the async threads,
+    // since that export runs on this runtime (blocking a worker could stall it until timeout).
+    let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    code
 }
 
 /// A one-shot command of service `name` (e.g. `duijie-court migrate`): telemetry, the same
@@ -52,7 +56,7 @@ where
     F: FnOnce(C) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let _telemetry = match telemetry::init(name, "info", std::io::stdout) {
+    let telemetry = match telemetry::init(name, "info", std::io::stdout) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{name}: telemetry: {e:#}");
@@ -64,7 +68,7 @@ where
         let cfg: C = config::load(&dir).with_context(|| format!("configuration in {}", dir.display()))?;
         task(cfg).await
     };
-    match run.await {
+    let code = match run.await {
         Ok(()) => {
             println!("{name}: {what}: done");
             std::process::ExitCode::SUCCESS
@@ -73,7 +77,10 @@ where
             eprintln!("{name}: {what}: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // As in run_process: the exporter's last export off the async threads.
+    let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+    code
 }
 
 /// What the command line asks of a service binary: run (no argument), or `migrate`.

@@ -313,6 +313,8 @@ pub async fn serve_with_health(
     let server = Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
+        // Every call in a span of its own, continuing the caller's trace (crate::trace).
+        .trace_fn(crate::trace::grpc_span)
         .layer(crate::metrics::GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);

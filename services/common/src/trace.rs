@@ -22,7 +22,13 @@ pub struct W3cContext {
 impl W3cContext {
     /// The context of the current `tracing` span (empty when no OpenTelemetry layer is installed).
     pub fn current() -> Self {
-        let cx = tracing::Span::current().context();
+        Self::of(&tracing::Span::current())
+    }
+
+    /// The context of `span`, to hand on as its child's parent (empty when no OpenTelemetry
+    /// layer is installed or the span is disabled).
+    pub fn of(span: &tracing::Span) -> Self {
+        let cx = span.context();
         let mut carrier: HashMap<String, String> = HashMap::new();
         opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
         Self {
@@ -53,6 +59,12 @@ impl W3cContext {
         }
     }
 
+    /// Reads the context from HTTP headers (a gRPC call's metadata).
+    pub fn from_http_headers(headers: &tonic::codegen::http::HeaderMap) -> Self {
+        let get = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()).map(str::to_owned);
+        Self { traceparent: get(TRACEPARENT), tracestate: get(TRACESTATE) }
+    }
+
     /// Makes this context the parent of `span`, continuing the sender's trace.
     pub fn set_as_parent_of(&self, span: &tracing::Span) {
         let Some(tp) = &self.traceparent else { return };
@@ -71,4 +83,31 @@ impl W3cContext {
     pub fn trace_id(&self) -> Option<&str> {
         self.traceparent.as_deref().and_then(|tp| tp.split('-').nth(1))
     }
+}
+
+/// The span of one gRPC call (`Server::trace_fn`): named as OpenTelemetry's RPC conventions name
+/// it, `<package.Service>/<Method>` (e.g. `duijie.v1.ReferralsService/SubmitReferral`), with
+/// `rpc.system`, `rpc.service`, `rpc.method`, and `case_id` once the handler knows the case
+/// ([`record_case_id`]). It continues the caller's trace when the call carries a `traceparent`
+/// header, so a client that traces sees the bus's spans under its own.
+pub fn grpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let path = req.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc.call",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        case_id = tracing::field::Empty,
+    );
+    W3cContext::from_http_headers(req.headers()).set_as_parent_of(&span);
+    span
+}
+
+/// Notes the case a call is about on the call's span ([`grpc_span`]), so its trace can be found
+/// by case. Does nothing outside a call's span.
+pub fn record_case_id(case_id: impl std::fmt::Display) {
+    tracing::Span::current().record("case_id", tracing::field::display(case_id));
 }

@@ -249,6 +249,7 @@ impl MediationService for MediationApi {
         }
         duijie_agency::validate_referral(&referral).map_err(|e| e.within("referral"))?;
         let view = self.agency.register_case(&me, &r.case_code, referral).await?;
+        duijie_common::trace::record_case_id(view.case_id);
         Ok(Response::new(duijie_agency::api::case_view(&view).into()))
     }
 }
