@@ -143,6 +143,7 @@ def render_and_validate(label: str, values: dict, crds, counts: dict) -> int:
         chart.close()
     seen: set = set()
     n = 0
+    docs = []
     for template, text in sorted(out.items()):
         if template.endswith("NOTES.txt") or not text.strip():
             continue
@@ -150,9 +151,49 @@ def render_and_validate(label: str, values: dict, crds, counts: dict) -> int:
             if not doc:
                 continue
             check_doc(label, template.split("/", 1)[-1], doc, crds, seen, counts)
+            docs.append(doc)
             n += 1
             counts["kinds"][doc.get("kind")] = counts["kinds"].get(doc.get("kind"), 0) + 1
+    check_hooks(label, docs)
     return n
+
+
+def hook_phases(doc: dict) -> set[str]:
+    hooks = ((doc.get("metadata") or {}).get("annotations") or {}).get("helm.sh/hook", "")
+    return {h.strip() for h in hooks.split(",") if h.strip()}
+
+
+def check_hooks(label: str, docs: list[dict]) -> None:
+    """A pre-install hook runs before the release's own objects exist: its pod may name only
+    hook objects of an earlier or equal weight, or objects from outside the release. Names a
+    pre-install Job's pod refers to (service account, ConfigMaps) that the release creates as
+    ordinary resources would leave the pod unschedulable and `helm install` waiting."""
+    ordinary = {(d.get("kind"), d["metadata"]["name"]) for d in docs if not hook_phases(d)}
+    for d in docs:
+        if d.get("kind") != "Job" or "pre-install" not in hook_phases(d):
+            continue
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+        refs = []
+        if pod.get("serviceAccountName"):
+            refs.append(("ServiceAccount", pod["serviceAccountName"]))
+        for v in pod.get("volumes") or []:
+            if "configMap" in v:
+                refs.append(("ConfigMap", v["configMap"].get("name")))
+            for src in (v.get("projected") or {}).get("sources") or []:
+                if "configMap" in src:
+                    refs.append(("ConfigMap", src["configMap"].get("name")))
+        for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+            for e in c.get("envFrom") or []:
+                if "configMapRef" in e:
+                    refs.append(("ConfigMap", e["configMapRef"].get("name")))
+            for e in c.get("env") or []:
+                ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+                if ref:
+                    refs.append(("ConfigMap", ref.get("name")))
+        for ref in refs:
+            if ref in ordinary:
+                fail(f"{label}: pre-install Job {d['metadata']['name']} refers to {ref[0]} {ref[1]}, "
+                     "which the release creates only after its pre-install hooks")
 
 
 def set_path(values: dict, path: str, value) -> dict:

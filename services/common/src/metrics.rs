@@ -40,15 +40,43 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often the recorder drains its histograms' samples into their buckets whether or not
+/// anything scrapes: unscraped, every call's sample would stay in memory.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The process's recorder, installed on first use. `None` if another recorder was installed
 /// first (then nothing of ours is recorded; said once in the log).
 pub fn install() -> Option<PrometheusHandle> {
+    install_as(None)
+}
+
+/// [`install`] for the process of service `name`: every series carries `service="<name>"`
+/// (one service per process in a deployment; the in-process test stacks use [`install`]).
+pub fn install_for(name: &str) -> Option<PrometheusHandle> {
+    install_as(Some(name))
+}
+
+fn install_as(service: Option<&str>) -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
-            let installed = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).and_then(PrometheusBuilder::install_recorder);
+            let mut builder = PrometheusBuilder::new();
+            if let Some(name) = service {
+                builder = builder.add_global_label("service", name);
+            }
+            let installed = builder.set_buckets(&LATENCY_BUCKETS).and_then(PrometheusBuilder::install_recorder);
             match installed {
                 Ok(handle) => {
                     describe();
+                    let upkeep = handle.clone();
+                    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+                        loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            upkeep.run_upkeep();
+                        }
+                    });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "no metrics upkeep thread: histograms are drained only when scraped");
+                    }
                     Some(handle)
                 }
                 Err(e) => {
@@ -86,6 +114,9 @@ fn describe() {
     describe_counter!("duijie_db_pool_busy_total", "gRPC calls answered busy (UNAVAILABLE) after waiting for a connection");
     describe_counter!("duijie_deadline_warnings_total", "Audit service: time limits near their end, notified");
     describe_counter!("duijie_deadline_breaches_total", "Audit service: time limits passed, notified");
+    describe_counter!("duijie_http_requests_total", "Console: requests by route pattern and status");
+    describe_histogram!("duijie_http_request_seconds", Unit::Seconds, "Console: request latency by route pattern");
+    describe_counter!("duijie_metrics_sampler_timeouts_total", "Scrapes on which a sampler (e.g. the outbox's) did not answer in time; its gauges keep older values");
 }
 
 /// What a service reads on every scrape, each bounded by [`SAMPLE_TIMEOUT`].
@@ -114,11 +145,15 @@ impl Samplers {
         let runs = self.0.iter().map(|s| tokio::time::timeout(SAMPLE_TIMEOUT, s()));
         for r in futures::future::join_all(runs).await {
             if r.is_err() {
+                metrics::counter!("duijie_metrics_sampler_timeouts_total").increment(1);
                 tracing::debug!("a metrics sampler took longer than {SAMPLE_TIMEOUT:?}; its values are the last ones");
             }
         }
     }
 }
+
+/// Outbox rows counted exactly at a scrape; above, the depth is PostgreSQL's estimate.
+const OUTBOX_COUNT_CAP: i64 = 10_000;
 
 /// The outbox's depth and oldest row, and the rows held in the inbox, of the service database
 /// `pool`.
@@ -126,11 +161,23 @@ pub fn outbox_sampler(pool: sqlx::PgPool) -> Sampler {
     Arc::new(move || {
         let pool = pool.clone();
         Box::pin(async move {
-            let outbox: Result<(i64, Option<f64>), _> =
-                sqlx::query_as("SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox").fetch_one(&pool).await;
+            // By the primary key only: in a broker outage the outbox grows to many rows of a few
+            // KB each, and a scan of it would outlast the scrape. The oldest row is the lowest id
+            // (a retried row keeps its id); past OUTBOX_COUNT_CAP rows the depth is the
+            // planner's estimate.
+            let outbox: Result<(i64, Option<f64>, f64), _> = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM (SELECT id FROM outbox ORDER BY id LIMIT $1) s),
+                        (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM outbox ORDER BY id LIMIT 1),
+                        (SELECT reltuples::float8 FROM pg_class WHERE oid = 'outbox'::regclass)",
+            )
+            .bind(OUTBOX_COUNT_CAP)
+            .fetch_one(&pool)
+            .await;
             match outbox {
-                Ok((depth, age)) => {
-                    metrics::gauge!("duijie_outbox_depth").set(depth as f64);
+                Ok((counted, age, estimate)) => {
+                    #[allow(clippy::cast_precision_loss)] // at most OUTBOX_COUNT_CAP
+                    let depth = if counted >= OUTBOX_COUNT_CAP { estimate.max(counted as f64) } else { counted as f64 };
+                    metrics::gauge!("duijie_outbox_depth").set(depth);
                     metrics::gauge!("duijie_outbox_oldest_age_seconds").set(age.unwrap_or(0.0).max(0.0));
                 }
                 Err(e) => tracing::debug!(error = %e, "metrics: cannot read the outbox"),
@@ -262,10 +309,25 @@ where
         let started = Instant::now();
         let call = self.inner.call(req);
         Box::pin(async move {
+            // Dropped before an answer (the caller's deadline ran out, or it went away): counted
+            // as `Cancelled`, so the slowest calls are not missing from the figures.
+            let mut pending = Pending(Some(Call { method, started, status: None }));
             let res = call.await?;
             let status = grpc_status(res.headers());
-            Ok(res.map(|inner| MeteredBody { inner, call: Some(Call { method, started, status }) }))
+            let call = pending.0.take().map(|c| Call { status, ..c });
+            Ok(res.map(|inner| MeteredBody { inner, call }))
         })
+    }
+}
+
+/// A call not answered yet; recorded as `Cancelled` if dropped so.
+struct Pending(Option<Call>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            call.record(Some(1)); // 1: CANCELLED
+        }
     }
 }
 

@@ -19,7 +19,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)>>,
 {
     // Recording starts with the process, whether or not `/metrics` is served.
-    let _ = crate::metrics::install();
+    let _ = crate::metrics::install_for(name);
     let telemetry = match telemetry::init(name, "info", std::io::stdout) {
         Ok(g) => g,
         Err(e) => {
