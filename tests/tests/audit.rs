@@ -712,7 +712,9 @@ async fn audit_service(bus: &mut TestBus, ca: &duijie_common::certs::DevCa, dir:
         bus: BusConfig {
             database: bus.extra_database_config().await?,
             amqp: bus.amqp_cfg.clone(),
-            topology: duijie_common::config::TopologyConfig { prefix: bus.prefix.clone(), ..Default::default() },
+            // The test bus's own partitions: with the default 4, the service would add two
+            // more court partitions to the hash ring, which the test's reader does not read.
+            topology: bus.topology.config().clone(),
             relay: TestBus::relay_config(),
             consumer: Default::default(),
             metrics: Default::default(),

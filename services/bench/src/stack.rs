@@ -233,6 +233,9 @@ impl ProcessStack {
             .env("DUIJIE_AMQP__URL", &opts.amqp_url)
             .env("DUIJIE_TOPOLOGY__PREFIX", &self.prefix)
             .env("DUIJIE_GRPC__LISTEN", "127.0.0.1:0")
+            // config/<svc> names the local stack's fixed metrics port; replicas and the stack
+            // beside run.sh's each need their own.
+            .env("DUIJIE_METRICS__LISTEN", "127.0.0.1:0")
             .env("DUIJIE_GRPC__TLS__CA", ca_path)
             .env("DUIJIE_GRPC__TLS__CERT", &cert_path)
             .env("DUIJIE_GRPC__TLS__KEY", &key_path)
