@@ -15,7 +15,6 @@ use duijie_domain::AgencyNode;
 use duijie_common::config::BusConfig;
 use duijie_common::inbox::{BadSignature, Consumer, ConsumerStats};
 use duijie_common::outbox::{Relay, RelayStats};
-use duijie_common::process::run_process;
 use duijie_common::server::{self, GrpcConfig};
 use duijie_common::{CancellationToken, db, metrics, shutdown};
 use duijie_proto::v1::AgencyKind;
@@ -174,22 +173,7 @@ pub async fn start(
             ("inbox pruning".to_owned(), Ok(()))
         }
     });
-    let metrics_addr = match metrics::bind(&cfg.bus.metrics, samplers, token.clone()).await? {
-        Some((addr, serve)) => {
-            tasks.spawn(async move { ("metrics".to_owned(), serve.await) });
-            Some(addr)
-        }
-        None => None,
-    };
-    let health_addr = match server::bind_health(&cfg.grpc).await? {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let (h, t) = (health.clone(), token.clone());
-            tasks.spawn(async move { ("health".to_owned(), server::serve_health(listener, h, t).await) });
-            Some(addr)
-        }
-        None => None,
-    };
+    let (metrics_addr, health_addr) = server::spawn_ops_listeners(&mut tasks, &cfg.bus.metrics, samplers, &cfg.grpc, &health, &token).await?;
     let routes = routes(&agency).add_service(health_service);
     let grace = cfg.grpc.grace_ms;
     tasks.spawn({
@@ -204,25 +188,18 @@ pub async fn start(
 /// The whole process of service `name`: telemetry, configuration from `DUIJIE_CONFIG_DIR`
 /// (default `config/<name>`), then [`start`] until SIGINT/SIGTERM.
 pub async fn main(name: &'static str, kind: AgencyKind, routes: impl FnOnce(&Agency) -> Routes) -> std::process::ExitCode {
-    match duijie_common::process::Command::from_args(name) {
-        Ok(duijie_common::process::Command::Serve) => {}
-        Ok(duijie_common::process::Command::Migrate) => {
-            return duijie_common::process::run_once(name, "migrate", |cfg: ServiceConfig| async move {
-                let pool = db::pool(&cfg.bus.database);
-                crate::migrator().run(&pool).await.context("migrating the service database")?;
-                pool.close().await;
-                Ok(())
-            })
-            .await;
-        }
-        Err(usage) => {
-            eprintln!("{usage}");
-            return std::process::ExitCode::from(2);
-        }
-    }
-    run_process(name, |cfg: ServiceConfig, shutdown| async move {
-        let running = start(name, kind, cfg, routes, shutdown).await?;
-        Ok((running.addr, running.handle))
-    })
+    duijie_common::process::run_service(
+        name,
+        |cfg: ServiceConfig, shutdown| async move {
+            let running = start(name, kind, cfg, routes, shutdown).await?;
+            Ok((running.addr, running.handle))
+        },
+        |cfg: ServiceConfig| async move {
+            let pool = db::pool(&cfg.bus.database);
+            crate::migrator().run(&pool).await.context("migrating the service database")?;
+            pool.close().await;
+            Ok(())
+        },
+    )
     .await
 }

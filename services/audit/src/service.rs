@@ -10,7 +10,6 @@ use duijie_common::amqp::{Connector, Topology};
 use duijie_common::config::{self, BusConfig};
 use duijie_common::inbox::{Consumer, ConsumerStats};
 use duijie_common::outbox::Relay;
-use duijie_common::process::run_process;
 use duijie_common::server::{self, GrpcConfig};
 use duijie_common::{CancellationToken, db, metrics, shutdown};
 use serde::Deserialize;
@@ -242,24 +241,9 @@ pub async fn start(cfg: AuditServiceConfig, shutdown: CancellationToken) -> anyh
         Some(signer.clone()),
         Some(master),
     ));
-    let metrics_addr = match metrics::bind(&cfg.bus.metrics, samplers, token.clone()).await? {
-        Some((addr, serve)) => {
-            tasks.spawn(async move { ("metrics".to_owned(), serve.await) });
-            Some(addr)
-        }
-        None => None,
-    };
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_service = health_service.max_decoding_message_size(server::MAX_REQUEST_BYTES);
-    let health_addr = match server::bind_health(&cfg.grpc).await? {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let (h, t) = (health.clone(), token.clone());
-            tasks.spawn(async move { ("health".to_owned(), server::serve_health(listener, h, t).await) });
-            Some(addr)
-        }
-        None => None,
-    };
+    let (metrics_addr, health_addr) = server::spawn_ops_listeners(&mut tasks, &cfg.bus.metrics, samplers, &cfg.grpc, &health, &token).await?;
     let routes = routes.add_service(health_service);
     let (t, grace) = (token.clone(), cfg.grpc.grace_ms);
     tasks.spawn(async move { ("grpc".to_owned(), server::serve_with_health("audit", listener, routes, health, &tls, t, grace).await) });
@@ -286,26 +270,19 @@ fn audit_sampler(consumers: Vec<Arc<ConsumerStats>>) -> metrics::Sampler {
 /// The whole `duijie-audit` process (configuration from `DUIJIE_CONFIG_DIR`, default
 /// `config/audit`).
 pub async fn main() -> std::process::ExitCode {
-    match duijie_common::process::Command::from_args("audit") {
-        Ok(duijie_common::process::Command::Serve) => {}
-        Ok(duijie_common::process::Command::Migrate) => {
-            return duijie_common::process::run_once("audit", "migrate", |cfg: AuditServiceConfig| async move {
-                let pool = db::pool(&cfg.bus.database);
-                crate::migrator().run(&pool).await.context("migrating the audit database")?;
-                maintain_partitions(&pool, cfg.audit.retention_days).await?;
-                pool.close().await;
-                Ok(())
-            })
-            .await;
-        }
-        Err(usage) => {
-            eprintln!("{usage}");
-            return std::process::ExitCode::from(2);
-        }
-    }
-    run_process("audit", |cfg: AuditServiceConfig, shutdown| async move {
-        let running = start(cfg, shutdown).await?;
-        Ok((running.addr, running.handle))
-    })
+    duijie_common::process::run_service(
+        "audit",
+        |cfg: AuditServiceConfig, shutdown| async move {
+            let running = start(cfg, shutdown).await?;
+            Ok((running.addr, running.handle))
+        },
+        |cfg: AuditServiceConfig| async move {
+            let pool = db::pool(&cfg.bus.database);
+            crate::migrator().run(&pool).await.context("migrating the audit database")?;
+            maintain_partitions(&pool, cfg.audit.retention_days).await?;
+            pool.close().await;
+            Ok(())
+        },
+    )
     .await
 }

@@ -353,6 +353,36 @@ pub async fn bind_health(cfg: &GrpcConfig) -> anyhow::Result<Option<TcpListener>
     Ok(Some(listener))
 }
 
+/// The listeners beside a service's gRPC port, spawned into its supervisor's `tasks`: `/metrics`
+/// (`metrics.listen`, with `samplers`) and the plaintext health port (`grpc.health_listen`,
+/// reporting what `health` reports). Returns where each listens, if it does.
+pub async fn spawn_ops_listeners(
+    tasks: &mut tokio::task::JoinSet<(String, anyhow::Result<()>)>,
+    metrics_cfg: &crate::metrics::MetricsConfig,
+    samplers: crate::metrics::Samplers,
+    grpc: &GrpcConfig,
+    health: &tonic_health::server::HealthReporter,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)> {
+    let metrics_addr = match crate::metrics::bind(metrics_cfg, samplers, shutdown.clone()).await? {
+        Some((addr, serve)) => {
+            tasks.spawn(async move { ("metrics".to_owned(), serve.await) });
+            Some(addr)
+        }
+        None => None,
+    };
+    let health_addr = match bind_health(grpc).await? {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let (h, t) = (health.clone(), shutdown.clone());
+            tasks.spawn(async move { ("health".to_owned(), serve_health(listener, h, t).await) });
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok((metrics_addr, health_addr))
+}
+
 /// The agency a request names in `field` (the field path in the error).
 pub fn agency_field(r: Option<&duijie_proto::v1::AgencyRef>, field: &str) -> Result<AgencyNode, ApiError> {
     let r = r.ok_or_else(|| ApiError::invalid(field, "is required"))?;
