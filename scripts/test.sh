@@ -110,5 +110,8 @@ if [ "$#" -eq 0 ]; then
 	[ -n "$session" ] || die "signing in to the console set no session cookie"
 	inbox=$(http_get 127.0.0.1 8080 /cases "$session") || die "the console does not answer"
 	grep -q 'data-case=' <<<"$inbox" || die "the console shows no demo cases in the centre's inbox"
+	# Prometheus can scrape the court (the port run.sh printed) and sees the demo's calls.
+	metrics=$(http_get 127.0.0.1 9461 /metrics) || die "the court serves no /metrics on 9461"
+	grep -q '^duijie_grpc_requests_total{.*SubmitReferral' <<<"$metrics" || die "the court's /metrics shows no SubmitReferral calls"
 	"$SCRIPT_DIR/run.sh" stop
 fi
