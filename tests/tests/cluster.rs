@@ -388,21 +388,73 @@ async fn load_reached(load: &Load, n: usize) -> anyhow::Result<()> {
     wait_until(&format!("{n} cases to be done"), STEP_DEADLINE, || async { Ok(load.done() >= n) }).await
 }
 
+/// A cluster test under way: the machine's cluster held for it alone, a stack on it whose quorum
+/// queues are replicated on every node, and its load (not started yet).
+struct Trial {
+    cluster: Cluster,
+    /// One cluster test at a time on this machine, whichever worktree runs it.
+    _exclusive: duijie_tests::cluster::ClusterLock,
+    stack: Stack,
+    prefix: String,
+    queues: usize,
+    load: Arc<Load>,
+    t0: Instant,
+}
+
+impl Trial {
+    async fn start(tag: &'static str) -> anyhow::Result<Self> {
+        let cluster = Cluster::from_env()?;
+        let exclusive = cluster.exclusive().await?;
+        let t0 = Instant::now();
+        let stack = start_stack(&cluster).await?;
+        let prefix = stack.prefix().to_owned();
+        let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
+        let load = Load::new(&stack, tag).await?;
+        eprintln!("stack up in {:.1?}, {queues} quorum queues on all {} nodes", t0.elapsed(), cluster.nodes.len());
+        Ok(Self { cluster, _exclusive: exclusive, stack, prefix, queues, load, t0 })
+    }
+
+    /// Waits (at most `within`) until every queue has a leader and none is node `name`, asking
+    /// node `via`.
+    async fn leaders_left(&self, name: &str, via: usize, within: Duration) -> anyhow::Result<()> {
+        wait_until("the queues it led to have leaders elsewhere", within, || async {
+            let qs = self.cluster.leaders(via, &self.prefix).await?;
+            Ok(qs.iter().all(|q| !q.leader.is_empty() && q.leader != name))
+        })
+        .await
+    }
+
+    /// Runs the load with `fault` beside it; what the load finished, and what the fault returned.
+    async fn run<T>(&self, fault: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(Vec<Finished>, T)> {
+        let load_started = Instant::now();
+        let (finished, fault) = tokio::join!(self.load.clone().run(), fault);
+        let (finished, fault) = (with_queues(&self.cluster, &self.prefix, finished).await?, fault?);
+        eprintln!("load: {CASES} cases in {:.1?}, calls retried: {:?}", load_started.elapsed(), self.load.retried.lock().map(|r| r.clone()).unwrap_or_default());
+        Ok((finished, fault))
+    }
+
+    /// After the load: every case right on every side, the cluster whole again with every queue on
+    /// every node (asked of node `via`, the one that failed), the stack stopped. Returns the
+    /// consumers' restarts.
+    async fn finish(self, finished: &[Finished], via: usize) -> anyhow::Result<u64> {
+        check_everything(&self.stack, &self.load, finished).await?;
+        let (restarts, stats) = consumer_stats(&self.stack)?;
+        eprintln!("{stats}");
+        self.cluster.wait_formed(CATCH_UP).await?;
+        assert_replicated_everywhere(&self.cluster, via, &self.prefix).await?;
+        eprintln!("test done in {:.1?}", self.t0.elapsed());
+        self.stack.stop().await?;
+        Ok(restarts)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_nothing_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let cluster = Cluster::from_env()?;
-    // One cluster test at a time on this machine, whichever worktree runs it.
-    let _exclusive = cluster.exclusive().await?;
-    let t0 = Instant::now();
-    let stack = start_stack(&cluster).await?;
-    let prefix = stack.prefix().to_owned();
-    let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
-    let load = Load::new(&stack, "K").await?;
-    eprintln!("stack up in {:.1?}, {queues} quorum queues on all {} nodes", t0.elapsed(), cluster.nodes.len());
-
+    let trial = Trial::start("K").await?;
+    let (cluster, prefix, load, queues) = (&trial.cluster, trial.prefix.as_str(), &trial.load, trial.queues);
     let fault = async {
-        load_reached(&load, CASES / 4).await?;
-        let (target, led) = cluster.busiest_leader(0, &prefix).await?;
+        load_reached(load, CASES / 4).await?;
+        let (target, led) = cluster.busiest_leader(0, prefix).await?;
         let name = cluster.nodes[target].name.clone();
         let other = (target + 1) % cluster.nodes.len();
         let done_at_kill = load.done();
@@ -410,11 +462,7 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
         let killed = cluster.kill(target).await?;
         eprintln!("killed {name} (pid {}), leader of {led} of {queues} queues, with {done_at_kill} of {CASES} cases done", killed.pid);
         // The two others elect new leaders for what it led.
-        wait_until("the queues it led to have leaders elsewhere", Duration::from_secs(60), || async {
-            let qs = cluster.leaders(other, &prefix).await?;
-            Ok(qs.iter().all(|q| !q.leader.is_empty() && q.leader != name))
-        })
-        .await?;
+        trial.leaders_left(&name, other, Duration::from_secs(60)).await?;
         let elected = killed_at.elapsed();
         // Down a while longer under load, then back.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -424,7 +472,7 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
         let pid = cluster.beam_pid(target).await?;
         anyhow::ensure!(pid != killed.pid, "{name} runs as a new process");
         killed.disarm();
-        cluster.wait_caught_up(target, &prefix, CATCH_UP).await?;
+        cluster.wait_caught_up(target, prefix, CATCH_UP).await?;
         eprintln!(
             "{name}: new leaders elected {elected:.1?} after the kill; restarted and back in the cluster in {back:.1?}, caught up {:.1?} after the kill, {} cases done then",
             killed_at.elapsed(),
@@ -432,37 +480,20 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
         );
         anyhow::Ok((done_at_kill, target))
     };
-    let load_started = Instant::now();
-    let (finished, fault) = tokio::join!(load.clone().run(), fault);
-    let (finished, (done_at_kill, target)) = (with_queues(&cluster, &prefix, finished).await?, fault?);
-    eprintln!("load: {CASES} cases in {:.1?}, calls retried: {:?}", load_started.elapsed(), load.retried.lock().map(|r| r.clone()).unwrap_or_default());
+    let (finished, (done_at_kill, target)) = trial.run(fault).await?;
     assert!(done_at_kill < CASES / 2, "the node was killed in the middle of the load ({done_at_kill} of {CASES} cases done)");
-
-    check_everything(&stack, &load, &finished).await?;
-    let (restarts, stats) = consumer_stats(&stack)?;
-    eprintln!("{stats}");
-    assert!(restarts >= 1, "the services saw a connection go: {stats}");
-    cluster.wait_formed(CATCH_UP).await?;
-    assert_replicated_everywhere(&cluster, target, &prefix).await?;
-    eprintln!("test done in {:.1?}", t0.elapsed());
-    stack.stop().await
+    let restarts = trial.finish(&finished, target).await?;
+    assert!(restarts >= 1, "the services saw a connection go ({restarts} consumer restarts)");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_nothing_and_applies_nothing_twice() -> anyhow::Result<()> {
-    let cluster = Cluster::from_env()?;
-    // One cluster test at a time on this machine, whichever worktree runs it.
-    let _exclusive = cluster.exclusive().await?;
-    let t0 = Instant::now();
-    let stack = start_stack(&cluster).await?;
-    let prefix = stack.prefix().to_owned();
-    let queues = assert_replicated_everywhere(&cluster, 0, &prefix).await?;
-    let load = Load::new(&stack, "S").await?;
-    eprintln!("stack up in {:.1?}, {queues} quorum queues on all {} nodes", t0.elapsed(), cluster.nodes.len());
-
+    let trial = Trial::start("S").await?;
+    let (cluster, prefix, load, queues) = (&trial.cluster, trial.prefix.as_str(), &trial.load, trial.queues);
     let fault = async {
-        load_reached(&load, CASES / 4).await?;
-        let (target, led) = cluster.busiest_leader(0, &prefix).await?;
+        load_reached(load, CASES / 4).await?;
+        let (target, led) = cluster.busiest_leader(0, prefix).await?;
         let name = cluster.nodes[target].name.clone();
         let other = (target + 1) % cluster.nodes.len();
         let done_at_stop = load.done();
@@ -470,11 +501,7 @@ async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_noth
         let stopped_at = Instant::now();
         eprintln!("stopped {name} (pid {}), leader of {led} of {queues} queues, with {done_at_stop} of {CASES} cases done", stopped.pid);
         // The two others elect new leaders for what it led while it answers nothing.
-        let moved = wait_until("the queues it led to have leaders elsewhere", STOPPED_FOR, || async {
-            let qs = cluster.leaders(other, &prefix).await?;
-            Ok(qs.iter().all(|q| !q.leader.is_empty() && q.leader != name))
-        })
-        .await;
+        let moved = trial.leaders_left(&name, other, STOPPED_FOR).await;
         let elected = stopped_at.elapsed();
         tokio::time::sleep(STOPPED_FOR.saturating_sub(stopped_at.elapsed())).await;
         let done_while_stopped = load.done() - done_at_stop;
@@ -493,21 +520,12 @@ async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_noth
         // and the cluster heals (autoheal, scripts/deps.sh): give it the moment to notice.
         tokio::time::sleep(Duration::from_secs(3)).await;
         cluster.wait_formed(CATCH_UP).await?;
-        cluster.wait_caught_up(target, &prefix, CATCH_UP).await?;
+        cluster.wait_caught_up(target, prefix, CATCH_UP).await?;
         eprintln!("{name}: back and caught up {:.1?} after SIGCONT, {} cases done then", resumed.elapsed(), load.done());
         anyhow::Ok((done_at_stop, target))
     };
-    let load_started = Instant::now();
-    let (finished, fault) = tokio::join!(load.clone().run(), fault);
-    let (finished, (done_at_stop, target)) = (with_queues(&cluster, &prefix, finished).await?, fault?);
-    eprintln!("load: {CASES} cases in {:.1?}, calls retried: {:?}", load_started.elapsed(), load.retried.lock().map(|r| r.clone()).unwrap_or_default());
+    let (finished, (done_at_stop, target)) = trial.run(fault).await?;
     assert!(done_at_stop < CASES / 2, "the node was stopped in the middle of the load ({done_at_stop} of {CASES} cases done)");
-
-    check_everything(&stack, &load, &finished).await?;
-    let (_, stats) = consumer_stats(&stack)?;
-    eprintln!("{stats}");
-    cluster.wait_formed(CATCH_UP).await?;
-    assert_replicated_everywhere(&cluster, target, &prefix).await?;
-    eprintln!("test done in {:.1?}", t0.elapsed());
-    stack.stop().await
+    trial.finish(&finished, target).await?;
+    Ok(())
 }
