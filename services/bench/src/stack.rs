@@ -81,6 +81,37 @@ pub struct StackOptions {
     pub database_url: String,
 }
 
+/// The flags the benchmarks that run the service binaries share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StackArgs {
+    /// Where the service binaries are (default: next to this one).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// RabbitMQ URL (an operator's user: the benchmark declares and deletes its topology).
+    #[arg(long, env = "DUIJIE_AMQP_URL", default_value = "amqp://duijie:duijie@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: String,
+    /// PostgreSQL URL of a database the benchmark may create its own databases from.
+    #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie", hide_env_values = true)]
+    pub database_url: String,
+}
+
+impl StackArgs {
+    /// The stack's options, run from the repository root (its `config/` is read).
+    pub fn options(&self) -> anyhow::Result<StackOptions> {
+        let bin_dir = match &self.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe()?.parent().context("the benchmark binary has no directory")?.to_owned(),
+        };
+        let root = std::env::current_dir()?;
+        let config = root.join("config");
+        anyhow::ensure!(
+            config.join("court").is_dir() && config.join("directory.yaml").is_file(),
+            "run from the repository root (config/ is read from there)"
+        );
+        Ok(StackOptions { bin_dir, root, amqp_url: self.amqp_url.clone(), database_url: self.database_url.clone() })
+    }
+}
+
 /// One running service process.
 #[derive(Debug)]
 pub struct ServiceProcess {

@@ -21,7 +21,6 @@
 //! `system: <cases/s> cases/s, <calls/s> calls/s, rpc p99 <ms> ms, audit max lag <s> s, gate closed <n>, audit/bus <ratio>`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use indicatif::ProgressBar;
 
 use crate::bus::{BusArgs, BusUnderTest};
 use crate::cpu::{self, Children, ProcessGroup};
-use crate::stack::{ProcessStack, StackOptions};
+use crate::stack::{ProcessStack, StackArgs};
 
 /// What the system benchmark does.
 #[derive(clap::Args, Debug, Clone)]
@@ -73,18 +72,11 @@ pub struct SystemArgs {
     /// Envelopes for the audit store's append rate in isolation (0: skip).
     #[arg(long, default_value_t = 10_000)]
     pub append_messages: usize,
-    /// Where the service binaries are (default: next to this one).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
     /// Keep the databases and queues afterwards (the logs in target/sysbench/ are always kept).
     #[arg(long)]
     pub keep: bool,
-    /// RabbitMQ URL.
-    #[arg(long, env = "DUIJIE_AMQP_URL", default_value = "amqp://duijie:duijie@127.0.0.1:5672/%2f", hide_env_values = true)]
-    pub amqp_url: String,
-    /// PostgreSQL URL of a database the benchmark may create its own databases from.
-    #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie", hide_env_values = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
 /// The figures' names for PostgreSQL: the backends of each service's database, and what serves the whole
@@ -100,19 +92,13 @@ const GATE_CLOSED_LOG: &str = "refusing new referrals";
 
 /// Runs the system benchmark and prints its figures; the last line is the summary.
 pub async fn run(args: &SystemArgs) -> anyhow::Result<()> {
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().context("the benchmark binary has no directory")?.to_owned(),
-    };
-    let root = std::env::current_dir()?;
-    anyhow::ensure!(root.join("config").join("directory.yaml").is_file(), "run from the repository root (config/ is read from there)");
     println!(
         "duijie system benchmark, {} UTC; {} CPUs, load average {}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M"),
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         load_average()
     );
-    let opts = StackOptions { bin_dir, root, amqp_url: args.amqp_url.clone(), database_url: args.database_url.clone() };
+    let opts = args.stack.options()?;
     let mut stack = ProcessStack::start(&opts).await?;
     println!(
         "stack: {} (release binaries, one process each), prefix {}, logs in {}",
@@ -298,7 +284,7 @@ async fn process_groups(stack: &ProcessStack, args: &SystemArgs) -> Vec<ProcessG
         }
         None => eprintln!("sysbench: PostgreSQL's processes are not visible here; its idle CPU is not measured"),
     }
-    match amqp_port(&args.amqp_url).and_then(cpu::listener_of) {
+    match amqp_port(&args.stack.amqp_url).and_then(cpu::listener_of) {
         Some(pid) => groups.push(ProcessGroup { name: RABBITMQ.into(), root: pid, with_root: true, children: Children::All }),
         None => eprintln!("sysbench: RabbitMQ's process is not visible here; its idle CPU is not measured"),
     }
@@ -454,7 +440,7 @@ async fn isolation_and_report(args: &SystemArgs, load: LoadFigures) -> anyhow::R
     // In isolation, with the stack stopped: the audit store's append rate and the bus's rate.
     let append = if args.append_messages > 0 {
         eprintln!("isolation: the audit store's append rate ({} envelopes) …", args.append_messages);
-        Some(crate::append::append_rate(&args.database_url, "duijie_sysbench_audit", args.append_messages, crate::append::AppendShape::default()).await.context("audit append rate")?)
+        Some(crate::append::append_rate(&args.stack.database_url, "duijie_sysbench_audit", args.append_messages, crate::append::AppendShape::default()).await.context("audit append rate")?)
     } else {
         None
     };
@@ -581,10 +567,10 @@ async fn bus_rate(args: &SystemArgs) -> anyhow::Result<f64> {
         relay_batch: duijie_common::config::RelayConfig::default().batch_size,
         prefetch: duijie_common::config::ConsumerConfig::default().prefetch,
         consumer_batch: duijie_common::config::ConsumerConfig::default().batch_max,
-        amqp_url: args.amqp_url.clone(),
-        database_url: args.database_url.clone(),
+        amqp_url: args.stack.amqp_url.clone(),
+        database_url: args.stack.database_url.clone(),
     };
-    let connector = duijie_common::amqp::Connector::new(duijie_common::config::AmqpConfig::new(args.amqp_url.clone(), "duijie-sysbench"));
+    let connector = duijie_common::amqp::Connector::new(duijie_common::config::AmqpConfig::new(args.stack.amqp_url.clone(), "duijie-sysbench"));
     let bus = BusUnderTest::new(&connector, &bus_args).await?;
     let rate = bus.throughput(&bus_args).await;
     bus.cleanup().await?;

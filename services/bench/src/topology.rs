@@ -23,7 +23,7 @@
 //! Then it prints the table and whether the queue count was the same (5 × P + T + 1) at every N.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -37,7 +37,7 @@ use duijie_proto::v1::{AgencyKind, GetCaseRequest};
 use tonic::transport::Channel as GrpcChannel;
 use uuid::Uuid;
 
-use crate::stack::{ProcessStack, StackOptions, StackPlan};
+use crate::stack::{ProcessStack, StackArgs, StackOptions, StackPlan};
 
 /// What the topology benchmark does.
 #[derive(clap::Args, Debug, Clone)]
@@ -58,19 +58,12 @@ pub struct TopologyArgs {
     /// The longest a referral may take to arrive, the wait for the audit gate included (s).
     #[arg(long, default_value_t = 60)]
     pub deliver_timeout_secs: u64,
-    /// Where the service binaries are (default: next to this one).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
     /// Keep the databases, queues and directory files afterwards (the logs in target/topobench/
     /// are always kept).
     #[arg(long)]
     pub keep: bool,
-    /// RabbitMQ URL (an operator's user: the benchmark declares and deletes its topology).
-    #[arg(long, env = "DUIJIE_AMQP_URL", default_value = "amqp://duijie:duijie@127.0.0.1:5672/%2f", hide_env_values = true)]
-    pub amqp_url: String,
-    /// PostgreSQL URL of a database the benchmark may create its own databases from.
-    #[arg(long, env = "DUIJIE_DATABASE_URL", default_value = "postgres://duijie:duijie@127.0.0.1:5432/duijie", hide_env_values = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
 /// What one directory size measured.
@@ -114,12 +107,8 @@ struct BrokerFigures {
 pub async fn run(args: &TopologyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.nodes.is_empty(), "--nodes: at least one directory size");
     anyhow::ensure!(args.nodes.iter().all(|&n| n >= 100), "--nodes: at least 100 agencies each (a county's share of every kind)");
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().context("the benchmark binary has no directory")?.to_owned(),
-    };
-    let root = std::env::current_dir()?;
-    anyhow::ensure!(root.join("config").join("court").is_dir(), "run from the repository root (config/ is read from there)");
+    let opts = args.stack.options()?;
+    let root = opts.root.clone();
     let example = root.join("services/cli/examples/referral.yaml");
     let template = duijie_cli::send::read_file(&example).map_err(|e| anyhow::anyhow!("{}: {e}", example.display()))?;
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -137,8 +126,7 @@ pub async fn run(args: &TopologyArgs) -> anyhow::Result<()> {
         "topology: {} inbox partitions per service kind × 5 kinds + {} audit tap partitions + the dead queue = {expected} queues, whatever the directory",
         topology_cfg.partitions, topology_cfg.tap_partitions
     );
-    let opts = StackOptions { bin_dir, root: root.clone(), amqp_url: args.amqp_url.clone(), database_url: args.database_url.clone() };
-    let connector = Connector::new(AmqpConfig::new(args.amqp_url.clone(), "duijie-topobench"));
+    let connector = Connector::new(AmqpConfig::new(args.stack.amqp_url.clone(), "duijie-topobench"));
     let mut all = Vec::new();
     for &n in &args.nodes {
         println!("\n== {n} agencies ==");
