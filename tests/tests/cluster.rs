@@ -388,6 +388,15 @@ async fn load_reached(load: &Load, n: usize) -> anyhow::Result<()> {
     wait_until(&format!("{n} cases to be done"), STEP_DEADLINE, || async { Ok(load.done() >= n) }).await
 }
 
+/// The node a cluster test fails ([`Trial::target`]).
+struct Target {
+    index: usize,
+    led: usize,
+    name: String,
+    other: usize,
+    done: usize,
+}
+
 /// A cluster test under way: the machine's cluster held for it alone, a stack on it whose quorum
 /// queues are replicated on every node, and its load (not started yet).
 struct Trial {
@@ -412,6 +421,16 @@ impl Trial {
         let load = Load::new(&stack, tag).await?;
         eprintln!("stack up in {:.1?}, {queues} quorum queues on all {} nodes", t0.elapsed(), cluster.nodes.len());
         Ok(Self { cluster, _exclusive: exclusive, stack, prefix, queues, load, t0 })
+    }
+
+    /// A quarter into the load, the node to fail: the one leading the most queues (`index`,
+    /// `led` of them, `name`), another node to ask meanwhile (`other`), and the cases done then.
+    async fn target(&self) -> anyhow::Result<Target> {
+        load_reached(&self.load, CASES / 4).await?;
+        let (index, led) = self.cluster.busiest_leader(0, &self.prefix).await?;
+        let name = self.cluster.nodes[index].name.clone();
+        let other = (index + 1) % self.cluster.nodes.len();
+        Ok(Target { index, led, name, other, done: self.load.done() })
     }
 
     /// Waits (at most `within`) until every queue has a leader and none is node `name`, asking
@@ -453,11 +472,7 @@ async fn the_node_leading_the_most_queues_killed_under_load_and_restarted_loses_
     let trial = Trial::start("K").await?;
     let (cluster, prefix, load, queues) = (&trial.cluster, trial.prefix.as_str(), &trial.load, trial.queues);
     let fault = async {
-        load_reached(load, CASES / 4).await?;
-        let (target, led) = cluster.busiest_leader(0, prefix).await?;
-        let name = cluster.nodes[target].name.clone();
-        let other = (target + 1) % cluster.nodes.len();
-        let done_at_kill = load.done();
+        let Target { index: target, led, name, other, done: done_at_kill } = trial.target().await?;
         let killed_at = Instant::now();
         let killed = cluster.kill(target).await?;
         eprintln!("killed {name} (pid {}), leader of {led} of {queues} queues, with {done_at_kill} of {CASES} cases done", killed.pid);
@@ -492,11 +507,7 @@ async fn the_node_leading_the_most_queues_cut_off_under_load_and_back_loses_noth
     let trial = Trial::start("S").await?;
     let (cluster, prefix, load, queues) = (&trial.cluster, trial.prefix.as_str(), &trial.load, trial.queues);
     let fault = async {
-        load_reached(load, CASES / 4).await?;
-        let (target, led) = cluster.busiest_leader(0, prefix).await?;
-        let name = cluster.nodes[target].name.clone();
-        let other = (target + 1) % cluster.nodes.len();
-        let done_at_stop = load.done();
+        let Target { index: target, led, name, other, done: done_at_stop } = trial.target().await?;
         let stopped = cluster.stop(target).await?;
         let stopped_at = Instant::now();
         eprintln!("stopped {name} (pid {}), leader of {led} of {queues} queues, with {done_at_stop} of {CASES} cases done", stopped.pid);
