@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use duijie_common::CancellationToken;
-use duijie_common::telemetry::{TelemetryConfig, TelemetryGuard};
+use duijie_common::telemetry::{LogLines, TelemetryConfig, TelemetryGuard};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -120,35 +120,6 @@ impl Receiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.0.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-/// Log lines kept in memory (a `MakeWriter` for the log layer).
-#[derive(Clone, Default)]
-pub struct LogLines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogLines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("log buffer poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogLines {
-    type Writer = LogLines;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl LogLines {
-    /// Every line so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|b| String::from_utf8_lossy(&b).lines().map(str::to_owned).collect()).unwrap_or_default()
     }
 }
 

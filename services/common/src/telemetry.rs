@@ -213,42 +213,43 @@ fn install_for_tests(init: impl FnOnce() -> anyhow::Result<TelemetryGuard>) -> O
     INSTALLED.get_or_init(|| init().map_err(|e| eprintln!("telemetry not installed: {e:#}")).ok()).as_ref()
 }
 
+/// Log lines kept in memory, a `MakeWriter` for a log layer: what a test reads back of what
+/// was logged.
+#[derive(Clone, Default)]
+pub struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("log buffer poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogLines {
+    type Writer = LogLines;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogLines {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|b| String::from_utf8_lossy(&b).lines().map(str::to_owned).collect()).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    /// Log lines written into memory.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Lines {
-        type Writer = Lines;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
-    impl Lines {
-        fn text(&self) -> String {
-            self.0.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-        }
-    }
 
     /// A subscriber like the services' (without export), scoped to the test.
     fn logged(json: bool, emit: impl FnOnce() -> Option<String>) -> (String, Option<String>) {
-        let lines = Lines::default();
+        let lines = LogLines::default();
         let provider = SdkTracerProvider::builder().build();
         let fmt = if json {
             tracing_subscriber::fmt::layer().json().event_format(WithTraceId(tracing_subscriber::fmt::format().json())).with_writer(lines.clone()).boxed()
@@ -260,7 +261,7 @@ mod tests {
             .with(TraceIdLayer)
             .with(fmt);
         let id = tracing::subscriber::with_default(subscriber, emit);
-        (lines.text(), id)
+        (lines.lines().join("\n"), id)
     }
 
     fn current_trace_id() -> Option<String> {
