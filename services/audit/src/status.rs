@@ -68,7 +68,7 @@ async fn session(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = conn.close(200, "shutdown".into()).await;
+                duijie_common::amqp::close(&conn, "shutdown").await;
                 return Ok(());
             }
             _ = tick.tick() => {}

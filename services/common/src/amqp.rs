@@ -105,6 +105,18 @@ impl Connector {
     }
 }
 
+/// How long closing a connection may take: a node that is cut off or healing may never send
+/// close-ok, and a session that waits for it would never reconnect.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes `conn`, giving the broker at most [`CLOSE_TIMEOUT`] to answer; the connection is
+/// dropped either way.
+pub async fn close(conn: &Connection, reason: &str) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await.is_err() {
+        tracing::debug!(reason, "the broker did not answer the close within {CLOSE_TIMEOUT:?}; dropping the connection");
+    }
+}
+
 use duijie_proto::v1::AgencyKind;
 
 /// Whether `e` is, somewhere in its chain, the broker refusing the operation to this user

@@ -451,24 +451,37 @@ impl<H: Handler> Consumer<H> {
 
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = self.connector.connect(&format!("consumer {}", self.name)).await?;
-        self.topology.ensure(&conn).await?;
-        let ch = conn.create_channel().await.context("opening the consumer channel")?;
-        ch.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await.context("setting prefetch")?;
-        // Dead-lettering publishes with confirms on a channel of its own, so that confirm mode
-        // does not interfere with the consuming channel.
-        let dead_ch = conn.create_channel().await.context("opening the dead-letter channel")?;
-        dead_ch.confirm_select(ConfirmSelectOptions::default()).await.context("enabling confirms")?;
-        let mut deliveries = ch
-            .basic_consume(self.queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .with_context(|| format!("consuming {} (declared by `duijie-bus declare`?)", self.queue))?;
+        // A node that is healing from a partition may take a declare or a consume and never
+        // answer while its heartbeats go on: bounded, the session starts over instead of
+        // leaving the partition without a consumer.
+        let setup = async {
+            self.topology.ensure(&conn).await?;
+            let ch = conn.create_channel().await.context("opening the consumer channel")?;
+            ch.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await.context("setting prefetch")?;
+            // Dead-lettering publishes with confirms on a channel of its own, so that confirm
+            // mode does not interfere with the consuming channel.
+            let dead_ch = conn.create_channel().await.context("opening the dead-letter channel")?;
+            dead_ch.confirm_select(ConfirmSelectOptions::default()).await.context("enabling confirms")?;
+            let deliveries = ch
+                .basic_consume(self.queue.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .with_context(|| format!("consuming {} (declared by `duijie-bus declare`?)", self.queue))?;
+            anyhow::Ok((ch, dead_ch, deliveries))
+        };
+        let (ch, dead_ch, mut deliveries) = match tokio::time::timeout(SESSION_SETUP_TIMEOUT, setup).await {
+            Ok(r) => r?,
+            Err(_) => {
+                crate::amqp::close(&conn, "setting up took too long").await;
+                anyhow::bail!("setting up the consumer of {} took over {SESSION_SETUP_TIMEOUT:?}", self.queue)
+            }
+        };
         tracing::info!(consumer = %self.name, queue = %self.queue, "consumer connected");
         let outcome = self.consume(&ch, &dead_ch, &mut deliveries, shutdown).await;
         // Closed before the consumer is dropped, whether it stopped or failed: a lapin consumer
         // dropped while its channel is open sends basic.cancel from lapin's own task, and a
         // connection closed right after makes the broker's cancel-ok an unexpected frame.
         let reason = if outcome.is_ok() { "shutdown" } else { "restarting after an error" };
-        let _ = conn.close(200, reason.into()).await;
+        crate::amqp::close(&conn, reason).await;
         drop(deliveries);
         outcome
     }
@@ -864,6 +877,9 @@ enum RetryError {
     Db(anyhow::Error),
     Amqp(anyhow::Error),
 }
+
+/// How long connecting a consumer's channels and subscribing may take.
+const SESSION_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A held message as stored ([`Consumer::hold`]).
 #[derive(sqlx::FromRow)]

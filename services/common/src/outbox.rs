@@ -254,7 +254,7 @@ impl Relay {
             }
             let step = match (step, previous) {
                 (None, _) => {
-                    let _ = conn.close(200, "shutdown".into()).await;
+                    crate::amqp::close(&conn, "shutdown").await;
                     return Ok(());
                 }
                 (Some(Err(e)), _) | (Some(Ok(_)), Err(e)) => Err(e),
@@ -298,7 +298,7 @@ impl Relay {
                 Err(RelayError::Db(e)) => {
                     tracing::warn!(relay = %self.name, error = format!("{e:#}"), "outbox relay cannot use its database; retrying");
                     if !db_backoff.wait(shutdown).await {
-                        let _ = conn.close(200, "shutdown".into()).await;
+                        crate::amqp::close(&conn, "shutdown").await;
                         return Ok(());
                     }
                 }
